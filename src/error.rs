@@ -1,0 +1,183 @@
+//! The one error type of lcjit.
+//!
+//! Variants are grouped by the stage that raises them (files, configuration, graph
+//! construction, weights, running). Every user-facing variant carries the file, layer and
+//! field it is about, so that the command-line tool can print a single line that names
+//! what is wrong. [`Error::Internal`] is distinct: it marks a bug in lcjit itself (a
+//! verifier failure, a broken invariant), never bad input.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in lcjit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- files -------------------------------------------------------------------------
+    /// A file could not be opened, read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its contents are not a valid file of the expected format
+    /// (truncated, corrupt, wrong kind of file, unsupported element type).
+    #[error("{}: not a valid {format} file: {detail}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The expected format (`npy`, `npz`, `HDF5`, `.keras`, `JSON`).
+        format: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A file name whose extension lcjit does not know how to read or write.
+    #[error("{}: unsupported file type (expected {expected})", path.display())]
+    UnsupportedFile {
+        /// The file.
+        path: PathBuf,
+        /// The extensions accepted here.
+        expected: &'static str,
+    },
+
+    // ---- configuration -----------------------------------------------------------------
+    /// The model configuration is not JSON, or not a Keras model.
+    #[error("{source_name}: {detail}")]
+    Config {
+        /// Where the configuration came from (file name or `<memory>`).
+        source_name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A field of one layer's configuration is missing or has an unsupported value.
+    #[error("{source_name}: layer '{layer}': field '{field}': {detail}")]
+    LayerConfig {
+        /// Where the configuration came from.
+        source_name: String,
+        /// The layer name.
+        layer: String,
+        /// The configuration key.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A layer class lcjit does not implement.
+    #[error("{source_name}: layer '{layer}': unknown layer class '{class_name}'")]
+    UnknownLayer {
+        /// Where the configuration came from.
+        source_name: String,
+        /// The layer name.
+        layer: String,
+        /// The Keras class name.
+        class_name: String,
+    },
+
+    // ---- graph construction --------------------------------------------------------------
+    /// Shape inference rejected a layer (kernel larger than its input, mismatched merge…).
+    #[error("layer '{layer}': {detail}")]
+    Shape {
+        /// The layer name.
+        layer: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A tensor or weight would exceed the configured memory budget.
+    #[error("layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes")]
+    Budget {
+        /// The layer name.
+        layer: String,
+        /// Which tensor (output, kernel…).
+        what: String,
+        /// Bytes it would take.
+        bytes: u128,
+        /// The budget in force.
+        budget: u64,
+    },
+    /// The graph's structure is wrong (duplicate names, unknown inbound layers, cycles).
+    #[error("{source_name}: {detail}")]
+    Graph {
+        /// Where the configuration came from.
+        source_name: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    // ---- weights -------------------------------------------------------------------------
+    /// A weight is missing, unexpected or of the wrong shape.
+    #[error("{source_name}: layer '{layer}': weight '{weight}': {detail}")]
+    Weights {
+        /// The weights file.
+        source_name: String,
+        /// The layer name.
+        layer: String,
+        /// The weight name (`kernel`, `bias`, `gamma`…).
+        weight: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    // ---- running -------------------------------------------------------------------------
+    /// The input given to `predict` does not match the model.
+    #[error("input: {detail}")]
+    Input {
+        /// What is wrong.
+        detail: String,
+    },
+    /// A command-line usage error not caught by the argument parser.
+    #[error("{detail}")]
+    Usage {
+        /// What is wrong.
+        detail: String,
+    },
+
+    // ---- lcjit bugs ----------------------------------------------------------------------
+    /// An internal invariant failed: a bug in lcjit, not in the input.
+    #[error("internal compiler error: {detail}")]
+    Internal {
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Whether the error is lcjit's fault rather than the input's.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Error::Internal { .. })
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A malformed file of `format` at `path`.
+    pub fn format(path: impl Into<PathBuf>, format: &'static str, detail: impl ToString) -> Self {
+        Error::Format {
+            path: path.into(),
+            format,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A shape error in `layer`.
+    pub fn shape(layer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            layer: layer.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// An internal error.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Error::Internal {
+            detail: detail.into(),
+        }
+    }
+}

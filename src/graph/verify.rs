@@ -1,0 +1,1 @@
+//! Verifier of the graph IR invariants listed in the `graph` module docs.

@@ -1,0 +1,1 @@
+//! Reading and writing files: `.npy`, `.npz`, HDF5 (`.h5`) and `.keras` archives.

@@ -1,0 +1,2 @@
+//! The `lcjit` command-line tool.
+fn main() {}
