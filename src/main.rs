@@ -1,2 +1,216 @@
 //! The `lcjit` command-line tool.
-fn main() {}
+//!
+//! Exit codes: 0 on success, 2 on bad input or usage (one line `error: …` on stderr that
+//! names the file, layer and field), 3 on an internal error of lcjit. Nothing panics on
+//! user input; a panic anyway (a bug) is caught and reported as an internal error.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lcjit::{io, Error, LoadOptions, Model, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+mod default_job;
+
+/// Compile and run Keras models built around locally connected layers.
+#[derive(Parser, Debug)]
+#[command(name = "lcjit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Refuse models whose tensors or weights exceed this many bytes (suffix K, M or G).
+    #[arg(long, global = true, value_parser = parse_bytes, default_value = "16G")]
+    memory_budget: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a Keras-style summary: layers, output shapes, parameter counts.
+    Summary {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+    },
+    /// Run a model on an input batch and write its output.
+    Run {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+        /// Weights file (.h5 or .npz with keys <layer>/<weight>); overrides the model's.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Input batch as .npy, shaped (batch, input shape…).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output .npy.
+        #[arg(long)]
+        output: PathBuf,
+        /// Execution engine.
+        #[arg(long, value_enum, default_value = "reference")]
+        engine: Engine,
+        /// Worker threads (≥ 1).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Seed of the initializers when no weights are given.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Print an intermediate representation of a model.
+    Ir {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+        /// Which representation: the graph IR as text, or as Graphviz DOT.
+        #[arg(long, value_enum, default_value = "graph")]
+        stage: Stage,
+    },
+}
+
+/// Execution engines. `jit` and `interp` arrive with the loop IR.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Engine {
+    /// The naive per-layer reference path (the oracle).
+    Reference,
+    /// Cranelift-compiled native code.
+    Jit,
+    /// The loop-IR interpreter.
+    Interp,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Stage {
+    /// Graph IR text.
+    Graph,
+    /// Graph IR as Graphviz DOT.
+    Dot,
+}
+
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 512M, 16G)"))
+}
+
+fn load(model: &Path, weights: Option<&Path>, opts: &LoadOptions) -> Result<Model> {
+    let mut m = Model::load_with(model, opts)?;
+    if let Some(w) = weights {
+        m.load_weights(w)?;
+    } else if let lcjit::WeightsOrigin::Initialized { seed } = m.weights_origin() {
+        eprintln!(
+            "note: {} carries no weights; initialized from its initializers with seed {seed}",
+            model.display()
+        );
+    }
+    Ok(m)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let budget = cli.memory_budget;
+    match cli.command {
+        None => default_job::run(budget),
+        Some(Command::Summary { model }) => {
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed: 0,
+            };
+            let m = Model::load_with(&model, &opts)?;
+            print!("{}", m.summary());
+            Ok(())
+        }
+        Some(Command::Ir { model, stage }) => {
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed: 0,
+            };
+            let m = Model::load_with(&model, &opts)?;
+            match stage {
+                Stage::Graph => print!("{}", lcjit::graph::print::graph_text(m.graph())),
+                Stage::Dot => print!("{}", lcjit::graph::print::graph_dot(m.graph())),
+            }
+            Ok(())
+        }
+        Some(Command::Run {
+            model,
+            weights,
+            input,
+            output,
+            engine,
+            threads,
+            seed,
+        }) => {
+            if threads == 0 {
+                return Err(Error::Usage {
+                    detail: "--threads must be at least 1".into(),
+                });
+            }
+            if engine != Engine::Reference {
+                return Err(Error::Usage {
+                    detail: format!(
+                        "engine '{}' is not available in this build; use --engine reference",
+                        format!("{engine:?}").to_lowercase()
+                    ),
+                });
+            }
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed,
+            };
+            let m = load(&model, weights.as_deref(), &opts)?;
+            let x = io::read_npy(&input)?;
+            let t = Instant::now();
+            let y = m.predict(&x)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            io::write_npy(&output, &y)?;
+            eprintln!(
+                "ran {} on {:?} with the reference engine in {ms:.1} ms; wrote {} {:?}",
+                model.display(),
+                x.shape(),
+                output.display(),
+                y.shape()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            // One line, as every other error: clap's first line plus a pointer to --help.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see lcjit --help)");
+            return ExitCode::from(2);
+        }
+    };
+    // A panic is a bug; report it as one line instead of a backtrace dump.
+    std::panic::set_hook(Box::new(|_| {}));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(if e.is_internal() { 3 } else { 2 })
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!("error: internal compiler error: panic: {msg}");
+            ExitCode::from(3)
+        }
+    }
+}

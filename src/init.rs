@@ -1,0 +1,269 @@
+//! Weight initialization from each layer's Keras initializer, with a seeded,
+//! deterministic generator, so that a configuration without weights runs.
+//!
+//! Fans follow tf-keras's `_compute_fans` on the weight's *file* shape (keras-lc-semantics
+//! §8.1): for an implementation-1 LC kernel `(P, Q, F)` that gives `fan_in = P·Q` and
+//! `fan_out = P·F`, as Keras does. Values are drawn in canonical layout. Each parameter
+//! gets its own stream derived from `(seed, parameter index)`, so results do not depend on
+//! the order in which parameters are initialized. Random streams are not Keras's (no two
+//! frameworks share them); distributions, limits and fans are.
+
+use crate::error::{Error, Result};
+use crate::graph::{Distribution, FanMode, Graph, Initializer, ParamSpec};
+use ndarray::ArrayD;
+
+/// xoshiro256** (Blackman & Vigna): small, fast, statistically strong, fully
+/// reproducible across platforms.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    /// A generator seeded through splitmix64.
+    pub fn new(seed: u64) -> Self {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform on `[0, 1)` with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal (Box–Muller; one value per call keeps the stream simple).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(); // (0, 1]: ln is finite
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Standard normal redrawn outside `[-2, 2]`.
+    pub fn truncated_normal(&mut self) -> f64 {
+        loop {
+            let v = self.normal();
+            if v.abs() <= 2.0 {
+                return v;
+            }
+        }
+    }
+}
+
+/// `(fan_in, fan_out)` of a weight of `shape`, as tf-keras computes them.
+pub fn fans(shape: &[usize]) -> (f64, f64) {
+    match shape.len() {
+        0 => (1.0, 1.0),
+        1 => (shape[0] as f64, shape[0] as f64),
+        2 => (shape[0] as f64, shape[1] as f64),
+        n => {
+            let r: f64 = shape[..n - 2].iter().map(|&d| d as f64).product();
+            (shape[n - 2] as f64 * r, shape[n - 1] as f64 * r)
+        }
+    }
+}
+
+/// Draws initial values for one parameter.
+pub fn init_param(spec: &ParamSpec, layer: &str, rng: &mut Rng) -> Result<ArrayD<f32>> {
+    let n = spec.len();
+    let mut v = Vec::with_capacity(n);
+    match &spec.initializer {
+        Initializer::Zeros => v.resize(n, 0.0),
+        Initializer::Ones => v.resize(n, 1.0),
+        Initializer::Constant(c) => v.resize(n, *c),
+        Initializer::RandomNormal { mean, stddev } => {
+            v.extend((0..n).map(|_| (*mean as f64 + *stddev as f64 * rng.normal()) as f32))
+        }
+        Initializer::TruncatedNormal { mean, stddev } => v.extend(
+            (0..n).map(|_| (*mean as f64 + *stddev as f64 * rng.truncated_normal()) as f32),
+        ),
+        Initializer::RandomUniform { minval, maxval } => v.extend((0..n).map(|_| {
+            (*minval as f64 + (*maxval as f64 - *minval as f64) * rng.uniform()) as f32
+        })),
+        Initializer::VarianceScaling {
+            scale,
+            mode,
+            distribution,
+        } => {
+            let (fi, fo) = fans(&spec.keras_shape);
+            let denom = match mode {
+                FanMode::FanIn => fi,
+                FanMode::FanOut => fo,
+                FanMode::FanAvg => (fi + fo) / 2.0,
+            }
+            .max(1.0);
+            let s = *scale as f64 / denom;
+            match distribution {
+                Distribution::Uniform => {
+                    let limit = (3.0 * s).sqrt();
+                    v.extend((0..n).map(|_| (limit * (2.0 * rng.uniform() - 1.0)) as f32))
+                }
+                Distribution::TruncatedNormal => {
+                    let sd = s.sqrt() / 0.879_625_661_034_239_8;
+                    v.extend((0..n).map(|_| (sd * rng.truncated_normal()) as f32))
+                }
+                Distribution::TruncatedNormalUncorrected => {
+                    let sd = s.sqrt();
+                    v.extend((0..n).map(|_| (sd * rng.truncated_normal()) as f32))
+                }
+                Distribution::UntruncatedNormal => {
+                    let sd = s.sqrt();
+                    v.extend((0..n).map(|_| (sd * rng.normal()) as f32))
+                }
+            }
+        }
+        Initializer::Orthogonal { gain } => v = orthogonal(spec, layer, *gain, rng)?,
+        Initializer::Identity { gain } => {
+            let [r, c] = spec.shape[..] else {
+                return Err(init_error(spec, layer, "Identity needs a 2-D weight"));
+            };
+            v.resize(n, 0.0);
+            for i in 0..r.min(c) {
+                v[i * c + i] = *gain;
+            }
+        }
+    }
+    ArrayD::from_shape_vec(spec.shape.clone(), v)
+        .map_err(|e| Error::internal(format!("init of {layer}/{}: {e}", spec.name)))
+}
+
+fn init_error(spec: &ParamSpec, layer: &str, detail: &str) -> Error {
+    Error::Weights {
+        source_name: "initializer".into(),
+        layer: layer.to_string(),
+        weight: spec.name.clone(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Orthogonal initializer: QR (modified Gram–Schmidt) of a normal `(rows, cols)` matrix
+/// with rows = prod(shape[..-1]), sign-corrected, times `gain`.
+fn orthogonal(spec: &ParamSpec, layer: &str, gain: f32, rng: &mut Rng) -> Result<Vec<f32>> {
+    let shape = &spec.shape;
+    if shape.len() < 2 {
+        return Err(init_error(spec, layer, "Orthogonal needs a weight of rank >= 2"));
+    }
+    let cols = shape[shape.len() - 1];
+    let rows: usize = shape[..shape.len() - 1].iter().product();
+    if rows.saturating_mul(cols) > 1 << 26 {
+        return Err(init_error(spec, layer, "Orthogonal initializer on a weight this large is not supported"));
+    }
+    // Orthonormalize the shorter dimension's vectors of length `long`.
+    let (long, short) = (rows.max(cols), rows.min(cols));
+    let mut q: Vec<Vec<f64>> = (0..short)
+        .map(|_| (0..long).map(|_| rng.normal()).collect())
+        .collect();
+    for i in 0..short {
+        for j in 0..i {
+            let d: f64 = (0..long).map(|t| q[i][t] * q[j][t]).sum();
+            for t in 0..long {
+                q[i][t] -= d * q[j][t];
+            }
+        }
+        let norm = q[i].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+        for t in 0..long {
+            q[i][t] /= norm;
+        }
+    }
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let val = if rows >= cols { q[c][r] } else { q[r][c] };
+            out[r * cols + c] = (gain as f64 * val) as f32;
+        }
+    }
+    Ok(out)
+}
+
+/// Initializes every parameter of `graph` with stream `(seed, index)`.
+pub fn initialize(graph: &Graph, seed: u64) -> Result<Vec<ArrayD<f32>>> {
+    graph
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+            let layer = graph.nodes.get(spec.node).map(|n| n.name.as_str()).unwrap_or("?");
+            init_param(spec, layer, &mut rng)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lc_kernel_fans_follow_tf_keras() {
+        // keras-lc-semantics §8.1 worked example: (38, 21, 5) → fan_in 798, fan_out 190.
+        assert_eq!(fans(&[38, 21, 5]), (798.0, 190.0));
+        assert_eq!(fans(&[7]), (7.0, 7.0));
+        assert_eq!(fans(&[3, 4]), (3.0, 4.0));
+    }
+
+    #[test]
+    fn glorot_uniform_respects_its_limit_and_is_deterministic() {
+        let spec = ParamSpec {
+            node: 0,
+            name: "kernel".into(),
+            shape: vec![38, 21, 5],
+            keras_shape: vec![38, 21, 5],
+            trainable: true,
+            initializer: Initializer::VarianceScaling {
+                scale: 1.0,
+                mode: FanMode::FanAvg,
+                distribution: Distribution::Uniform,
+            },
+            regularizer: None,
+            constraint: None,
+        };
+        let a = init_param(&spec, "lc", &mut Rng::new(1)).unwrap();
+        let b = init_param(&spec, "lc", &mut Rng::new(1)).unwrap();
+        assert_eq!(a, b);
+        let max = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max <= 0.07793 && max > 0.07, "max {max}");
+    }
+
+    #[test]
+    fn orthogonal_columns_are_orthonormal() {
+        let spec = ParamSpec {
+            node: 0,
+            name: "kernel".into(),
+            shape: vec![6, 3],
+            keras_shape: vec![6, 3],
+            trainable: true,
+            initializer: Initializer::Orthogonal { gain: 1.0 },
+            regularizer: None,
+            constraint: None,
+        };
+        let w = init_param(&spec, "d", &mut Rng::new(3)).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let d: f32 = (0..6).map(|r| w[[r, i]] * w[[r, j]]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((d - want).abs() < 1e-5);
+            }
+        }
+    }
+}

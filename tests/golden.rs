@@ -1,0 +1,129 @@
+//! Keras golden cases (produced by tf-keras 2.21, in `tests/data/keras-golden`): every
+//! case passes through every route it offers — `model.h5`, `model.json` + `weights.npz`,
+//! `keras1.json` + `weights.npz` — with `max|y − ref| ≤ 1e-4 · max(1, max|ref|)`, through
+//! the library API and through `lcjit run`.
+//!
+//! `LCJIT_GOLDEN_DIR` points the tests at another directory of cases of the same kind.
+
+use lcjit::{io, Model};
+use ndarray::ArrayD;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn golden_dir() -> PathBuf {
+    std::env::var_os("LCJIT_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-golden"))
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("golden directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("x.npy").exists())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no golden cases found");
+    v
+}
+
+/// `max|a − b| / max(1, max|b|)`.
+fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    let scale = b.iter().fold(1f32, |m, &v| m.max(v.abs()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// The routes a case offers: (label, model file, optional weights file).
+fn routes(case: &Path) -> Vec<(String, PathBuf, Option<PathBuf>)> {
+    let mut r = Vec::new();
+    if case.join("model.h5").exists() {
+        r.push(("model.h5".to_string(), case.join("model.h5"), None));
+    }
+    for cfg in ["model.json", "keras1.json"] {
+        if case.join(cfg).exists() && case.join("weights.npz").exists() {
+            r.push((
+                format!("{cfg} + weights.npz"),
+                case.join(cfg),
+                Some(case.join("weights.npz")),
+            ));
+        }
+    }
+    r
+}
+
+#[test]
+fn every_golden_case_matches_keras_through_the_api() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let x = io::read_npy(&case.join("x.npy")).expect("x.npy");
+        let want = io::read_npy(&case.join("y.npy")).expect("y.npy");
+        let routes = routes(&case);
+        assert!(!routes.is_empty(), "{}: no route", case.display());
+        for (label, model, weights) in routes {
+            let result = (|| {
+                let mut m = Model::load(&model)?;
+                if let Some(w) = &weights {
+                    m.load_weights(w)?;
+                }
+                m.predict(&x)
+            })();
+            match result {
+                Ok(y) if y.shape() == want.shape() && rel_err(&y, &want) <= 1e-4 => checked += 1,
+                Ok(y) if y.shape() != want.shape() => failures.push(format!(
+                    "{} [{label}]: shape {:?} vs {:?}",
+                    case.display(),
+                    y.shape(),
+                    want.shape()
+                )),
+                Ok(y) => failures.push(format!(
+                    "{} [{label}]: rel err {:.3e}",
+                    case.display(),
+                    rel_err(&y, &want)
+                )),
+                Err(e) => failures.push(format!("{} [{label}]: {e}", case.display())),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} routes failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(checked >= 48, "only {checked} routes checked");
+}
+
+#[test]
+fn every_golden_case_matches_keras_through_lcjit_run() {
+    let out_dir = std::env::temp_dir().join(format!("lcjit-golden-run-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("temp dir");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let want = io::read_npy(&case.join("y.npy")).expect("y.npy");
+        for (i, (label, model, weights)) in routes(&case).into_iter().enumerate() {
+            let name = case.file_name().and_then(|s| s.to_str()).unwrap_or("case");
+            let out = out_dir.join(format!("{name}-{i}.npy"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_lcjit"));
+            cmd.arg("run").arg(&model).arg("--input").arg(case.join("x.npy"));
+            cmd.arg("--output").arg(&out).args(["--engine", "reference"]);
+            if let Some(w) = &weights {
+                cmd.arg("--weights").arg(w);
+            }
+            let res = cmd.output().expect("spawn lcjit");
+            if !res.status.success() {
+                failures.push(format!(
+                    "{name} [{label}]: exit {:?}: {}",
+                    res.status.code(),
+                    String::from_utf8_lossy(&res.stderr).trim()
+                ));
+                continue;
+            }
+            let y = io::read_npy(&out).expect("output npy");
+            if y.shape() != want.shape() || rel_err(&y, &want) > 1e-4 {
+                failures.push(format!("{name} [{label}]: output differs from Keras"));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,36 @@
+//! Golden text of the graph IR for the small test models, in `ir/<case>/graph.txt`.
+//! A change to the front end or the printer shows up as a reviewable diff there; rewrite
+//! the files with `BLESS=1 cargo test --release --test ir_golden`.
+
+use lcjit::Model;
+use std::path::Path;
+
+#[test]
+fn graph_ir_text_matches_the_goldens() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut cases: Vec<_> = std::fs::read_dir(root.join("tests/data/keras-golden"))
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.json").exists())
+        .collect();
+    cases.sort();
+    let mut diffs = Vec::new();
+    for case in &cases {
+        let name = case.file_name().and_then(|n| n.to_str()).expect("name");
+        let model = Model::load(case.join("model.json")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let text = lcjit::graph::print::graph_text(model.graph());
+        let path = root.join("ir").join(name).join("graph.txt");
+        if bless {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, &text).expect("write golden");
+        } else {
+            match std::fs::read_to_string(&path) {
+                Ok(want) if want == text => {}
+                Ok(_) => diffs.push(format!("{name}: graph IR differs from {}", path.display())),
+                Err(_) => diffs.push(format!("{name}: {} is missing", path.display())),
+            }
+        }
+    }
+    assert!(diffs.is_empty(), "{}\n(re-bless with BLESS=1 if intended)", diffs.join("\n"));
+}

@@ -1,0 +1,50 @@
+//! The benchmark workloads (`tests/data/workloads`, real configs written by tf-keras and
+//! Keras 1) load, summarize with Keras's counts, and run on the reference path.
+
+use lcjit::{LoadOptions, Model};
+use ndarray::{ArrayD, IxDyn};
+use std::path::Path;
+use std::process::Command;
+
+fn workload(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/workloads").join(name)
+}
+
+#[test]
+fn deepface_summary_reports_keras_counts_and_shapes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lcjit"))
+        .arg("summary")
+        .arg(workload("deepface.json"))
+        .output()
+        .expect("spawn lcjit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Total params: 137,774,071"), "{text}");
+    // Keras's output shapes of the locally connected layers L4–L6 and the classifier.
+    for shape in ["(None, 55, 55, 16)", "(None, 25, 25, 16)", "(None, 21, 21, 16)", "(None, 8631)"] {
+        assert!(text.contains(shape), "missing {shape} in\n{text}");
+    }
+}
+
+#[test]
+fn every_workload_loads_and_runs() {
+    let mut names: Vec<String> = std::fs::read_dir(workload(""))
+        .expect("workloads")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 11);
+    for name in names {
+        let model = Model::load_with(workload(&name), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut shape = vec![1];
+        shape.extend_from_slice(model.input_shape());
+        let x = ArrayD::from_elem(IxDyn(&shape), 0.5f32);
+        let y = model.predict(&x).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out_node = model.graph().outputs[0];
+        assert_eq!(&y.shape()[1..], model.graph().nodes[out_node].shape.as_slice(), "{name}");
+        assert!(y.iter().all(|v| v.is_finite()), "{name}: non-finite output");
+    }
+}
