@@ -86,7 +86,9 @@ pub enum Error {
         detail: String,
     },
     /// A tensor or weight would exceed the configured memory budget.
-    #[error("layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes")]
+    #[error(
+        "layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes"
+    )]
     Budget {
         /// The layer name.
         layer: String,

@@ -98,9 +98,11 @@ pub fn init_param(spec: &ParamSpec, layer: &str, rng: &mut Rng) -> Result<ArrayD
         Initializer::TruncatedNormal { mean, stddev } => v.extend(
             (0..n).map(|_| (*mean as f64 + *stddev as f64 * rng.truncated_normal()) as f32),
         ),
-        Initializer::RandomUniform { minval, maxval } => v.extend((0..n).map(|_| {
-            (*minval as f64 + (*maxval as f64 - *minval as f64) * rng.uniform()) as f32
-        })),
+        Initializer::RandomUniform { minval, maxval } => {
+            v.extend((0..n).map(|_| {
+                (*minval as f64 + (*maxval as f64 - *minval as f64) * rng.uniform()) as f32
+            }))
+        }
         Initializer::VarianceScaling {
             scale,
             mode,
@@ -162,12 +164,20 @@ fn init_error(spec: &ParamSpec, layer: &str, detail: &str) -> Error {
 fn orthogonal(spec: &ParamSpec, layer: &str, gain: f32, rng: &mut Rng) -> Result<Vec<f32>> {
     let shape = &spec.shape;
     if shape.len() < 2 {
-        return Err(init_error(spec, layer, "Orthogonal needs a weight of rank >= 2"));
+        return Err(init_error(
+            spec,
+            layer,
+            "Orthogonal needs a weight of rank >= 2",
+        ));
     }
     let cols = shape[shape.len() - 1];
     let rows: usize = shape[..shape.len() - 1].iter().product();
     if rows.saturating_mul(cols) > 1 << 26 {
-        return Err(init_error(spec, layer, "Orthogonal initializer on a weight this large is not supported"));
+        return Err(init_error(
+            spec,
+            layer,
+            "Orthogonal initializer on a weight this large is not supported",
+        ));
     }
     // Orthonormalize the shorter dimension's vectors of length `long`.
     let (long, short) = (rows.max(cols), rows.min(cols));
@@ -204,7 +214,11 @@ pub fn initialize(graph: &Graph, seed: u64) -> Result<Vec<ArrayD<f32>>> {
         .enumerate()
         .map(|(i, spec)| {
             let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
-            let layer = graph.nodes.get(spec.node).map(|n| n.name.as_str()).unwrap_or("?");
+            let layer = graph
+                .nodes
+                .get(spec.node)
+                .map(|n| n.name.as_str())
+                .unwrap_or("?");
             init_param(spec, layer, &mut rng)
         })
         .collect()

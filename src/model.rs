@@ -191,8 +191,11 @@ impl Model {
         let with_params: Vec<usize> = (0..self.graph.nodes.len())
             .filter(|&i| !self.graph.nodes[i].params.is_empty())
             .collect();
-        let file_layers: Vec<&LayerWeights> =
-            weights.layers.iter().filter(|l| !l.weights.is_empty()).collect();
+        let file_layers: Vec<&LayerWeights> = weights
+            .layers
+            .iter()
+            .filter(|l| !l.weights.is_empty())
+            .collect();
         // `.keras` archives may name layer groups after classes rather than layers; when no
         // name matches, fall back to the order of layers that have weights.
         let by_name = file_layers
@@ -201,7 +204,11 @@ impl Model {
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");
-                return Err(werr(&l.layer, w, "the model has no layer of this name".into()));
+                return Err(werr(
+                    &l.layer,
+                    w,
+                    "the model has no layer of this name".into(),
+                ));
             }
         }
         if !by_name && file_layers.len() != with_params.len() {
@@ -243,13 +250,21 @@ impl Model {
                         .find(|(n, _)| canonical_weight_name(n, &node.name) == spec.name)
                 };
                 let Some((_, arr)) = found else {
-                    return Err(werr(&node.name, &spec.name, "missing from the weights file".into()));
+                    return Err(werr(
+                        &node.name,
+                        &spec.name,
+                        "missing from the weights file".into(),
+                    ));
                 };
                 if arr.shape() != spec.keras_shape.as_slice() {
                     return Err(werr(
                         &node.name,
                         &spec.name,
-                        format!("expected shape {:?}, found {:?}", spec.keras_shape, arr.shape()),
+                        format!(
+                            "expected shape {:?}, found {:?}",
+                            spec.keras_shape,
+                            arr.shape()
+                        ),
                     ));
                 }
                 new_params[pid] = layout::keras_to_canonical(&self.graph, pid, arr.clone())
@@ -371,7 +386,11 @@ impl Model {
                     detail: format!(
                         "input '{}' expects shape (batch, {}), got {:?}",
                         node.name,
-                        node.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                        node.shape
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         shape
                     ),
                 });
@@ -412,6 +431,9 @@ mod tests {
         assert_eq!(canonical_weight_name("bias", "lc"), "bias");
         assert_eq!(canonical_weight_name("dense_1_W", "dense_1"), "kernel");
         assert_eq!(canonical_weight_name("dense_1_b:0", "dense_1"), "bias");
-        assert_eq!(canonical_weight_name("bn/moving_mean:0", "bn"), "moving_mean");
+        assert_eq!(
+            canonical_weight_name("bn/moving_mean:0", "bn"),
+            "moving_mean"
+        );
     }
 }

@@ -89,7 +89,12 @@ fn every_golden_case_matches_keras_through_the_api() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} routes failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} routes failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked >= 48, "only {checked} routes checked");
 }
 
@@ -104,8 +109,13 @@ fn every_golden_case_matches_keras_through_lcjit_run() {
             let name = case.file_name().and_then(|s| s.to_str()).unwrap_or("case");
             let out = out_dir.join(format!("{name}-{i}.npy"));
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_lcjit"));
-            cmd.arg("run").arg(&model).arg("--input").arg(case.join("x.npy"));
-            cmd.arg("--output").arg(&out).args(["--engine", "reference"]);
+            cmd.arg("run")
+                .arg(&model)
+                .arg("--input")
+                .arg(case.join("x.npy"));
+            cmd.arg("--output")
+                .arg(&out)
+                .args(["--engine", "reference"]);
             if let Some(w) = &weights {
                 cmd.arg("--weights").arg(w);
             }

@@ -32,5 +32,9 @@ fn graph_ir_text_matches_the_goldens() {
             }
         }
     }
-    assert!(diffs.is_empty(), "{}\n(re-bless with BLESS=1 if intended)", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{}\n(re-bless with BLESS=1 if intended)",
+        diffs.join("\n")
+    );
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn workload(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/workloads").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/workloads")
+        .join(name)
 }
 
 #[test]
@@ -17,11 +19,20 @@ fn deepface_summary_reports_keras_counts_and_shapes() {
         .arg(workload("deepface.json"))
         .output()
         .expect("spawn lcjit");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Total params: 137,774,071"), "{text}");
     // Keras's output shapes of the locally connected layers L4–L6 and the classifier.
-    for shape in ["(None, 55, 55, 16)", "(None, 25, 25, 16)", "(None, 21, 21, 16)", "(None, 8631)"] {
+    for shape in [
+        "(None, 55, 55, 16)",
+        "(None, 25, 25, 16)",
+        "(None, 21, 21, 16)",
+        "(None, 8631)",
+    ] {
         assert!(text.contains(shape), "missing {shape} in\n{text}");
     }
 }
@@ -44,7 +55,11 @@ fn every_workload_loads_and_runs() {
         let x = ArrayD::from_elem(IxDyn(&shape), 0.5f32);
         let y = model.predict(&x).unwrap_or_else(|e| panic!("{name}: {e}"));
         let out_node = model.graph().outputs[0];
-        assert_eq!(&y.shape()[1..], model.graph().nodes[out_node].shape.as_slice(), "{name}");
+        assert_eq!(
+            &y.shape()[1..],
+            model.graph().nodes[out_node].shape.as_slice(),
+            "{name}"
+        );
         assert!(y.iter().all(|v| v.is_finite()), "{name}: non-finite output");
     }
 }

@@ -103,7 +103,10 @@ fn spatial_out(
 
 fn check_vec(layer: &str, field: &str, v: &[usize], rank: usize) -> Result<()> {
     if v.len() != rank {
-        return err(layer, format!("{field} has {} entries, expected {rank}", v.len()));
+        return err(
+            layer,
+            format!("{field} has {} entries, expected {rank}", v.len()),
+        );
     }
     if v.contains(&0) {
         return err(layer, format!("{field} {v:?} contains 0"));
@@ -215,7 +218,10 @@ fn lc(layer: &str, l: &LocallyConnected, x: &[usize]) -> Result<Inferred> {
         return err(layer, "filters must be >= 1");
     }
     if l.padding == Padding::Causal {
-        return err(layer, "padding 'causal' is not supported by locally connected layers");
+        return err(
+            layer,
+            "padding 'causal' is not supported by locally connected layers",
+        );
     }
     let (in_sp, c) = split_channels(layer, x, l.rank, l.data_format)?;
     let out_sp = spatial_out(layer, &in_sp, &l.kernel, &l.strides, &l.dilation, l.padding)?;
@@ -264,10 +270,20 @@ fn conv(layer: &str, cv: &Conv, x: &[usize]) -> Result<Inferred> {
     if c % cv.groups != 0 || cv.filters % cv.groups != 0 {
         return err(
             layer,
-            format!("groups {} must divide input channels {c} and filters {}", cv.groups, cv.filters),
+            format!(
+                "groups {} must divide input channels {c} and filters {}",
+                cv.groups, cv.filters
+            ),
         );
     }
-    let out_sp = spatial_out(layer, &in_sp, &cv.kernel, &cv.strides, &cv.dilation, cv.padding)?;
+    let out_sp = spatial_out(
+        layer,
+        &in_sp,
+        &cv.kernel,
+        &cv.strides,
+        &cv.dilation,
+        cv.padding,
+    )?;
     let shape = join_channels(&out_sp, cv.filters, cv.data_format);
     let mut ks = cv.kernel.clone();
     ks.push(c / cv.groups);
@@ -300,7 +316,10 @@ fn resolve_axis(layer: &str, axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r {
-        return err(layer, format!("axis {axis} is out of range for a per-sample rank of {rank}"));
+        return err(
+            layer,
+            format!("axis {axis} is out of range for a per-sample rank of {rank}"),
+        );
     }
     Ok(a as usize)
 }
@@ -309,7 +328,10 @@ fn resolve_axis(layer: &str, axis: i64, rank: usize) -> Result<usize> {
 pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
     let plain = |shape: Vec<usize>| -> Result<Inferred> {
         if shape.contains(&0) {
-            return err(layer, format!("output shape {shape:?} has a zero dimension"));
+            return err(
+                layer,
+                format!("output shape {shape:?} has a zero dimension"),
+            );
         }
         Ok(Inferred {
             shape,
@@ -416,7 +438,9 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
                     _ => {
                         return err(
                             layer,
-                            format!("cropping ({b}, {e}) removes all of spatial axis {a} (size {n})"),
+                            format!(
+                                "cropping ({b}, {e}) removes all of spatial axis {a} (size {n})"
+                            ),
                         )
                     }
                 }
@@ -436,7 +460,11 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
             }
             let known: usize = mul(
                 layer,
-                &target.iter().filter(|&&t| t > 0).map(|&t| t as usize).collect::<Vec<_>>(),
+                &target
+                    .iter()
+                    .filter(|&&t| t > 0)
+                    .map(|&t| t as usize)
+                    .collect::<Vec<_>>(),
             )?;
             let shape: Vec<usize> = if unknown == 1 {
                 if known == 0 || n % known != 0 {
@@ -450,7 +478,9 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
                 if known != n {
                     return err(
                         layer,
-                        format!("cannot reshape {x:?} ({n} elements) to {target:?} ({known} elements)"),
+                        format!(
+                            "cannot reshape {x:?} ({n} elements) to {target:?} ({known} elements)"
+                        ),
                     );
                 }
                 target.iter().map(|&t| t as usize).collect()
@@ -461,11 +491,17 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
             let x = one_input(layer, inputs)?;
             let mut seen = vec![false; x.len()];
             if dims.len() != x.len() {
-                return err(layer, format!("dims {dims:?} do not match input rank {}", x.len()));
+                return err(
+                    layer,
+                    format!("dims {dims:?} do not match input rank {}", x.len()),
+                );
             }
             for &d in dims {
                 if d == 0 || d > x.len() || seen[d - 1] {
-                    return err(layer, format!("dims {dims:?} is not a permutation of 1..={}", x.len()));
+                    return err(
+                        layer,
+                        format!("dims {dims:?} is not a permutation of 1..={}", x.len()),
+                    );
                 }
                 seen[d - 1] = true;
             }
@@ -478,7 +514,10 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
             }
             if let Some(r) = spatial {
                 if x.len() != r + 1 {
-                    return err(layer, format!("SpatialDropout{r}D expects a per-sample rank of {}", r + 1));
+                    return err(
+                        layer,
+                        format!("SpatialDropout{r}D expects a per-sample rank of {}", r + 1),
+                    );
                 }
             }
             plain(x.to_vec())
@@ -486,7 +525,10 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
         Op::BatchNorm(bn) => {
             let x = one_input(layer, inputs)?;
             if bn.axis >= x.len() {
-                return err(layer, format!("axis {} out of range for shape {x:?}", bn.axis));
+                return err(
+                    layer,
+                    format!("axis {} out of range for shape {x:?}", bn.axis),
+                );
             }
             let c = x[bn.axis];
             let names = ["gamma", "beta", "moving_mean", "moving_variance"];
@@ -495,11 +537,25 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
             for i in 0..4 {
                 if present[i] {
                     let (reg, con) = match i {
-                        0 => (bn.options.kernel_regularizer, bn.options.kernel_constraint.clone()),
-                        1 => (bn.options.bias_regularizer, bn.options.bias_constraint.clone()),
+                        0 => (
+                            bn.options.kernel_regularizer,
+                            bn.options.kernel_constraint.clone(),
+                        ),
+                        1 => (
+                            bn.options.bias_regularizer,
+                            bn.options.bias_constraint.clone(),
+                        ),
                         _ => (None, None),
                     };
-                    params.push(spec(names[i], vec![c], vec![c], i < 2, bn.initializers[i].clone(), reg, con));
+                    params.push(spec(
+                        names[i],
+                        vec![c],
+                        vec![c],
+                        i < 2,
+                        bn.initializers[i].clone(),
+                        reg,
+                        con,
+                    ));
                 }
             }
             Ok(Inferred {
@@ -518,19 +574,33 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
             if inputs.len() < 2 || (*kind == MergeKind::Subtract && inputs.len() != 2) {
                 return err(
                     layer,
-                    format!("{kind:?} needs {} inputs, got {}", if *kind == MergeKind::Subtract { "exactly 2" } else { "at least 2" }, inputs.len()),
+                    format!(
+                        "{kind:?} needs {} inputs, got {}",
+                        if *kind == MergeKind::Subtract {
+                            "exactly 2"
+                        } else {
+                            "at least 2"
+                        },
+                        inputs.len()
+                    ),
                 );
             }
             for s in &inputs[1..] {
                 if *s != inputs[0] {
-                    return err(layer, format!("inputs have different shapes {:?} and {s:?}", inputs[0]));
+                    return err(
+                        layer,
+                        format!("inputs have different shapes {:?} and {s:?}", inputs[0]),
+                    );
                 }
             }
             plain(inputs[0].clone())
         }
         Op::Concatenate { axis } => {
             if inputs.len() < 2 {
-                return err(layer, format!("Concatenate needs at least 2 inputs, got {}", inputs.len()));
+                return err(
+                    layer,
+                    format!("Concatenate needs at least 2 inputs, got {}", inputs.len()),
+                );
             }
             let r = inputs[0].len();
             if *axis >= r {
@@ -542,7 +612,10 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
                 if !compatible {
                     return err(
                         layer,
-                        format!("cannot concatenate {:?} and {s:?} along axis {axis}", inputs[0]),
+                        format!(
+                            "cannot concatenate {:?} and {s:?} along axis {axis}",
+                            inputs[0]
+                        ),
                     );
                 }
                 out[*axis] = out[*axis]
@@ -556,7 +629,12 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
 
 /// Resolves a Keras axis (negative from the end, batch axis counted as 0 when
 /// `includes_batch`) to a per-sample axis index.
-pub fn resolve_keras_axis(layer: &str, axis: i64, rank: usize, includes_batch: bool) -> Result<usize> {
+pub fn resolve_keras_axis(
+    layer: &str,
+    axis: i64,
+    rank: usize,
+    includes_batch: bool,
+) -> Result<usize> {
     if axis < 0 {
         resolve_axis(layer, axis, rank)
     } else if includes_batch {

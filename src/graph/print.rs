@@ -161,7 +161,10 @@ pub fn graph_text(g: &Graph) -> String {
 pub fn graph_dot(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "digraph \"{}\" {{", g.name.replace('"', "'"));
-    let _ = writeln!(s, "  rankdir=TB;\n  node [shape=record, fontname=\"monospace\"];");
+    let _ = writeln!(
+        s,
+        "  rankdir=TB;\n  node [shape=record, fontname=\"monospace\"];"
+    );
     for (id, n) in g.nodes.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -224,7 +227,11 @@ pub fn summary(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Model: \"{}\"", g.name);
     let _ = writeln!(s, "{}", "_".repeat(width));
-    let _ = writeln!(s, "{:<w0$}{:<w1$}{:>w2$}", "Layer (type)", "Output Shape", "Param #");
+    let _ = writeln!(
+        s,
+        "{:<w0$}{:<w1$}{:>w2$}",
+        "Layer (type)", "Output Shape", "Param #"
+    );
     let _ = writeln!(s, "{}", "=".repeat(width));
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(s, "{:<w0$}{:<w1$}{:>w2$}", r.0, r.1, r.2);
@@ -235,7 +242,11 @@ pub fn summary(g: &Graph) -> String {
     let _ = writeln!(s, "{}", "=".repeat(width));
     let _ = writeln!(s, "Total params: {}", with_commas(total));
     let _ = writeln!(s, "Trainable params: {}", with_commas(trainable));
-    let _ = writeln!(s, "Non-trainable params: {}", with_commas(total - trainable));
+    let _ = writeln!(
+        s,
+        "Non-trainable params: {}",
+        with_commas(total - trainable)
+    );
     let _ = writeln!(s, "{}", "_".repeat(width));
     s
 }

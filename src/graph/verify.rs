@@ -22,14 +22,20 @@ pub fn verify(g: &Graph) -> Result<()> {
         }
         for &i in &n.inputs {
             if i >= id {
-                errs.push(format!("%{id} '{}': input %{i} is not earlier in the order", n.name));
+                errs.push(format!(
+                    "%{id} '{}': input %{i} is not earlier in the order",
+                    n.name
+                ));
             }
         }
         if errs.is_empty() {
             match &n.op {
                 Op::Input => {
                     if !g.inputs.contains(&id) {
-                        errs.push(format!("%{id} '{}': input node not listed as graph input", n.name));
+                        errs.push(format!(
+                            "%{id} '{}': input node not listed as graph input",
+                            n.name
+                        ));
                     }
                 }
                 op => {

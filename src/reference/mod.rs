@@ -4,4 +4,6 @@ use crate::error::Result;
 use crate::graph::Graph;
 use ndarray::ArrayD;
 /// x
-pub fn forward(_g: &Graph, _p: &[ArrayD<f32>], _i: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> { todo!() }
+pub fn forward(_g: &Graph, _p: &[ArrayD<f32>], _i: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+    todo!()
+}
