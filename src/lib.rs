@@ -24,6 +24,7 @@ pub mod frontend;
 pub mod graph;
 pub mod init;
 pub mod io;
+pub mod loop_ir;
 pub mod model;
 pub mod reference;
 

@@ -1,0 +1,207 @@
+//! The loop-IR interpreter: the living definition of what a [`Module`] means.
+//!
+//! It runs kernels in order, loops in program order (schedules are ignored: they never
+//! change the meaning), and checks every access, so it needs no `unsafe` and reports an
+//! out-of-bounds access as an internal error instead of trusting the verifier.
+//! Transcendentals use [`super::math`], the same sequences the JIT emits.
+
+use super::{math, BinOp, CmpOp, Expr, Kernel, Module, Stmt, UnOp};
+use crate::error::{Error, Result};
+
+struct Frame<'a> {
+    kernel: &'a Kernel,
+    vars: Vec<i64>,
+    locals: Vec<Vec<f32>>,
+}
+
+fn oob(kernel: &Kernel, what: &str, idx: i64, len: usize) -> Error {
+    Error::internal(format!(
+        "kernel {}: {what} index {idx} out of bounds (len {len})",
+        kernel.name
+    ))
+}
+
+/// Evaluates one expression.
+fn eval(e: &Expr, f: &Frame, bufs: &[Vec<f32>]) -> Result<f32> {
+    Ok(match e {
+        Expr::Const(c) => *c,
+        Expr::Load { buf, index } => {
+            let i = index.eval(&f.vars);
+            let b = bufs.get(*buf as usize).ok_or_else(|| {
+                Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
+            })?;
+            *usize::try_from(i)
+                .ok()
+                .and_then(|i| b.get(i))
+                .ok_or_else(|| oob(f.kernel, "load", i, b.len()))?
+        }
+        Expr::LoadLocal { local, index } => {
+            let i = index.eval(&f.vars);
+            let l = f.locals.get(*local as usize).ok_or_else(|| {
+                Error::internal(format!("kernel {}: no local {local}", f.kernel.name))
+            })?;
+            *usize::try_from(i)
+                .ok()
+                .and_then(|i| l.get(i))
+                .ok_or_else(|| oob(f.kernel, "local", i, l.len()))?
+        }
+        Expr::Unary(op, a) => {
+            let a = eval(a, f, bufs)?;
+            match op {
+                UnOp::Neg => -a,
+                UnOp::Abs => a.abs(),
+                UnOp::Sqrt => a.sqrt(),
+                UnOp::Relu => relu(a),
+                UnOp::Exp => math::exp(a),
+                UnOp::Log => math::ln(a),
+                UnOp::Tanh => math::tanh(a),
+                UnOp::Sigmoid => math::sigmoid(a),
+                UnOp::Erf => math::erf(a),
+            }
+        }
+        Expr::Binary(op, a, b) => {
+            let (a, b) = (eval(a, f, bufs)?, eval(b, f, bufs)?);
+            match op {
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
+                BinOp::Mul => a * b,
+                BinOp::Div => a / b,
+                BinOp::Max => max(a, b),
+                BinOp::Min => min(a, b),
+            }
+        }
+        Expr::Fma(a, b, c) => eval(a, f, bufs)?.mul_add(eval(b, f, bufs)?, eval(c, f, bufs)?),
+        Expr::Select {
+            cmp,
+            a,
+            b,
+            t,
+            f: fe,
+        } => {
+            let (a, b) = (eval(a, f, bufs)?, eval(b, f, bufs)?);
+            let take = match cmp {
+                CmpOp::Lt => a < b,
+                CmpOp::Le => a <= b,
+                CmpOp::Gt => a > b,
+                CmpOp::Ge => a >= b,
+            };
+            if take {
+                eval(t, f, bufs)?
+            } else {
+                eval(fe, f, bufs)?
+            }
+        }
+    })
+}
+
+/// `max(x, 0)` as x64 `maxps x, 0` computes it (NaN → 0).
+pub fn relu(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// `max(a, b)` as `a > b ? a : b` (the JIT's lane-wise definition).
+pub fn max(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `min(a, b)` as `a < b ? a : b`.
+pub fn min(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+fn exec(stmts: &[Stmt], f: &mut Frame, bufs: &mut [Vec<f32>]) -> Result<()> {
+    for s in stmts {
+        match s {
+            Stmt::For {
+                var, extent, body, ..
+            } => {
+                for i in 0..*extent {
+                    let slot = f.vars.get_mut(*var as usize).ok_or_else(|| {
+                        Error::internal(format!("kernel {}: no var {var}", f.kernel.name))
+                    })?;
+                    *slot = i as i64;
+                    exec(body, f, bufs)?;
+                }
+            }
+            Stmt::If { conds, body } => {
+                if conds.iter().all(|(a, lo, hi)| {
+                    let v = a.eval(&f.vars);
+                    *lo <= v && v < *hi
+                }) {
+                    exec(body, f, bufs)?;
+                }
+            }
+            Stmt::Store { buf, index, value } => {
+                let v = eval(value, f, bufs)?;
+                let i = index.eval(&f.vars);
+                let b = bufs.get_mut(*buf as usize).ok_or_else(|| {
+                    Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
+                })?;
+                let len = b.len();
+                *usize::try_from(i)
+                    .ok()
+                    .and_then(|i| b.get_mut(i))
+                    .ok_or_else(|| oob(f.kernel, "store", i, len))? = v;
+            }
+            Stmt::SetLocal {
+                local,
+                index,
+                value,
+            } => {
+                let v = eval(value, f, bufs)?;
+                let i = index.eval(&f.vars);
+                let kernel = f.kernel;
+                let l = f.locals.get_mut(*local as usize).ok_or_else(|| {
+                    Error::internal(format!("kernel {}: no local {local}", kernel.name))
+                })?;
+                let len = l.len();
+                *usize::try_from(i)
+                    .ok()
+                    .and_then(|i| l.get_mut(i))
+                    .ok_or_else(|| oob(kernel, "local", i, len))? = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one kernel over `bufs` (indexed by [`super::BufId`]).
+pub fn run_kernel(kernel: &Kernel, bufs: &mut [Vec<f32>]) -> Result<()> {
+    let mut frame = Frame {
+        kernel,
+        vars: vec![0; kernel.vars as usize],
+        locals: kernel.locals.iter().map(|l| vec![0.0; l.len]).collect(),
+    };
+    exec(&kernel.body, &mut frame, bufs)
+}
+
+/// Runs every kernel of `module` in order. `bufs[i]` must have `module.buffers[i].len`
+/// elements.
+pub fn run(module: &Module, bufs: &mut [Vec<f32>]) -> Result<()> {
+    if bufs.len() != module.buffers.len()
+        || bufs
+            .iter()
+            .zip(&module.buffers)
+            .any(|(b, d)| b.len() != d.len)
+    {
+        return Err(Error::internal(
+            "interpreter: buffers do not match the module",
+        ));
+    }
+    for k in &module.kernels {
+        run_kernel(k, bufs)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The loop IR: fixed-shape loop nests over flat f32 buffers with affine indices, whose
+//! loops carry their schedule.
+//!
+//! A [`Module`] is what one model compiles to: a set of buffers (inputs, outputs,
+//! parameters, constants, scratch activations) and a sequence of [`Kernel`]s run in order
+//! (one or more per layer). A kernel is a loop nest. Indices are affine in the loop
+//! variables with constant coefficients ([`Affine`]), so the verifier proves every access
+//! in bounds by interval arithmetic, and the code generator folds them into base +
+//! constant strides.
+//!
+//! Loop kinds are the schedule and never change the meaning: `Serial`, `Parallel` (the
+//! iterations are split into contiguous chunks across threads; only a kernel's outermost
+//! loop may be parallel and its iterations must write disjoint elements), `Vector(4)`
+//! (lanes of an f32x4: the loop's variable may appear in indices with coefficient 0 —
+//! broadcast — or 1 — contiguous lanes), `Unroll(n)` (the body is replicated n times).
+//! The interpreter ignores kinds; the verifier checks that they are legal.
+//!
+//! Locals are small per-kernel register tiles (accumulators). Their indices may only use
+//! `Vector` and `Unroll` variables, so after unrolling every local element is a fixed
+//! register. A local is private to the iteration of the enclosing loops that writes it.
+//!
+//! This module knows nothing of layers or of Cranelift.
+
+pub mod interp;
+pub mod math;
+pub mod print;
+pub mod verify;
+
+/// A loop variable (index into the kernel's variables).
+pub type Var = u32;
+/// A buffer of the module.
+pub type BufId = u32;
+/// A local register tile of a kernel.
+pub type LocalId = u32;
+
+/// `offset + Σ coef·var`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Affine {
+    /// Constant term.
+    pub offset: i64,
+    /// `(variable, coefficient)` terms; each variable appears at most once, no zero
+    /// coefficients (kept canonical by the constructors).
+    pub terms: Vec<(Var, i64)>,
+}
+
+impl Affine {
+    /// The constant `c`.
+    pub fn constant(c: i64) -> Self {
+        Affine {
+            offset: c,
+            terms: Vec::new(),
+        }
+    }
+
+    /// The variable `v`.
+    pub fn var(v: Var) -> Self {
+        Affine::constant(0).plus_term(v, 1)
+    }
+
+    /// `self + coef·v`.
+    pub fn plus_term(mut self, v: Var, coef: i64) -> Self {
+        if coef == 0 {
+            return self;
+        }
+        if let Some(t) = self.terms.iter_mut().find(|t| t.0 == v) {
+            t.1 += coef;
+        } else {
+            self.terms.push((v, coef));
+        }
+        self.terms.retain(|t| t.1 != 0);
+        self.terms.sort_unstable();
+        self
+    }
+
+    /// `self + c`.
+    pub fn plus(mut self, c: i64) -> Self {
+        self.offset += c;
+        self
+    }
+
+    /// `self + other`.
+    pub fn add(mut self, other: &Affine) -> Self {
+        self.offset += other.offset;
+        for &(v, c) in &other.terms {
+            self = self.plus_term(v, c);
+        }
+        self
+    }
+
+    /// `k · self`.
+    pub fn scale(mut self, k: i64) -> Self {
+        self.offset *= k;
+        for t in &mut self.terms {
+            t.1 *= k;
+        }
+        self.terms.retain(|t| t.1 != 0);
+        self
+    }
+
+    /// Coefficient of `v` (0 when absent).
+    pub fn coef(&self, v: Var) -> i64 {
+        self.terms
+            .iter()
+            .find(|t| t.0 == v)
+            .map(|t| t.1)
+            .unwrap_or(0)
+    }
+
+    /// Value at the given variable assignment.
+    pub fn eval(&self, vars: &[i64]) -> i64 {
+        self.terms
+            .iter()
+            .fold(self.offset, |acc, &(v, c)| acc + c * vars[v as usize])
+    }
+}
+
+/// What a buffer holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufRole {
+    /// Model input `i`.
+    Input(usize),
+    /// Model output `i`.
+    Output(usize),
+    /// Graph parameter `i` (canonical layout).
+    Param(usize),
+    /// Constant data baked in at lowering time (e.g. averaging divisors).
+    Const(Vec<f32>),
+    /// An intermediate activation; the memory plan may share its storage with other
+    /// scratch buffers whose lifetimes do not overlap.
+    Scratch,
+}
+
+/// A flat f32 buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// Name shown by the printer.
+    pub name: String,
+    /// Number of f32 elements.
+    pub len: usize,
+    /// What it holds.
+    pub role: BufRole,
+}
+
+/// A register tile of a kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Local {
+    /// Name shown by the printer.
+    pub name: String,
+    /// Number of f32 elements.
+    pub len: usize,
+}
+
+/// The schedule of a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoopKind {
+    /// Plain loop.
+    Serial,
+    /// Iterations split across threads in contiguous chunks.
+    Parallel,
+    /// Lanes of a SIMD vector of this width (4 for f32x4).
+    Vector(u32),
+    /// Body replicated this many times.
+    Unroll(u32),
+}
+
+/// Unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    /// `-x`.
+    Neg,
+    /// `|x|`.
+    Abs,
+    /// `sqrt(x)`.
+    Sqrt,
+    /// `max(x, 0)`.
+    Relu,
+    /// `e^x` (polynomial, see [`math`]).
+    Exp,
+    /// `ln(x)` (polynomial, see [`math`]).
+    Log,
+    /// `tanh(x)` (via exp).
+    Tanh,
+    /// `1/(1+e^{-x})` (via exp).
+    Sigmoid,
+    /// `erf(x)` (polynomial).
+    Erf,
+}
+
+/// Binary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    /// `a + b`.
+    Add,
+    /// `a − b`.
+    Sub,
+    /// `a · b`.
+    Mul,
+    /// `a / b`.
+    Div,
+    /// `max(a, b)` (a NaN operand gives the other operand, as x64 `maxps` with b = a).
+    Max,
+    /// `min(a, b)`.
+    Min,
+}
+
+/// Comparison of a [`Expr::Select`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// `a < b`.
+    Lt,
+    /// `a <= b`.
+    Le,
+    /// `a > b`.
+    Gt,
+    /// `a >= b`.
+    Ge,
+}
+
+/// A scalar (or, inside a vector loop, lane-wise) f32 expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// A constant.
+    Const(f32),
+    /// `buf[index]`.
+    Load {
+        /// Buffer.
+        buf: BufId,
+        /// Element index.
+        index: Affine,
+    },
+    /// `local[index]`.
+    LoadLocal {
+        /// Local tile.
+        local: LocalId,
+        /// Element index.
+        index: Affine,
+    },
+    /// A unary operation.
+    Unary(UnOp, Box<Expr>),
+    /// A binary operation.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `a·b + c`, fused (one rounding) where the host has FMA.
+    Fma(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `if a (cmp) b { t } else { f }`.
+    Select {
+        /// Comparison.
+        cmp: CmpOp,
+        /// Left operand.
+        a: Box<Expr>,
+        /// Right operand.
+        b: Box<Expr>,
+        /// Value when true.
+        t: Box<Expr>,
+        /// Value when false.
+        f: Box<Expr>,
+    },
+}
+
+/// A statement of a kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `for var in 0..extent { body }` with a schedule.
+    For {
+        /// Loop variable.
+        var: Var,
+        /// Trip count.
+        extent: u64,
+        /// Schedule.
+        kind: LoopKind,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// Runs `body` only when every `lo <= index < hi` holds (used for clipped windows
+    /// and padding). Conditions may not depend on a `Vector` variable.
+    If {
+        /// `(index, lo, hi)` conditions, all of which must hold.
+        conds: Vec<(Affine, i64, i64)>,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// `buf[index] = value`.
+    Store {
+        /// Buffer.
+        buf: BufId,
+        /// Element index.
+        index: Affine,
+        /// Value.
+        value: Expr,
+    },
+    /// `local[index] = value`.
+    SetLocal {
+        /// Local tile.
+        local: LocalId,
+        /// Element index.
+        index: Affine,
+        /// Value.
+        value: Expr,
+    },
+}
+
+/// One loop nest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// Name (layer and pass, e.g. `L4.forward`).
+    pub name: String,
+    /// Number of loop variables used (`Var`s are `0..vars`).
+    pub vars: u32,
+    /// Names of the loop variables, for printing.
+    pub var_names: Vec<String>,
+    /// Register tiles.
+    pub locals: Vec<Local>,
+    /// Statements.
+    pub body: Vec<Stmt>,
+}
+
+/// A whole program: buffers and the kernels that run over them, in order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Module {
+    /// Name (the model's).
+    pub name: String,
+    /// Buffers.
+    pub buffers: Vec<Buffer>,
+    /// Kernels, run in order.
+    pub kernels: Vec<Kernel>,
+}
+
+/// Helper to build kernels: fresh variables, locals and nested loops.
+#[derive(Debug, Default)]
+pub struct KernelBuilder {
+    name: String,
+    var_names: Vec<String>,
+    locals: Vec<Local>,
+}
+
+impl KernelBuilder {
+    /// Starts a kernel.
+    pub fn new(name: impl Into<String>) -> Self {
+        KernelBuilder {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A fresh loop variable.
+    pub fn var(&mut self, name: &str) -> Var {
+        self.var_names.push(name.to_string());
+        (self.var_names.len() - 1) as Var
+    }
+
+    /// A fresh local tile of `len` elements.
+    pub fn local(&mut self, name: &str, len: usize) -> LocalId {
+        self.locals.push(Local {
+            name: name.to_string(),
+            len,
+        });
+        (self.locals.len() - 1) as LocalId
+    }
+
+    /// Finishes the kernel with `body`.
+    pub fn finish(self, body: Vec<Stmt>) -> Kernel {
+        Kernel {
+            name: self.name,
+            vars: self.var_names.len() as u32,
+            var_names: self.var_names,
+            locals: self.locals,
+            body,
+        }
+    }
+}
+
+/// `for var in 0..extent (kind) { body }`.
+pub fn for_(var: Var, extent: u64, kind: LoopKind, body: Vec<Stmt>) -> Stmt {
+    Stmt::For {
+        var,
+        extent,
+        kind,
+        body,
+    }
+}
+
+/// `buf[index]`.
+pub fn load(buf: BufId, index: Affine) -> Expr {
+    Expr::Load { buf, index }
+}
+
+/// `local[index]`.
+pub fn load_local(local: LocalId, index: Affine) -> Expr {
+    Expr::LoadLocal { local, index }
+}
+
+/// `a op b`.
+pub fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+    Expr::Binary(op, Box::new(a), Box::new(b))
+}
+
+/// `op(a)`.
+pub fn un(op: UnOp, a: Expr) -> Expr {
+    Expr::Unary(op, Box::new(a))
+}
+
+/// `a·b + c`.
+pub fn fma(a: Expr, b: Expr, c: Expr) -> Expr {
+    Expr::Fma(Box::new(a), Box::new(b), Box::new(c))
+}

@@ -1,0 +1,271 @@
+//! The loop-IR verifier: proves every load and store in bounds and rejects ill-formed
+//! programs, listing all violations.
+//!
+//! The JIT emits unchecked memory accesses; this verifier is what makes that safe. Bounds
+//! are proved by interval arithmetic: each loop variable ranges over `[0, extent)`, and
+//! inside an `If` a guarded affine expression `g` ranges over `[lo, hi)`. When an index
+//! contains `m·g` exactly (every term of `g` scaled by the same `m`), that part is bounded
+//! by the guard instead of by the loop ranges, which is how clipped windows and padding
+//! are proved safe.
+//!
+//! Structural rules: variables are bound once and used only inside their loop; only a
+//! kernel's top-level loops may be `Parallel`; `Vector(w)` loops are innermost, have
+//! extents divisible by `w`, use their variable with coefficient 0 or 1 in indices and
+//! with coefficient 1 in the indices they store to, and carry no `If` on it; `Unroll(n)`
+//! extents are divisible by `n`; local tiles are indexed only by `Vector` variables and
+//! fully unrolled variables, so they can live in registers.
+
+use super::{Affine, Expr, Kernel, LoopKind, Module, Stmt, Var};
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+struct Scope {
+    /// Per variable: `Some((extent, kind))` while bound.
+    vars: Vec<Option<(u64, LoopKind)>>,
+    guards: Vec<(Affine, i64, i64)>,
+    in_vector: Option<Var>,
+}
+
+struct Ctx<'a> {
+    module: &'a Module,
+    kernel: &'a Kernel,
+    errs: Vec<String>,
+    bound: Vec<bool>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, msg: String) {
+        self.errs
+            .push(format!("kernel {}: {msg}", self.kernel.name));
+    }
+
+    /// Interval `[min, max]` of `a` under `scope`, or an error string.
+    fn range(&self, a: &Affine, scope: &Scope) -> std::result::Result<(i128, i128), String> {
+        let mut rest = a.clone();
+        let (mut lo, mut hi) = (0i128, 0i128);
+        for (g, glo, ghi) in scope.guards.iter().rev() {
+            let Some(&(v0, c0)) = g.terms.first() else {
+                continue;
+            };
+            let rc = rest.coef(v0);
+            if rc == 0 || rc % c0 != 0 {
+                continue;
+            }
+            let m = rc / c0;
+            if g.terms.iter().all(|&(v, c)| rest.coef(v) == m * c) {
+                rest = rest.add(&g.clone().scale(-m));
+                let (a1, a2) = (m as i128 * *glo as i128, m as i128 * (*ghi as i128 - 1));
+                lo += a1.min(a2);
+                hi += a1.max(a2);
+            }
+        }
+        lo += rest.offset as i128;
+        hi += rest.offset as i128;
+        for &(v, c) in &rest.terms {
+            let Some(Some((extent, _))) = scope.vars.get(v as usize) else {
+                return Err(format!("variable v{v} used outside its loop"));
+            };
+            let top = c as i128 * (*extent as i128 - 1);
+            lo += top.min(0);
+            hi += top.max(0);
+        }
+        Ok((lo, hi))
+    }
+
+    fn check_index(&mut self, what: &str, a: &Affine, len: usize, scope: &Scope, store: bool) {
+        match self.range(a, scope) {
+            Ok((lo, hi)) => {
+                if lo < 0 || hi >= len as i128 {
+                    self.err(format!(
+                        "{what} index {} ranges over [{lo}, {hi}], outside [0, {len})",
+                        super::print::affine_text(a, &self.kernel.var_names)
+                    ));
+                }
+            }
+            Err(e) => self.err(format!("{what}: {e}")),
+        }
+        if let Some(v) = scope.in_vector {
+            let c = a.coef(v);
+            if store && c != 1 {
+                self.err(format!(
+                    "{what} inside vector loop v{v} must have coefficient 1 on it (has {c})"
+                ));
+            } else if !store && c != 0 && c != 1 {
+                self.err(format!(
+                    "{what} uses vector variable v{v} with coefficient {c} (only 0 or 1)"
+                ));
+            }
+        }
+    }
+
+    fn check_local_index(&mut self, local: u32, a: &Affine, scope: &Scope, store: bool) {
+        let Some(l) = self.kernel.locals.get(local as usize) else {
+            self.err(format!("local {local} does not exist"));
+            return;
+        };
+        let len = l.len;
+        for &(v, _) in &a.terms {
+            match scope.vars.get(v as usize) {
+                Some(Some((_, LoopKind::Vector(_)))) => {}
+                Some(Some((e, LoopKind::Unroll(n)))) if *e == *n as u64 => {}
+                _ => self.err(format!(
+                    "local {local} indexed by v{v}, which is neither a vector nor a fully unrolled loop"
+                )),
+            }
+        }
+        self.check_index(&format!("local {local}"), a, len, scope, store);
+    }
+
+    fn expr(&mut self, e: &Expr, scope: &Scope) {
+        match e {
+            Expr::Const(_) => {}
+            Expr::Load { buf, index } => match self.module.buffers.get(*buf as usize) {
+                Some(b) => {
+                    let len = b.len;
+                    self.check_index(&format!("load of buffer {buf}"), index, len, scope, false)
+                }
+                None => self.err(format!("buffer {buf} does not exist")),
+            },
+            Expr::LoadLocal { local, index } => self.check_local_index(*local, index, scope, false),
+            Expr::Unary(_, a) => self.expr(a, scope),
+            Expr::Binary(_, a, b) => {
+                self.expr(a, scope);
+                self.expr(b, scope);
+            }
+            Expr::Fma(a, b, c) => {
+                self.expr(a, scope);
+                self.expr(b, scope);
+                self.expr(c, scope);
+            }
+            Expr::Select { a, b, t, f, .. } => {
+                for x in [a, b, t, f] {
+                    self.expr(x, scope);
+                }
+            }
+        }
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt], scope: &Scope, top: bool) {
+        for s in stmts {
+            match s {
+                Stmt::For {
+                    var,
+                    extent,
+                    kind,
+                    body,
+                } => {
+                    let v = *var as usize;
+                    if v >= self.bound.len() {
+                        self.err(format!("loop variable v{var} is not declared"));
+                        continue;
+                    }
+                    if self.bound[v] {
+                        self.err(format!("loop variable v{var} is bound twice"));
+                    }
+                    self.bound[v] = true;
+                    if *extent == 0 {
+                        self.err(format!("loop v{var} has extent 0"));
+                    }
+                    if scope.in_vector.is_some() {
+                        self.err(format!("loop v{var} is nested inside a vector loop"));
+                    }
+                    match kind {
+                        LoopKind::Parallel if !top => {
+                            self.err(format!("parallel loop v{var} is not a top-level loop"))
+                        }
+                        LoopKind::Vector(w) | LoopKind::Unroll(w)
+                            if *w == 0 || extent % *w as u64 != 0 =>
+                        {
+                            self.err(format!(
+                                "loop v{var}: extent {extent} is not a multiple of {w}"
+                            ))
+                        }
+                        _ => {}
+                    }
+                    let mut inner = scope.clone();
+                    inner.vars[v] = Some((*extent, *kind));
+                    if let LoopKind::Vector(_) = kind {
+                        inner.in_vector = Some(*var);
+                    }
+                    self.stmts(body, &inner, false);
+                }
+                Stmt::If { conds, body } => {
+                    let mut inner = scope.clone();
+                    for (a, lo, hi) in conds {
+                        if let Some(v) = scope.in_vector {
+                            if a.coef(v) != 0 {
+                                self.err(format!("condition depends on vector variable v{v}"));
+                            }
+                        }
+                        if let Err(e) = self.range(a, scope) {
+                            self.err(format!("condition: {e}"));
+                        }
+                        inner.guards.push((a.clone(), *lo, *hi));
+                    }
+                    self.stmts(body, &inner, false);
+                }
+                Stmt::Store { buf, index, value } => {
+                    self.expr(value, scope);
+                    match self.module.buffers.get(*buf as usize) {
+                        Some(b) => {
+                            let len = b.len;
+                            if matches!(b.role, super::BufRole::Param(_) | super::BufRole::Const(_))
+                            {
+                                self.err(format!("store to read-only buffer {buf} ({})", b.name));
+                            }
+                            self.check_index(
+                                &format!("store to buffer {buf}"),
+                                index,
+                                len,
+                                scope,
+                                true,
+                            )
+                        }
+                        None => self.err(format!("buffer {buf} does not exist")),
+                    }
+                }
+                Stmt::SetLocal {
+                    local,
+                    index,
+                    value,
+                } => {
+                    self.expr(value, scope);
+                    self.check_local_index(*local, index, scope, true);
+                }
+            }
+        }
+    }
+}
+
+/// Verifies every kernel of `module`; all violations are listed in one
+/// [`Error::Internal`].
+pub fn verify(module: &Module) -> Result<()> {
+    let mut errs = Vec::new();
+    for kernel in &module.kernels {
+        let mut ctx = Ctx {
+            module,
+            kernel,
+            errs: Vec::new(),
+            bound: vec![false; kernel.vars as usize],
+        };
+        if kernel.var_names.len() != kernel.vars as usize {
+            ctx.err("variable names do not match the variable count".into());
+        }
+        let scope = Scope {
+            vars: vec![None; kernel.vars as usize],
+            guards: Vec::new(),
+            in_vector: None,
+        };
+        ctx.stmts(&kernel.body, &scope, true);
+        errs.extend(ctx.errs);
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::internal(format!(
+            "loop IR verifier found {} problem(s): {}",
+            errs.len(),
+            errs.join("; ")
+        )))
+    }
+}
