@@ -25,6 +25,7 @@ pub mod graph;
 pub mod init;
 pub mod io;
 pub mod loop_ir;
+pub mod lower;
 pub mod model;
 pub mod reference;
 

@@ -1,0 +1,259 @@
+//! Locally connected layers (1D, 2D, 3D; both data formats; `valid` and Keras's clipped
+//! `same`; strides; dilation) in the loop IR.
+//!
+//! Forward, as DESIGN.md §3 prescribes: a parallel loop over the first output axis and
+//! serial loops over the others (never unrolled over positions), around a fixed-shape
+//! nest over the patch. Filters are vectorised four lanes at a time when the output is
+//! channels_last and `F` is a multiple of 4, with a register tile of
+//! `TB batch rows × FT filters` accumulators (at most 12 f32x4, under the x64 budget), so
+//! each weight vector loaded is reused across the batch tile. Bias and activation are
+//! fused into the store. Taps outside the input (`same` padding) are skipped by guards
+//! that the verifier uses to prove the loads in bounds.
+
+use super::activation::{apply, is_elementwise, softmax_kernel};
+use super::Cx;
+use crate::error::{Error, Result};
+use crate::graph::geometry::lc_window_start;
+use crate::graph::infer::split_channels;
+use crate::graph::{DataFormat, LocallyConnected, NodeId, Padding};
+use crate::loop_ir::{
+    bin, fma, for_, load, load_local, Affine, BinOp, Expr, KernelBuilder, LoopKind, Stmt,
+    Var,
+};
+
+/// Products of the trailing sizes: `strides(v)[a] = Π v[a+1..]`.
+fn trailing(v: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; v.len()];
+    for a in (0..v.len().saturating_sub(1)).rev() {
+        s[a] = s[a + 1] * v[a + 1] as i64;
+    }
+    s
+}
+
+/// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
+fn tile(cl: bool, f: usize, batch: usize) -> (bool, usize, usize) {
+    if cl && f % 4 == 0 {
+        let ft = [16, 12, 8, 4].into_iter().find(|t| f % t == 0).unwrap_or(4);
+        let tb = (12 / (ft / 4)).clamp(1, 4).min(batch);
+        (true, ft, tb)
+    } else {
+        let ft = (1..=8).rev().find(|t| f % t == 0).unwrap_or(1);
+        let tb = (12 / ft).clamp(1, 4).min(batch);
+        (false, ft, tb)
+    }
+}
+
+struct Geo {
+    rank: usize,
+    cl: bool,
+    c: usize,
+    f: usize,
+    q: usize,
+    p: usize,
+    in_sp: Vec<usize>,
+    out_sp: Vec<usize>,
+    x_stride: Vec<i64>,
+    x_sample: i64,
+    k_stride: Vec<i64>,
+    o_stride: Vec<i64>,
+    pad: Vec<i64>,
+}
+
+/// Lowers the forward pass of LC node `node`.
+pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
+    let n = &cx.graph.nodes[node];
+    let name = n.name.clone();
+    let out_shape = n.shape.clone();
+    let in_shape = cx.graph.nodes[n.inputs[0]].shape.clone();
+    let (in_sp, c) = split_channels(&name, &in_shape, l.rank, l.data_format)?;
+    let (out_sp, f) = split_channels(&name, &out_shape, l.rank, l.data_format)?;
+    let cl = l.data_format == DataFormat::ChannelsLast;
+    let sp_stride = trailing(&in_sp);
+    let x_stride: Vec<i64> = sp_stride.iter().map(|s| if cl { s * c as i64 } else { *s }).collect();
+    let pad: Vec<i64> = (0..l.rank)
+        .map(|a| -lc_window_start(0, l.kernel[a], l.strides[a], l.dilation[a], l.padding))
+        .collect();
+    let g = Geo {
+        rank: l.rank,
+        cl,
+        c,
+        f,
+        q: l.kernel.iter().product::<usize>() * c,
+        p: out_sp.iter().product(),
+        x_sample: (in_sp.iter().product::<usize>() * c) as i64,
+        k_stride: trailing(&l.kernel),
+        o_stride: trailing(&out_sp),
+        in_sp,
+        out_sp,
+        x_stride,
+        pad,
+    };
+    let x = cx.input(node, 0)?;
+    let k = cx.param(node, "kernel")?;
+    let bias = if l.use_bias { Some(cx.param(node, "bias")?) } else { None };
+    let elementwise = is_elementwise(&l.activation);
+    let y = cx.output(node);
+    let z = if elementwise {
+        y
+    } else {
+        cx.temp(cx.batch * g.p * g.f)
+    };
+
+    let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
+    let t: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("t{a}"))).collect();
+    let (vec, ft, tb) = tile(cl, g.f, cx.batch);
+    let acc = kb.local("acc", tb * ft);
+    let batch = cx.batch;
+    let act = if elementwise { l.activation.clone() } else { crate::graph::Activation::Linear };
+
+    let mut inner = Vec::new();
+    let tiles = batch / tb;
+    let mut nests = vec![(0usize, tiles, tb)];
+    if batch % tb != 0 {
+        nests.push((tiles * tb, 1, batch % tb));
+    }
+    for (ni, (b_base, ntiles, tb)) in nests.into_iter().enumerate() {
+        let bt = kb.var(&format!("bt{ni}"));
+        let fti = kb.var(&format!("ft{ni}"));
+        let cv = kb.var(&format!("c{ni}"));
+        let (bb_i, ff_i) = (kb.var(&format!("bb{ni}")), kb.var(&format!("f{ni}")));
+        let (bb_a, ff_a) = (kb.var(&format!("bb{ni}a")), kb.var(&format!("f{ni}a")));
+        let (bb_s, ff_s) = (kb.var(&format!("bb{ni}s")), kb.var(&format!("f{ni}s")));
+        let fkind = if vec { LoopKind::Vector(4) } else { LoopKind::Unroll(ft as u32) };
+        let b_of = |bb: Var| {
+            Affine::constant(b_base as i64)
+                .plus_term(bt, tb as i64)
+                .plus_term(bb, 1)
+        };
+        let f_of = |ff: Var| Affine::var(fti).scale(ft as i64).plus_term(ff, 1);
+        let acc_at = |bb: Var, ff: Var| Affine::var(bb).scale(ft as i64).plus_term(ff, 1);
+        // p = Σ o_a·ostride_a.
+        let p_aff = o
+            .iter()
+            .zip(&g.o_stride)
+            .fold(Affine::constant(0), |acc, (&v, &s)| acc.plus_term(v, s));
+        let init = for_(bb_i, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
+            ff_i,
+            ft as u64,
+            fkind,
+            vec![Stmt::SetLocal {
+                local: acc,
+                index: acc_at(bb_i, ff_i),
+                value: Expr::Const(0.0),
+            }],
+        )]);
+        // Input element of tap t at position o for batch row bb and channel c.
+        let x_at = {
+            let mut a = b_of(bb_a).scale(g.x_sample);
+            if !g.cl {
+                a = a.plus_term(cv, g.in_sp.iter().product::<usize>() as i64);
+            } else {
+                a = a.plus_term(cv, 1);
+            }
+            for ax in 0..g.rank {
+                let pos = Affine::var(o[ax])
+                    .scale(l.strides[ax] as i64)
+                    .plus_term(t[ax], l.dilation[ax] as i64)
+                    .plus(-g.pad[ax]);
+                a = a.add(&pos.scale(g.x_stride[ax]));
+            }
+            a
+        };
+        let q_aff = {
+            let taps = t
+                .iter()
+                .zip(&g.k_stride)
+                .fold(Affine::constant(0), |acc, (&v, &s)| acc.plus_term(v, s));
+            if g.cl {
+                taps.scale(g.c as i64).plus_term(cv, 1)
+            } else {
+                taps.plus_term(cv, (g.q / g.c) as i64)
+            }
+        };
+        let k_at = p_aff
+            .clone()
+            .scale((g.q * g.f) as i64)
+            .add(&q_aff.scale(g.f as i64))
+            .add(&f_of(ff_a));
+        let update = for_(bb_a, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
+            ff_a,
+            ft as u64,
+            fkind,
+            vec![Stmt::SetLocal {
+                local: acc,
+                index: acc_at(bb_a, ff_a),
+                value: fma(load(x, x_at), load(k, k_at), load_local(acc, acc_at(bb_a, ff_a))),
+            }],
+        )]);
+        let mut taps = vec![for_(cv, g.c as u64, LoopKind::Serial, vec![update])];
+        for ax in (0..g.rank).rev() {
+            if l.padding == Padding::Same {
+                let pos = Affine::var(o[ax])
+                    .scale(l.strides[ax] as i64)
+                    .plus_term(t[ax], l.dilation[ax] as i64)
+                    .plus(-g.pad[ax]);
+                taps = vec![Stmt::If {
+                    conds: vec![(pos, 0, g.in_sp[ax] as i64)],
+                    body: taps,
+                }];
+            }
+            taps = vec![for_(t[ax], l.kernel[ax] as u64, LoopKind::Serial, taps)];
+        }
+        // y[b, p, f] (channels_last) or y[b, f, p] (channels_first); bias likewise.
+        let (y_at, bias_at) = if g.cl {
+            (
+                b_of(bb_s).scale((g.p * g.f) as i64).add(&p_aff.clone().scale(g.f as i64)).add(&f_of(ff_s)),
+                p_aff.clone().scale(g.f as i64).add(&f_of(ff_s)),
+            )
+        } else {
+            (
+                b_of(bb_s).scale((g.p * g.f) as i64).add(&f_of(ff_s).scale(g.p as i64)).add(&p_aff),
+                f_of(ff_s).scale(g.p as i64).add(&p_aff),
+            )
+        };
+        let mut zval = load_local(acc, acc_at(bb_s, ff_s));
+        if let Some(bias) = bias {
+            zval = bin(BinOp::Add, zval, load(bias, bias_at));
+        }
+        let value = apply(&act, zval).ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        let store = for_(bb_s, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
+            ff_s,
+            ft as u64,
+            fkind,
+            vec![Stmt::Store {
+                buf: z,
+                index: y_at,
+                value,
+            }],
+        )]);
+        let mut body = vec![init];
+        body.extend(taps);
+        body.push(store);
+        let f_loop = for_(fti, (g.f / ft) as u64, LoopKind::Serial, body);
+        inner.push(for_(bt, ntiles as u64, LoopKind::Serial, vec![f_loop]));
+    }
+    let mut nest = inner;
+    for ax in (0..g.rank).rev() {
+        let kind = if ax == 0 { LoopKind::Parallel } else { LoopKind::Serial };
+        nest = vec![for_(o[ax], g.out_sp[ax] as u64, kind, nest)];
+    }
+    let mut reads = vec![x, k];
+    reads.extend(bias);
+    cx.push(kb.finish(nest), &reads, &[z]);
+    if !elementwise {
+        let (axis, log) = match l.activation {
+            crate::graph::Activation::Softmax { axis } => (axis, false),
+            _ => (-1, true),
+        };
+        let r = out_shape.len() as i64;
+        let axis = if axis < 0 { axis + r } else { axis } as usize;
+        softmax_kernel(cx, &name, &out_shape, axis, log, z, y);
+    }
+    Ok(())
+}
+
+/// A zero-based index helper for tests: the batch-row tile chosen for a layer.
+pub fn register_tile(cl: bool, filters: usize, batch: usize) -> (bool, usize, usize) {
+    tile(cl, filters, batch)
+}

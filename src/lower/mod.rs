@@ -1,0 +1,333 @@
+//! Lowering of the graph IR to the loop IR, and the memory plan.
+//!
+//! [`lower_forward`] turns a graph, for one batch size, into a [`Module`]: one or more
+//! kernels per layer (one file per layer kind in this directory, forward and backward side
+//! by side), buffers for inputs, outputs and parameters, and *slots* for intermediate
+//! activations. Layers that only reinterpret memory (Flatten of channels_last data,
+//! Reshape, Dropout at inference) alias their input instead of copying. The memory plan
+//! gives two activations the same slot when their lifetimes (from the kernel that writes
+//! them to the last kernel that reads them) do not overlap, so nothing is allocated per
+//! call beyond one set of slots.
+//!
+//! Invariants of the result: it passes `loop_ir::verify`; `param_bufs[i]` holds graph
+//! parameter `i` in canonical layout; tensor layouts are the graph's (row-major, batch
+//! first).
+
+pub mod activation;
+pub mod lc;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Op};
+use crate::loop_ir::{BufId, BufRole, Buffer, Kernel, Module};
+
+/// A logical tensor (one per node output, shared by aliasing nodes).
+pub type TensorId = usize;
+
+/// The lowered program and how graph values map to its buffers.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// The program.
+    pub module: Module,
+    /// Buffer of each graph input, in graph input order.
+    pub input_bufs: Vec<BufId>,
+    /// Buffer of each graph output, in graph output order.
+    pub output_bufs: Vec<BufId>,
+    /// Buffer of each graph parameter (`graph.params[i]`).
+    pub param_bufs: Vec<BufId>,
+    /// Batch size the module is specialised to.
+    pub batch: usize,
+}
+
+/// Per-layer lowering context.
+pub struct Cx<'g> {
+    /// The graph.
+    pub graph: &'g Graph,
+    /// Batch size.
+    pub batch: usize,
+    node_tensor: Vec<Option<TensorId>>,
+    tensor_len: Vec<usize>,
+    /// Kernels with the tensors they read and write (for liveness).
+    kernels: Vec<(Kernel, Vec<TensorId>, Vec<TensorId>)>,
+    param_bufs: Vec<BufId>,
+    buffers: Vec<Buffer>,
+}
+
+/// How a lowered layer refers to a tensor before slots are assigned: tensor ids are
+/// encoded as buffer ids `TENSOR_BASE + t` and rewritten by the memory plan.
+const TENSOR_BASE: u32 = 1 << 30;
+
+impl<'g> Cx<'g> {
+    /// Buffer id standing for input `k` of `node`.
+    pub fn input(&self, node: NodeId, k: usize) -> Result<BufId> {
+        let src = *self.graph.nodes[node]
+            .inputs
+            .get(k)
+            .ok_or_else(|| Error::internal(format!("node {node} has no input {k}")))?;
+        let t = self.node_tensor[src].ok_or_else(|| Error::internal("input not lowered yet"))?;
+        Ok(TENSOR_BASE + t as u32)
+    }
+
+    /// A fresh tensor for the output of `node`, returned as its buffer id.
+    pub fn output(&mut self, node: NodeId) -> BufId {
+        let len = self.batch * self.graph.nodes[node].shape.iter().product::<usize>();
+        self.tensor_len.push(len);
+        let t = self.tensor_len.len() - 1;
+        self.node_tensor[node] = Some(t);
+        TENSOR_BASE + t as u32
+    }
+
+    /// A fresh intermediate tensor of `len` elements that belongs to no node.
+    pub fn temp(&mut self, len: usize) -> BufId {
+        self.tensor_len.push(len);
+        TENSOR_BASE + (self.tensor_len.len() - 1) as u32
+    }
+
+    /// Makes `node`'s output the same tensor as its input `k` (a view, no copy).
+    pub fn alias(&mut self, node: NodeId, k: usize) -> Result<()> {
+        let src = self.graph.nodes[node].inputs[k];
+        self.node_tensor[node] = self.node_tensor[src];
+        Ok(())
+    }
+
+    /// Buffer of `node`'s parameter named `name`.
+    pub fn param(&self, node: NodeId, name: &str) -> Result<BufId> {
+        self.graph.nodes[node]
+            .params
+            .iter()
+            .find(|&&p| self.graph.params[p].name == name)
+            .map(|&p| self.param_bufs[p])
+            .ok_or_else(|| Error::internal(format!("node {node} has no parameter {name}")))
+    }
+
+    /// A constant buffer.
+    pub fn constant(&mut self, name: &str, data: Vec<f32>) -> BufId {
+        self.buffers.push(Buffer {
+            name: name.to_string(),
+            len: data.len(),
+            role: BufRole::Const(data),
+        });
+        (self.buffers.len() - 1) as BufId
+    }
+
+    /// Appends a kernel; reads and writes are derived from its buffer ids.
+    pub fn push(&mut self, kernel: Kernel, reads: &[BufId], writes: &[BufId]) {
+        let tensors = |ids: &[BufId]| {
+            ids.iter()
+                .filter(|&&b| b >= TENSOR_BASE)
+                .map(|&b| (b - TENSOR_BASE) as usize)
+                .collect::<Vec<_>>()
+        };
+        self.kernels.push((kernel, tensors(reads), tensors(writes)));
+    }
+}
+
+/// Lowers the forward pass of `graph` for a batch of `batch` rows.
+pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
+    if batch == 0 {
+        return Err(Error::Input {
+            detail: "batch size must be at least 1".into(),
+        });
+    }
+    let mut buffers = Vec::new();
+    let mut param_bufs = Vec::new();
+    for (i, p) in graph.params.iter().enumerate() {
+        let node = &graph.nodes[p.node].name;
+        buffers.push(Buffer {
+            name: format!("{node}.{}", p.name),
+            len: p.len(),
+            role: BufRole::Param(i),
+        });
+        param_bufs.push((buffers.len() - 1) as BufId);
+    }
+    let mut cx = Cx {
+        graph,
+        batch,
+        node_tensor: vec![None; graph.nodes.len()],
+        tensor_len: Vec::new(),
+        kernels: Vec::new(),
+        param_bufs: param_bufs.clone(),
+        buffers,
+    };
+    for (id, node) in graph.nodes.iter().enumerate() {
+        match &node.op {
+            Op::Input => {
+                cx.output(id);
+            }
+            Op::LocallyConnected(l) => lc::forward(&mut cx, id, l)?,
+            Op::Dropout { .. } => cx.alias(id, 0)?,
+            Op::Activation(a) => activation::forward(&mut cx, id, a)?,
+            other => {
+                return Err(Error::Usage {
+                    detail: format!(
+                        "layer '{}': {} is not lowered to the loop IR yet; use --engine reference",
+                        node.name,
+                        other.kind_name()
+                    ),
+                })
+            }
+        }
+    }
+    plan(cx)
+}
+
+/// The memory plan: assigns every tensor a buffer (input, output or shared slot) and
+/// rewrites the kernels' placeholder buffer ids.
+fn plan(cx: Cx) -> Result<Lowered> {
+    let Cx {
+        graph,
+        batch,
+        node_tensor,
+        tensor_len,
+        kernels,
+        param_bufs,
+        mut buffers,
+    } = cx;
+    let nt = tensor_len.len();
+    let tensor_of = |n: NodeId| node_tensor[n].ok_or_else(|| Error::internal("node without tensor"));
+    let mut role: Vec<Option<BufRole>> = vec![None; nt];
+    let mut fixed: Vec<Option<BufId>> = vec![None; nt];
+    let mut input_bufs = Vec::new();
+    for (i, &n) in graph.inputs.iter().enumerate() {
+        role[tensor_of(n)?] = Some(BufRole::Input(i));
+    }
+    let mut output_bufs = Vec::new();
+    for (i, &n) in graph.outputs.iter().enumerate() {
+        let t = tensor_of(n)?;
+        if role[t].is_some() {
+            return Err(Error::Usage {
+                detail: format!(
+                    "output '{}' is an input or another output of the graph; use --engine reference",
+                    graph.nodes[n].name
+                ),
+            });
+        }
+        role[t] = Some(BufRole::Output(i));
+    }
+    for t in 0..nt {
+        if let Some(r) = role[t].clone() {
+            buffers.push(Buffer {
+                name: match &r {
+                    BufRole::Input(i) => format!("x{i}"),
+                    _ => format!("y{}", output_bufs.len()),
+                },
+                len: tensor_len[t],
+                role: r.clone(),
+            });
+            let b = (buffers.len() - 1) as BufId;
+            fixed[t] = Some(b);
+            match r {
+                BufRole::Input(_) => input_bufs.push((t, b)),
+                _ => output_bufs.push((t, b)),
+            }
+        }
+    }
+    // Lifetimes in kernel indices: [first write, last read].
+    let mut first = vec![usize::MAX; nt];
+    let mut last = vec![0usize; nt];
+    for (k, (_, reads, writes)) in kernels.iter().enumerate() {
+        for &t in writes.iter().chain(reads) {
+            first[t] = first[t].min(k);
+            last[t] = last[t].max(k);
+        }
+    }
+    // Greedy slot assignment in order of first use.
+    let mut slots: Vec<(BufId, usize)> = Vec::new(); // (buffer, free after kernel index)
+    let mut order: Vec<usize> = (0..nt).filter(|&t| fixed[t].is_none() && first[t] != usize::MAX).collect();
+    order.sort_by_key(|&t| first[t]);
+    for t in order {
+        let reuse = slots.iter_mut().find(|(_, free_after)| *free_after < first[t]);
+        let b = match reuse {
+            Some((b, free_after)) => {
+                *free_after = last[t];
+                let buf = &mut buffers[*b as usize];
+                buf.len = buf.len.max(tensor_len[t]);
+                *b
+            }
+            None => {
+                buffers.push(Buffer {
+                    name: format!("slot{}", slots.len()),
+                    len: tensor_len[t],
+                    role: BufRole::Scratch,
+                });
+                let b = (buffers.len() - 1) as BufId;
+                slots.push((b, last[t]));
+                b
+            }
+        };
+        fixed[t] = Some(b);
+    }
+    let mut module = Module {
+        name: graph.name.clone(),
+        buffers,
+        kernels: Vec::new(),
+    };
+    for (mut k, _, _) in kernels {
+        let mut bad = false;
+        remap_kernel(&mut k, &mut |b| {
+            if b >= TENSOR_BASE {
+                match fixed.get((b - TENSOR_BASE) as usize).copied().flatten() {
+                    Some(nb) => nb,
+                    None => {
+                        bad = true;
+                        b
+                    }
+                }
+            } else {
+                b
+            }
+        });
+        if bad {
+            return Err(Error::internal(format!("kernel {} uses an unplanned tensor", k.name)));
+        }
+        module.kernels.push(k);
+    }
+    crate::loop_ir::verify::verify(&module)?;
+    input_bufs.sort_by_key(|&(t, _)| graph.inputs.iter().position(|&n| node_tensor[n] == Some(t)));
+    output_bufs.sort_by_key(|&(t, _)| graph.outputs.iter().position(|&n| node_tensor[n] == Some(t)));
+    Ok(Lowered {
+        module,
+        input_bufs: input_bufs.into_iter().map(|x| x.1).collect(),
+        output_bufs: output_bufs.into_iter().map(|x| x.1).collect(),
+        param_bufs,
+        batch,
+    })
+}
+
+fn remap_kernel(k: &mut Kernel, f: &mut dyn FnMut(BufId) -> BufId) {
+    use crate::loop_ir::{Expr, Stmt};
+    fn expr(e: &mut Expr, f: &mut dyn FnMut(BufId) -> BufId) {
+        match e {
+            Expr::Load { buf, .. } => *buf = f(*buf),
+            Expr::Const(_) | Expr::LoadLocal { .. } => {}
+            Expr::Unary(_, a) => expr(a, f),
+            Expr::Binary(_, a, b) => {
+                expr(a, f);
+                expr(b, f);
+            }
+            Expr::Fma(a, b, c) => {
+                expr(a, f);
+                expr(b, f);
+                expr(c, f);
+            }
+            Expr::Select { a, b, t, f: g, .. } => {
+                expr(a, f);
+                expr(b, f);
+                expr(t, f);
+                expr(g, f);
+            }
+        }
+    }
+    fn stmts(s: &mut [Stmt], f: &mut dyn FnMut(BufId) -> BufId) {
+        for st in s {
+            match st {
+                Stmt::For { body, .. } | Stmt::If { body, .. } => stmts(body, f),
+                Stmt::Store { buf, value, .. } => {
+                    *buf = f(*buf);
+                    expr(value, f);
+                }
+                Stmt::SetLocal { value, .. } => expr(value, f),
+            }
+        }
+    }
+    stmts(&mut k.body, f);
+}
