@@ -28,6 +28,8 @@ pub mod loop_ir;
 pub mod lower;
 pub mod model;
 pub mod reference;
+pub mod runtime;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};
+pub use runtime::{CompileOptions, CompiledModel, Engine};

@@ -148,28 +148,39 @@ fn run(cli: Cli) -> Result<()> {
                     detail: "--threads must be at least 1".into(),
                 });
             }
-            if engine != Engine::Reference {
-                return Err(Error::Usage {
-                    detail: format!(
-                        "engine '{}' is not available in this build; use --engine reference",
-                        format!("{engine:?}").to_lowercase()
-                    ),
-                });
-            }
+            let lib_engine = match engine {
+                Engine::Reference => lcjit::Engine::Reference,
+                Engine::Interp => lcjit::Engine::Interp,
+                Engine::Jit => {
+                    return Err(Error::Usage {
+                        detail: "engine 'jit' is not available in this build; use --engine interp or reference".into(),
+                    })
+                }
+            };
             let opts = LoadOptions {
                 memory_budget: budget,
                 seed,
             };
             let m = load(&model, weights.as_deref(), &opts)?;
             let x = io::read_npy(&input)?;
+            m.check_inputs(std::slice::from_ref(&x))?;
+            let compiled = lcjit::CompiledModel::new(
+                std::sync::Arc::new(m),
+                lcjit::CompileOptions {
+                    engine: lib_engine,
+                    threads,
+                    max_batch: x.shape().first().copied().unwrap_or(1).max(1),
+                },
+            )?;
             let t = Instant::now();
-            let y = m.predict(&x)?;
+            let y = compiled.predict(&x)?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
             io::write_npy(&output, &y)?;
             eprintln!(
-                "ran {} on {:?} with the reference engine in {ms:.1} ms; wrote {} {:?}",
+                "ran {} on {:?} with the {} engine in {ms:.1} ms; wrote {} {:?}",
                 model.display(),
                 x.shape(),
+                format!("{engine:?}").to_lowercase(),
                 output.display(),
                 y.shape()
             );
