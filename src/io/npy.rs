@@ -1,0 +1,310 @@
+//! `.npy` and `.npz` files (numpy's own formats) as `f32` arrays.
+//!
+//! Parsing is ndarray-npy's and zip handling is the zip crate's; this file adds what a
+//! tool reading untrusted files needs around them:
+//!
+//! * **No allocation on a header's word.** Before ndarray-npy allocates the array, the
+//!   element count × item size the header claims is checked against the bytes the file
+//!   (or npz entry) really holds, so a corrupt shape cannot ask for terabytes.
+//! * **Every error names the file** (and the npz entry), and is [`Error::Io`] only when the
+//!   operating system failed; anything wrong with the contents is [`Error::Format`].
+//! * **Every array returned is in standard (C) layout**, whatever order the file used, and
+//!   every element type numpy commonly writes (floats, integers, bool) is converted to `f32`.
+//! * **Writes are atomic** (see [`super::write_atomic`]).
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use ndarray::ArrayD;
+use ndarray_npy::npy::header::{Header, ReadHeaderError};
+use ndarray_npy::{NpzWriter, ReadNpyError, ReadNpyExt, WriteNpyExt};
+
+use crate::error::{Error, Result};
+
+/// The format name used in errors about `.npy` files.
+const NPY: &str = "npy";
+/// The format name used in errors about `.npz` files.
+const NPZ: &str = "npz";
+
+/// Reads a `.npy` file as an `f32` array in standard layout.
+///
+/// Accepts `f32`, `f64`, signed and unsigned integers of 1 to 8 bytes and `bool`, either
+/// byte order, C or Fortran order; every value is converted to `f32` (`true` is 1.0).
+/// A missing or unreadable file is [`Error::Io`]; anything wrong inside it (bad magic,
+/// truncated data, extra bytes, an unsupported element type) is [`Error::Format`].
+pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_npy(&bytes).map_err(|detail| Error::format(path, NPY, detail))
+}
+
+/// Writes `a` to `path` as a little-endian `f32` `.npy` file.
+///
+/// The file is written under a temporary name in the same directory and renamed into
+/// place, so an existing file is never left half-written.
+pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
+    super::write_atomic(path, |w| {
+        a.write_npy(w)
+            .map_err(|e| io::Error::other(format!("writing npy data: {e}")))
+    })
+}
+
+/// Reads every array of a `.npz` archive, in archive order.
+///
+/// Keys are the entry names without their `.npy` suffix, as `numpy.load` gives them.
+/// Each entry is checked like a `.npy` file (see [`read_npy`]), its header against the
+/// entry's uncompressed size.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
+        .map_err(|e| zip_error(path, NPZ, "reading the zip directory", e))?;
+    let mut out = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let mut entry = archive
+            .by_index(index)
+            .map_err(|e| zip_error(path, NPZ, &format!("opening entry #{index}"), e))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry.name().to_owned();
+        let bytes = read_entry(&mut entry)
+            .map_err(|e| io_in_archive(path, NPZ, &format!("entry '{name}'"), e))?;
+        let array = parse_npy(&bytes)
+            .map_err(|d| Error::format(path, NPZ, format!("entry '{name}': {d}")))?;
+        let key = name.strip_suffix(".npy").unwrap_or(&name).to_owned();
+        out.push((key, array));
+    }
+    Ok(out)
+}
+
+/// Writes `entries` as an uncompressed `.npz` archive (what `numpy.savez` writes).
+///
+/// Each key is stored as `<key>.npy`, in the order given. Atomic like [`write_npy`].
+pub fn write_npz(path: &Path, entries: &[(String, ArrayD<f32>)]) -> Result<()> {
+    // A duplicate key would make a zip that numpy reads with one array silently lost.
+    for (i, (key, _)) in entries.iter().enumerate() {
+        if entries.iter().take(i).any(|(k, _)| k == key) {
+            return Err(Error::format(path, NPZ, format!("duplicate key '{key}'")));
+        }
+    }
+    super::write_atomic(path, |w| {
+        let mut npz = NpzWriter::new(w);
+        for (key, array) in entries {
+            npz.add_array(key.as_str(), array)
+                .map_err(|e| io::Error::other(format!("writing entry '{key}': {e}")))?;
+        }
+        npz.finish()
+            .map_err(|e| io::Error::other(format!("finishing the zip archive: {e}")))?;
+        Ok(())
+    })
+}
+
+/// Reads one zip entry whole, never holding more than the entry really inflates to.
+///
+/// The declared size only bounds the read (and the first allocation): a lying size
+/// either fails the zip crate's own size/CRC checks or is caught here.
+pub(crate) fn read_entry<R: Read>(entry: &mut zip::read::ZipFile<'_, R>) -> io::Result<Vec<u8>> {
+    /// Largest first allocation; beyond it the vector grows with the data actually read.
+    const FIRST_ALLOCATION: u64 = 16 << 20;
+    let declared = entry.size();
+    let capacity = usize::try_from(declared.min(FIRST_ALLOCATION)).unwrap_or(0);
+    let mut buf = Vec::with_capacity(capacity);
+    entry
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 != declared {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "entry holds {} bytes, its header says {declared}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Maps a zip error while reading `what` of the archive at `path`.
+///
+/// Only a genuine operating-system failure is [`Error::Io`]; a short read or bad data
+/// means the archive itself is broken.
+pub(crate) fn zip_error(
+    path: &Path,
+    format: &'static str,
+    what: &str,
+    e: zip::result::ZipError,
+) -> Error {
+    match e {
+        zip::result::ZipError::Io(e) => io_in_archive(path, format, what, e),
+        other => Error::format(path, format, format!("{what}: {other}")),
+    }
+}
+
+/// Maps an I/O error met while reading `what` inside the archive at `path`.
+pub(crate) fn io_in_archive(path: &Path, format: &'static str, what: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+            Error::format(path, format, format!("{what}: {e}"))
+        }
+        _ => Error::io(path, e),
+    }
+}
+
+/// The element types accepted, by numpy kind and item size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Element {
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
+}
+
+impl Element {
+    /// Classifies a numpy type descriptor such as `<f4`, `|u1` or `b`.
+    fn from_descriptor(descr: &str) -> Option<Element> {
+        // One-character codes numpy still accepts for bytes.
+        match descr {
+            "b" => return Some(Element::I8),
+            "B" => return Some(Element::U8),
+            _ => {}
+        }
+        let body = descr.strip_prefix(['<', '>', '|', '=']).unwrap_or(descr);
+        Some(match body {
+            "f4" => Element::F32,
+            "f8" => Element::F64,
+            "i1" => Element::I8,
+            "i2" => Element::I16,
+            "i4" => Element::I32,
+            "i8" => Element::I64,
+            "u1" => Element::U8,
+            "u2" => Element::U16,
+            "u4" => Element::U32,
+            "u8" => Element::U64,
+            "b1" => Element::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    fn size(self) -> u64 {
+        match self {
+            Element::I8 | Element::U8 | Element::Bool => 1,
+            Element::I16 | Element::U16 => 2,
+            Element::F32 | Element::I32 | Element::U32 => 4,
+            Element::F64 | Element::I64 | Element::U64 => 8,
+        }
+    }
+}
+
+/// Parses a whole `.npy` image; the error is the detail for an [`Error::Format`].
+pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+    check_header_length(bytes)?;
+    let mut reader = bytes;
+    let header = Header::from_reader(&mut reader).map_err(|e| match e {
+        ReadHeaderError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            "truncated header".to_owned()
+        }
+        other => format!("bad header: {other}"),
+    })?;
+    let data_len = reader.len() as u64;
+    let descr = descriptor_string(&header.type_descriptor.to_string())
+        .ok_or_else(|| format!("unsupported element type {}", header.type_descriptor))?;
+    let element = Element::from_descriptor(&descr)
+        .ok_or_else(|| format!("unsupported element type '{descr}'"))?;
+    let expected = header
+        .shape
+        .iter()
+        .try_fold(element.size(), |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| format!("shape {:?} is too large", header.shape))?;
+    if data_len < expected {
+        return Err(format!(
+            "truncated data (expected {expected} bytes, found {data_len})"
+        ));
+    }
+    if data_len > expected {
+        return Err(format!(
+            "{} extra bytes after the data (expected {expected} bytes, found {data_len})",
+            data_len - expected
+        ));
+    }
+    // The sizes agree, so ndarray-npy's allocation is bounded by the bytes in hand.
+    let array = match element {
+        Element::F32 => decode::<f32>(bytes, |v| v)?,
+        Element::F64 => decode::<f64>(bytes, |v| v as f32)?,
+        Element::I8 => decode::<i8>(bytes, f32::from)?,
+        Element::I16 => decode::<i16>(bytes, f32::from)?,
+        Element::I32 => decode::<i32>(bytes, |v| v as f32)?,
+        Element::I64 => decode::<i64>(bytes, |v| v as f32)?,
+        Element::U8 => decode::<u8>(bytes, f32::from)?,
+        Element::U16 => decode::<u16>(bytes, f32::from)?,
+        Element::U32 => decode::<u32>(bytes, |v| v as f32)?,
+        Element::U64 => decode::<u64>(bytes, |v| v as f32)?,
+        Element::Bool => decode::<bool>(bytes, |v| if v { 1.0 } else { 0.0 })?,
+    };
+    Ok(array)
+}
+
+/// Decodes the image as `T` with ndarray-npy and converts to `f32` in standard layout.
+fn decode<T>(bytes: &[u8], convert: fn(T) -> f32) -> std::result::Result<ArrayD<f32>, String>
+where
+    T: ndarray_npy::ReadableElement + Clone,
+{
+    let raw = ArrayD::<T>::read_npy(bytes).map_err(|e| match e {
+        ReadNpyError::MissingData => "truncated data".to_owned(),
+        other => other.to_string(),
+    })?;
+    let converted = raw.mapv(convert);
+    // `mapv` keeps a Fortran-order input's strides; callers index assuming C order.
+    Ok(if converted.is_standard_layout() {
+        converted
+    } else {
+        converted.as_standard_layout().into_owned()
+    })
+}
+
+/// Rejects a version 2/3 header whose 4-byte length field claims more bytes than the
+/// image holds, before ndarray-npy allocates a buffer of that length.
+fn check_header_length(bytes: &[u8]) -> std::result::Result<(), String> {
+    // Layout fixed by the npy spec: 6-byte magic, major, minor, then HEADER_LEN
+    // (u16 in version 1, u32 from version 2). Version 1's u16 needs no check.
+    let major = bytes.get(6).copied();
+    if matches!(major, Some(2) | Some(3)) {
+        if let Some(field) = bytes.get(8..12) {
+            let mut le = [0u8; 4];
+            le.copy_from_slice(field);
+            let header_len = u64::from(u32::from_le_bytes(le));
+            let available = (bytes.len() as u64).saturating_sub(12);
+            if header_len > available {
+                return Err(format!(
+                    "truncated header (expected {header_len} bytes, found {available})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor of a simple dtype, from the Python literal of the header's `descr`.
+///
+/// ndarray-npy exposes the descriptor as a `py_literal::Value`, a crate lcjit does not
+/// depend on directly, so its Python rendering is read instead: a simple dtype renders as
+/// a quoted string (`'<f4'`); a structured dtype renders as a list and yields `None`.
+fn descriptor_string(literal: &str) -> Option<String> {
+    let inner = literal
+        .strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .or_else(|| literal.strip_prefix('"').and_then(|s| s.strip_suffix('"')))?;
+    // Descriptors are short ASCII codes; anything else is not one we accept.
+    (inner.len() <= 8
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "<>|=".contains(c)))
+    .then(|| inner.to_owned())
+}
