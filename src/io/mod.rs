@@ -139,3 +139,92 @@ fn temp_sibling(path: &Path) -> Result<PathBuf> {
     tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
     Ok(path.with_file_name(tmp_name))
 }
+
+/// A fresh, empty directory for one test: `<temp>/lcjit-io-<pid>-<name>`.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lcjit-io-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("creating a test directory");
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| start + i as f32).collect())
+            .expect("shape matches")
+    }
+
+    #[test]
+    fn weights_npz_groups_by_layer_in_first_appearance_order() {
+        let dir = test_dir("weights-npz");
+        let p = dir.join("w.npz");
+        let entries = vec![
+            ("lc/kernel".to_owned(), arr(&[2, 3], 0.0)),
+            ("bn/gamma".to_owned(), arr(&[3], 1.0)),
+            ("lc/bias".to_owned(), arr(&[3], 2.0)),
+            ("bn/moving_mean".to_owned(), arr(&[3], 3.0)),
+        ];
+        write_npz(&p, &entries).expect("write");
+        let w = read_weights_npz(&p).expect("read");
+        let names: Vec<_> = w.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(names, ["lc", "bn"]);
+        let lc = w.layer("lc").expect("lc");
+        assert_eq!(lc.weights[0].0, "kernel");
+        assert_eq!(lc.weights[1].0, "bias");
+        assert_eq!(lc.weights[1].1, entries[2].1);
+        assert_eq!(w.layer("bn").expect("bn").weights[1].0, "moving_mean");
+    }
+
+    #[test]
+    fn weights_npz_key_without_slash_is_a_format_error() {
+        let dir = test_dir("weights-npz-bad");
+        let p = dir.join("g.npz");
+        write_npz(&p, &[("x".to_owned(), arr(&[1], 0.0))]).expect("write");
+        let e = read_weights_npz(&p).expect_err("no layer in key");
+        assert!(matches!(e, Error::Format { .. }), "{e}");
+        assert!(e.to_string().contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary() {
+        let dir = test_dir("atomic");
+        let p = dir.join("a.npy");
+        fs::write(&p, b"old").expect("seed");
+        write_npy(&p, &arr(&[4], 0.0)).expect("write");
+        assert_eq!(read_npy(&p).expect("read"), arr(&[4], 0.0));
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["a.npy"]);
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file_and_cleans_up() {
+        let dir = test_dir("atomic-fail");
+        let p = dir.join("keep.npy");
+        fs::write(&p, b"old").expect("seed");
+        let e = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("simulated failure"))
+        })
+        .expect_err("must fail");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert_eq!(fs::read(&p).expect("read"), b"old");
+        assert_eq!(fs::read_dir(&dir).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn write_into_a_missing_directory_is_an_io_error() {
+        let dir = test_dir("atomic-missing");
+        let p = dir.join("no/such/dir/a.npz");
+        let e = write_npz(&p, &[]).expect_err("no directory");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+    }
+}
