@@ -86,7 +86,7 @@ fn entry_bytes<R: io::Read + io::Seek>(
 /// Reads the layer weights of a `model.weights.h5` image (see the module documentation).
 fn read_weights_h5(path: &Path, bytes: Vec<u8>) -> Result<KerasWeights> {
     let bad = |detail: String| Error::format(path, "HDF5", format!("{WEIGHTS}: {detail}"));
-    let file = hdf5_pure::File::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+    let file = super::h5::open_image(bytes).map_err(&bad)?;
     let root_groups = file
         .root()
         .groups()
