@@ -15,7 +15,11 @@ fn golden_dirs() -> Vec<PathBuf> {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 40, "expected the golden cases, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 40,
+        "expected the golden cases, found {}",
+        dirs.len()
+    );
     dirs
 }
 
@@ -34,8 +38,19 @@ fn assert_same_weights(what: &Path, h5: &KerasWeights, npz: &KerasWeights) {
         let bn: Vec<&str> = b.weights.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(an, bn, "{}: weight names of {}", what.display(), a.layer);
         for ((n, x), (_, y)) in a.weights.iter().zip(&b.weights) {
-            assert_eq!(x.shape(), y.shape(), "{}: {}/{n} shape", what.display(), a.layer);
-            assert!(bits(x) == bits(y), "{}: {}/{n} values differ", what.display(), a.layer);
+            assert_eq!(
+                x.shape(),
+                y.shape(),
+                "{}: {}/{n} shape",
+                what.display(),
+                a.layer
+            );
+            assert!(
+                bits(x) == bits(y),
+                "{}: {}/{n} values differ",
+                what.display(),
+                a.layer
+            );
         }
     }
 }
@@ -74,12 +89,15 @@ fn golden_npy_and_npz_files_read() {
     for dir in golden_dirs() {
         let x = read_npy(&dir.join("x.npy")).unwrap_or_else(|e| panic!("{e}"));
         let y = read_npy(&dir.join("y.npy")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(x.len() > 0 && y.len() > 0, "{}", dir.display());
+        assert!(!x.is_empty() && !y.is_empty(), "{}", dir.display());
         assert!(x.is_standard_layout());
         let dy = read_npy(&dir.join("dy.npy")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dy.shape(), y.shape(), "{}", dir.display());
         let grads = read_npz(&dir.join("grads.npz")).unwrap_or_else(|e| panic!("{e}"));
-        let gx = grads.iter().find(|(k, _)| k == "x").expect("grads.npz key x");
+        let gx = grads
+            .iter()
+            .find(|(k, _)| k == "x")
+            .expect("grads.npz key x");
         assert_eq!(gx.1.shape(), x.shape(), "{}", dir.display());
         for extra in ["xs.npy", "ys.npy", "history.npy"] {
             let p = dir.join(extra);

@@ -10,7 +10,7 @@
 //!   detail names the entry, dataset or attribute concerned.
 //! * Writers are atomic: they write a temporary file in the destination's directory and
 //!   rename it over the destination only once it is complete, so a failure never leaves a
-//!   half-written file behind (see [`write_atomic`]).
+//!   half-written file behind (see `write_atomic`).
 //!
 //! The formats live in [`npy`] (`.npy`/`.npz`), [`h5`] (Keras's legacy HDF5 layout) and
 //! [`keras_archive`] (tf-keras `.keras` zip archives).

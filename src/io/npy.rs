@@ -10,7 +10,7 @@
 //!   operating system failed; anything wrong with the contents is [`Error::Format`].
 //! * **Every array returned is in standard (C) layout**, whatever order the file used, and
 //!   every element type numpy commonly writes (floats, integers, bool) is converted to `f32`.
-//! * **Writes are atomic** (see [`super::write_atomic`]).
+//! * **Writes are atomic** (see `io::write_atomic`).
 
 use std::fs;
 use std::io::{self, Read};
