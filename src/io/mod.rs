@@ -1,54 +1,230 @@
 //! Reading and writing files: `.npy`, `.npz`, HDF5 (`.h5`) and `.keras` archives.
-// TEMPORARY compile stubs (replaced by the io branch).
-use crate::error::Result;
+//!
+//! Every reader takes a path and returns `f32` arrays (ndarray's `ArrayD`, standard layout)
+//! or Keras weights grouped by layer. Invariants shared by all of them:
+//!
+//! * Nothing read from a file can make lcjit panic or allocate more than the file really
+//!   holds: sizes claimed by headers are checked against the bytes present first.
+//! * A file that cannot be opened or read is [`Error::Io`]; a file whose contents are wrong
+//!   (truncated, corrupt, wrong kind) is [`Error::Format`]. Both name the file, and the
+//!   detail names the entry, dataset or attribute concerned.
+//! * Writers are atomic: they write a temporary file in the destination's directory and
+//!   rename it over the destination only once it is complete, so a failure never leaves a
+//!   half-written file behind (see `write_atomic`).
+//!
+//! The formats live in [`npy`] (`.npy`/`.npz`), [`h5`] (Keras's legacy HDF5 layout) and
+//! [`keras_archive`] (tf-keras `.keras` zip archives).
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ndarray::ArrayD;
-use std::path::Path;
-/// x
+
+use crate::error::{Error, Result};
+
+pub mod h5;
+pub mod keras_archive;
+pub mod npy;
+
+pub use h5::{read_h5, write_h5_weights, H5Model};
+pub use keras_archive::read_keras_archive;
+pub use npy::{read_npy, read_npz, write_npy, write_npz};
+
+/// Weights of one Keras layer, in the layer's own weight order.
+#[derive(Clone, Debug, PartialEq)]
 pub struct LayerWeights {
-    /// x
+    /// The layer's name (`locally_connected2d_1`, `dense`…).
     pub layer: String,
-    /// x
+    /// `(name, value)` per weight. The name is the bare weight name (`kernel`, `bias`,
+    /// `gamma`, `moving_mean`…) without the layer path prefix or the `:0` suffix; for
+    /// `.keras` archives, whose weights carry no names, it is the index (`"0"`, `"1"`…).
     pub weights: Vec<(String, ArrayD<f32>)>,
 }
-/// x
+
+/// Weights of a model grouped by layer, in file order.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct KerasWeights {
-    /// x
+    /// One entry per layer, in the order the file lists them. Layers without weights
+    /// are kept (with an empty list) where the file lists them.
     pub layers: Vec<LayerWeights>,
 }
-/// x
-pub struct H5Model {
-    /// x
-    pub model_config: Option<String>,
-    /// x
-    pub training_config: Option<String>,
-    /// x
-    pub weights: KerasWeights,
+
+impl KerasWeights {
+    /// The weights of the layer called `name`, if the file has it.
+    pub fn layer(&self, name: &str) -> Option<&LayerWeights> {
+        self.layers.iter().find(|l| l.layer == name)
+    }
 }
-/// x
-pub fn read_npy(_path: &Path) -> Result<ArrayD<f32>> {
-    todo!()
+
+/// Reads a weights `.npz` whose keys are `<layer>/<weight>` (e.g.
+/// `locally_connected2d_1/kernel`), grouping weights by layer in order of first
+/// appearance and keeping each layer's weights in archive order.
+///
+/// A key without `/` is an [`Error::Format`]: such an archive is not a weights file
+/// (an input batch or a gradient file, say).
+pub fn read_weights_npz(path: &Path) -> Result<KerasWeights> {
+    let entries = read_npz(path)?;
+    let mut layers: Vec<LayerWeights> = Vec::new();
+    for (key, array) in entries {
+        let Some((layer, weight)) = key.split_once('/') else {
+            return Err(Error::format(
+                path,
+                "npz",
+                format!("key '{key}' is not of the form '<layer>/<weight>'"),
+            ));
+        };
+        if layer.is_empty() || weight.is_empty() {
+            return Err(Error::format(
+                path,
+                "npz",
+                format!("key '{key}' has an empty layer or weight name"),
+            ));
+        }
+        // Layers are few, so a linear search keeps the order without a side index.
+        match layers.iter_mut().find(|l| l.layer == layer) {
+            Some(l) => l.weights.push((weight.to_owned(), array)),
+            None => layers.push(LayerWeights {
+                layer: layer.to_owned(),
+                weights: vec![(weight.to_owned(), array)],
+            }),
+        }
+    }
+    Ok(KerasWeights { layers })
 }
-/// x
-pub fn write_npy(_path: &Path, _a: &ArrayD<f32>) -> Result<()> {
-    todo!()
+
+/// Writes `path` atomically: `write` fills a temporary file in the same directory, which
+/// is flushed, synced and renamed over `path` only if `write` succeeds.
+///
+/// The temporary file is removed on failure. Staying in the same directory keeps the
+/// rename on one file system, where it replaces the destination in one step.
+pub(crate) fn write_atomic<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
+{
+    let tmp = temp_sibling(path)?;
+    let result = (|| {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
+        w.flush()?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        // Best effort: the temporary may not exist if creating it failed.
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
-/// x
-pub fn read_npz(_path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
-    todo!()
+
+/// A fresh temporary name next to `path`: `.<name>.<pid>.<n>.tmp`.
+fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        Error::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+        )
+    })?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+    Ok(path.with_file_name(tmp_name))
 }
-/// x
-pub fn write_npz(_path: &Path, _e: &[(String, ArrayD<f32>)]) -> Result<()> {
-    todo!()
+
+/// A fresh, empty directory for one test: `<temp>/lcjit-io-<pid>-<name>`.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lcjit-io-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("creating a test directory");
+    dir
 }
-/// x
-pub fn read_h5(_path: &Path) -> Result<H5Model> {
-    todo!()
-}
-/// x
-pub fn read_weights_npz(_path: &Path) -> Result<KerasWeights> {
-    todo!()
-}
-/// x
-pub fn read_keras_archive(_path: &Path) -> Result<(String, Option<String>, KerasWeights)> {
-    todo!()
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| start + i as f32).collect())
+            .expect("shape matches")
+    }
+
+    #[test]
+    fn weights_npz_groups_by_layer_in_first_appearance_order() {
+        let dir = test_dir("weights-npz");
+        let p = dir.join("w.npz");
+        let entries = vec![
+            ("lc/kernel".to_owned(), arr(&[2, 3], 0.0)),
+            ("bn/gamma".to_owned(), arr(&[3], 1.0)),
+            ("lc/bias".to_owned(), arr(&[3], 2.0)),
+            ("bn/moving_mean".to_owned(), arr(&[3], 3.0)),
+        ];
+        write_npz(&p, &entries).expect("write");
+        let w = read_weights_npz(&p).expect("read");
+        let names: Vec<_> = w.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(names, ["lc", "bn"]);
+        let lc = w.layer("lc").expect("lc");
+        assert_eq!(lc.weights[0].0, "kernel");
+        assert_eq!(lc.weights[1].0, "bias");
+        assert_eq!(lc.weights[1].1, entries[2].1);
+        assert_eq!(w.layer("bn").expect("bn").weights[1].0, "moving_mean");
+    }
+
+    #[test]
+    fn weights_npz_key_without_slash_is_a_format_error() {
+        let dir = test_dir("weights-npz-bad");
+        let p = dir.join("g.npz");
+        write_npz(&p, &[("x".to_owned(), arr(&[1], 0.0))]).expect("write");
+        let e = read_weights_npz(&p).expect_err("no layer in key");
+        assert!(matches!(e, Error::Format { .. }), "{e}");
+        assert!(e.to_string().contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary() {
+        let dir = test_dir("atomic");
+        let p = dir.join("a.npy");
+        fs::write(&p, b"old").expect("seed");
+        write_npy(&p, &arr(&[4], 0.0)).expect("write");
+        assert_eq!(read_npy(&p).expect("read"), arr(&[4], 0.0));
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["a.npy"]);
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file_and_cleans_up() {
+        let dir = test_dir("atomic-fail");
+        let p = dir.join("keep.npy");
+        fs::write(&p, b"old").expect("seed");
+        let e = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("simulated failure"))
+        })
+        .expect_err("must fail");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert_eq!(fs::read(&p).expect("read"), b"old");
+        assert_eq!(fs::read_dir(&dir).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn write_into_a_missing_directory_is_an_io_error() {
+        let dir = test_dir("atomic-missing");
+        let p = dir.join("no/such/dir/a.npz");
+        let e = write_npz(&p, &[]).expect_err("no directory");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+    }
 }
