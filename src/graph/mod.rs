@@ -154,9 +154,10 @@ impl Graph {
         }
         let mut in_shapes = Vec::with_capacity(inputs.len());
         for &i in inputs {
-            let node = self.nodes.get(i).ok_or_else(|| {
-                Error::internal(format!("layer '{name}': input node {i} does not exist"))
-            })?;
+            let node = self
+                .nodes
+                .get(i)
+                .ok_or_else(|| Error::internal(format!("layer '{name}': input node {i} does not exist")))?;
             in_shapes.push(node.shape.clone());
         }
         let inferred = infer::infer(name, &op, &in_shapes)?;
