@@ -149,6 +149,7 @@ mod tests {
     use super::*;
     use crate::graph::geometry::lc_window_start;
     use crate::graph::ops::*;
+    use ndarray::Dimension;
 
     fn lc_op(
         kernel: &[usize],
@@ -369,5 +370,278 @@ mod tests {
             }
         }
         assert_eq!(cases, 3 * 2 * 2 * 3 * 2 * 4);
+    }
+
+    fn shapes_of(input: &[usize], lc: LocallyConnected) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        let (g, kp, bp) = lc_graph(input, lc);
+        (
+            g.nodes[1].shape.clone(),
+            g.params[kp].keras_shape.clone(),
+            g.params[bp].keras_shape.clone(),
+        )
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn shapes_match_the_tf_keras_tables() {
+        use DataFormat::*;
+        use Padding::*;
+        // keras-lc-semantics §5.4 (batch axis dropped): (format, padding, impl, stride,
+        // input, output, kernel, bias).
+        type Row = (DataFormat, Padding, u8, usize, &'static [usize], &'static [usize], &'static [usize], &'static [usize]);
+        let d1: [Row; 10] = [
+            (ChannelsFirst, Valid, 1, 1, &[8, 5], &[4, 3], &[3, 24, 4], &[3, 4]),
+            (ChannelsFirst, Valid, 2, 1, &[8, 5], &[4, 3], &[8, 5, 4, 3], &[3, 4]),
+            (ChannelsFirst, Valid, 3, 1, &[8, 5], &[4, 3], &[288], &[3, 4]),
+            (ChannelsFirst, Same, 2, 1, &[8, 5], &[4, 5], &[8, 5, 4, 5], &[5, 4]),
+            (ChannelsFirst, Same, 3, 1, &[8, 5], &[4, 5], &[416], &[5, 4]),
+            (ChannelsLast, Valid, 1, 1, &[8, 5], &[6, 4], &[6, 15, 4], &[6, 4]),
+            (ChannelsLast, Valid, 2, 1, &[8, 5], &[6, 4], &[8, 5, 6, 4], &[6, 4]),
+            (ChannelsLast, Valid, 3, 1, &[8, 5], &[6, 4], &[360], &[6, 4]),
+            (ChannelsLast, Same, 2, 1, &[8, 5], &[8, 4], &[8, 5, 8, 4], &[8, 4]),
+            (ChannelsLast, Same, 3, 1, &[8, 5], &[8, 4], &[440], &[8, 4]),
+        ];
+        for (df, pad, imp, s, input, out, k, b) in d1 {
+            let got = shapes_of(input, lc_op(&[3], &[s], &[1], pad, df, 4, imp));
+            assert_eq!(got, (out.to_vec(), k.to_vec(), b.to_vec()), "{df:?} {pad:?} {imp}");
+        }
+        let d2: [Row; 26] = [
+            (ChannelsFirst, Valid, 1, 1, &[6, 10, 4], &[3, 8, 2], &[16, 54, 3], &[8, 2, 3]),
+            (ChannelsFirst, Valid, 1, 2, &[6, 10, 4], &[3, 4, 1], &[4, 54, 3], &[4, 1, 3]),
+            (ChannelsFirst, Valid, 2, 1, &[6, 10, 4], &[3, 8, 2], &[6, 10, 4, 3, 8, 2], &[8, 2, 3]),
+            (ChannelsFirst, Valid, 2, 2, &[6, 10, 4], &[3, 4, 1], &[6, 10, 4, 3, 4, 1], &[4, 1, 3]),
+            (ChannelsFirst, Valid, 3, 1, &[6, 10, 4], &[3, 8, 2], &[2592], &[8, 2, 3]),
+            (ChannelsFirst, Valid, 3, 2, &[6, 10, 4], &[3, 4, 1], &[648], &[4, 1, 3]),
+            (ChannelsFirst, Same, 2, 1, &[6, 10, 4], &[3, 10, 4], &[6, 10, 4, 3, 10, 4], &[10, 4, 3]),
+            (ChannelsFirst, Same, 3, 1, &[6, 10, 4], &[3, 10, 4], &[5040], &[10, 4, 3]),
+            (ChannelsLast, Valid, 1, 1, &[6, 10, 4], &[4, 8, 3], &[32, 36, 3], &[4, 8, 3]),
+            (ChannelsLast, Valid, 1, 2, &[6, 10, 4], &[2, 4, 3], &[8, 36, 3], &[2, 4, 3]),
+            (ChannelsLast, Valid, 2, 1, &[6, 10, 4], &[4, 8, 3], &[6, 10, 4, 4, 8, 3], &[4, 8, 3]),
+            (ChannelsLast, Valid, 2, 2, &[6, 10, 4], &[2, 4, 3], &[6, 10, 4, 2, 4, 3], &[2, 4, 3]),
+            (ChannelsLast, Valid, 3, 1, &[6, 10, 4], &[4, 8, 3], &[3456], &[4, 8, 3]),
+            (ChannelsLast, Valid, 3, 2, &[6, 10, 4], &[2, 4, 3], &[864], &[2, 4, 3]),
+            (ChannelsLast, Same, 2, 1, &[6, 10, 4], &[6, 10, 3], &[6, 10, 4, 6, 10, 3], &[6, 10, 3]),
+            (ChannelsLast, Same, 3, 1, &[6, 10, 4], &[6, 10, 3], &[5376], &[6, 10, 3]),
+            // test_locallyconnected_2d_regularization, input (6,7,4).
+            (ChannelsFirst, Valid, 1, 1, &[6, 7, 4], &[3, 5, 2], &[10, 54, 3], &[5, 2, 3]),
+            (ChannelsFirst, Valid, 2, 1, &[6, 7, 4], &[3, 5, 2], &[6, 7, 4, 3, 5, 2], &[5, 2, 3]),
+            (ChannelsFirst, Valid, 3, 1, &[6, 7, 4], &[3, 5, 2], &[1620], &[5, 2, 3]),
+            (ChannelsFirst, Same, 2, 1, &[6, 7, 4], &[3, 7, 4], &[6, 7, 4, 3, 7, 4], &[7, 4, 3]),
+            (ChannelsFirst, Same, 3, 1, &[6, 7, 4], &[3, 7, 4], &[3420], &[7, 4, 3]),
+            (ChannelsLast, Valid, 1, 1, &[6, 7, 4], &[4, 5, 3], &[20, 36, 3], &[4, 5, 3]),
+            (ChannelsLast, Valid, 2, 1, &[6, 7, 4], &[4, 5, 3], &[6, 7, 4, 4, 5, 3], &[4, 5, 3]),
+            (ChannelsLast, Valid, 3, 1, &[6, 7, 4], &[4, 5, 3], &[2160], &[4, 5, 3]),
+            (ChannelsLast, Same, 2, 1, &[6, 7, 4], &[6, 7, 3], &[6, 7, 4, 6, 7, 3], &[6, 7, 3]),
+            (ChannelsLast, Same, 3, 1, &[6, 7, 4], &[6, 7, 3], &[3648], &[6, 7, 3]),
+        ];
+        for (df, pad, imp, s, input, out, k, b) in d2 {
+            let got = shapes_of(input, lc_op(&[3, 3], &[s, s], &[1, 1], pad, df, 3, imp));
+            assert_eq!(got, (out.to_vec(), k.to_vec(), b.to_vec()), "{df:?} {pad:?} {imp} {s}");
+        }
+        // Implementation-mode test, first LC layer (kernel 3, filters 2, stride 1, valid).
+        for (df, input, k2, out) in [
+            (ChannelsFirst, &[2, 7][..], &[2, 7, 2, 5][..], &[2, 5][..]),
+            (ChannelsLast, &[7, 2], &[7, 2, 5, 2], &[5, 2]),
+            (ChannelsFirst, &[2, 7, 6], &[2, 7, 6, 2, 5, 2], &[2, 5, 2]),
+            (ChannelsLast, &[7, 6, 2], &[7, 6, 2, 5, 2, 2], &[5, 2, 2]),
+        ] {
+            let r = input.len() - 1;
+            // 1D kernel 3 stride 1; 2D kernel (3,2) strides (1,3) (§5.3).
+            let (k, s, d) = if r == 1 { (vec![3], vec![1], vec![1]) } else { (vec![3, 2], vec![1, 3], vec![1, 1]) };
+            let (p, bias) = if r == 1 { (vec![5, 6, 2], vec![5, 2]) } else { (vec![10, 12, 2], vec![5, 2, 2]) };
+            let nnz = if r == 1 { 60 } else { 240 };
+            for (imp, want) in [(1, p), (2, k2.to_vec()), (3, vec![nnz])] {
+                let got = shapes_of(input, lc_op(&k, &s, &d, Valid, df, 2, imp));
+                assert_eq!(got, (out.to_vec(), want, bias.clone()), "{df:?} rank {r} impl {imp}");
+            }
+        }
+    }
+
+    #[test]
+    fn nnz_example_of_section_2_1() {
+        // 1D, n=8, k=3, s=2, same, C=2, F=3: windows of 2, 3, 3, 3 taps → 66.
+        let lc = lc_op(
+            &[3],
+            &[2],
+            &[1],
+            Padding::Same,
+            DataFormat::ChannelsLast,
+            3,
+            3,
+        );
+        let geom = LcGeometry::new(&lc, &[8, 2]).unwrap();
+        assert_eq!(geom.nnz(), 66);
+        assert_eq!(shapes_of(&[8, 2], lc).1, vec![66]);
+        let mask: Vec<bool> = geom.tap_mask();
+        assert_eq!(
+            mask,
+            [false, true, true, true, true, true, true, true, true, true, true, true]
+        );
+    }
+
+    #[test]
+    fn impl3_valid_closed_forms() {
+        // §2.4: v[(p·F + f)·Q + q] (channels_last), v[(f·P + p)·Q + q] (channels_first).
+        let mut rng = Lcg(3);
+        for df in [DataFormat::ChannelsLast, DataFormat::ChannelsFirst] {
+            let input = if df == DataFormat::ChannelsLast {
+                [7, 8, 3]
+            } else {
+                [3, 7, 8]
+            };
+            let lc = lc_op(&[3, 2], &[2, 3], &[1, 1], Padding::Valid, df, 4, 3);
+            let (g, kp, _) = lc_graph(&input, lc);
+            let (pn, qn, f_n) = (
+                g.params[kp].shape[0],
+                g.params[kp].shape[1],
+                g.params[kp].shape[2],
+            );
+            let k1: Vec<f32> = (0..pn * qn * f_n).map(|_| rng.next()).collect();
+            let canon = ArrayD::from_shape_vec(IxDyn(&[pn, qn, f_n]), k1.clone()).unwrap();
+            let v = canonical_to_keras(&g, kp, &canon).unwrap();
+            let v = v.as_slice().unwrap();
+            for p in 0..pn {
+                for q in 0..qn {
+                    for f in 0..f_n {
+                        let i = match df {
+                            DataFormat::ChannelsLast => (p * f_n + f) * qn + q,
+                            DataFormat::ChannelsFirst => (f * pn + p) * qn + q,
+                        };
+                        assert_eq!(v[i], k1[(p * qn + q) * f_n + f]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// All index tuples of a 6-D grid, row-major.
+    fn itertools6(
+        a: usize,
+        b: usize,
+        c: usize,
+        d: usize,
+        e: usize,
+        f: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize)> {
+        (0..a * b * c * d * e * f).map(move |x| {
+            let v = unravel(x, &[a, b, c, d, e, f]);
+            (v[0], v[1], v[2], v[3], v[4], v[5])
+        })
+    }
+
+    #[test]
+    fn impl2_valid_mapping_of_section_2_3() {
+        // 2D channels_first: K2[c, i·sh+kr, j·sw+kc, f, i, j] = K1[i·OW+j, c·kh·kw + kr·kw + kc, f].
+        let lc = lc_op(
+            &[2, 3],
+            &[2, 1],
+            &[1, 1],
+            Padding::Valid,
+            DataFormat::ChannelsFirst,
+            2,
+            2,
+        );
+        let (g, kp, _) = lc_graph(&[3, 5, 6], lc);
+        let shape = g.params[kp].shape.clone(); // (2·4, 3·6, 2)
+        let k1 = ArrayD::from_shape_fn(IxDyn(&shape), |ix| {
+            (ix[0] * 1000 + ix[1] * 10 + ix[2]) as f32 + 1.0
+        });
+        let k2 = canonical_to_keras(&g, kp, &k1).unwrap();
+        assert_eq!(k2.shape(), &[3, 5, 6, 2, 2, 4]);
+        let mut connected = 0;
+        for (c, i, j, kr, kc, f) in itertools6(3, 2, 4, 2, 3, 2) {
+            let q = c * 6 + kr * 3 + kc;
+            let (a, b) = ([c, i * 2 + kr, j + kc, f, i, j], [i * 4 + j, q, f]);
+            assert_eq!(k2[a.as_slice()], k1[b.as_slice()]);
+            connected += 1;
+        }
+        assert_eq!(connected, 3 * 96);
+        assert_eq!(k2.iter().filter(|&&x| x != 0.0).count(), connected);
+    }
+
+    #[test]
+    fn channels_first_bias_is_reshaped_not_transposed() {
+        // §3.3: LC1D n=4, C=2, k=2, F=2 → L=3; Keras (3, 2) bias read as (F, L).
+        for (df, input) in [
+            (DataFormat::ChannelsFirst, [2, 4]),
+            (DataFormat::ChannelsLast, [4, 2]),
+        ] {
+            let (g, _, bp) = lc_graph(&input, lc_op(&[2], &[1], &[1], Padding::Valid, df, 2, 1));
+            let keras =
+                ndarray::arr2(&[[100.0f32, 200.0], [300.0, 400.0], [500.0, 600.0]]).into_dyn();
+            let canon = keras_to_canonical(&g, bp, keras.clone()).unwrap();
+            let want = match df {
+                DataFormat::ChannelsFirst => {
+                    ndarray::arr2(&[[100.0f32, 200.0, 300.0], [400.0, 500.0, 600.0]]).into_dyn()
+                }
+                DataFormat::ChannelsLast => keras.clone(),
+            };
+            assert_eq!(canon, want);
+            assert_eq!(canonical_to_keras(&g, bp, &canon).unwrap(), keras);
+        }
+    }
+
+    #[test]
+    fn other_weights_are_identity_and_shapes_are_checked() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", vec![5]).unwrap();
+        let d = Dense {
+            units: 3,
+            activation: Activation::Linear,
+            use_bias: true,
+            kernel_initializer: Initializer::Zeros,
+            bias_initializer: Initializer::Zeros,
+            options: WeightOptions::default(),
+        };
+        let id = g.add("d", Op::Dense(d), &[x]).unwrap();
+        let kp = g.nodes[id].params[0];
+        let w = ArrayD::from_shape_fn(IxDyn(&[5, 3]), |ix| (ix[0] * 3 + ix[1]) as f32);
+        assert_eq!(keras_to_canonical(&g, kp, w.clone()).unwrap(), w);
+        assert_eq!(canonical_to_keras(&g, kp, &w).unwrap(), w);
+        let e = keras_to_canonical(&g, kp, ArrayD::zeros(IxDyn(&[3, 5]))).unwrap_err();
+        assert!(
+            e.contains("expected") && e.contains("[5, 3]") && e.contains("found [3, 5]"),
+            "{e}"
+        );
+        assert!(keras_to_canonical(&g, 99, w)
+            .unwrap_err()
+            .contains("does not exist"));
+        // Wrong shapes for an LC kernel, both directions; transposed (non-standard) input.
+        let (g, kp, _) = lc_graph(
+            &[6, 2],
+            lc_op(
+                &[3],
+                &[1],
+                &[1],
+                Padding::Same,
+                DataFormat::ChannelsLast,
+                2,
+                3,
+            ),
+        );
+        let e = keras_to_canonical(&g, kp, ArrayD::zeros(IxDyn(&[6, 6, 2]))).unwrap_err();
+        assert!(e.contains("found [6, 6, 2]"), "{e}");
+        assert!(canonical_to_keras(&g, kp, &ArrayD::zeros(IxDyn(&[40]))).is_err());
+        let (g, kp, _) = lc_graph(
+            &[5, 2],
+            lc_op(
+                &[3],
+                &[1],
+                &[1],
+                Padding::Valid,
+                DataFormat::ChannelsLast,
+                2,
+                2,
+            ),
+        );
+        let k2 = ArrayD::from_shape_fn(IxDyn(&[2, 3, 2, 5]), |ix| {
+            ix.slice().iter().sum::<usize>() as f32
+        });
+        let t = k2.clone().permuted_axes(IxDyn(&[3, 2, 1, 0]));
+        let std = t.as_standard_layout().into_owned();
+        assert_eq!(
+            keras_to_canonical(&g, kp, t).unwrap(),
+            keras_to_canonical(&g, kp, std).unwrap()
+        );
     }
 }
