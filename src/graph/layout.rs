@@ -97,6 +97,18 @@ pub fn keras_to_canonical(
     keras: ArrayD<f32>,
 ) -> Result<ArrayD<f32>, String> {
     match target(graph, param)? {
+        Target::LcKernel(spec, geom) if geom.implementation() == 1 => {
+            // Same layout: reuse the buffer (no copy for a standard-layout array).
+            check_shape("kernel", keras.shape(), &spec.keras_shape)?;
+            let mut k = keras
+                .into_shape_clone(IxDyn(&spec.shape))
+                .map_err(|e| format!("internal: {e}"))?;
+            let slice = k
+                .as_slice_mut()
+                .ok_or("internal: reshaped array is not contiguous")?;
+            geom.zero_missing_taps(slice)?;
+            Ok(k)
+        }
         Target::LcKernel(spec, geom) => {
             check_shape("kernel", keras.shape(), &spec.keras_shape)?;
             let data = flat(&keras);
@@ -336,6 +348,9 @@ mod tests {
         assert_eq!(back, canon, "{label}");
     }
 
+    /// Input spatial shape, kernel, strides, dilation.
+    type Cfg<'a> = (&'a [usize], &'a [usize], &'a [usize], &'a [usize]);
+
     #[test]
     fn all_implementations_match_the_oracle() {
         use DataFormat::*;
@@ -349,7 +364,7 @@ mod tests {
                         for d in 1..=2 {
                             let s2 = s % 3 + 1;
                             let d2 = 3 - d;
-                            let configs: [(&[usize], &[usize], &[usize], &[usize]); 4] = [
+                            let configs: [Cfg; 4] = [
                                 (&[8], &[3], &[s], &[d]),
                                 (&[9], &[2], &[s], &[d]),
                                 (&[7, 6], &[3, 2], &[s, s2], &[d, d2]),
@@ -643,5 +658,34 @@ mod tests {
             keras_to_canonical(&g, kp, t).unwrap(),
             keras_to_canonical(&g, kp, std).unwrap()
         );
+    }
+
+    /// Timing of a ~88M-entry kernel in every layout (run with `--ignored`; prints).
+    #[test]
+    #[ignore]
+    fn large_kernel_conversion_speed() {
+        for (imp, pad, df) in [
+            (3, Padding::Valid, DataFormat::ChannelsLast),
+            (3, Padding::Same, DataFormat::ChannelsFirst),
+            (1, Padding::Valid, DataFormat::ChannelsLast),
+        ] {
+            let input = if df == DataFormat::ChannelsLast {
+                [100, 100, 32]
+            } else {
+                [32, 100, 100]
+            };
+            let (g, kp, _) = lc_graph(&input, lc_op(&[3, 3], &[1, 1], &[1, 1], pad, df, 32, imp));
+            let keras = ArrayD::from_elem(IxDyn(&g.params[kp].keras_shape), 1.0f32);
+            let t = std::time::Instant::now();
+            let canon = keras_to_canonical(&g, kp, keras).unwrap();
+            let load = t.elapsed();
+            let t = std::time::Instant::now();
+            let back = canonical_to_keras(&g, kp, &canon).unwrap();
+            eprintln!(
+                "impl {imp} {pad:?} {df:?}: {} entries, load {load:?}, save {:?}",
+                back.len(),
+                t.elapsed()
+            );
+        }
     }
 }

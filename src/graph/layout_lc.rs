@@ -101,9 +101,9 @@ impl LcGeometry {
             data_format: lc.data_format,
             implementation: lc.implementation,
         };
-        for a in 0..rank {
+        for (a, &n) in spatial.iter().enumerate() {
             let ax = 3 - rank + a;
-            let (n, k, s, d) = (spatial[a], lc.kernel[a], lc.strides[a], lc.dilation[a]);
+            let (k, s, d) = (lc.kernel[a], lc.strides[a], lc.dilation[a]);
             let out = output_len(n, k, s, d, lc.padding).ok_or_else(|| {
                 format!("empty output along spatial axis {a}: input {n}, kernel {k}, stride {s}, dilation {d}")
             })?;
@@ -143,6 +143,11 @@ impl LcGeometry {
     /// Output spatial sizes.
     pub fn out_spatial(&self) -> &[usize] {
         &self.out[3 - self.rank..]
+    }
+
+    /// Keras `implementation` (1, 2 or 3) of the file layout.
+    pub fn implementation(&self) -> u8 {
+        self.implementation
     }
 
     /// Input channels `C`.
@@ -299,7 +304,7 @@ impl LcGeometry {
     /// entries of implementation 2 are ignored; taps outside the input are zero.
     pub fn kernel_to_canonical(&self, keras: &[f32]) -> Result<Vec<f32>, String> {
         Self::check_len("Keras kernel", keras, &self.keras_kernel_shape()?)?;
-        self.convert(keras, true)
+        self.convert::<true>(keras)
     }
 
     /// Converts a canonical `(P, Q, F)` kernel to this layer's Keras file layout. Masked
@@ -311,12 +316,12 @@ impl LcGeometry {
             canonical,
             &self.canonical_kernel_shape(),
         )?;
-        self.convert(canonical, false)
+        self.convert::<false>(canonical)
     }
 
-    /// Shared walk over every connected `(p, q, f)`: with `to_canonical` it copies from
+    /// Shared walk over every connected `(p, q, f)`: with `TO_CANONICAL` it copies from
     /// the Keras layout `src` into the canonical layout, otherwise the other way round.
-    fn convert(&self, src: &[f32], to_canonical: bool) -> Result<Vec<f32>, String> {
+    fn convert<const TO_CANONICAL: bool>(&self, src: &[f32]) -> Result<Vec<f32>, String> {
         let (pn, qn, f_n, c_n, n_n) = (
             self.positions(),
             self.patch_len(),
@@ -324,22 +329,22 @@ impl LcGeometry {
             self.c,
             self.input_positions(),
         );
-        let dst_len = if to_canonical {
+        let dst_len = if TO_CANONICAL {
             checked_product(&self.canonical_kernel_shape())?
         } else {
             checked_product(&self.keras_kernel_shape()?)?
         };
         if self.implementation == 1 {
             let mut v = src.to_vec();
-            if to_canonical {
-                self.zero_missing_taps(&mut v);
+            if TO_CANONICAL {
+                self.zero_missing_taps(&mut v)?;
             }
             return Ok(v);
         }
         let mut dst = vec![0.0f32; dst_len];
         // (canonical index, keras index) pairs are visited; `mv` copies one of them.
         let mut mv = |canon: usize, keras: usize| {
-            if to_canonical {
+            if TO_CANONICAL {
                 dst[canon] = src[keras];
             } else {
                 dst[keras] = src[canon];
@@ -389,11 +394,14 @@ impl LcGeometry {
                 }
             }
             (_, DataFormat::ChannelsFirst) => {
-                // Rows out_idx = f·P + p; within a row (c, tap) ascending.
-                let mut i = 0;
-                for f in 0..f_n {
-                    for p in 0..pn {
-                        let win = &w.taps[w.start[p]..w.start[p + 1]];
+                // Rows out_idx = f·P + p; within a row (c, tap) ascending. Row (f, p)
+                // starts at f·W + C·start[p] with W = nnz / F; walking p outermost keeps
+                // the canonical side local.
+                let row_w = c_n * w.taps.len();
+                for p in 0..pn {
+                    let win = &w.taps[w.start[p]..w.start[p + 1]];
+                    for f in 0..f_n {
+                        let mut i = f * row_w + c_n * w.start[p];
                         for c in 0..c_n {
                             for &(tk, _) in win {
                                 mv((p * qn + self.q_of(tk, c)) * f_n + f, i);
@@ -407,17 +415,31 @@ impl LcGeometry {
         Ok(dst)
     }
 
-    /// Zeroes the canonical weights of taps outside the input (a no-op for `valid`).
-    fn zero_missing_taps(&self, v: &mut [f32]) {
+    /// Zeroes, in a canonical kernel, the weights of taps outside the input (nothing to
+    /// do for `valid` padding), establishing the canonical-layout invariant.
+    pub fn zero_missing_taps(&self, canonical: &mut [f32]) -> Result<(), String> {
+        Self::check_len(
+            "canonical kernel",
+            canonical,
+            &self.canonical_kernel_shape(),
+        )?;
         let (kk, qn, f_n) = (self.taps(), self.patch_len(), self.f);
+        if self
+            .tap_pos
+            .iter()
+            .all(|axis| axis.iter().all(Option::is_some))
+        {
+            return Ok(());
+        }
         for (idx, present) in self.tap_mask().into_iter().enumerate() {
             if !present {
                 let (p, tk) = (idx / kk, idx % kk);
                 for c in 0..self.c {
                     let base = (p * qn + self.q_of(tk, c)) * f_n;
-                    v[base..base + f_n].fill(0.0);
+                    canonical[base..base + f_n].fill(0.0);
                 }
             }
         }
+        Ok(())
     }
 }
