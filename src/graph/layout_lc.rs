@@ -22,7 +22,7 @@
 //! that lies in `[0, n)` (keras-lc-semantics §3.4; always true for `valid`).
 
 use super::geometry::{lc_window_start, output_len};
-use super::ops::{DataFormat, LocallyConnected};
+use super::ops::{DataFormat, LocallyConnected, Padding};
 
 /// The weight geometry of one locally connected layer, resolved from its op and its
 /// per-sample input shape.
@@ -77,6 +77,9 @@ impl LcGeometry {
         }
         if lc.filters == 0 {
             return Err("filters must be >= 1".into());
+        }
+        if lc.padding == Padding::Causal {
+            return Err("padding 'causal' is not supported by locally connected layers".into());
         }
         if !(1..=3).contains(&lc.implementation) {
             return Err(format!("unknown implementation {}", lc.implementation));
