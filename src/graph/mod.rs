@@ -23,6 +23,7 @@
 pub mod geometry;
 pub mod infer;
 pub mod layout;
+pub mod layout_lc;
 pub mod ops;
 pub mod print;
 pub mod verify;
