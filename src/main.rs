@@ -57,9 +57,12 @@ enum Command {
     Ir {
         /// Model file: .json (any Keras dialect), .h5 or .keras.
         model: PathBuf,
-        /// Which representation: the graph IR as text, or as Graphviz DOT.
+        /// Which representation: the graph IR as text or Graphviz DOT, or the loop IR.
         #[arg(long, value_enum, default_value = "graph")]
         stage: Stage,
+        /// Batch size the loop IR is specialised to.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
 }
 
@@ -80,6 +83,8 @@ enum Stage {
     Graph,
     /// Graph IR as Graphviz DOT.
     Dot,
+    /// Loop IR (forward pass) with its schedule.
+    Loops,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -122,7 +127,11 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", m.summary());
             Ok(())
         }
-        Some(Command::Ir { model, stage }) => {
+        Some(Command::Ir {
+            model,
+            stage,
+            batch,
+        }) => {
             let opts = LoadOptions {
                 memory_budget: budget,
                 seed: 0,
@@ -131,6 +140,10 @@ fn run(cli: Cli) -> Result<()> {
             match stage {
                 Stage::Graph => print!("{}", lcjit::graph::print::graph_text(m.graph())),
                 Stage::Dot => print!("{}", lcjit::graph::print::graph_dot(m.graph())),
+                Stage::Loops => {
+                    let lowered = lcjit::lower::lower_forward(m.graph(), batch)?;
+                    print!("{}", lcjit::loop_ir::print::module_text(&lowered.module));
+                }
             }
             Ok(())
         }

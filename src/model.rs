@@ -196,22 +196,24 @@ impl Model {
             .iter()
             .filter(|l| !l.weights.is_empty())
             .collect();
-        // `.keras` archives may name layer groups after classes rather than layers; when no
-        // name matches, fall back to the order of layers that have weights.
+        // `.keras` archives name layer groups after their classes (`dense`, `dense_1`, …
+        // in model order), not after the layers; when no layer name matches, match by
+        // those class-derived keys, and as a last resort by order.
         let by_name = file_layers
             .iter()
             .any(|l| self.graph.node_by_name(&l.layer).is_some());
+        let class_keys = archive_keys(&self.graph);
+        let by_class = !by_name
+            && file_layers
+                .iter()
+                .all(|l| class_keys.iter().any(|k| *k == l.layer));
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");
-                return Err(werr(
-                    &l.layer,
-                    w,
-                    "the model has no layer of this name".into(),
-                ));
+                return Err(werr(&l.layer, w, "the model has no layer of this name".into()));
             }
         }
-        if !by_name && file_layers.len() != with_params.len() {
+        if !by_name && !by_class && file_layers.len() != with_params.len() {
             return Err(Error::Weights {
                 source_name: source_name.to_string(),
                 layer: "*".into(),
@@ -228,6 +230,8 @@ impl Model {
             let node = &self.graph.nodes[nid];
             let entry = if by_name {
                 file_layers.iter().find(|l| l.layer == node.name)
+            } else if by_class {
+                file_layers.iter().find(|l| l.layer == class_keys[nid])
             } else {
                 file_layers.get(k)
             };
@@ -405,6 +409,45 @@ impl Model {
     }
 }
 
+/// tf-keras `to_snake_case` of a class name (`LocallyConnected2D` → `locally_connected2d`).
+fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &ch) in chars.iter().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|c| c.is_ascii_lowercase());
+            if prev.is_ascii_lowercase() || next_lower {
+                out.push('_');
+            }
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The group name each node would have in a `.keras` archive's `layers/` group: the
+/// snake-cased class name, numbered `_1`, `_2`… among layers of the same class in model
+/// order (tf-keras `saving_lib`).
+fn archive_keys(graph: &Graph) -> Vec<String> {
+    let mut used: std::collections::HashMap<String, usize> = Default::default();
+    graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let base = snake_case(&n.op.kind_name());
+            let count = used.entry(base.clone()).or_insert(0);
+            let key = if *count == 0 {
+                base.clone()
+            } else {
+                format!("{base}_{count}")
+            };
+            *count += 1;
+            key
+        })
+        .collect()
+}
+
 /// Maps a weight name from a file to the graph's name: strips `layer/` prefixes and `:0`
 /// suffixes and translates Keras 1 names (`<layer>_W` → kernel, `<layer>_b` → bias,
 /// `running_mean`/`running_std` → moving statistics).
@@ -424,6 +467,15 @@ pub fn canonical_weight_name(name: &str, layer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_keys_follow_tf_keras_snake_case() {
+        assert_eq!(snake_case("LocallyConnected2D"), "locally_connected2d");
+        assert_eq!(snake_case("BatchNormalization"), "batch_normalization");
+        assert_eq!(snake_case("Conv2D"), "conv2d");
+        assert_eq!(snake_case("Dense"), "dense");
+        assert_eq!(snake_case("MaxPooling2D"), "max_pooling2d");
+    }
 
     #[test]
     fn weight_names_from_every_dialect() {
