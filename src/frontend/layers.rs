@@ -208,7 +208,7 @@ pub fn dense(cfg: &Cfg) -> Result<Dense> {
 pub fn conv(cfg: &Cfg, rank: usize) -> Result<Conv> {
     let filters = cfg.req_size(&["filters", "nb_filter"])?;
     let groups = cfg.size_or(&["groups"], 1)?;
-    if filters % groups != 0 {
+    if !filters.is_multiple_of(groups) {
         return Err(cfg.err(
             "groups",
             format!("filters {filters} is not divisible by groups {groups}"),
@@ -365,8 +365,7 @@ pub fn batch_norm(cfg: &Cfg, rank: usize) -> Result<BatchNorm> {
         Some(v) => cfg.axis("axis", v)?,
         None => -1,
     };
-    let axis = resolve_keras_axis(cfg.layer, axis, rank, true)
-        .map_err(|e| cfg.err("axis", e.to_string()))?;
+    let axis = resolve_keras_axis(cfg.layer, axis, rank, true).map_err(|e| cfg.about("axis", e))?;
     let momentum = cfg.float_or("momentum", 0.99)?;
     let epsilon = cfg.float_or("epsilon", 1e-3)?;
     if epsilon <= 0.0 {
@@ -401,7 +400,7 @@ fn concat_axis(cfg: &Cfg, key: &str, in_shapes: &[Vec<usize>]) -> Result<usize> 
         None => -1,
     };
     let rank = in_shapes.first().map_or(0, Vec::len);
-    resolve_keras_axis(cfg.layer, axis, rank, true).map_err(|e| cfg.err(key, e.to_string()))
+    resolve_keras_axis(cfg.layer, axis, rank, true).map_err(|e| cfg.about(key, e))
 }
 
 /// The op of a non-input layer of `class` whose inputs have per-sample shapes `in_shapes`.
@@ -501,7 +500,7 @@ pub fn layer_op(cfg: &Cfg, class: &str, in_shapes: &[Vec<usize>]) -> Result<Op> 
         _ => match activation_layer(cfg, class)? {
             Some(crate::graph::Activation::Softmax { axis }) => {
                 let a = resolve_keras_axis(cfg.layer, axis, rank0, true)
-                    .map_err(|e| cfg.err("axis", e.to_string()))?;
+                    .map_err(|e| cfg.about("axis", e))?;
                 Ok(Op::Activation(crate::graph::Activation::Softmax {
                     axis: a as i64,
                 }))

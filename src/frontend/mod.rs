@@ -204,13 +204,12 @@ fn detect_dialect(version: Option<&str>, config: &Value) -> Dialect {
     }
 }
 
+/// Class name, layer name and config object of one entry of a `layers` list.
+pub(crate) type LayerEntry<'a> = (&'a str, String, Option<&'a Map<String, Value>>);
+
 /// Class name, layer name and config object of a layer entry
 /// `{"class_name", "config", "name"?}`; `index` names anonymous entries.
-pub(crate) fn layer_entry<'a>(
-    ctx: &Ctx,
-    entry: &'a Value,
-    index: usize,
-) -> Result<(&'a str, String, Option<&'a Map<String, Value>>)> {
+pub(crate) fn layer_entry<'a>(ctx: &Ctx, entry: &'a Value, index: usize) -> Result<LayerEntry<'a>> {
     let obj = entry.as_object().ok_or_else(|| {
         ctx.config_err(format!("layer #{index} is not an object: {}", show(entry)))
     })?;

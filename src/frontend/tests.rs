@@ -62,7 +62,10 @@ fn assert_field_err(r: Result<ParsedModel>, layer: &str, field: &str, needle: &s
         }
         other => panic!("expected LayerConfig, got {other:?}"),
     }
-    assert!(msg.contains(layer) && msg.contains(field) && msg.contains(needle), "{msg}");
+    assert!(
+        msg.contains(layer) && msg.contains(field) && msg.contains(needle),
+        "{msg}"
+    );
 }
 
 fn assert_graph_err(r: Result<ParsedModel>, needles: &[&str]) {
@@ -85,7 +88,13 @@ fn assert_config_err(r: Result<ParsedModel>, needle: &str) {
 
 #[test]
 fn top_level_must_be_a_model() {
-    for text in ["[]", "3", "\"x\"", r#"{"class_name":"Dense","config":{"units":3}}"#, "{}"] {
+    for text in [
+        "[]",
+        "3",
+        "\"x\"",
+        r#"{"class_name":"Dense","config":{"units":3}}"#,
+        "{}",
+    ] {
         assert_config_err(parse(text), "top level is not a Keras model");
     }
 }
@@ -101,7 +110,10 @@ fn empty_and_invalid_json() {
 fn deeply_nested_json_is_a_config_error() {
     let text = "[".repeat(10_000);
     assert_config_err(parse(&text), "recursion limit");
-    let text = format!("{{\"class_name\":\"Sequential\",\"config\":{}", "[".repeat(10_000));
+    let text = format!(
+        "{{\"class_name\":\"Sequential\",\"config\":{}",
+        "[".repeat(10_000)
+    );
     assert_config_err(parse(&text), "not valid JSON");
 }
 
@@ -119,7 +131,13 @@ fn sequential_list_config_with_input_dim_and_unknown_keys() {
     match op_of(&m, "d") {
         Op::Dense(d) => {
             assert!(!d.use_bias);
-            assert_eq!(d.kernel_initializer, Initializer::RandomNormal { mean: 0.0, stddev: 0.05 });
+            assert_eq!(
+                d.kernel_initializer,
+                Initializer::RandomNormal {
+                    mean: 0.0,
+                    stddev: 0.05
+                }
+            );
         }
         o => panic!("{o:?}"),
     }
@@ -138,36 +156,56 @@ fn keras1_lc1d_input_length_and_dim() {
     assert_eq!(l.strides, vec![2]);
     assert!(matches!(
         l.kernel_initializer,
-        Initializer::VarianceScaling { distribution: Distribution::UntruncatedNormal, .. }
+        Initializer::VarianceScaling {
+            distribution: Distribution::UntruncatedNormal,
+            ..
+        }
     ));
-    assert_eq!(l.options.kernel_constraint, Some(Constraint::MaxNorm { max_value: 3.0, axis: vec![0] }));
+    assert_eq!(
+        l.options.kernel_constraint,
+        Some(Constraint::MaxNorm {
+            max_value: 3.0,
+            axis: vec![0]
+        })
+    );
     let r = l.options.bias_regularizer.unwrap();
     assert_eq!((r.l1, r.l2), (0.01, 0.01));
 }
 
 #[test]
 fn keras2_dialect_rules() {
-    let mut v = lc2d(json!({"kernel_initializer": {"class_name": "VarianceScaling",
+    let mut v = lc2d(
+        json!({"kernel_initializer": {"class_name": "VarianceScaling",
         "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": null}},
-        "kernel_regularizer": {"class_name": "L1L2", "config": {"l1": 0.0, "l2": 0.009999999776482582}}}));
+        "kernel_regularizer": {"class_name": "L1L2", "config": {"l1": 0.0, "l2": 0.009999999776482582}}}),
+    );
     v["keras_version"] = json!("2.1.6");
     let m = parse_v(&v).unwrap();
     assert_eq!(m.dialect, Dialect::Keras2);
     let l = lc_of(&m);
     assert!(matches!(
         l.kernel_initializer,
-        Initializer::VarianceScaling { distribution: Distribution::TruncatedNormalUncorrected, .. }
+        Initializer::VarianceScaling {
+            distribution: Distribution::TruncatedNormalUncorrected,
+            ..
+        }
     ));
     assert_eq!(l.options.kernel_regularizer.unwrap().l2, 0.01);
     v["keras_version"] = json!("2.21.0");
     let l = lc_of(&parse_v(&v).unwrap());
     assert!(matches!(
         l.kernel_initializer,
-        Initializer::VarianceScaling { distribution: Distribution::TruncatedNormal, .. }
+        Initializer::VarianceScaling {
+            distribution: Distribution::TruncatedNormal,
+            ..
+        }
     ));
     // Keras 2 LC1D ignores data_format; `same` is illegal there.
-    let mut v = seq(json!([null, 10, 4]), "LocallyConnected1D",
-        json!({"name": "lc", "filters": 2, "kernel_size": 3, "data_format": "channels_first"}));
+    let mut v = seq(
+        json!([null, 10, 4]),
+        "LocallyConnected1D",
+        json!({"name": "lc", "filters": 2, "kernel_size": 3, "data_format": "channels_first"}),
+    );
     v["keras_version"] = json!("2.3.1");
     let l = lc_of(&parse_v(&v).unwrap());
     assert_eq!(l.data_format, DataFormat::ChannelsLast);
@@ -188,22 +226,49 @@ fn tf_keras_lc_options() {
     assert_eq!(l.data_format, DataFormat::ChannelsLast);
     assert_eq!(l.activation, Activation::LeakyRelu { alpha: 0.1 });
     assert_eq!(l.bias_initializer, Initializer::Ones);
-    assert_eq!(l.options.kernel_constraint, Some(Constraint::MaxNorm { max_value: 2.0, axis: vec![0] }));
+    assert_eq!(
+        l.options.kernel_constraint,
+        Some(Constraint::MaxNorm {
+            max_value: 2.0,
+            axis: vec![0]
+        })
+    );
     assert_eq!(m.graph.nodes[m.graph.outputs[0]].shape, vec![8, 8, 2]);
 }
 
 #[test]
 fn lc3d_extension() {
-    let v = seq(json!([null, 5, 6, 7, 2]), "LocallyConnected3D",
-        json!({"name": "lc", "filters": 3, "kernel_size": [2, 3, 4], "strides": [1, 1, 2]}));
+    let v = seq(
+        json!([null, 5, 6, 7, 2]),
+        "LocallyConnected3D",
+        json!({"name": "lc", "filters": 3, "kernel_size": [2, 3, 4], "strides": [1, 1, 2]}),
+    );
     let m = parse_v(&v).unwrap();
     assert_eq!(m.graph.nodes[m.graph.outputs[0]].shape, vec![4, 4, 2, 3]);
 }
 
 #[test]
 fn activations_by_name() {
-    let names = ["linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "elu", "selu", "softplus",
-        "softsign", "hard_sigmoid", "exponential", "swish", "silu", "gelu", "relu6", "mish", "leaky_relu"];
+    let names = [
+        "linear",
+        "relu",
+        "sigmoid",
+        "tanh",
+        "softmax",
+        "log_softmax",
+        "elu",
+        "selu",
+        "softplus",
+        "softsign",
+        "hard_sigmoid",
+        "exponential",
+        "swish",
+        "silu",
+        "gelu",
+        "relu6",
+        "mish",
+        "leaky_relu",
+    ];
     for n in names {
         let m = parse_v(&lc2d(json!({"activation": n}))).unwrap();
         let _ = lc_of(&m).activation;
@@ -216,55 +281,179 @@ fn activations_by_name() {
 
 #[test]
 fn activation_layers_and_axes() {
-    let v = seq(json!([null, 4, 5, 6]), "BatchNormalization", json!({"name": "bn", "axis": [1], "epsilon": 0.01}));
+    let v = seq(
+        json!([null, 4, 5, 6]),
+        "BatchNormalization",
+        json!({"name": "bn", "axis": [1], "epsilon": 0.01}),
+    );
     match op_of(&parse_v(&v).unwrap(), "bn") {
         Op::BatchNorm(b) => assert_eq!((b.axis, b.epsilon), (0, 0.01)),
         o => panic!("{o:?}"),
     }
-    let v = seq(json!([null, 4, 5, 6]), "BatchNormalization", json!({"name": "bn", "axis": 3}));
+    let v = seq(
+        json!([null, 4, 5, 6]),
+        "BatchNormalization",
+        json!({"name": "bn", "axis": 3}),
+    );
     match op_of(&parse_v(&v).unwrap(), "bn") {
         Op::BatchNorm(b) => assert_eq!(b.axis, 2),
         o => panic!("{o:?}"),
     }
-    let v = seq(json!([null, 4, 5]), "BatchNormalization", json!({"name": "bn", "axis": 0}));
+    let v = seq(
+        json!([null, 4, 5]),
+        "BatchNormalization",
+        json!({"name": "bn", "axis": 0}),
+    );
     assert_field_err(parse_v(&v), "bn", "axis", "batch");
-    let v = seq(json!([null, 4, 5]), "Softmax", json!({"name": "sm", "axis": 1}));
-    assert_eq!(op_of(&parse_v(&v).unwrap(), "sm"), Op::Activation(Activation::Softmax { axis: 0 }));
-    let v = seq(json!([null, 4]), "ReLU", json!({"name": "r", "max_value": 6.0, "negative_slope": 0.1}));
+    let v = seq(
+        json!([null, 4, 5]),
+        "Softmax",
+        json!({"name": "sm", "axis": 1}),
+    );
+    assert_eq!(
+        op_of(&parse_v(&v).unwrap(), "sm"),
+        Op::Activation(Activation::Softmax { axis: 0 })
+    );
+    let v = seq(
+        json!([null, 4]),
+        "ReLU",
+        json!({"name": "r", "max_value": 6.0, "negative_slope": 0.1}),
+    );
     assert_eq!(
         op_of(&parse_v(&v).unwrap(), "r"),
-        Op::Activation(Activation::Relu { alpha: 0.1, max_value: Some(6.0), threshold: 0.0 })
+        Op::Activation(Activation::Relu {
+            alpha: 0.1,
+            max_value: Some(6.0),
+            threshold: 0.0
+        })
     );
     let v = seq(json!([null, 4]), "LeakyReLU", json!({"name": "r"}));
-    assert_eq!(op_of(&parse_v(&v).unwrap(), "r"), Op::Activation(Activation::LeakyRelu { alpha: 0.3 }));
+    assert_eq!(
+        op_of(&parse_v(&v).unwrap(), "r"),
+        Op::Activation(Activation::LeakyRelu { alpha: 0.3 })
+    );
 }
 
 #[test]
 fn other_layers_parse() {
     let cases = [
-        (json!([null, 8, 8, 3]), "Conv2D", json!({"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": 2}), vec![8, 8, 4]),
-        (json!([null, 10, 3]), "Conv1D", json!({"filters": 4, "kernel_size": 3, "padding": "causal"}), vec![10, 4]),
-        (json!([null, 3, 8, 8]), "Convolution2D", json!({"nb_filter": 4, "nb_row": 3, "nb_col": 2, "dim_ordering": "th", "subsample": [1, 2]}), vec![4, 6, 4]),
-        (json!([null, 8, 8, 3]), "MaxPooling2D", json!({"pool_size": [2, 2], "strides": null}), vec![4, 4, 3]),
-        (json!([null, 9, 3]), "AveragePooling1D", json!({"pool_length": 3, "stride": 2}), vec![4, 3]),
-        (json!([null, 8, 8, 3]), "GlobalMaxPooling2D", json!({"keepdims": true}), vec![1, 1, 3]),
-        (json!([null, 8, 3]), "GlobalAveragePooling1D", json!({}), vec![3]),
-        (json!([null, 8, 8, 3]), "ZeroPadding2D", json!({"padding": [[1, 2], [0, 1]]}), vec![11, 9, 3]),
-        (json!([null, 8, 8, 3]), "ZeroPadding2D", json!({"padding": [1, 2, 3, 4], "dim_ordering": "tf"}), vec![11, 15, 3]),
-        (json!([null, 8, 3]), "ZeroPadding1D", json!({"padding": [1, 2]}), vec![11, 3]),
-        (json!([null, 8, 8, 3]), "Cropping2D", json!({"cropping": 1}), vec![6, 6, 3]),
-        (json!([null, 8, 3]), "Cropping1D", json!({"cropping": [1, 2]}), vec![5, 3]),
-        (json!([null, 4, 6]), "Reshape", json!({"target_shape": [-1, 3]}), vec![8, 3]),
-        (json!([null, 4, 6]), "Permute", json!({"dims": [2, 1]}), vec![6, 4]),
-        (json!([null, 4, 6]), "SpatialDropout1D", json!({"rate": 0.5}), vec![4, 6]),
-        (json!([null, 4, 6]), "Dropout", json!({"p": 0.5}), vec![4, 6]),
-        (json!([null, 4, 6]), "Activation", json!({"activation": "tanh"}), vec![4, 6]),
+        (
+            json!([null, 8, 8, 3]),
+            "Conv2D",
+            json!({"filters": 4, "kernel_size": 3, "padding": "same", "dilation_rate": 2}),
+            vec![8, 8, 4],
+        ),
+        (
+            json!([null, 10, 3]),
+            "Conv1D",
+            json!({"filters": 4, "kernel_size": 3, "padding": "causal"}),
+            vec![10, 4],
+        ),
+        (
+            json!([null, 3, 8, 8]),
+            "Convolution2D",
+            json!({"nb_filter": 4, "nb_row": 3, "nb_col": 2, "dim_ordering": "th", "subsample": [1, 2]}),
+            vec![4, 6, 4],
+        ),
+        (
+            json!([null, 8, 8, 3]),
+            "MaxPooling2D",
+            json!({"pool_size": [2, 2], "strides": null}),
+            vec![4, 4, 3],
+        ),
+        (
+            json!([null, 9, 3]),
+            "AveragePooling1D",
+            json!({"pool_length": 3, "stride": 2}),
+            vec![4, 3],
+        ),
+        (
+            json!([null, 8, 8, 3]),
+            "GlobalMaxPooling2D",
+            json!({"keepdims": true}),
+            vec![1, 1, 3],
+        ),
+        (
+            json!([null, 8, 3]),
+            "GlobalAveragePooling1D",
+            json!({}),
+            vec![3],
+        ),
+        (
+            json!([null, 8, 8, 3]),
+            "ZeroPadding2D",
+            json!({"padding": [[1, 2], [0, 1]]}),
+            vec![11, 9, 3],
+        ),
+        (
+            json!([null, 8, 8, 3]),
+            "ZeroPadding2D",
+            json!({"padding": [1, 2, 3, 4], "dim_ordering": "tf"}),
+            vec![11, 15, 3],
+        ),
+        (
+            json!([null, 8, 3]),
+            "ZeroPadding1D",
+            json!({"padding": [1, 2]}),
+            vec![11, 3],
+        ),
+        (
+            json!([null, 8, 8, 3]),
+            "Cropping2D",
+            json!({"cropping": 1}),
+            vec![6, 6, 3],
+        ),
+        (
+            json!([null, 8, 3]),
+            "Cropping1D",
+            json!({"cropping": [1, 2]}),
+            vec![5, 3],
+        ),
+        (
+            json!([null, 4, 6]),
+            "Reshape",
+            json!({"target_shape": [-1, 3]}),
+            vec![8, 3],
+        ),
+        (
+            json!([null, 4, 6]),
+            "Permute",
+            json!({"dims": [2, 1]}),
+            vec![6, 4],
+        ),
+        (
+            json!([null, 4, 6]),
+            "SpatialDropout1D",
+            json!({"rate": 0.5}),
+            vec![4, 6],
+        ),
+        (
+            json!([null, 4, 6]),
+            "Dropout",
+            json!({"p": 0.5}),
+            vec![4, 6],
+        ),
+        (
+            json!([null, 4, 6]),
+            "Activation",
+            json!({"activation": "tanh"}),
+            vec![4, 6],
+        ),
         (json!([null, 4, 6]), "ELU", json!({}), vec![4, 6]),
-        (json!([null, 4, 6]), "Flatten", json!({"data_format": "channels_last"}), vec![24]),
+        (
+            json!([null, 4, 6]),
+            "Flatten",
+            json!({"data_format": "channels_last"}),
+            vec![24],
+        ),
     ];
     for (shape, class, cfg, want) in cases {
-        let m = parse_v(&seq(shape, class, cfg.clone())).unwrap_or_else(|e| panic!("{class} {cfg}: {e}"));
-        assert_eq!(m.graph.nodes[m.graph.outputs[0]].shape, want, "{class} {cfg}");
+        let m = parse_v(&seq(shape, class, cfg.clone()))
+            .unwrap_or_else(|e| panic!("{class} {cfg}: {e}"));
+        assert_eq!(
+            m.graph.nodes[m.graph.outputs[0]].shape, want,
+            "{class} {cfg}"
+        );
     }
 }
 
@@ -277,10 +466,18 @@ fn bad_sizes() {
         (json!({"filters": -3}), "filters", ">= 1"),
         (json!({"filters": 2.5}), "filters", "not an integer"),
         (json!({"filters": "two"}), "filters", "integer"),
-        (json!({"filters": 1_000_000_000_000u64}), "filters", "absurd"),
+        (
+            json!({"filters": 1_000_000_000_000u64}),
+            "filters",
+            "absurd",
+        ),
         (json!({"filters": 1e300}), "filters", "integer"),
         (json!({"strides": [0, 1]}), "strides", ">= 1"),
-        (json!({"kernel_size": [3, 3, 3]}), "kernel_size", "2 entries"),
+        (
+            json!({"kernel_size": [3, 3, 3]}),
+            "kernel_size",
+            "2 entries",
+        ),
         (json!({"kernel_size": null}), "kernel_size", "missing"),
     ] {
         assert_field_err(parse_v(&lc2d(extra)), "lc", field, needle);
@@ -290,50 +487,117 @@ fn bad_sizes() {
 #[test]
 fn kernel_larger_than_input_is_a_shape_error() {
     let e = parse_v(&lc2d(json!({"kernel_size": [9, 3]}))).unwrap_err();
-    assert!(matches!(e, Error::Shape { ref layer, .. } if layer == "lc"), "{e:?}");
+    assert!(
+        matches!(e, Error::Shape { ref layer, .. } if layer == "lc"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn huge_layers_hit_the_budget() {
-    let v = seq(json!([null, 64, 64, 64]), "LocallyConnected2D",
-        json!({"name": "lc", "filters": 1_000_000, "kernel_size": 3}));
+    let v = seq(
+        json!([null, 64, 64, 64]),
+        "LocallyConnected2D",
+        json!({"name": "lc", "filters": 1_000_000, "kernel_size": 3}),
+    );
     let e = parse_v(&v).unwrap_err();
-    assert!(matches!(e, Error::Budget { ref layer, .. } if layer == "lc"), "{e:?}");
+    assert!(
+        matches!(e, Error::Budget { ref layer, .. } if layer == "lc"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn bad_enums() {
     for (extra, field, needle) in [
         (json!({"padding": "full"}), "padding", "unknown padding"),
-        (json!({"padding": "same"}), "padding", "implementation 2 or 3"),
-        (json!({"padding": "causal", "implementation": 2}), "padding", "not supported"),
-        (json!({"data_format": "channels_middle"}), "data_format", "unknown data format"),
-        (json!({"activation": "swoosh"}), "activation", "unknown activation"),
-        (json!({"activation": {"class_name": "PReLU", "config": {}}}), "activation", "PReLU"),
-        (json!({"implementation": 4}), "implementation", "unknown implementation"),
-        (json!({"kernel_initializer": "glorot_sideways"}), "kernel_initializer", "unknown initializer"),
-        (json!({"kernel_initializer": {"class_name": "VarianceScaling", "config": {"mode": "fan_up"}}}),
-            "kernel_initializer.mode", "unknown mode"),
-        (json!({"kernel_regularizer": "l3"}), "kernel_regularizer", "unknown regularizer"),
-        (json!({"bias_constraint": {"class_name": "Clip", "config": {}}}), "bias_constraint", "unknown constraint"),
+        (
+            json!({"padding": "same"}),
+            "padding",
+            "implementation 2 or 3",
+        ),
+        (
+            json!({"padding": "causal", "implementation": 2}),
+            "padding",
+            "not supported",
+        ),
+        (
+            json!({"data_format": "channels_middle"}),
+            "data_format",
+            "unknown data format",
+        ),
+        (
+            json!({"activation": "swoosh"}),
+            "activation",
+            "unknown activation",
+        ),
+        (
+            json!({"activation": {"class_name": "PReLU", "config": {}}}),
+            "activation",
+            "PReLU",
+        ),
+        (
+            json!({"implementation": 4}),
+            "implementation",
+            "unknown implementation",
+        ),
+        (
+            json!({"kernel_initializer": "glorot_sideways"}),
+            "kernel_initializer",
+            "unknown initializer",
+        ),
+        (
+            json!({"kernel_initializer": {"class_name": "VarianceScaling", "config": {"mode": "fan_up"}}}),
+            "kernel_initializer.mode",
+            "unknown mode",
+        ),
+        (
+            json!({"kernel_regularizer": "l3"}),
+            "kernel_regularizer",
+            "unknown regularizer",
+        ),
+        (
+            json!({"bias_constraint": {"class_name": "Clip", "config": {}}}),
+            "bias_constraint",
+            "unknown constraint",
+        ),
         (json!({"dtype": "float64"}), "dtype", "float64"),
-        (json!({"dtype": {"class_name": "Policy", "config": {"name": "mixed_bfloat16"}}}), "dtype", "mixed_bfloat16"),
+        (
+            json!({"dtype": {"class_name": "Policy", "config": {"name": "mixed_bfloat16"}}}),
+            "dtype",
+            "mixed_bfloat16",
+        ),
         (json!({"use_bias": "yes"}), "use_bias", "true or false"),
     ] {
         assert_field_err(parse_v(&lc2d(extra)), "lc", field, needle);
     }
-    let mut v = seq(json!([null, 3, 10, 10]), "LocallyConnected2D",
-        json!({"name": "lc", "nb_filter": 2, "nb_row": 3, "nb_col": 3, "border_mode": "same", "dim_ordering": "th"}));
+    let mut v = seq(
+        json!([null, 3, 10, 10]),
+        "LocallyConnected2D",
+        json!({"name": "lc", "nb_filter": 2, "nb_row": 3, "nb_col": 3, "border_mode": "same", "dim_ordering": "th"}),
+    );
     v["keras_version"] = json!("1.2.2");
     assert_field_err(parse_v(&v), "lc", "border_mode", "only 'valid'");
 }
 
 #[test]
 fn unknown_layer_class() {
-    let e = parse_v(&seq(json!([null, 4]), "Bidirectional", json!({"name": "bi"}))).unwrap_err();
+    let e = parse_v(&seq(
+        json!([null, 4]),
+        "Bidirectional",
+        json!({"name": "bi"}),
+    ))
+    .unwrap_err();
     match e {
-        Error::UnknownLayer { source_name, layer, class_name } => {
-            assert_eq!((source_name.as_str(), layer.as_str(), class_name.as_str()), ("test.json", "bi", "Bidirectional"));
+        Error::UnknownLayer {
+            source_name,
+            layer,
+            class_name,
+        } => {
+            assert_eq!(
+                (source_name.as_str(), layer.as_str(), class_name.as_str()),
+                ("test.json", "bi", "Bidirectional")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -352,7 +616,12 @@ fn bad_input_shapes() {
         (json!([-1, 8, 8, 3]), "batch size"),
         (json!("8x8"), "expected a list"),
     ] {
-        assert_field_err(parse_v(&seq(shape, "LocallyConnected2D", lc.clone())), "in", "batch_input_shape", needle);
+        assert_field_err(
+            parse_v(&seq(shape, "LocallyConnected2D", lc.clone())),
+            "in",
+            "batch_input_shape",
+            needle,
+        );
     }
     let v = json!({"class_name": "Sequential", "config": {"layers": [
         {"class_name": "InputLayer", "config": {"name": "in"}}]}});
@@ -360,105 +629,4 @@ fn bad_input_shapes() {
     let v = json!({"class_name": "Sequential", "config": {"layers": [
         {"class_name": "Dense", "config": {"name": "d", "units": 2}}]}});
     assert_field_err(parse_v(&v), "d", "batch_input_shape", "missing");
-}
-
-// ---- Functional ---------------------------------------------------------------------------
-
-fn functional(layers: Value, inputs: Value, outputs: Value) -> Value {
-    json!({"class_name": "Functional", "keras_version": "2.21.0",
-        "config": {"name": "f", "layers": layers, "input_layers": inputs, "output_layers": outputs}})
-}
-
-fn input(name: &str, shape: Value) -> Value {
-    json!({"class_name": "InputLayer", "name": name, "config": {"name": name, "batch_input_shape": shape}, "inbound_nodes": []})
-}
-
-fn layer(class: &str, name: &str, config: Value, from: &[&str]) -> Value {
-    let refs: Vec<Value> = from.iter().map(|f| json!([f, 0, 0, {}])).collect();
-    let mut c = config;
-    c["name"] = json!(name);
-    json!({"class_name": class, "name": name, "config": c, "inbound_nodes": [refs]})
-}
-
-#[test]
-fn functional_out_of_order_with_two_inputs() {
-    let v = functional(
-        json!([
-            layer("Concatenate", "cat", json!({"axis": -1}), &["d1", "d2"]),
-            layer("Dense", "d2", json!({"units": 2}), &["b"]),
-            input("b", json!([null, 4])),
-            layer("Dense", "d1", json!({"units": 3}), &["a"]),
-            input("a", json!([null, 5])),
-        ]),
-        json!([["a", 0, 0], ["b", 0, 0]]),
-        json!(["cat", 0, 0]),
-    );
-    let m = parse_v(&v).unwrap();
-    let g = &m.graph;
-    assert_eq!(g.nodes[g.inputs[0]].name, "a");
-    assert_eq!(g.nodes[g.inputs[1]].name, "b");
-    assert_eq!(g.nodes[g.outputs[0]].shape, vec![5]);
-    assert_eq!(op_of(&m, "cat"), Op::Concatenate { axis: 0 });
-}
-
-#[test]
-fn functional_dict_form_inbound_nodes() {
-    let hist = |n: &str| json!({"class_name": "__keras_tensor__", "config": {"shape": [null, 4], "dtype": "float32", "keras_history": [n, 0, 0]}});
-    let v = functional(
-        json!([
-            input("x", json!([null, 4])),
-            {"class_name": "Dense", "name": "d", "config": {"name": "d", "units": 4}, "inbound_nodes": [{"args": [hist("x")], "kwargs": {}}]},
-            {"class_name": "Add", "name": "add", "config": {"name": "add"}, "inbound_nodes": [{"args": [[hist("x"), hist("d")]], "kwargs": {}}]},
-        ]),
-        json!([["x", 0, 0]]),
-        json!([["add", 0, 0]]),
-    );
-    let m = parse_v(&v).unwrap();
-    assert_eq!(m.graph.nodes[m.graph.outputs[0]].inputs.len(), 2);
-}
-
-#[test]
-fn functional_structure_errors() {
-    let x = input("x", json!([null, 4]));
-    // Unknown inbound layer.
-    let v = functional(json!([x, layer("Dense", "d", json!({"units": 2}), &["ghost"])]), json!([["x", 0, 0]]), json!([["d", 0, 0]]));
-    assert_graph_err(parse_v(&v), &["'d'", "'ghost'", "test.json"]);
-    // Cycle.
-    let v = functional(
-        json!([x, layer("Dense", "p", json!({"units": 4}), &["q"]), layer("Dense", "q", json!({"units": 4}), &["p"])]),
-        json!([["x", 0, 0]]),
-        json!([["q", 0, 0]]),
-    );
-    assert_graph_err(parse_v(&v), &["cycle through layers", "p", "q"]);
-    // Shared layer (two inbound nodes).
-    let mut shared = layer("Dense", "s", json!({"units": 4}), &["x"]);
-    shared["inbound_nodes"] = json!([[["x", 0, 0, {}]], [["s", 0, 0, {}]]]);
-    let v = functional(json!([x, shared]), json!([["x", 0, 0]]), json!([["s", 1, 0]]));
-    assert_graph_err(parse_v(&v), &["'s'", "shared layers are not supported"]);
-    // Duplicate names.
-    let v = functional(
-        json!([x, layer("Dense", "d", json!({"units": 2}), &["x"]), layer("Dense", "d", json!({"units": 2}), &["x"])]),
-        json!([["x", 0, 0]]),
-        json!([["d", 0, 0]]),
-    );
-    assert_graph_err(parse_v(&v), &["duplicate layer name 'd'", "test.json"]);
-    // Output that does not exist.
-    let v = functional(json!([x]), json!([["x", 0, 0]]), json!([["nope", 0, 0]]));
-    assert_graph_err(parse_v(&v), &["output_layers", "'nope'"]);
-    // Sequential duplicate names.
-    let v = json!({"class_name": "Sequential", "config": {"layers": [
-        {"class_name": "Dense", "config": {"name": "d", "units": 2, "batch_input_shape": [null, 3]}},
-        {"class_name": "Dense", "config": {"name": "d", "units": 2}}]}});
-    assert_graph_err(parse_v(&v), &["duplicate layer name 'd'"]);
-}
-
-#[test]
-fn functional_merge_shape_mismatch_names_layer() {
-    let v = functional(
-        json!([input("a", json!([null, 4])), input("b", json!([null, 5])), layer("Add", "add", json!({}), &["a", "b"])]),
-        json!([["a", 0, 0], ["b", 0, 0]]),
-        json!([["add", 0, 0]]),
-    );
-    let e = parse_v(&v).unwrap_err();
-    assert!(matches!(e, Error::Shape { ref layer, .. } if layer == "add"), "{e:?}");
 }

@@ -79,6 +79,14 @@ impl<'a> Cfg<'a> {
         }
     }
 
+    /// Re-labels an error of shared helpers (axis resolution…) as being about `field`.
+    pub fn about(&self, field: &str, e: Error) -> Error {
+        match e {
+            Error::Shape { detail, .. } => self.err(field, detail),
+            other => other,
+        }
+    }
+
     /// The value of `key`, `None` if absent or `null`.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
