@@ -88,9 +88,9 @@ fn padding(cfg: &Cfg, allowed: &[Padding]) -> Result<Padding> {
 }
 
 /// A kernel size for `rank` axes: `kernel_size`, or Keras 1 `filter_length` /
-/// `nb_row` + `nb_col` (+ `nb_len` style keys are not Keras).
+/// `nb_row` + `nb_col`.
 fn kernel_size(cfg: &Cfg, rank: usize) -> Result<Vec<usize>> {
-    if let Some((k, v)) = cfg.pick(&["kernel_size", "filter_length", "pool_length"]) {
+    if let Some((k, v)) = cfg.pick(&["kernel_size", "filter_length"]) {
         return cfg.sizes(k, v, rank);
     }
     if rank == 2 && (cfg.get("nb_row").is_some() || cfg.get("nb_col").is_some()) {
@@ -284,6 +284,16 @@ fn pairs(cfg: &Cfg, field: &str, v: &Value, rank: usize) -> Result<Vec<(usize, u
         }
         Value::Array(items) if items.len() == rank => items.iter().map(pair).collect(),
         Value::Array(_) => Err(cfg.err(field, format!("expected {rank} entries, got {}", show(v)))),
+        Value::Object(m) if rank == 1 => {
+            let c = cfg.with_map(m);
+            let g = |k: &str| -> Result<usize> {
+                match c.get(k) {
+                    Some(x) => cfg.count(field, x),
+                    None => Ok(0),
+                }
+            };
+            Ok(vec![(g("left_pad")?, g("right_pad")?)])
+        }
         Value::Object(m) if rank == 2 => {
             let c = cfg.with_map(m);
             let g = |k: &str| -> Result<usize> {

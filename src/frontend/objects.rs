@@ -173,18 +173,17 @@ pub fn activation(cfg: &Cfg, field: &str, v: Option<&Value>) -> Result<Activatio
 // ---- initializers ------------------------------------------------------------------------
 
 /// Distribution of a `VarianceScaling` "normal": uncorrected truncated normal for Keras
-/// 2.0.x/2.1.x, untruncated for Keras 1, corrected truncated normal otherwise.
+/// 2.0.x/2.1.x (multi-backend), untruncated for Keras 1, corrected truncated normal otherwise.
 fn vs_normal(cfg: &Cfg) -> Distribution {
     match cfg.dialect {
         Dialect::Keras1 => Distribution::UntruncatedNormal,
-        _ => match cfg.version {
-            Some(v)
-                if v.starts_with("2.0.") || v.starts_with("2.1.") || v == "2.0" || v == "2.1" =>
-            {
+        Dialect::Keras2 => match cfg.version {
+            Some(v) if v.starts_with("2.0") || v.starts_with("2.1") => {
                 Distribution::TruncatedNormalUncorrected
             }
             _ => Distribution::TruncatedNormal,
         },
+        Dialect::TfKeras => Distribution::TruncatedNormal,
     }
 }
 
@@ -238,35 +237,11 @@ pub fn initializer(cfg: &Cfg, field: &str, v: &Value) -> Result<Initializer> {
             stddev: num("stddev", 0.05)?,
         },
         "glorotuniform" => vs(1.0, FanMode::FanAvg, Distribution::Uniform),
-        "glorotnormal" => vs(
-            1.0,
-            FanMode::FanAvg,
-            if k1 {
-                normal
-            } else {
-                Distribution::TruncatedNormal
-            },
-        ),
+        "glorotnormal" => vs(1.0, FanMode::FanAvg, normal),
         "heuniform" => vs(2.0, FanMode::FanIn, Distribution::Uniform),
-        "henormal" => vs(
-            2.0,
-            FanMode::FanIn,
-            if k1 {
-                normal
-            } else {
-                Distribution::TruncatedNormal
-            },
-        ),
+        "henormal" => vs(2.0, FanMode::FanIn, normal),
         "lecununiform" => vs(1.0, FanMode::FanIn, Distribution::Uniform),
-        "lecunnormal" => vs(
-            1.0,
-            FanMode::FanIn,
-            if k1 {
-                normal
-            } else {
-                Distribution::TruncatedNormal
-            },
-        ),
+        "lecunnormal" => vs(1.0, FanMode::FanIn, normal),
         "variancescaling" => {
             let scale = num("scale", 1.0)?;
             if scale <= 0.0 {

@@ -630,3 +630,48 @@ fn bad_input_shapes() {
         {"class_name": "Dense", "config": {"name": "d", "units": 2}}]}});
     assert_field_err(parse_v(&v), "d", "batch_input_shape", "missing");
 }
+
+#[test]
+fn variance_scaling_normal_by_version() {
+    let dist = |version: &str, init: Value| {
+        let mut v = lc2d(json!({ "kernel_initializer": init }));
+        v["keras_version"] = json!(version);
+        match lc_of(&parse_v(&v).unwrap()).kernel_initializer {
+            Initializer::VarianceScaling { distribution, .. } => distribution,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        dist("2.1.3", json!("he_normal")),
+        Distribution::TruncatedNormalUncorrected
+    );
+    assert_eq!(
+        dist("2.2.4", json!("he_normal")),
+        Distribution::TruncatedNormal
+    );
+    assert_eq!(
+        dist("2.1.6-tf", json!("he_normal")),
+        Distribution::TruncatedNormal
+    );
+    assert_eq!(
+        dist("2.21.0", json!("glorot_normal")),
+        Distribution::TruncatedNormal
+    );
+    let vs =
+        json!({"class_name": "VarianceScaling", "config": {"distribution": "untruncated_normal"}});
+    assert_eq!(dist("2.21.0", vs), Distribution::UntruncatedNormal);
+}
+
+#[test]
+fn keras1_zero_padding_dict_and_orthogonal() {
+    let v = json!({"class_name": "Sequential", "keras_version": "1.2.2", "config": [
+        {"class_name": "ZeroPadding1D", "config": {"name": "z", "batch_input_shape": [null, 6, 2],
+          "padding": {"left_pad": 1, "right_pad": 3}}},
+        {"class_name": "Dense", "config": {"name": "d", "output_dim": 2, "init": "orthogonal"}}]});
+    let m = parse_v(&v).unwrap();
+    assert_eq!(m.graph.nodes[m.graph.outputs[0]].shape, vec![10, 2]);
+    match op_of(&m, "d") {
+        Op::Dense(d) => assert_eq!(d.kernel_initializer, Initializer::Orthogonal { gain: 1.1 }),
+        o => panic!("{o:?}"),
+    }
+}
