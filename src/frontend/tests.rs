@@ -675,3 +675,23 @@ fn keras1_zero_padding_dict_and_orthogonal() {
         o => panic!("{o:?}"),
     }
 }
+
+#[test]
+fn sequential_structure_errors() {
+    let v = json!({"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Dense", "config": {"name": "d", "units": 2, "batch_input_shape": [null, 3]}},
+        {"class_name": "InputLayer", "config": {"name": "late", "batch_input_shape": [null, 2]}}]}});
+    assert_graph_err(parse_v(&v), &["InputLayer 'late'", "test.json"]);
+    let v = json!({"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Dense", "config": {"name": "d", "units": 2, "batch_input_shape": [null, 3]}},
+        {"class_name": "Dense", "config": {"name": "d", "units": 2}}]}});
+    assert_graph_err(parse_v(&v), &["duplicate layer name 'd'"]);
+    assert_config_err(
+        parse_v(&json!({"class_name": "Sequential", "config": {"layers": []}})),
+        "no layers",
+    );
+    assert_config_err(
+        parse_v(&json!({"class_name": "Sequential", "config": 3})),
+        "Sequential config",
+    );
+}
