@@ -14,8 +14,7 @@ fn data() -> PathBuf {
 fn parse_file(p: &Path) -> ParsedModel {
     let text = fs::read_to_string(p).unwrap();
     let name = p.display().to_string();
-    parse_model_json(&text, &name, DEFAULT_MEMORY_BUDGET)
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    parse_model_json(&text, &name, DEFAULT_MEMORY_BUDGET).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn golden_dirs() -> Vec<PathBuf> {
@@ -48,7 +47,10 @@ fn check_against_case(dir: &Path, m: &ParsedModel, which: &str) {
     );
     if let Some(inp) = case.get("input_shape").and_then(|v| v.as_array()) {
         let want: Vec<usize> = inp.iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        assert_eq!(g.nodes[g.inputs[0]].shape, want, "{dir:?} {which}: input shape");
+        assert_eq!(
+            g.nodes[g.inputs[0]].shape, want,
+            "{dir:?} {which}: input shape"
+        );
     }
 }
 
@@ -80,7 +82,13 @@ fn golden_keras1_json() {
             m.graph
                 .params
                 .iter()
-                .map(|p| (m.graph.nodes[p.node].name.clone(), p.name.clone(), p.keras_shape.clone()))
+                .map(|p| {
+                    (
+                        m.graph.nodes[p.node].name.clone(),
+                        p.name.clone(),
+                        p.keras_shape.clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(shapes(&k1), shapes(&k2), "{p:?}: parameter shapes");
