@@ -413,3 +413,137 @@ pub(crate) mod test_util {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::forward;
+    use super::lc::tests::{lc_op, one_layer};
+    use crate::error::Error;
+    use crate::graph::*;
+    use ndarray::{array, ArrayD, IxDyn};
+
+    fn relu() -> Activation {
+        Activation::Relu {
+            alpha: 0.0,
+            max_value: None,
+            threshold: 0.0,
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_input_errors_and_bad_params_internal() {
+        let g = one_layer(
+            &[4, 2],
+            Op::LocallyConnected(lc_op(1, 2, &[2], DataFormat::ChannelsLast)),
+        );
+        let k = ArrayD::zeros(IxDyn(&[3, 4, 2]));
+        let b = ArrayD::zeros(IxDyn(&[3, 2]));
+        let params = [k.clone(), b.clone()];
+        let x = ArrayD::zeros(IxDyn(&[2, 4, 2]));
+        assert!(forward(&g, &params, std::slice::from_ref(&x)).is_ok());
+        let is_input = |r: crate::Result<Vec<ArrayD<f32>>>| matches!(r, Err(Error::Input { .. }));
+        assert!(is_input(forward(&g, &params, &[])));
+        assert!(is_input(forward(&g, &params, &[x.clone(), x.clone()])));
+        assert!(is_input(forward(
+            &g,
+            &params,
+            &[ArrayD::zeros(IxDyn(&[2, 4, 3]))]
+        )));
+        assert!(is_input(forward(
+            &g,
+            &params,
+            &[ArrayD::zeros(IxDyn(&[4, 2]))]
+        )));
+        assert!(is_input(forward(
+            &g,
+            &params,
+            &[ArrayD::zeros(IxDyn(&[0, 4, 2]))]
+        )));
+        let r = forward(&g, &[k.clone()], std::slice::from_ref(&x));
+        assert!(r.is_err_and(|e| e.is_internal()));
+        let r = forward(
+            &g,
+            &[k, ArrayD::zeros(IxDyn(&[2, 3]))],
+            std::slice::from_ref(&x),
+        );
+        assert!(r.is_err_and(|e| e.is_internal()));
+        // A graph whose node shape was tampered with is caught before anything runs.
+        let mut bad = g.clone();
+        bad.nodes[1].shape = vec![3, 3];
+        assert!(forward(&bad, &params, &[x]).is_err_and(|e| e.is_internal()));
+    }
+
+    #[test]
+    fn two_inputs_must_share_the_batch_size() {
+        let mut g = Graph::new("t");
+        let a = g.add_input("a", vec![2]).unwrap();
+        let b = g.add_input("b", vec![2]).unwrap();
+        let y = g.add("add", Op::Merge(MergeKind::Add), &[a, b]).unwrap();
+        g.outputs.push(y);
+        let r = forward(
+            &g,
+            &[],
+            &[ArrayD::zeros(IxDyn(&[1, 2])), ArrayD::zeros(IxDyn(&[2, 2]))],
+        );
+        assert!(matches!(r, Err(Error::Input { .. })));
+    }
+
+    #[test]
+    fn branching_graph_with_several_outputs() {
+        // x → relu → a;  x → dense(−x) → b;  a + b;  outputs: [sum, a, x].
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", vec![3]).unwrap();
+        let a = g.add("a", Op::Activation(relu()), &[x]).unwrap();
+        let dense = Dense {
+            units: 3,
+            activation: Activation::Linear,
+            use_bias: false,
+            kernel_initializer: Initializer::Zeros,
+            bias_initializer: Initializer::Zeros,
+            options: WeightOptions::default(),
+        };
+        let b = g.add("b", Op::Dense(dense), &[x]).unwrap();
+        let d = g
+            .add(
+                "drop",
+                Op::Dropout {
+                    rate: 0.5,
+                    spatial: None,
+                    data_format: DataFormat::ChannelsLast,
+                },
+                &[b],
+            )
+            .unwrap();
+        let s = g.add("sum", Op::Merge(MergeKind::Add), &[a, d]).unwrap();
+        g.outputs = vec![s, a, x];
+        let minus_eye =
+            ArrayD::from_shape_fn(IxDyn(&[3, 3]), |ix| if ix[0] == ix[1] { -1.0 } else { 0.0 });
+        let xv = array![[1.0f32, -2.0, 3.0], [-4.0, 5.0, 0.5]].into_dyn();
+        let ys = forward(&g, &[minus_eye], std::slice::from_ref(&xv)).unwrap();
+        assert_eq!(ys.len(), 3);
+        // relu(x) − x = max(−x, 0)
+        assert_eq!(
+            ys[0],
+            array![[0.0f32, 2.0, 0.0], [4.0, 0.0, 0.0]].into_dyn()
+        );
+        assert_eq!(
+            ys[1],
+            array![[1.0f32, 0.0, 3.0], [0.0, 5.0, 0.5]].into_dyn()
+        );
+        assert_eq!(ys[2], xv);
+    }
+
+    #[test]
+    fn non_standard_layout_inputs_are_accepted() {
+        let g = one_layer(
+            &[2, 3],
+            Op::Flatten {
+                data_format: DataFormat::ChannelsLast,
+            },
+        );
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 3, 2]), |ix| (10 * ix[1] + ix[2]) as f32);
+        let xt = x.permuted_axes(IxDyn(&[0, 2, 1])); // logical (1, 2, 3), column-major data
+        let y = forward(&g, &[], &[xt]).unwrap().remove(0);
+        assert_eq!(y, array![[0.0f32, 10.0, 20.0, 1.0, 11.0, 21.0]].into_dyn());
+    }
+}
