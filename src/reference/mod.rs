@@ -30,7 +30,7 @@ pub use activation::{activation_scalar, apply_activation};
 
 use crate::error::{Error, Result};
 use crate::graph::infer::infer;
-use crate::graph::{Graph, Node, Op};
+use crate::graph::{Activation, Graph, Node, Op};
 use ndarray::{ArrayBase, ArrayD, Data, IxDyn};
 
 /// Runs the graph on batched inputs (each `(B, per-sample shape…)`), returning one array
@@ -301,6 +301,23 @@ fn check_graph(graph: &Graph) -> Result<()> {
         }
         let inferred = infer(&node.name, &node.op, &in_shapes)
             .map_err(|e| internal(node, &format!("shape inference fails: {e}")))?;
+        // Shape inference checks the axis of an Activation layer's softmax, but not of a
+        // softmax fused into LC/Dense/Conv.
+        let fused = match &node.op {
+            Op::LocallyConnected(l) => Some(&l.activation),
+            Op::Dense(d) => Some(&d.activation),
+            Op::Conv(c) => Some(&c.activation),
+            _ => None,
+        };
+        if let Some(Activation::Softmax { axis }) = fused {
+            let r = node.shape.len() as i64;
+            if !(-r..r).contains(axis) {
+                return Err(internal(
+                    node,
+                    &format!("softmax axis {axis} is out of range"),
+                ));
+            }
+        }
         if inferred.shape != node.shape {
             return Err(internal(node, "shape disagrees with shape inference"));
         }
@@ -470,7 +487,12 @@ mod tests {
         // A graph whose node shape was tampered with is caught before anything runs.
         let mut bad = g.clone();
         bad.nodes[1].shape = vec![3, 3];
-        assert!(forward(&bad, &params, &[x]).is_err_and(|e| e.is_internal()));
+        assert!(forward(&bad, &params, std::slice::from_ref(&x)).is_err_and(|e| e.is_internal()));
+        // A fused softmax with an impossible axis is not caught by shape inference.
+        let mut op = lc_op(1, 2, &[2], DataFormat::ChannelsLast);
+        op.activation = Activation::Softmax { axis: 2 };
+        let g = one_layer(&[4, 2], Op::LocallyConnected(op));
+        assert!(forward(&g, &params, &[x]).is_err_and(|e| e.is_internal()));
     }
 
     #[test]
