@@ -476,7 +476,7 @@ mod tests {
             &params,
             &[ArrayD::zeros(IxDyn(&[0, 4, 2]))]
         )));
-        let r = forward(&g, &[k.clone()], std::slice::from_ref(&x));
+        let r = forward(&g, std::slice::from_ref(&k), std::slice::from_ref(&x));
         assert!(r.is_err_and(|e| e.is_internal()));
         let r = forward(
             &g,
