@@ -300,6 +300,45 @@ pub(crate) mod tests {
         assert_close(&y, &want, 1e-6);
     }
 
+    #[test]
+    fn channels_first_equals_channels_last_with_permuted_patch_order() {
+        // LC2D same, kernel (3,2), strides (2,1), dilation (1,2), C=2, F=3 on 5×6: the
+        // channels_first layer with K_cf[p, c·T + t, f] = K_cl[p, t·C + c, f] and the
+        // transposed bias computes the channels_last result with channels moved first.
+        let (c, n_taps, f) = (2, 6, 3);
+        let make = |df| {
+            let mut op = lc_op(2, f, &[3, 2], df);
+            op.strides = vec![2, 1];
+            op.dilation = vec![1, 2];
+            op.padding = Padding::Same;
+            op.activation = Activation::Elu { alpha: 1.0 };
+            one_layer(
+                &crate::graph::infer::join_channels(&[5, 6], c, df),
+                Op::LocallyConnected(op),
+            )
+        };
+        let (gl, gf) = (
+            make(DataFormat::ChannelsLast),
+            make(DataFormat::ChannelsFirst),
+        );
+        assert_eq!(gl.nodes[1].shape, [3, 6, 3]);
+        let k_cl = pseudo_random(&[18, n_taps * c, f], 20);
+        let b_cl = pseudo_random(&[3, 6, f], 21);
+        let k_cf = ArrayD::from_shape_fn(IxDyn(&[18, n_taps * c, f]), |ix| {
+            let (ch, t) = (ix[1] / n_taps, ix[1] % n_taps);
+            k_cl[[ix[0], t * c + ch, ix[2]]]
+        });
+        let b_cf = b_cl.view().permuted_axes(IxDyn(&[2, 0, 1])).to_owned();
+        let x = pseudo_random(&[2, 5, 6, c], 22);
+        let y_cl = run(&gl, &[k_cl, b_cl], std::slice::from_ref(&x))
+            .unwrap()
+            .remove(0);
+        let x_cf = x.permuted_axes(IxDyn(&[0, 3, 1, 2]));
+        let y_cf = run(&gf, &[k_cf, b_cf], &[x_cf]).unwrap().remove(0);
+        let y_cf_as_cl = y_cf.permuted_axes(IxDyn(&[0, 2, 3, 1])).to_owned();
+        assert_close(&y_cf_as_cl, &y_cl, 1e-6);
+    }
+
     fn conv_op(kernel: &[usize], strides: &[usize], filters: usize, df: DataFormat) -> Conv {
         Conv {
             rank: kernel.len(),
