@@ -78,8 +78,10 @@ pub enum Error {
 
     // ---- graph construction --------------------------------------------------------------
     /// Shape inference rejected a layer (kernel larger than its input, mismatched merge…).
-    #[error("layer '{layer}': {detail}")]
+    #[error("{}layer '{layer}': {detail}", prefix(source_name))]
     Shape {
+        /// Where the configuration came from (empty when built in code).
+        source_name: String,
         /// The layer name.
         layer: String,
         /// What is wrong.
@@ -87,9 +89,12 @@ pub enum Error {
     },
     /// A tensor or weight would exceed the configured memory budget.
     #[error(
-        "layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes"
+        "{}layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes",
+        prefix(source_name)
     )]
     Budget {
+        /// Where the configuration came from (empty when built in code).
+        source_name: String,
         /// The layer name.
         layer: String,
         /// Which tensor (output, kernel…).
@@ -171,8 +176,45 @@ impl Error {
     /// A shape error in `layer`.
     pub fn shape(layer: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Shape {
+            source_name: String::new(),
             layer: layer.into(),
             detail: detail.into(),
+        }
+    }
+
+    /// Names the configuration file of a graph-construction error that lacks it.
+    pub fn in_source(self, name: &str) -> Self {
+        match self {
+            Error::Shape {
+                source_name,
+                layer,
+                detail,
+            } if source_name.is_empty() => Error::Shape {
+                source_name: name.to_string(),
+                layer,
+                detail,
+            },
+            Error::Budget {
+                source_name,
+                layer,
+                what,
+                bytes,
+                budget,
+            } if source_name.is_empty() => Error::Budget {
+                source_name: name.to_string(),
+                layer,
+                what,
+                bytes,
+                budget,
+            },
+            Error::Graph {
+                source_name,
+                detail,
+            } if source_name.is_empty() => Error::Graph {
+                source_name: name.to_string(),
+                detail,
+            },
+            other => other,
         }
     }
 
@@ -181,5 +223,13 @@ impl Error {
         Error::Internal {
             detail: detail.into(),
         }
+    }
+}
+
+fn prefix(source: &str) -> String {
+    if source.is_empty() {
+        String::new()
+    } else {
+        format!("{source}: ")
     }
 }

@@ -212,10 +212,18 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // One line, as every other error: clap's first line plus a pointer to --help.
+            // Clap's message may continue on indented lines (e.g. the missing arguments);
+            // keep everything before the usage block on one line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see lcjit --help)");
+            let parts: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let joined = parts.join(" ");
+            let msg = joined.strip_prefix("error: ").unwrap_or(&joined);
+            eprintln!("error: {msg} (see lcjit --help)");
             return ExitCode::from(2);
         }
     };

@@ -210,7 +210,11 @@ impl Model {
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");
-                return Err(werr(&l.layer, w, "the model has no layer of this name".into()));
+                return Err(werr(
+                    &l.layer,
+                    w,
+                    "the model has no layer of this name".into(),
+                ));
             }
         }
         if !by_name && !by_class && file_layers.len() != with_params.len() {

@@ -152,7 +152,9 @@ impl CompiledModel {
                     x.as_standard_layout().iter().copied().collect()
                 }
                 BufRole::Param(i) => {
-                    let p = params.get(*i).ok_or_else(|| Error::internal("missing param"))?;
+                    let p = params
+                        .get(*i)
+                        .ok_or_else(|| Error::internal("missing param"))?;
                     p.as_standard_layout().iter().copied().collect()
                 }
                 BufRole::Const(v) => v.clone(),
@@ -169,7 +171,8 @@ impl CompiledModel {
                 let mut shape = vec![batch];
                 shape.extend_from_slice(&graph.nodes[node].shape);
                 let data = std::mem::take(&mut bufs[b as usize]);
-                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::internal(e.to_string()))
+                ArrayD::from_shape_vec(IxDyn(&shape), data)
+                    .map_err(|e| Error::internal(e.to_string()))
             })
             .collect()
     }

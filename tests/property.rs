@@ -46,15 +46,17 @@ fn layer_spec(rank: usize) -> impl Strategy<Value = LayerSpec> {
         0usize..ACTS.len(),
         any::<bool>(),
     )
-        .prop_map(|(filters, kernel, strides, dilation, same, act, bias)| LayerSpec {
-            filters,
-            kernel,
-            strides,
-            dilation,
-            same,
-            act,
-            bias,
-        })
+        .prop_map(
+            |(filters, kernel, strides, dilation, same, act, bias)| LayerSpec {
+                filters,
+                kernel,
+                strides,
+                dilation,
+                same,
+                act,
+                bias,
+            },
+        )
 }
 
 fn stack() -> impl Strategy<Value = (usize, bool, Vec<usize>, usize, usize, Vec<LayerSpec>)> {
@@ -71,8 +73,18 @@ fn stack() -> impl Strategy<Value = (usize, bool, Vec<usize>, usize, usize, Vec<
 }
 
 /// Builds the stack, skipping layers whose output would be empty.
-fn build(rank: usize, cl: bool, spatial: &[usize], c: usize, layers: &[LayerSpec]) -> Option<Graph> {
-    let df = if cl { DataFormat::ChannelsLast } else { DataFormat::ChannelsFirst };
+fn build(
+    rank: usize,
+    cl: bool,
+    spatial: &[usize],
+    c: usize,
+    layers: &[LayerSpec],
+) -> Option<Graph> {
+    let df = if cl {
+        DataFormat::ChannelsLast
+    } else {
+        DataFormat::ChannelsFirst
+    };
     let mut g = Graph::new("prop");
     let mut shape = spatial.to_vec();
     if cl {
@@ -89,7 +101,11 @@ fn build(rank: usize, cl: bool, spatial: &[usize], c: usize, layers: &[LayerSpec
             kernel: l.kernel.clone(),
             strides: l.strides.clone(),
             dilation: l.dilation.clone(),
-            padding: if l.same { Padding::Same } else { Padding::Valid },
+            padding: if l.same {
+                Padding::Same
+            } else {
+                Padding::Valid
+            },
             data_format: df,
             activation: ACTS[l.act].clone(),
             use_bias: l.bias,
@@ -118,8 +134,11 @@ fn input(model: &Model, batch: usize, seed: u64) -> ArrayD<f32> {
     shape.extend_from_slice(model.input_shape());
     let mut rng = lcjit::init::Rng::new(seed);
     let n: usize = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect())
-        .expect("shape")
+    ArrayD::from_shape_vec(
+        IxDyn(&shape),
+        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect(),
+    )
+    .expect("shape")
 }
 
 proptest! {

@@ -69,6 +69,10 @@ pub fn parse_model_json(text: &str, source_name: &str, memory_budget: u64) -> Re
 /// Same as [`parse_model_json`] from an already parsed value (used for configurations
 /// embedded in `.h5` / `.keras` files).
 pub fn parse_model_value(v: &Value, source_name: &str, memory_budget: u64) -> Result<ParsedModel> {
+    parse_value(v, source_name, memory_budget).map_err(|e| e.in_source(source_name))
+}
+
+fn parse_value(v: &Value, source_name: &str, memory_budget: u64) -> Result<ParsedModel> {
     let config_err = |detail: String| Error::Config {
         source_name: source_name.to_string(),
         detail,

@@ -169,6 +169,7 @@ impl Graph {
         }
         if total > self.memory_budget as u128 {
             return Err(Error::Budget {
+                source_name: String::new(),
                 layer: name.to_string(),
                 what: "all weights".into(),
                 bytes: total,
@@ -214,7 +215,7 @@ impl Graph {
     fn check_name(&self, name: &str) -> Result<()> {
         if self.node_by_name(name).is_some() {
             return Err(Error::Graph {
-                source_name: self.name.clone(),
+                source_name: String::new(),
                 detail: format!("duplicate layer name '{name}'"),
             });
         }
@@ -225,6 +226,7 @@ impl Graph {
         let bytes = bytes_of(shape);
         if bytes > self.memory_budget as u128 {
             return Err(Error::Budget {
+                source_name: String::new(),
                 layer: layer.to_string(),
                 what: what.to_string(),
                 bytes,

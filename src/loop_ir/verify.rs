@@ -39,8 +39,28 @@ impl Ctx<'_> {
             .push(format!("kernel {}: {msg}", self.kernel.name));
     }
 
-    /// Interval `[min, max]` of `a` under `scope`, or an error string.
+    /// Interval `[min, max]` of `a` under `scope`, or an error string: the intersection
+    /// of the bound from loop ranges alone and the bound with guards substituted (both
+    /// are sound; each is tight for different indices).
     fn range(&self, a: &Affine, scope: &Scope) -> std::result::Result<(i128, i128), String> {
+        let plain = Scope {
+            vars: scope.vars.clone(),
+            guards: Vec::new(),
+            in_vector: scope.in_vector,
+        };
+        let (lo0, hi0) = self.range_with_guards(a, &plain)?;
+        if scope.guards.is_empty() {
+            return Ok((lo0, hi0));
+        }
+        let (lo1, hi1) = self.range_with_guards(a, scope)?;
+        Ok((lo0.max(lo1), hi0.min(hi1)))
+    }
+
+    fn range_with_guards(
+        &self,
+        a: &Affine,
+        scope: &Scope,
+    ) -> std::result::Result<(i128, i128), String> {
         let mut rest = a.clone();
         let (mut lo, mut hi) = (0i128, 0i128);
         for (g, glo, ghi) in scope.guards.iter().rev() {

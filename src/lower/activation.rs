@@ -42,7 +42,11 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
             un(UnOp::Relu, x.clone()),
             un(
                 UnOp::Log,
-                bin(BinOp::Add, c(1.0), un(UnOp::Exp, un(UnOp::Neg, un(UnOp::Abs, x)))),
+                bin(
+                    BinOp::Add,
+                    c(1.0),
+                    un(UnOp::Exp, un(UnOp::Neg, un(UnOp::Abs, x))),
+                ),
             ),
         )
     };
@@ -52,7 +56,11 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
             x.clone(),
             c(0.0),
             x.clone(),
-            bin(BinOp::Mul, c(alpha), bin(BinOp::Sub, un(UnOp::Exp, x), c(1.0))),
+            bin(
+                BinOp::Mul,
+                c(alpha),
+                bin(BinOp::Sub, un(UnOp::Exp, x), c(1.0)),
+            ),
         )
     };
     Some(match a {
@@ -73,7 +81,11 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
                     Some(m) => bin(BinOp::Min, x.clone(), c(*m)),
                     None => x.clone(),
                 };
-                let neg = bin(BinOp::Mul, c(*alpha), bin(BinOp::Sub, x.clone(), c(*threshold)));
+                let neg = bin(
+                    BinOp::Mul,
+                    c(*alpha),
+                    bin(BinOp::Sub, x.clone(), c(*threshold)),
+                );
                 select(CmpOp::Gt, x, c(*threshold), pos, neg)
             }
         }
@@ -82,10 +94,17 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
         A::Elu { alpha } => elu(x, *alpha),
         A::Selu => bin(BinOp::Mul, c(1.050_701), elu(x, 1.673_263_2)),
         A::Softplus => softplus(x),
-        A::Softsign => bin(BinOp::Div, x.clone(), bin(BinOp::Add, c(1.0), un(UnOp::Abs, x))),
+        A::Softsign => bin(
+            BinOp::Div,
+            x.clone(),
+            bin(BinOp::Add, c(1.0), un(UnOp::Abs, x)),
+        ),
         A::HardSigmoid => bin(
             BinOp::Min,
-            un(UnOp::Relu, bin(BinOp::Add, bin(BinOp::Mul, c(0.2), x), c(0.5))),
+            un(
+                UnOp::Relu,
+                bin(BinOp::Add, bin(BinOp::Mul, c(0.2), x), c(0.5)),
+            ),
             c(1.0),
         ),
         A::Exponential => un(UnOp::Exp, x),
@@ -96,7 +115,10 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
             bin(
                 BinOp::Add,
                 c(1.0),
-                un(UnOp::Erf, bin(BinOp::Mul, x, c(std::f32::consts::FRAC_1_SQRT_2))),
+                un(
+                    UnOp::Erf,
+                    bin(BinOp::Mul, x, c(std::f32::consts::FRAC_1_SQRT_2)),
+                ),
             ),
         ),
         A::Gelu { approximate: true } => {
@@ -157,9 +179,17 @@ pub fn softmax_kernel(
     };
     let shifted = |l| bin(BinOp::Sub, load(src, at(l)), load_local(m, zero.clone()));
     let out = if log {
-        bin(BinOp::Sub, shifted(l3), un(UnOp::Log, load_local(s, zero.clone())))
+        bin(
+            BinOp::Sub,
+            shifted(l3),
+            un(UnOp::Log, load_local(s, zero.clone())),
+        )
     } else {
-        bin(BinOp::Div, un(UnOp::Exp, shifted(l3)), load_local(s, zero.clone()))
+        bin(
+            BinOp::Div,
+            un(UnOp::Exp, shifted(l3)),
+            load_local(s, zero.clone()),
+        )
     };
     let body = vec![
         Stmt::SetLocal {
@@ -167,54 +197,94 @@ pub fn softmax_kernel(
             index: zero.clone(),
             value: c(f32::NEG_INFINITY),
         },
-        for_(l1, len as u64, LoopKind::Serial, vec![Stmt::SetLocal {
-            local: m,
-            index: zero.clone(),
-            value: bin(BinOp::Max, load_local(m, zero.clone()), load(src, at(l1))),
-        }]),
+        for_(
+            l1,
+            len as u64,
+            LoopKind::Serial,
+            vec![Stmt::SetLocal {
+                local: m,
+                index: zero.clone(),
+                value: bin(BinOp::Max, load_local(m, zero.clone()), load(src, at(l1))),
+            }],
+        ),
         Stmt::SetLocal {
             local: s,
             index: zero.clone(),
             value: c(0.0),
         },
-        for_(l2, len as u64, LoopKind::Serial, vec![Stmt::SetLocal {
-            local: s,
-            index: zero.clone(),
-            value: bin(BinOp::Add, load_local(s, zero.clone()), un(UnOp::Exp, shifted(l2))),
-        }]),
-        for_(l3, len as u64, LoopKind::Serial, vec![Stmt::Store {
-            buf: dst,
-            index: at(l3),
-            value: out,
-        }]),
+        for_(
+            l2,
+            len as u64,
+            LoopKind::Serial,
+            vec![Stmt::SetLocal {
+                local: s,
+                index: zero.clone(),
+                value: bin(
+                    BinOp::Add,
+                    load_local(s, zero.clone()),
+                    un(UnOp::Exp, shifted(l2)),
+                ),
+            }],
+        ),
+        for_(
+            l3,
+            len as u64,
+            LoopKind::Serial,
+            vec![Stmt::Store {
+                buf: dst,
+                index: at(l3),
+                value: out,
+            }],
+        ),
     ];
     let nest = for_(
         b,
         cx.batch as u64,
         LoopKind::Parallel,
-        vec![for_(o, outer as u64, LoopKind::Serial, vec![for_(i, inner as u64, LoopKind::Serial, body)])],
+        vec![for_(
+            o,
+            outer as u64,
+            LoopKind::Serial,
+            vec![for_(i, inner as u64, LoopKind::Serial, body)],
+        )],
     );
     cx.push(kb.finish(vec![nest]), &[src], &[dst]);
 }
 
 /// Appends an elementwise kernel `dst = act(src)` over a tensor of per-sample `shape`.
-pub fn elementwise_kernel(cx: &mut Cx, name: &str, a: &Activation, shape: &[usize], src: BufId, dst: BufId) {
+pub fn elementwise_kernel(
+    cx: &mut Cx,
+    name: &str,
+    a: &Activation,
+    shape: &[usize],
+    src: BufId,
+    dst: BufId,
+) {
     let n: usize = shape.iter().product();
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let b = kb.var("b");
     let e = kb.var("e");
     let idx = Affine::var(b).scale(n as i64).plus_term(e, 1);
     let value = apply(a, load(src, idx.clone())).unwrap_or(Expr::Const(f32::NAN));
-    let kind = if n % 4 == 0 { LoopKind::Vector(4) } else { LoopKind::Serial };
+    let kind = if n % 4 == 0 {
+        LoopKind::Vector(4)
+    } else {
+        LoopKind::Serial
+    };
     let nest = for_(
         b,
         cx.batch as u64,
         LoopKind::Parallel,
-        vec![for_(e, n as u64, kind, vec![Stmt::Store {
-            buf: dst,
-            index: idx,
-            value,
-        }])],
+        vec![for_(
+            e,
+            n as u64,
+            kind,
+            vec![Stmt::Store {
+                buf: dst,
+                index: idx,
+                value,
+            }],
+        )],
     );
     cx.push(kb.finish(vec![nest]), &[src], &[dst]);
 }
@@ -233,7 +303,15 @@ pub fn forward(cx: &mut Cx, node: NodeId, a: &Activation) -> Result<()> {
             };
             let r = shape.len() as i64;
             let axis = if ax < 0 { ax + r } else { ax } as usize;
-            softmax_kernel(cx, &name, &shape, axis, matches!(a, Activation::LogSoftmax), src, dst);
+            softmax_kernel(
+                cx,
+                &name,
+                &shape,
+                axis,
+                matches!(a, Activation::LogSoftmax),
+                src,
+                dst,
+            );
         }
         _ => elementwise_kernel(cx, &name, a, &shape, src, dst),
     }

@@ -17,8 +17,7 @@ use crate::graph::geometry::lc_window_start;
 use crate::graph::infer::split_channels;
 use crate::graph::{DataFormat, LocallyConnected, NodeId, Padding};
 use crate::loop_ir::{
-    bin, fma, for_, load, load_local, Affine, BinOp, Expr, KernelBuilder, LoopKind, Stmt,
-    Var,
+    bin, fma, for_, load, load_local, Affine, BinOp, Expr, KernelBuilder, LoopKind, Stmt, Var,
 };
 
 /// Products of the trailing sizes: `strides(v)[a] = Π v[a+1..]`.
@@ -69,7 +68,10 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     let (out_sp, f) = split_channels(&name, &out_shape, l.rank, l.data_format)?;
     let cl = l.data_format == DataFormat::ChannelsLast;
     let sp_stride = trailing(&in_sp);
-    let x_stride: Vec<i64> = sp_stride.iter().map(|s| if cl { s * c as i64 } else { *s }).collect();
+    let x_stride: Vec<i64> = sp_stride
+        .iter()
+        .map(|s| if cl { s * c as i64 } else { *s })
+        .collect();
     let pad: Vec<i64> = (0..l.rank)
         .map(|a| -lc_window_start(0, l.kernel[a], l.strides[a], l.dilation[a], l.padding))
         .collect();
@@ -90,7 +92,11 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     };
     let x = cx.input(node, 0)?;
     let k = cx.param(node, "kernel")?;
-    let bias = if l.use_bias { Some(cx.param(node, "bias")?) } else { None };
+    let bias = if l.use_bias {
+        Some(cx.param(node, "bias")?)
+    } else {
+        None
+    };
     let elementwise = is_elementwise(&l.activation);
     let y = cx.output(node);
     let z = if elementwise {
@@ -101,11 +107,14 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
 
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
-    let t: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("t{a}"))).collect();
     let (vec, ft, tb) = tile(cl, g.f, cx.batch);
     let acc = kb.local("acc", tb * ft);
     let batch = cx.batch;
-    let act = if elementwise { l.activation.clone() } else { crate::graph::Activation::Linear };
+    let act = if elementwise {
+        l.activation.clone()
+    } else {
+        crate::graph::Activation::Linear
+    };
 
     let mut inner = Vec::new();
     let tiles = batch / tb;
@@ -114,13 +123,18 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         nests.push((tiles * tb, 1, batch % tb));
     }
     for (ni, (b_base, ntiles, tb)) in nests.into_iter().enumerate() {
+        let t: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("t{a}"))).collect();
         let bt = kb.var(&format!("bt{ni}"));
         let fti = kb.var(&format!("ft{ni}"));
         let cv = kb.var(&format!("c{ni}"));
         let (bb_i, ff_i) = (kb.var(&format!("bb{ni}")), kb.var(&format!("f{ni}")));
         let (bb_a, ff_a) = (kb.var(&format!("bb{ni}a")), kb.var(&format!("f{ni}a")));
         let (bb_s, ff_s) = (kb.var(&format!("bb{ni}s")), kb.var(&format!("f{ni}s")));
-        let fkind = if vec { LoopKind::Vector(4) } else { LoopKind::Unroll(ft as u32) };
+        let fkind = if vec {
+            LoopKind::Vector(4)
+        } else {
+            LoopKind::Unroll(ft as u32)
+        };
         let b_of = |bb: Var| {
             Affine::constant(b_base as i64)
                 .plus_term(bt, tb as i64)
@@ -133,16 +147,21 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             .iter()
             .zip(&g.o_stride)
             .fold(Affine::constant(0), |acc, (&v, &s)| acc.plus_term(v, s));
-        let init = for_(bb_i, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
-            ff_i,
-            ft as u64,
-            fkind,
-            vec![Stmt::SetLocal {
-                local: acc,
-                index: acc_at(bb_i, ff_i),
-                value: Expr::Const(0.0),
-            }],
-        )]);
+        let init = for_(
+            bb_i,
+            tb as u64,
+            LoopKind::Unroll(tb as u32),
+            vec![for_(
+                ff_i,
+                ft as u64,
+                fkind,
+                vec![Stmt::SetLocal {
+                    local: acc,
+                    index: acc_at(bb_i, ff_i),
+                    value: Expr::Const(0.0),
+                }],
+            )],
+        );
         // Input element of tap t at position o for batch row bb and channel c.
         let x_at = {
             let mut a = b_of(bb_a).scale(g.x_sample);
@@ -176,16 +195,25 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             .scale((g.q * g.f) as i64)
             .add(&q_aff.scale(g.f as i64))
             .add(&f_of(ff_a));
-        let update = for_(bb_a, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
-            ff_a,
-            ft as u64,
-            fkind,
-            vec![Stmt::SetLocal {
-                local: acc,
-                index: acc_at(bb_a, ff_a),
-                value: fma(load(x, x_at), load(k, k_at), load_local(acc, acc_at(bb_a, ff_a))),
-            }],
-        )]);
+        let update = for_(
+            bb_a,
+            tb as u64,
+            LoopKind::Unroll(tb as u32),
+            vec![for_(
+                ff_a,
+                ft as u64,
+                fkind,
+                vec![Stmt::SetLocal {
+                    local: acc,
+                    index: acc_at(bb_a, ff_a),
+                    value: fma(
+                        load(x, x_at),
+                        load(k, k_at),
+                        load_local(acc, acc_at(bb_a, ff_a)),
+                    ),
+                }],
+            )],
+        );
         let mut taps = vec![for_(cv, g.c as u64, LoopKind::Serial, vec![update])];
         for ax in (0..g.rank).rev() {
             if l.padding == Padding::Same {
@@ -203,12 +231,18 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         // y[b, p, f] (channels_last) or y[b, f, p] (channels_first); bias likewise.
         let (y_at, bias_at) = if g.cl {
             (
-                b_of(bb_s).scale((g.p * g.f) as i64).add(&p_aff.clone().scale(g.f as i64)).add(&f_of(ff_s)),
+                b_of(bb_s)
+                    .scale((g.p * g.f) as i64)
+                    .add(&p_aff.clone().scale(g.f as i64))
+                    .add(&f_of(ff_s)),
                 p_aff.clone().scale(g.f as i64).add(&f_of(ff_s)),
             )
         } else {
             (
-                b_of(bb_s).scale((g.p * g.f) as i64).add(&f_of(ff_s).scale(g.p as i64)).add(&p_aff),
+                b_of(bb_s)
+                    .scale((g.p * g.f) as i64)
+                    .add(&f_of(ff_s).scale(g.p as i64))
+                    .add(&p_aff),
                 f_of(ff_s).scale(g.p as i64).add(&p_aff),
             )
         };
@@ -216,17 +250,23 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         if let Some(bias) = bias {
             zval = bin(BinOp::Add, zval, load(bias, bias_at));
         }
-        let value = apply(&act, zval).ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
-        let store = for_(bb_s, tb as u64, LoopKind::Unroll(tb as u32), vec![for_(
-            ff_s,
-            ft as u64,
-            fkind,
-            vec![Stmt::Store {
-                buf: z,
-                index: y_at,
-                value,
-            }],
-        )]);
+        let value =
+            apply(&act, zval).ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        let store = for_(
+            bb_s,
+            tb as u64,
+            LoopKind::Unroll(tb as u32),
+            vec![for_(
+                ff_s,
+                ft as u64,
+                fkind,
+                vec![Stmt::Store {
+                    buf: z,
+                    index: y_at,
+                    value,
+                }],
+            )],
+        );
         let mut body = vec![init];
         body.extend(taps);
         body.push(store);
@@ -235,7 +275,11 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     }
     let mut nest = inner;
     for ax in (0..g.rank).rev() {
-        let kind = if ax == 0 { LoopKind::Parallel } else { LoopKind::Serial };
+        let kind = if ax == 0 {
+            LoopKind::Parallel
+        } else {
+            LoopKind::Serial
+        };
         nest = vec![for_(o[ax], g.out_sp[ax] as u64, kind, nest)];
     }
     let mut reads = vec![x, k];

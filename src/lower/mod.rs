@@ -183,7 +183,8 @@ fn plan(cx: Cx) -> Result<Lowered> {
         mut buffers,
     } = cx;
     let nt = tensor_len.len();
-    let tensor_of = |n: NodeId| node_tensor[n].ok_or_else(|| Error::internal("node without tensor"));
+    let tensor_of =
+        |n: NodeId| node_tensor[n].ok_or_else(|| Error::internal("node without tensor"));
     let mut role: Vec<Option<BufRole>> = vec![None; nt];
     let mut fixed: Vec<Option<BufId>> = vec![None; nt];
     let mut input_bufs = Vec::new();
@@ -232,10 +233,14 @@ fn plan(cx: Cx) -> Result<Lowered> {
     }
     // Greedy slot assignment in order of first use.
     let mut slots: Vec<(BufId, usize)> = Vec::new(); // (buffer, free after kernel index)
-    let mut order: Vec<usize> = (0..nt).filter(|&t| fixed[t].is_none() && first[t] != usize::MAX).collect();
+    let mut order: Vec<usize> = (0..nt)
+        .filter(|&t| fixed[t].is_none() && first[t] != usize::MAX)
+        .collect();
     order.sort_by_key(|&t| first[t]);
     for t in order {
-        let reuse = slots.iter_mut().find(|(_, free_after)| *free_after < first[t]);
+        let reuse = slots
+            .iter_mut()
+            .find(|(_, free_after)| *free_after < first[t]);
         let b = match reuse {
             Some((b, free_after)) => {
                 *free_after = last[t];
@@ -277,13 +282,21 @@ fn plan(cx: Cx) -> Result<Lowered> {
             }
         });
         if bad {
-            return Err(Error::internal(format!("kernel {} uses an unplanned tensor", k.name)));
+            return Err(Error::internal(format!(
+                "kernel {} uses an unplanned tensor",
+                k.name
+            )));
         }
         module.kernels.push(k);
     }
     crate::loop_ir::verify::verify(&module)?;
     input_bufs.sort_by_key(|&(t, _)| graph.inputs.iter().position(|&n| node_tensor[n] == Some(t)));
-    output_bufs.sort_by_key(|&(t, _)| graph.outputs.iter().position(|&n| node_tensor[n] == Some(t)));
+    output_bufs.sort_by_key(|&(t, _)| {
+        graph
+            .outputs
+            .iter()
+            .position(|&n| node_tensor[n] == Some(t))
+    });
     Ok(Lowered {
         module,
         input_bufs: input_bufs.into_iter().map(|x| x.1).collect(),
