@@ -185,15 +185,17 @@ fn orthogonal(spec: &ParamSpec, layer: &str, gain: f32, rng: &mut Rng) -> Result
         .map(|_| (0..long).map(|_| rng.normal()).collect())
         .collect();
     for i in 0..short {
-        for j in 0..i {
-            let d: f64 = (0..long).map(|t| q[i][t] * q[j][t]).sum();
-            for t in 0..long {
-                q[i][t] -= d * q[j][t];
+        let (done, rest) = q.split_at_mut(i);
+        let qi = &mut rest[0];
+        for qj in done.iter() {
+            let d: f64 = qi.iter().zip(qj).map(|(a, b)| a * b).sum();
+            for (a, b) in qi.iter_mut().zip(qj) {
+                *a -= d * b;
             }
         }
-        let norm = q[i].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-        for t in 0..long {
-            q[i][t] /= norm;
+        let norm = qi.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+        for a in qi.iter_mut() {
+            *a /= norm;
         }
     }
     let mut out = vec![0f32; rows * cols];

@@ -203,10 +203,7 @@ impl Model {
             .iter()
             .any(|l| self.graph.node_by_name(&l.layer).is_some());
         let class_keys = archive_keys(&self.graph);
-        let by_class = !by_name
-            && file_layers
-                .iter()
-                .all(|l| class_keys.iter().any(|k| *k == l.layer));
+        let by_class = !by_name && file_layers.iter().all(|l| class_keys.contains(&l.layer));
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");

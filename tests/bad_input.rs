@@ -93,10 +93,13 @@ fn malformed_json_is_rejected() {
     summary_rejects(&t, "deep.json", &deep, &[]);
 }
 
+/// An edit of a config value.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn bad_layer_configs_name_layer_and_field() {
     let t = Tmp::new("layers");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Vec<&str>)> = vec![
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         (
             "unknown_class.json",
             Box::new(|v| v["config"]["layers"][1]["class_name"] = json!("Frobnicate")),

@@ -267,7 +267,7 @@ fn conv(layer: &str, cv: &Conv, x: &[usize]) -> Result<Inferred> {
         return err(layer, "padding 'causal' is only valid for Conv1D");
     }
     let (in_sp, c) = split_channels(layer, x, cv.rank, cv.data_format)?;
-    if c % cv.groups != 0 || cv.filters % cv.groups != 0 {
+    if c % cv.groups != 0 || !cv.filters.is_multiple_of(cv.groups) {
         return err(
             layer,
             format!(

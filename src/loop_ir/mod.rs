@@ -79,7 +79,7 @@ impl Affine {
     }
 
     /// `self + other`.
-    pub fn add(mut self, other: &Affine) -> Self {
+    pub fn plus_affine(mut self, other: &Affine) -> Self {
         self.offset += other.offset;
         for &(v, c) in &other.terms {
             self = self.plus_term(v, c);

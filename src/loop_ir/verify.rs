@@ -73,7 +73,7 @@ impl Ctx<'_> {
             }
             let m = rc / c0;
             if g.terms.iter().all(|&(v, c)| rest.coef(v) == m * c) {
-                rest = rest.add(&g.clone().scale(-m));
+                rest = rest.plus_affine(&g.clone().scale(-m));
                 let (a1, a2) = (m as i128 * *glo as i128, m as i128 * (*ghi as i128 - 1));
                 lo += a1.min(a2);
                 hi += a1.max(a2);

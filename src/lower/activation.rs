@@ -266,7 +266,7 @@ pub fn elementwise_kernel(
     let e = kb.var("e");
     let idx = Affine::var(b).scale(n as i64).plus_term(e, 1);
     let value = apply(a, load(src, idx.clone())).unwrap_or(Expr::Const(f32::NAN));
-    let kind = if n % 4 == 0 {
+    let kind = if n.is_multiple_of(4) {
         LoopKind::Vector(4)
     } else {
         LoopKind::Serial

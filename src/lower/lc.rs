@@ -31,12 +31,15 @@ fn trailing(v: &[usize]) -> Vec<i64> {
 
 /// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
 fn tile(cl: bool, f: usize, batch: usize) -> (bool, usize, usize) {
-    if cl && f % 4 == 0 {
-        let ft = [16, 12, 8, 4].into_iter().find(|t| f % t == 0).unwrap_or(4);
+    if cl && f.is_multiple_of(4) {
+        let ft = [16, 12, 8, 4]
+            .into_iter()
+            .find(|t| f.is_multiple_of(*t))
+            .unwrap_or(4);
         let tb = (12 / (ft / 4)).clamp(1, 4).min(batch);
         (true, ft, tb)
     } else {
-        let ft = (1..=8).rev().find(|t| f % t == 0).unwrap_or(1);
+        let ft = (1..=8).rev().find(|t| f.is_multiple_of(*t)).unwrap_or(1);
         let tb = (12 / ft).clamp(1, 4).min(batch);
         (false, ft, tb)
     }
@@ -119,7 +122,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     let mut inner = Vec::new();
     let tiles = batch / tb;
     let mut nests = vec![(0usize, tiles, tb)];
-    if batch % tb != 0 {
+    if !batch.is_multiple_of(tb) {
         nests.push((tiles * tb, 1, batch % tb));
     }
     for (ni, (b_base, ntiles, tb)) in nests.into_iter().enumerate() {
@@ -175,7 +178,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                     .scale(l.strides[ax] as i64)
                     .plus_term(t[ax], l.dilation[ax] as i64)
                     .plus(-g.pad[ax]);
-                a = a.add(&pos.scale(g.x_stride[ax]));
+                a = a.plus_affine(&pos.scale(g.x_stride[ax]));
             }
             a
         };
@@ -193,8 +196,8 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         let k_at = p_aff
             .clone()
             .scale((g.q * g.f) as i64)
-            .add(&q_aff.scale(g.f as i64))
-            .add(&f_of(ff_a));
+            .plus_affine(&q_aff.scale(g.f as i64))
+            .plus_affine(&f_of(ff_a));
         let update = for_(
             bb_a,
             tb as u64,
@@ -233,17 +236,17 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             (
                 b_of(bb_s)
                     .scale((g.p * g.f) as i64)
-                    .add(&p_aff.clone().scale(g.f as i64))
-                    .add(&f_of(ff_s)),
-                p_aff.clone().scale(g.f as i64).add(&f_of(ff_s)),
+                    .plus_affine(&p_aff.clone().scale(g.f as i64))
+                    .plus_affine(&f_of(ff_s)),
+                p_aff.clone().scale(g.f as i64).plus_affine(&f_of(ff_s)),
             )
         } else {
             (
                 b_of(bb_s)
                     .scale((g.p * g.f) as i64)
-                    .add(&f_of(ff_s).scale(g.p as i64))
-                    .add(&p_aff),
-                f_of(ff_s).scale(g.p as i64).add(&p_aff),
+                    .plus_affine(&f_of(ff_s).scale(g.p as i64))
+                    .plus_affine(&p_aff),
+                f_of(ff_s).scale(g.p as i64).plus_affine(&p_aff),
             )
         };
         let mut zval = load_local(acc, acc_at(bb_s, ff_s));
