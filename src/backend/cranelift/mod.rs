@@ -22,3 +22,6 @@ mod runtime;
 
 pub use isa::{CodegenOptions, OptLevel};
 pub use runtime::CompiledModule;
+
+#[cfg(test)]
+mod tests;
