@@ -233,15 +233,16 @@ impl Fx<'_, '_> {
         let f = self.sub(m, one);
         let z = self.mul(f, f);
         let mut p = self.k(7.037_683_6e-2);
+        // Same f32 values as loop_ir/math.rs (clippy-truncated literals parse identically).
         for c in [
-            -1.151_461_0e-1f32,
+            -1.151_461e-1_f32,
             1.167_699_9e-1,
             -1.242_014_1e-1,
             1.424_932_3e-1,
             -1.666_805_8e-1,
             2.000_071_5e-1,
             -2.499_999_4e-1,
-            3.333_333_1e-1,
+            3.333_333e-1,
         ] {
             let c = self.k(c);
             p = self.fma(p, f, c);

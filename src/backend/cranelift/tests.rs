@@ -422,9 +422,10 @@ fn op_inputs() -> Vec<f32> {
         f32::NEG_INFINITY,
         f32::NAN,
         1.5e-5,
-        1.4142,
-        1.4143,
-        0.70710677,
+        1.41,
+        std::f32::consts::SQRT_2,
+        f32::from_bits(std::f32::consts::SQRT_2.to_bits() + 1),
+        std::f32::consts::FRAC_1_SQRT_2,
         1e-3,
         7.0,
     ];
@@ -585,17 +586,25 @@ fn opt_level_probe() {
     ] {
         let opts = CodegenOptions {
             opt_level,
+            keep_text: true,
             ..Default::default()
         };
         let cm = CompiledModule::compile(&m, &opts).expect("compile");
+        if std::env::var_os("LCJIT_DUMP").is_some() {
+            println!("{}\n{}", cm.clif_text(), cm.asm_text());
+        }
         let mut bufs = init.clone();
         let mut s: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        let reps = 50;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            cm.run(&mut s, 1).expect("run");
+        // Best of 9 batches: the shared machine is noisy.
+        let mut us = f64::INFINITY;
+        for _ in 0..9 {
+            let reps = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                cm.run(&mut s, 1).expect("run");
+            }
+            us = us.min(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
         }
-        let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
         let flops = 2.0 * 256.0 * 4.0 * 12.0 * 96.0;
         println!(
             "{opt_level:?}: compile {:.2} ms, run {us:.1} us/call, {:.2} GFLOP/s",
