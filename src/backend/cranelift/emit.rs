@@ -54,7 +54,14 @@ pub(super) fn classify(kernel: &Kernel) -> Result<KernelShape> {
             kind: LoopKind::Parallel,
             extent,
             ..
-        }] => Ok(KernelShape::Parallel(*extent)),
+        }] if i64::try_from(*extent).is_ok() => Ok(KernelShape::Parallel(*extent)),
+        [Stmt::For {
+            kind: LoopKind::Parallel,
+            ..
+        }] => Err(Error::internal(format!(
+            "kernel {}: parallel extent exceeds i64",
+            kernel.name
+        ))),
         body if body.iter().any(is_par) => Err(Error::internal(format!(
             "kernel {}: a parallel loop must be the only top-level statement",
             kernel.name

@@ -181,15 +181,23 @@ impl CompiledModule {
                 KernelShape::Parallel(extent) => {
                     let n = (threads as u64).min(extent).max(1);
                     if n == 1 {
-                        ptrs.call(k.func, 0, extent as i64);
+                        ptrs.call(k.func, 0, extent as i64); // extent ≤ i64::MAX (classify)
                         continue;
                     }
-                    let chunk = |t: u64| (t * extent / n) as i64;
+                    // Contiguous chunks [t·E/n, (t+1)·E/n): each non-empty since n ≤ E.
+                    let chunk =
+                        |t: u64| (u128::from(t) * u128::from(extent) / u128::from(n)) as i64;
                     std::thread::scope(|s| {
                         for t in 1..n {
                             let (start, end) = (chunk(t), chunk(t + 1));
                             let p = &ptrs;
-                            s.spawn(move || p.call(k.func, start, end));
+                            let spawned = std::thread::Builder::new()
+                                .spawn_scoped(s, move || p.call(k.func, start, end));
+                            if spawned.is_err() {
+                                // No thread available: run the chunk here. The result is
+                                // the same (iterations are independent), only slower.
+                                ptrs.call(k.func, start, end);
+                            }
                         }
                         ptrs.call(k.func, chunk(0), chunk(1));
                     });
