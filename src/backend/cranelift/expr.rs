@@ -10,8 +10,9 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 
-use super::emit::{ice, Emitter, LocalStore, Shape};
+use super::emit::{ice, Emitter, Shape};
 use super::math::Fx;
+use super::prescan::LocalStore;
 use crate::error::Result;
 use crate::loop_ir::{Affine, BinOp, CmpOp, Expr, LocalId, UnOp};
 

@@ -4,6 +4,7 @@
 //! - `isa.rs`: host ISA construction (flags, opt level, verifier) and the FMA decision;
 //! - `emit.rs`: one kernel → one CLIF function (statements, loops, locals, addressing);
 //! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
+//! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
 //! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
 //! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split.
 //!
@@ -18,6 +19,7 @@ mod emit;
 mod expr;
 mod isa;
 mod math;
+mod prescan;
 mod runtime;
 
 pub use isa::{CodegenOptions, OptLevel};
