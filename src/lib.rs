@@ -19,6 +19,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod error;
 pub mod frontend;
 pub mod graph;

@@ -1,0 +1,29 @@
+//! The Cranelift back end: loop IR → CLIF → native code, plus the multi-threaded runner.
+//!
+//! Files:
+//! - `isa.rs`: host ISA construction (flags, opt level, verifier) and the FMA decision;
+//! - `emit.rs`: one kernel → one CLIF function (statements, loops, locals, addressing);
+//! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
+//! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
+//! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
+//! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split.
+//!
+//! Kernel ABI (one for all kernels): `extern "C" fn(bufs: *const *mut f32, start: i64,
+//! end: i64)`. `bufs[i]` is the base of module buffer `i`. A *parallel* kernel's body is
+//! exactly one top-level `Parallel` loop, and a call runs its iterations `start..end`
+//! (`start < end`). A *serial* kernel has no top-level parallel loop and is called once
+//! with `(0, 1)`; the bounds are ignored. Kernels mixing a parallel loop with other
+//! top-level statements are rejected with [`crate::Error::Internal`].
+
+mod emit;
+mod expr;
+mod isa;
+mod math;
+mod prescan;
+mod runtime;
+
+pub use isa::{CodegenOptions, OptLevel};
+pub use runtime::CompiledModule;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! [`CompiledModule`]: compiles every kernel of a verified loop-IR module into one
+//! `JITModule`, owns that JIT memory (freed on drop), and runs the kernels in order,
+//! splitting each parallel kernel's loop into contiguous chunks across scoped threads.
+//!
+//! Invariants: the kernel function pointers never leave this struct (so freeing the JIT
+//! memory in `Drop` cannot leave a dangling pointer callable); the only `unsafe` blocks
+//! are the pointer cast after finalisation, the kernel calls in `run` (bounds proved by the
+//! verifier for the buffer lengths `run` checks) and `free_memory` in `Drop`.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use cranelift_codegen::ir::UserFuncName;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module as _};
+
+use super::emit::{classify, emit_kernel, KernelShape};
+use super::isa::{host_isa, resolve_fma, CodegenOptions};
+use crate::error::{Error, Result};
+use crate::loop_ir::{verify::verify, Module};
+
+/// The kernel ABI (see the module docs of [`super`]).
+type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+
+/// Owns the JIT memory and frees it when dropped.
+///
+/// `JITModule` is `Send` but not `Sync` (it keeps a `RefCell` symbol cache). It sits in a
+/// `Mutex` that is never locked: that makes [`CompiledModule`] `Sync` without `unsafe`,
+/// and it is sound because nothing ever reaches the module through `&self`.
+struct JitOwner(Option<JITModule>);
+
+impl Drop for JitOwner {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // SAFETY: `free_memory` requires that no function of the module is running or
+            // called afterwards. The function pointers live only inside the
+            // `CompiledModule` that owns this `JitOwner` (or nowhere yet, when compilation
+            // failed); `run` borrows the module and joins its scoped threads before
+            // returning, so once we are being dropped no call is in flight and none can
+            // start.
+            unsafe { m.free_memory() }
+        }
+    }
+}
+
+/// One compiled kernel.
+struct CompiledKernel {
+    name: String,
+    shape: KernelShape,
+    func: KernelFn,
+}
+
+/// A compiled module: owns the JIT code (freed on drop) and one function per kernel.
+///
+/// `Send + Sync`: the kernels are reentrant machine code without hidden state (they touch
+/// only the buffers passed to [`CompiledModule::run`]), their pointers are plain `fn`
+/// pointers, and the `JITModule` is only touched on drop (see `JitOwner`).
+pub struct CompiledModule {
+    kernels: Vec<CompiledKernel>,
+    buf_lens: Vec<usize>,
+    use_fma: bool,
+    clif: String,
+    asm: String,
+    compile_ms: f64,
+    // Last: dropped after everything else, frees the code.
+    _jit: Mutex<JitOwner>,
+}
+
+fn jit_err(kernel: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("kernel {kernel}: cranelift {what}: {e}"))
+}
+
+impl CompiledModule {
+    /// Compiles every kernel of `module`. Runs [`crate::loop_ir::verify::verify`] first
+    /// and refuses unverified input (the generated code has no bounds checks).
+    pub fn compile(module: &Module, opts: &CodegenOptions) -> Result<CompiledModule> {
+        verify(module)?;
+        let t0 = Instant::now();
+        let use_fma = resolve_fma(opts);
+        let isa = host_isa(opts)?;
+        let mut owner = JitOwner(Some(JITModule::new(JITBuilder::with_isa(
+            isa,
+            default_libcall_names(),
+        ))));
+        let jit = owner
+            .0
+            .as_mut()
+            .ok_or_else(|| Error::internal("cranelift: JIT module missing"))?;
+        let mut ctx = jit.make_context();
+        let mut fbc = FunctionBuilderContext::new();
+        let (mut clif, mut asm) = (String::new(), String::new());
+        let mut declared = Vec::with_capacity(module.kernels.len());
+        for (i, kernel) in module.kernels.iter().enumerate() {
+            let shape = classify(kernel)?;
+            jit.clear_context(&mut ctx);
+            emit_kernel(
+                &mut ctx.func,
+                &mut fbc,
+                module,
+                kernel,
+                shape,
+                use_fma,
+                jit.target_config(),
+            )?;
+            let id = jit
+                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
+                .map_err(|e| jit_err(&kernel.name, "declare", e))?;
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            ctx.set_disasm(opts.keep_text);
+            jit.define_function(id, &mut ctx)
+                .map_err(|e| jit_err(&kernel.name, "compile", e))?;
+            if opts.keep_text {
+                // After `define_function`, `ctx.func` holds the optimised CLIF.
+                clif.push_str(&format!(
+                    "; kernel {}\n{}\n",
+                    kernel.name,
+                    ctx.func.display()
+                ));
+                let vcode = ctx.compiled_code().and_then(|c| c.vcode.clone());
+                asm.push_str(&format!(
+                    "; kernel {}\n{}\n",
+                    kernel.name,
+                    vcode.unwrap_or_default()
+                ));
+            }
+            declared.push((id, shape, kernel.name.clone()));
+        }
+        jit.clear_context(&mut ctx);
+        jit.finalize_definitions()
+            .map_err(|e| jit_err(&module.name, "finalize", e))?;
+        let mut kernels = Vec::with_capacity(declared.len());
+        for (id, shape, name) in declared {
+            let ptr = jit.get_finalized_function(id);
+            if ptr.is_null() {
+                return Err(jit_err(&name, "finalize", "null function pointer"));
+            }
+            // SAFETY: `ptr` is the entry of a finalized function whose signature
+            // `emit_kernel` set to `(ptr, i64, i64) -> ()` in the ISA's default calling
+            // convention, which is the C convention of this host: exactly `KernelFn`.
+            let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+            kernels.push(CompiledKernel { name, shape, func });
+        }
+        Ok(CompiledModule {
+            kernels,
+            buf_lens: module.buffers.iter().map(|b| b.len).collect(),
+            use_fma,
+            clif,
+            asm,
+            compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+            _jit: Mutex::new(owner),
+        })
+    }
+
+    /// Runs all kernels in order over `bufs` (one slice per module buffer, each exactly
+    /// `module.buffers[i].len` long), using up to `threads` threads (0 counts as 1) for
+    /// each parallel kernel. Results are bitwise identical for any thread count: an
+    /// iteration computes the same thing whichever thread runs it.
+    pub fn run(&self, bufs: &mut [&mut [f32]], threads: usize) -> Result<()> {
+        if bufs.len() != self.buf_lens.len() {
+            return Err(Error::internal(format!(
+                "run: {} buffers given, the module has {}",
+                bufs.len(),
+                self.buf_lens.len()
+            )));
+        }
+        for (i, (b, &len)) in bufs.iter().zip(&self.buf_lens).enumerate() {
+            if b.len() != len {
+                return Err(Error::internal(format!(
+                    "run: buffer {i} has {} elements, the module expects {len}",
+                    b.len()
+                )));
+            }
+        }
+        let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        let ptrs = BufPtrs(ptrs.as_ptr());
+        let threads = threads.max(1);
+        for k in &self.kernels {
+            match k.shape {
+                KernelShape::Serial => ptrs.call(k.func, 0, 1),
+                KernelShape::Parallel(extent) => {
+                    let n = (threads as u64).min(extent).max(1);
+                    if n == 1 {
+                        ptrs.call(k.func, 0, extent as i64); // extent ≤ i64::MAX (classify)
+                        continue;
+                    }
+                    // Contiguous chunks [t·E/n, (t+1)·E/n): each non-empty since n ≤ E.
+                    let chunk =
+                        |t: u64| (u128::from(t) * u128::from(extent) / u128::from(n)) as i64;
+                    std::thread::scope(|s| {
+                        for t in 1..n {
+                            let (start, end) = (chunk(t), chunk(t + 1));
+                            let p = &ptrs;
+                            let spawned = std::thread::Builder::new()
+                                .spawn_scoped(s, move || p.call(k.func, start, end));
+                            if spawned.is_err() {
+                                // No thread available: run the chunk here. The result is
+                                // the same (iterations are independent), only slower.
+                                ptrs.call(k.func, start, end);
+                            }
+                        }
+                        ptrs.call(k.func, chunk(0), chunk(1));
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Optimised CLIF of every kernel (empty unless `keep_text`).
+    pub fn clif_text(&self) -> &str {
+        &self.clif
+    }
+
+    /// Post-register-allocation machine code (VCode listing) of every kernel (empty unless
+    /// `keep_text`).
+    pub fn asm_text(&self) -> &str {
+        &self.asm
+    }
+
+    /// Wall time of [`CompiledModule::compile`] after verification, in milliseconds.
+    pub fn compile_ms(&self) -> f64 {
+        self.compile_ms
+    }
+
+    /// Whether `Fma` compiled to a fused multiply-add (then results equal the
+    /// interpreter's bit for bit).
+    pub fn uses_fma(&self) -> bool {
+        self.use_fma
+    }
+
+    /// Names of the compiled kernels, in run order.
+    pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
+        self.kernels.iter().map(|k| k.name.as_str())
+    }
+}
+
+/// The buffer base-pointer array handed to kernels on every thread.
+struct BufPtrs(*const *mut f32);
+
+// SAFETY: the pointer array outlives every thread (threads are scoped inside `run`, which
+// owns the array), and the kernels called on different threads write disjoint elements
+// (a parallel loop's iterations write disjoint elements: the loop-IR contract) and only
+// read elements no concurrent iteration writes.
+unsafe impl Send for BufPtrs {}
+unsafe impl Sync for BufPtrs {}
+
+impl BufPtrs {
+    fn call(&self, f: KernelFn, start: i64, end: i64) {
+        // # Safety
+        // `run` checked that buffer `i` has exactly `module.buffers[i].len` elements, and
+        // the loop-IR verifier (run by `compile`) proved every load and store of every
+        // kernel in bounds for those lengths, for every iteration of every loop,
+        // including `start..end ⊆ 0..extent` of the parallel loop (serial kernels ignore
+        // the bounds). The `&mut` slices are exclusive, so no other Rust code touches the
+        // buffers during the call, and `f` is a finalized function of the still-alive JIT
+        // module (`&self` on `CompiledModule` is borrowed for the whole `run`).
+        unsafe { f(self.0, start, end) }
+    }
+}
