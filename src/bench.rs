@@ -98,41 +98,67 @@ fn stream_probe(len: usize) -> Module {
     let acc = kb.local("acc", 16);
     let at = |u, v| Affine::var(u).scale(4).plus_term(v, 1);
     let body = vec![
-        for_(u2, 4, LoopKind::Unroll(4), vec![for_(v2, 4, LoopKind::Vector(4), vec![
-            Stmt::SetLocal {
-                local: acc,
-                index: at(u2, v2),
-                value: Expr::Const(0.0),
-            },
-        ])]),
-        for_(i, (chunk / 16) as u64, LoopKind::Serial, vec![for_(
-            u,
+        for_(
+            u2,
             4,
             LoopKind::Unroll(4),
-            vec![for_(v, 4, LoopKind::Vector(4), vec![Stmt::SetLocal {
-                local: acc,
-                index: at(u, v),
-                value: crate::loop_ir::bin(
-                    BinOp::Add,
-                    load_local(acc, at(u, v)),
-                    load(
-                        0,
-                        Affine::var(t)
-                            .scale(chunk as i64)
-                            .plus_term(i, 16)
-                            .plus_term(u, 4)
-                            .plus_term(v, 1),
-                    ),
-                ),
-            }])],
-        )]),
-        for_(u3, 4, LoopKind::Unroll(4), vec![for_(v3, 4, LoopKind::Vector(4), vec![
-            Stmt::Store {
-                buf: 1,
-                index: Affine::var(t).scale(16).plus_term(u3, 4).plus_term(v3, 1),
-                value: load_local(acc, at(u3, v3)),
-            },
-        ])]),
+            vec![for_(
+                v2,
+                4,
+                LoopKind::Vector(4),
+                vec![Stmt::SetLocal {
+                    local: acc,
+                    index: at(u2, v2),
+                    value: Expr::Const(0.0),
+                }],
+            )],
+        ),
+        for_(
+            i,
+            (chunk / 16) as u64,
+            LoopKind::Serial,
+            vec![for_(
+                u,
+                4,
+                LoopKind::Unroll(4),
+                vec![for_(
+                    v,
+                    4,
+                    LoopKind::Vector(4),
+                    vec![Stmt::SetLocal {
+                        local: acc,
+                        index: at(u, v),
+                        value: crate::loop_ir::bin(
+                            BinOp::Add,
+                            load_local(acc, at(u, v)),
+                            load(
+                                0,
+                                Affine::var(t)
+                                    .scale(chunk as i64)
+                                    .plus_term(i, 16)
+                                    .plus_term(u, 4)
+                                    .plus_term(v, 1),
+                            ),
+                        ),
+                    }],
+                )],
+            )],
+        ),
+        for_(
+            u3,
+            4,
+            LoopKind::Unroll(4),
+            vec![for_(
+                v3,
+                4,
+                LoopKind::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: Affine::var(t).scale(16).plus_term(u3, 4).plus_term(v3, 1),
+                    value: load_local(acc, at(u3, v3)),
+                }],
+            )],
+        ),
     ];
     Module {
         name: "probe".into(),
@@ -168,34 +194,60 @@ fn fma_probe(iters: u64) -> Module {
     let acc = kb.local("acc", 48);
     let at = |u, v| Affine::var(u).scale(4).plus_term(v, 1);
     let body = vec![
-        for_(u2, 12, LoopKind::Unroll(12), vec![for_(v2, 4, LoopKind::Vector(4), vec![
-            Stmt::SetLocal {
-                local: acc,
-                index: at(u2, v2),
-                value: Expr::Const(1.0),
-            },
-        ])]),
-        for_(i, iters, LoopKind::Serial, vec![for_(u, 12, LoopKind::Unroll(12), vec![for_(
-            v,
-            4,
-            LoopKind::Vector(4),
-            vec![Stmt::SetLocal {
-                local: acc,
-                index: at(u, v),
-                value: fma(
-                    load_local(acc, at(u, v)),
-                    load(0, Affine::constant(0)),
-                    load(0, Affine::constant(1)),
-                ),
-            }],
-        )])]),
-        for_(u3, 12, LoopKind::Unroll(12), vec![for_(v3, 4, LoopKind::Vector(4), vec![
-            Stmt::Store {
-                buf: 1,
-                index: Affine::var(t).scale(48).plus_term(u3, 4).plus_term(v3, 1),
-                value: load_local(acc, at(u3, v3)),
-            },
-        ])]),
+        for_(
+            u2,
+            12,
+            LoopKind::Unroll(12),
+            vec![for_(
+                v2,
+                4,
+                LoopKind::Vector(4),
+                vec![Stmt::SetLocal {
+                    local: acc,
+                    index: at(u2, v2),
+                    value: Expr::Const(1.0),
+                }],
+            )],
+        ),
+        for_(
+            i,
+            iters,
+            LoopKind::Serial,
+            vec![for_(
+                u,
+                12,
+                LoopKind::Unroll(12),
+                vec![for_(
+                    v,
+                    4,
+                    LoopKind::Vector(4),
+                    vec![Stmt::SetLocal {
+                        local: acc,
+                        index: at(u, v),
+                        value: fma(
+                            load_local(acc, at(u, v)),
+                            load(0, Affine::constant(0)),
+                            load(0, Affine::constant(1)),
+                        ),
+                    }],
+                )],
+            )],
+        ),
+        for_(
+            u3,
+            12,
+            LoopKind::Unroll(12),
+            vec![for_(
+                v3,
+                4,
+                LoopKind::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: Affine::var(t).scale(48).plus_term(u3, 4).plus_term(v3, 1),
+                    value: load_local(acc, at(u3, v3)),
+                }],
+            )],
+        ),
     ];
     Module {
         name: "probe".into(),
@@ -235,5 +287,195 @@ pub fn roofline(threads: usize) -> Result<Roofline> {
     Ok(Roofline {
         read_gbps,
         fma_gflops: flops / (ms * 1e-3) / 1e9,
+    })
+}
+
+/// What `lcjit bench` measured for one model.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Model name (file stem).
+    pub model: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Parameter count (Keras's).
+    pub params: usize,
+    /// Bytes of weights.
+    pub weight_bytes: u64,
+    /// Forward flops per batch.
+    pub forward_flops: u64,
+    /// JIT compile time of the forward program (lowering + codegen), ms.
+    pub compile_ms_forward: Option<f64>,
+    /// Median forward times per engine, ms: (engine, ms).
+    pub forward_ms: Vec<(crate::Engine, f64)>,
+    /// The machine's measured limits.
+    pub roofline: Option<Roofline>,
+}
+
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.4}"),
+        _ => "null".into(),
+    }
+}
+
+impl BenchReport {
+    fn engine_ms(&self, e: crate::Engine) -> Option<f64> {
+        self.forward_ms.iter().find(|(x, _)| *x == e).map(|x| x.1)
+    }
+
+    /// Achieved weight-streaming bandwidth of the JIT forward pass, GB/s.
+    pub fn gbps(&self) -> Option<f64> {
+        self.engine_ms(crate::Engine::Jit)
+            .map(|ms| self.weight_bytes as f64 / (ms * 1e-3) / 1e9)
+    }
+
+    /// Achieved GFLOP/s of the JIT forward pass.
+    pub fn gflops(&self) -> Option<f64> {
+        self.engine_ms(crate::Engine::Jit)
+            .map(|ms| self.forward_flops as f64 / (ms * 1e-3) / 1e9)
+    }
+
+    /// One JSON line with the fields of the `lcjit bench --json` contract.
+    pub fn json(&self) -> String {
+        use crate::Engine as E;
+        let rl = self.roofline;
+        format!(
+            "{{\"model\": {:?}, \"batch\": {}, \"threads\": {}, \"params\": {}, \"weight_bytes\": {}, \
+\"flops\": {{\"forward\": {}, \"train_step\": null}}, \
+\"compile_ms\": {{\"forward\": {}, \"backward\": null}}, \
+\"forward_ms\": {{\"jit\": {}, \"interp\": {}, \"reference\": {}}}, \
+\"train_step_ms\": {{\"jit\": null, \"interp\": null, \"reference\": null}}, \
+\"gbps\": {}, \"gflops\": {}, \"roofline\": {{\"read_gbps\": {}, \"fma_gflops\": {}}}}}",
+            self.model,
+            self.batch,
+            self.threads,
+            self.params,
+            self.weight_bytes,
+            self.forward_flops,
+            json_num(self.compile_ms_forward),
+            json_num(self.engine_ms(E::Jit)),
+            json_num(self.engine_ms(E::Interp)),
+            json_num(self.engine_ms(E::Reference)),
+            json_num(self.gbps()),
+            json_num(self.gflops()),
+            json_num(rl.map(|r| r.read_gbps)),
+            json_num(rl.map(|r| r.fma_gflops)),
+        )
+    }
+
+    /// A human-readable table, with the JIT compared to the other engines and to the
+    /// roofline bounds.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "model {}  batch {}  threads {}  params {}  weights {:.1} MB  forward {:.3} GFLOP",
+            self.model,
+            self.batch,
+            self.threads,
+            crate::graph::print::with_commas(self.params),
+            self.weight_bytes as f64 / 1e6,
+            self.forward_flops as f64 / 1e9
+        );
+        if let Some(c) = self.compile_ms_forward {
+            let _ = writeln!(s, "compile (forward, lower + codegen): {c:.1} ms");
+        }
+        let jit = self.engine_ms(crate::Engine::Jit);
+        let _ = writeln!(s, "{:<10} {:>12} {:>10}", "engine", "median ms", "vs jit");
+        for (e, ms) in &self.forward_ms {
+            let ratio = jit.map(|j| format!("{:.1}x", ms / j)).unwrap_or_default();
+            let _ = writeln!(s, "{:<10} {:>12.3} {:>10}", e.name(), ms, ratio);
+        }
+        if let Some(r) = self.roofline {
+            let _ = writeln!(
+                s,
+                "roofline: read {:.1} GB/s, f32x4 FMA {:.1} GFLOP/s",
+                r.read_gbps, r.fma_gflops
+            );
+            let stream_ms = self.weight_bytes as f64 / (r.read_gbps * 1e9) * 1e3;
+            let fma_ms = self.forward_flops as f64 / (r.fma_gflops * 1e9) * 1e3;
+            if let Some(j) = jit {
+                let _ = writeln!(
+                    s,
+                    "jit: {:.1} GB/s of weights ({:.2}x the time to stream them once, {stream_ms:.2} ms), \
+{:.1} GFLOP/s ({:.0}% of the FMA rate; bound {fma_ms:.2} ms)",
+                    self.gbps().unwrap_or(0.0),
+                    j / stream_ms,
+                    self.gflops().unwrap_or(0.0),
+                    100.0 * fma_ms / j
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Median of timed calls of `f` in ms: one warm-up, then at least 3 calls and until
+/// about half a second has passed (at most 50 calls).
+pub fn adaptive_median_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::new();
+    let start = Instant::now();
+    while t.len() < 3 || (start.elapsed().as_secs_f64() < 0.5 && t.len() < 50) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+/// Benchmarks `model` on `engines` at one batch size.
+pub fn bench_model(
+    name: &str,
+    model: std::sync::Arc<crate::Model>,
+    batch: usize,
+    threads: usize,
+    engines: &[crate::Engine],
+    probe: bool,
+) -> Result<BenchReport> {
+    let mut shape = vec![batch];
+    shape.extend_from_slice(model.input_shape());
+    let mut rng = crate::init::Rng::new(7);
+    let n: usize = shape.iter().product();
+    let x = ndarray::ArrayD::from_shape_vec(
+        ndarray::IxDyn(&shape),
+        (0..n).map(|_| rng.uniform() as f32).collect(),
+    )
+    .map_err(|e| crate::Error::internal(e.to_string()))?;
+    let mut forward_ms = Vec::new();
+    let mut compile_ms_forward = None;
+    for &engine in engines {
+        let compiled = crate::CompiledModel::new(
+            model.clone(),
+            crate::CompileOptions {
+                engine,
+                threads,
+                max_batch: batch,
+            },
+        )?;
+        if engine == crate::Engine::Jit {
+            compile_ms_forward = Some(compiled.prepared(batch)?.compile_ms);
+        }
+        let ms = adaptive_median_ms(|| compiled.predict(&x).map(|_| ()))?;
+        forward_ms.push((engine, ms));
+    }
+    Ok(BenchReport {
+        model: name.to_string(),
+        batch,
+        threads,
+        params: model.graph().keras_param_count(),
+        weight_bytes: weight_bytes(model.graph()),
+        forward_flops: forward_flops(model.graph(), batch),
+        compile_ms_forward,
+        forward_ms,
+        roofline: if probe {
+            Some(roofline(threads)?)
+        } else {
+            None
+        },
     })
 }

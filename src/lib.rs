@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod frontend;
 pub mod graph;

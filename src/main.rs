@@ -44,7 +44,7 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
         /// Execution engine.
-        #[arg(long, value_enum, default_value = "reference")]
+        #[arg(long, value_enum, default_value = "jit")]
         engine: Engine,
         /// Worker threads (≥ 1).
         #[arg(long, default_value_t = 1)]
@@ -52,6 +52,32 @@ enum Command {
         /// Seed of the initializers when no weights are given.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Time a model on each engine and compare with the machine's measured limits.
+    Bench {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+        /// Weights file (.h5 or .npz); without one the initializers are used (seed 0).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Comma-separated engines to time.
+        #[arg(long, default_value = "jit,reference")]
+        engines: String,
+        /// Also time a training step (needs the training engine; reported as null until then).
+        #[arg(long)]
+        train: bool,
+        /// Print one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the roofline probe (faster).
+        #[arg(long)]
+        no_probe: bool,
     },
     /// Print an intermediate representation of a model.
     Ir {
@@ -66,7 +92,7 @@ enum Command {
     },
 }
 
-/// Execution engines. `jit` and `interp` arrive with the loop IR.
+/// Execution engines.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Engine {
     /// The naive per-layer reference path (the oracle).
@@ -147,6 +173,55 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Some(Command::Bench {
+            model,
+            weights,
+            batch,
+            threads,
+            engines,
+            train,
+            json,
+            no_probe,
+        }) => {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || batch == 0 {
+                return Err(Error::Usage {
+                    detail: "--threads and --batch must be at least 1".into(),
+                });
+            }
+            let engines = engines
+                .split(',')
+                .map(|e| lcjit::Engine::parse(e.trim()))
+                .collect::<Result<Vec<_>>>()?;
+            if train {
+                eprintln!("note: training steps are not compiled yet; train fields are null");
+            }
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed: 0,
+            };
+            let m = load(&model, weights.as_deref(), &opts)?;
+            let name = model
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model")
+                .to_string();
+            let report = lcjit::bench::bench_model(
+                &name,
+                std::sync::Arc::new(m),
+                batch,
+                threads,
+                &engines,
+                !no_probe,
+            )?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
         Some(Command::Run {
             model,
             weights,
@@ -164,11 +239,7 @@ fn run(cli: Cli) -> Result<()> {
             let lib_engine = match engine {
                 Engine::Reference => lcjit::Engine::Reference,
                 Engine::Interp => lcjit::Engine::Interp,
-                Engine::Jit => {
-                    return Err(Error::Usage {
-                        detail: "engine 'jit' is not available in this build; use --engine interp or reference".into(),
-                    })
-                }
+                Engine::Jit => lcjit::Engine::Jit,
             };
             let opts = LoadOptions {
                 memory_budget: budget,

@@ -5,6 +5,7 @@
 //! larger than `max_batch` into chunks. It is `Send + Sync`: the cache is behind a mutex
 //! and every call gets its own activation buffers, so many threads may predict at once.
 
+use crate::backend::{BufArg, CodegenOptions, CompiledModule as Native};
 use crate::error::{Error, Result};
 use crate::loop_ir::{interp, BufRole};
 use crate::lower::{lower_forward, Lowered};
@@ -20,17 +21,29 @@ pub enum Engine {
     Reference,
     /// The loop-IR interpreter (checked, no unsafe).
     Interp,
+    /// Native code compiled by Cranelift from the loop IR.
+    Jit,
 }
 
 impl Engine {
-    /// Parses `reference` / `interp`.
+    /// Parses `jit` / `interp` / `reference`.
     pub fn parse(s: &str) -> Result<Engine> {
         match s {
             "reference" => Ok(Engine::Reference),
             "interp" => Ok(Engine::Interp),
+            "jit" => Ok(Engine::Jit),
             other => Err(Error::Usage {
-                detail: format!("unknown engine '{other}' (expected reference or interp)"),
+                detail: format!("unknown engine '{other}' (expected jit, interp or reference)"),
             }),
+        }
+    }
+
+    /// The engine's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Reference => "reference",
+            Engine::Interp => "interp",
+            Engine::Jit => "jit",
         }
     }
 }
@@ -49,18 +62,31 @@ pub struct CompileOptions {
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
-            engine: Engine::Interp,
-            threads: 1,
+            engine: Engine::Jit,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_batch: 32,
         }
     }
+}
+
+/// A program for one batch size: the loop IR and, for the JIT, its native code.
+pub struct Prepared {
+    /// The lowered program.
+    pub lowered: Lowered,
+    /// Native code (JIT engine only).
+    pub native: Option<Native>,
+    /// Lowering plus code generation time in milliseconds.
+    pub compile_ms: f64,
 }
 
 /// A model prepared for one engine.
 pub struct CompiledModel {
     model: Arc<Model>,
     opts: CompileOptions,
-    cache: Mutex<HashMap<usize, Arc<Lowered>>>,
+    cache: Mutex<HashMap<usize, Arc<Prepared>>>,
+    /// Activation buffers of finished calls, reused so that steady-state calls allocate
+    /// nothing but their outputs.
+    pool: Mutex<Vec<(usize, Vec<Vec<f32>>)>>,
 }
 
 impl CompiledModel {
@@ -76,15 +102,16 @@ impl CompiledModel {
             model,
             opts,
             cache: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
         };
         if cm.opts.engine != Engine::Reference {
-            cm.lowered(cm.opts.max_batch)?;
+            cm.prepared(cm.opts.max_batch)?;
         }
         Ok(cm)
     }
 
-    /// The lowered program for `batch` rows (cached).
-    pub fn lowered(&self, batch: usize) -> Result<Arc<Lowered>> {
+    /// The program for `batch` rows (lowered and compiled once, then cached).
+    pub fn prepared(&self, batch: usize) -> Result<Arc<Prepared>> {
         let mut cache = self
             .cache
             .lock()
@@ -92,9 +119,32 @@ impl CompiledModel {
         if let Some(l) = cache.get(&batch) {
             return Ok(l.clone());
         }
-        let l = Arc::new(lower_forward(self.model.graph(), batch)?);
-        cache.insert(batch, l.clone());
-        Ok(l)
+        let t = std::time::Instant::now();
+        let lowered = lower_forward(self.model.graph(), batch)?;
+        let native = match self.opts.engine {
+            Engine::Jit => Some(Native::compile(
+                &lowered.module,
+                &CodegenOptions::default(),
+            )?),
+            _ => None,
+        };
+        let p = Arc::new(Prepared {
+            lowered,
+            native,
+            compile_ms: t.elapsed().as_secs_f64() * 1e3,
+        });
+        cache.insert(batch, p.clone());
+        Ok(p)
+    }
+
+    /// The lowered program for `batch` rows (cached).
+    pub fn lowered(&self, batch: usize) -> Result<Lowered> {
+        Ok(self.prepared(batch)?.lowered.clone())
+    }
+
+    /// The options this model was compiled with.
+    pub fn options(&self) -> &CompileOptions {
+        &self.opts
     }
 
     /// The model.
@@ -139,41 +189,112 @@ impl CompiledModel {
     }
 
     fn run_chunk(&self, inputs: &[ArrayD<f32>], batch: usize) -> Result<Vec<ArrayD<f32>>> {
-        let lowered = self.lowered(batch)?;
-        let m = &lowered.module;
+        let prepared = self.prepared(batch)?;
+        let m = &prepared.lowered.module;
         let params = self.model.params();
-        let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(m.buffers.len());
-        for b in &m.buffers {
-            bufs.push(match &b.role {
-                BufRole::Input(i) => {
-                    let x = inputs
-                        .get(*i)
-                        .ok_or_else(|| Error::internal("missing input buffer"))?;
-                    x.as_standard_layout().iter().copied().collect()
+        let inputs: Vec<std::borrow::Cow<[f32]>> = inputs.iter().map(flat).collect();
+        let params_flat: Vec<std::borrow::Cow<[f32]>> = params.iter().map(flat).collect();
+        // Writable buffers (outputs and slots), reused across calls.
+        let mut owned = self.take_buffers(batch, m);
+        match &prepared.native {
+            Some(native) => {
+                let mut args = Vec::with_capacity(m.buffers.len());
+                let mut writable = owned.iter_mut();
+                for b in &m.buffers {
+                    args.push(match &b.role {
+                        BufRole::Input(i) => BufArg::Read(
+                            inputs
+                                .get(*i)
+                                .ok_or_else(|| Error::internal("missing input"))?,
+                        ),
+                        BufRole::Param(i) => BufArg::Read(
+                            params_flat
+                                .get(*i)
+                                .ok_or_else(|| Error::internal("missing param"))?,
+                        ),
+                        BufRole::Const(v) => BufArg::Read(v),
+                        BufRole::Output(_) | BufRole::Scratch => BufArg::Write(
+                            writable
+                                .next()
+                                .ok_or_else(|| Error::internal("buffer pool mismatch"))?,
+                        ),
+                    });
                 }
-                BufRole::Param(i) => {
-                    let p = params
-                        .get(*i)
-                        .ok_or_else(|| Error::internal("missing param"))?;
-                    p.as_standard_layout().iter().copied().collect()
+                native.run_args(&mut args, self.opts.threads)?;
+            }
+            None => {
+                // The interpreter owns its buffers; read-only ones are copied.
+                let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(m.buffers.len());
+                let mut writable = std::mem::take(&mut owned).into_iter();
+                for b in &m.buffers {
+                    bufs.push(match &b.role {
+                        BufRole::Input(i) => inputs.get(*i).map(|x| x.to_vec()).unwrap_or_default(),
+                        BufRole::Param(i) => {
+                            params_flat.get(*i).map(|x| x.to_vec()).unwrap_or_default()
+                        }
+                        BufRole::Const(v) => v.clone(),
+                        BufRole::Output(_) | BufRole::Scratch => {
+                            writable.next().unwrap_or_default()
+                        }
+                    });
                 }
-                BufRole::Const(v) => v.clone(),
-                BufRole::Output(_) | BufRole::Scratch => vec![0.0; b.len],
-            });
+                interp::run(m, &mut bufs)?;
+                owned = m
+                    .buffers
+                    .iter()
+                    .zip(bufs)
+                    .filter(|(b, _)| matches!(b.role, BufRole::Output(_) | BufRole::Scratch))
+                    .map(|(_, v)| v)
+                    .collect();
+            }
         }
-        interp::run(m, &mut bufs)?;
         let graph = self.model.graph();
-        lowered
+        let writable_index = |buf: u32| {
+            m.buffers[..buf as usize]
+                .iter()
+                .filter(|b| matches!(b.role, BufRole::Output(_) | BufRole::Scratch))
+                .count()
+        };
+        let outs = prepared
+            .lowered
             .output_bufs
             .iter()
             .zip(&graph.outputs)
             .map(|(&b, &node)| {
                 let mut shape = vec![batch];
                 shape.extend_from_slice(&graph.nodes[node].shape);
-                let data = std::mem::take(&mut bufs[b as usize]);
+                let data = owned
+                    .get(writable_index(b))
+                    .cloned()
+                    .ok_or_else(|| Error::internal("output buffer missing"))?;
                 ArrayD::from_shape_vec(IxDyn(&shape), data)
                     .map_err(|e| Error::internal(e.to_string()))
             })
+            .collect();
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push((batch, owned));
+        }
+        outs
+    }
+
+    fn take_buffers(&self, batch: usize, m: &crate::loop_ir::Module) -> Vec<Vec<f32>> {
+        if let Ok(mut pool) = self.pool.lock() {
+            if let Some(i) = pool.iter().position(|(b, _)| *b == batch) {
+                return pool.swap_remove(i).1;
+            }
+        }
+        m.buffers
+            .iter()
+            .filter(|b| matches!(b.role, BufRole::Output(_) | BufRole::Scratch))
+            .map(|b| vec![0.0; b.len])
             .collect()
+    }
+}
+
+/// A contiguous row-major view of an array, copied only if it is not standard layout.
+fn flat(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
     }
 }

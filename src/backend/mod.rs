@@ -11,4 +11,4 @@
 
 pub mod cranelift;
 
-pub use self::cranelift::{CodegenOptions, CompiledModule, OptLevel};
+pub use self::cranelift::{BufArg, CodegenOptions, CompiledModule, OptLevel};

@@ -23,7 +23,7 @@ mod prescan;
 mod runtime;
 
 pub use isa::{CodegenOptions, OptLevel};
-pub use runtime::CompiledModule;
+pub use runtime::{BufArg, CompiledModule};
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ use cranelift_module::{default_libcall_names, Linkage, Module as _};
 use super::emit::{classify, emit_kernel, KernelShape};
 use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
-use crate::loop_ir::{verify::verify, Module};
+use crate::loop_ir::{verify::verify, BufRole, Module};
 
 /// The kernel ABI (see the module docs of [`super`]).
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
@@ -59,6 +59,9 @@ struct CompiledKernel {
 pub struct CompiledModule {
     kernels: Vec<CompiledKernel>,
     buf_lens: Vec<usize>,
+    /// Buffers no kernel stores to (inputs, parameters, constants: the verifier rejects
+    /// stores to them), which may therefore be passed as shared slices.
+    read_only: Vec<bool>,
     use_fma: bool,
     clif: String,
     asm: String,
@@ -144,6 +147,16 @@ impl CompiledModule {
         Ok(CompiledModule {
             kernels,
             buf_lens: module.buffers.iter().map(|b| b.len).collect(),
+            read_only: module
+                .buffers
+                .iter()
+                .map(|b| {
+                    matches!(
+                        b.role,
+                        BufRole::Input(_) | BufRole::Param(_) | BufRole::Const(_)
+                    )
+                })
+                .collect(),
             use_fma,
             clif,
             asm,
@@ -157,6 +170,14 @@ impl CompiledModule {
     /// each parallel kernel. Results are bitwise identical for any thread count: an
     /// iteration computes the same thing whichever thread runs it.
     pub fn run(&self, bufs: &mut [&mut [f32]], threads: usize) -> Result<()> {
+        let mut args: Vec<BufArg> = bufs.iter_mut().map(|b| BufArg::Write(b)).collect();
+        self.run_args(&mut args, threads)
+    }
+
+    /// Like [`CompiledModule::run`], but read-only buffers (inputs, parameters,
+    /// constants) may be passed as shared slices, so weights need not be copied or
+    /// locked per call.
+    pub fn run_args(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
         if bufs.len() != self.buf_lens.len() {
             return Err(Error::internal(format!(
                 "run: {} buffers given, the module has {}",
@@ -164,15 +185,28 @@ impl CompiledModule {
                 self.buf_lens.len()
             )));
         }
-        for (i, (b, &len)) in bufs.iter().zip(&self.buf_lens).enumerate() {
-            if b.len() != len {
+        let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
+        for (i, (b, &len)) in bufs.iter_mut().zip(&self.buf_lens).enumerate() {
+            let (n, p) = match b {
+                BufArg::Read(r) => {
+                    if !self.read_only[i] {
+                        return Err(Error::internal(format!(
+                            "run: buffer {i} is written by the module but was passed read-only"
+                        )));
+                    }
+                    // Never written through: the verifier rejects stores to read-only
+                    // buffers.
+                    (r.len(), r.as_ptr() as *mut f32)
+                }
+                BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
+            };
+            if n != len {
                 return Err(Error::internal(format!(
-                    "run: buffer {i} has {} elements, the module expects {len}",
-                    b.len()
+                    "run: buffer {i} has {n} elements, the module expects {len}"
                 )));
             }
+            ptrs.push(p);
         }
-        let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
         for k in &self.kernels {
@@ -235,6 +269,14 @@ impl CompiledModule {
     }
 }
 
+/// One buffer handed to [`CompiledModule::run_args`].
+pub enum BufArg<'a> {
+    /// A buffer the module only reads.
+    Read(&'a [f32]),
+    /// A buffer the module may write.
+    Write(&'a mut [f32]),
+}
+
 /// The buffer base-pointer array handed to kernels on every thread.
 struct BufPtrs(*const *mut f32);
 
@@ -252,8 +294,9 @@ impl BufPtrs {
         // the loop-IR verifier (run by `compile`) proved every load and store of every
         // kernel in bounds for those lengths, for every iteration of every loop,
         // including `start..end ⊆ 0..extent` of the parallel loop (serial kernels ignore
-        // the bounds). The `&mut` slices are exclusive, so no other Rust code touches the
-        // buffers during the call, and `f` is a finalized function of the still-alive JIT
+        // the bounds). The `&mut` slices are exclusive and the shared slices are never
+        // written (no store to a read-only buffer passes the verifier), so no Rust code
+        // observes a write during the call, and `f` is a finalized function of the still-alive JIT
         // module (`&self` on `CompiledModule` is borrowed for the whole `run`).
         unsafe { f(self.0, start, end) }
     }
