@@ -164,7 +164,7 @@ fn vector_loops_broadcast_and_contiguous() {
                 LoopKind::Vector(4),
                 vec![store(
                     y,
-                    v(i).scale(n as i64).add(&v(j)),
+                    v(i).scale(n as i64).plus_affine(&v(j)),
                     fma(load(0, v(i)), load(1, v(j)), Expr::Const(0.5)),
                 )],
             )],
@@ -201,7 +201,7 @@ fn lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
         kb.var("f2"),
     );
     let acc = kb.local("acc", (bt * f) as usize);
-    let tile = |b: u32, fv: u32| v(b).scale(fi).add(&v(fv));
+    let tile = |b: u32, fv: u32| v(b).scale(fi).plus_affine(&v(fv));
     let k = kb.finish(vec![for_(
         vp,
         p,
@@ -234,13 +234,13 @@ fn lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
                             acc,
                             tile(vb1, vf1),
                             fma(
-                                load(0, v(vb1).scale(l as i64).add(&v(vp)).add(&v(vr))),
+                                load(0, v(vb1).scale(l as i64).plus_affine(&v(vp)).plus_affine(&v(vr))),
                                 load(
                                     1,
                                     v(vp)
                                         .scale(kc as i64 * fi)
-                                        .add(&v(vr).scale(fi))
-                                        .add(&v(vf1)),
+                                        .plus_affine(&v(vr).scale(fi))
+                                        .plus_affine(&v(vf1)),
                                 ),
                                 load_local(acc, tile(vb1, vf1)),
                             ),
@@ -258,13 +258,13 @@ fn lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
                     LoopKind::Vector(4),
                     vec![store(
                         3,
-                        v(vb2).scale(pi * fi).add(&v(vp).scale(fi)).add(&v(vf2)),
+                        v(vb2).scale(pi * fi).plus_affine(&v(vp).scale(fi)).plus_affine(&v(vf2)),
                         un(
                             UnOp::Relu,
                             bin(
                                 BinOp::Add,
                                 load_local(acc, tile(vb2, vf2)),
-                                load(2, v(vp).scale(fi).add(&v(vf2))),
+                                load(2, v(vp).scale(fi).plus_affine(&v(vf2))),
                             ),
                         ),
                     )],
@@ -314,7 +314,7 @@ fn if_guarded_clipped_window() {
     let mut kb = KernelBuilder::new("pad");
     let (p, k) = (kb.var("p"), kb.var("k"));
     let acc = kb.local("acc", 8);
-    let idx = v(p).add(&v(k)).plus(-2);
+    let idx = v(p).plus_affine(&v(k)).plus(-2);
     let scalar = kb.finish(vec![for_(
         p,
         12,
@@ -344,7 +344,7 @@ fn if_guarded_clipped_window() {
     let mut kb = KernelBuilder::new("pad_vec");
     let (p, k, f2, f3) = (kb.var("p"), kb.var("k"), kb.var("f2"), kb.var("f3"));
     let acc = kb.local("acc", 8);
-    let idx = v(p).add(&v(k)).plus(-2);
+    let idx = v(p).plus_affine(&v(k)).plus(-2);
     let vector = kb.finish(vec![for_(
         p,
         12,
@@ -365,7 +365,7 @@ fn if_guarded_clipped_window() {
                             v(f2),
                             fma(
                                 load(0, idx.clone()),
-                                load(1, v(k).scale(8).add(&v(f2))),
+                                load(1, v(k).scale(8).plus_affine(&v(f2))),
                                 load_local(acc, v(f2)),
                             ),
                         )],
@@ -377,7 +377,7 @@ fn if_guarded_clipped_window() {
                 8,
                 LoopKind::Vector(4),
                 vec![
-                    store(3, v(p).scale(8).add(&v(f3)), load_local(acc, v(f3))),
+                    store(3, v(p).scale(8).plus_affine(&v(f3)), load_local(acc, v(f3))),
                     set_local(acc, v(f3), Expr::Const(0.0)),
                 ],
             ),
