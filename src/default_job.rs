@@ -1,11 +1,12 @@
 //! The job `lcjit` runs without arguments (`cargo run --release`): load the bundled
-//! DeepFace L4–L6 model (its config is compiled into the binary), summarize it, predict a
-//! batch, and check a bundled Keras golden case against what tf-keras computed.
+//! DeepFace L4–L6 model (its config is compiled into the binary), summarize it, compile
+//! it with the JIT, check the JIT against the reference path, print the benchmark table,
+//! and check a bundled Keras golden case against what tf-keras computed.
 
-use lcjit::{io, Error, LoadOptions, Model, Result};
+use lcjit::{io, CompileOptions, CompiledModel, Engine, Error, LoadOptions, Model, Result};
 use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
 
 /// DeepFace's three locally connected layers, as written by tf-keras 2.21.
 const DEFAULT_MODEL: &str = include_str!("../tests/data/workloads/deepface_l4_l6.json");
@@ -24,35 +25,80 @@ fn input_for(model: &Model, batch: usize) -> Result<ArrayD<f32>> {
     ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::internal(e.to_string()))
 }
 
+/// `max|a − b| / max(1, max|b|)`.
+fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    let scale = b.iter().fold(1f32, |m, &v| m.max(v.abs()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
 /// Runs the default job.
 pub fn run(memory_budget: u64) -> Result<()> {
     let opts = LoadOptions {
         memory_budget,
         seed: 0,
     };
-    let t = Instant::now();
-    let model = Model::from_json_str(DEFAULT_MODEL, "deepface_l4_l6.json (bundled)", &opts)?;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = Arc::new(Model::from_json_str(
+        DEFAULT_MODEL,
+        "deepface_l4_l6.json (bundled)",
+        &opts,
+    )?);
     println!("lcjit: bundled model deepface_l4_l6 (weights from its initializers, seed 0)\n");
     print!("{}", model.summary());
+
+    let jit = CompiledModel::new(
+        model.clone(),
+        CompileOptions {
+            engine: Engine::Jit,
+            threads,
+            max_batch: 1,
+        },
+    )?;
     let x = input_for(&model, 1)?;
-    let t = Instant::now();
-    let y = model.predict(&x)?;
-    let run_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mean = y.iter().map(|&v| v as f64).sum::<f64>() / y.len().max(1) as f64;
-    let max = y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    println!("\nload + initialize: {load_ms:.0} ms");
+    let y_jit = jit.predict(&x)?;
+    let y_ref = model.predict(&x)?;
+    let err = rel_err(&y_jit, &y_ref);
     println!(
-        "predict, batch 1, reference engine: {run_ms:.0} ms -> output {:?}, mean {mean:.5}, max {max:.5}",
-        y.shape()
+        "\nJIT vs reference, batch 1: max relative error {err:.2e} ({})",
+        if err <= 1e-5 { "OK" } else { "MISMATCH" }
     );
+    if err > 1e-5 {
+        return Err(Error::internal("JIT and reference disagree"));
+    }
+    println!();
+    for batch in [1, 32] {
+        let report = lcjit::bench::bench_model(
+            "deepface_l4_l6",
+            model.clone(),
+            batch,
+            threads,
+            &[Engine::Jit, Engine::Reference],
+            batch == 1,
+        )?;
+        println!("{}", report.table());
+    }
 
     let dir = Path::new(GOLDEN_CASE);
     if dir.join("model.h5").exists() {
-        let m = Model::load_with(dir.join("model.h5"), &opts)?;
+        let m = Arc::new(Model::load_with(dir.join("model.h5"), &opts)?);
         let x = io::read_npy(&dir.join("x.npy"))?;
         let want = io::read_npy(&dir.join("y.npy"))?;
-        let got = m.predict(&x)?;
+        let batch = x.shape().first().copied().unwrap_or(1);
+        let (engine, got) = match CompiledModel::new(
+            m.clone(),
+            CompileOptions {
+                engine: Engine::Jit,
+                threads,
+                max_batch: batch,
+            },
+        ) {
+            Ok(c) => ("jit", c.predict(&x)?),
+            Err(Error::Usage { .. }) => ("reference", m.predict(&x)?),
+            Err(e) => return Err(e),
+        };
         if got.shape() != want.shape() {
             return Err(Error::internal(format!(
                 "golden check: shape {:?} vs Keras {:?}",
@@ -60,18 +106,12 @@ pub fn run(memory_budget: u64) -> Result<()> {
                 want.shape()
             )));
         }
-        let scale = want.iter().fold(1f32, |m, &v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(want.iter())
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let ok = err <= 1e-4 * scale;
+        let err = rel_err(&got, &want);
         println!(
-            "golden check (tf-keras model_mini_deepface, model.h5): max|y - keras| = {err:.2e} (limit {:.1e}) {}",
-            1e-4 * scale,
-            if ok { "OK" } else { "FAILED" }
+            "golden check (tf-keras model_mini_deepface, model.h5, {engine} engine): max relative error {err:.2e} (limit 1e-4) {}",
+            if err <= 1e-4 { "OK" } else { "FAILED" }
         );
-        if !ok {
+        if err > 1e-4 {
             return Err(Error::internal("golden check failed"));
         }
     }

@@ -111,6 +111,10 @@ enum Stage {
     Dot,
     /// Loop IR (forward pass) with its schedule.
     Loops,
+    /// Cranelift IR of every kernel, after optimisation.
+    Clif,
+    /// Machine code of every kernel (post-register-allocation listing).
+    Asm,
 }
 
 fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -169,6 +173,18 @@ fn run(cli: Cli) -> Result<()> {
                 Stage::Loops => {
                     let lowered = lcjit::lower::lower_forward(m.graph(), batch)?;
                     print!("{}", lcjit::loop_ir::print::module_text(&lowered.module));
+                }
+                Stage::Clif | Stage::Asm => {
+                    let lowered = lcjit::lower::lower_forward(m.graph(), batch)?;
+                    let opts = lcjit::backend::CodegenOptions {
+                        keep_text: true,
+                        ..Default::default()
+                    };
+                    let native = lcjit::backend::CompiledModule::compile(&lowered.module, &opts)?;
+                    match stage {
+                        Stage::Clif => print!("{}", native.clif_text()),
+                        _ => print!("{}", native.asm_text()),
+                    }
                 }
             }
             Ok(())

@@ -1,5 +1,5 @@
-//! Property tests over random layer stacks: the loop-IR interpreter (and every compiled
-//! engine) agrees with the naive reference path on random locally connected stacks
+//! Property tests over random layer stacks: the JIT agrees with the loop-IR interpreter
+//! (bitwise when the host has FMA, and across thread counts) and the interpreter agrees with the naive reference path on random locally connected stacks
 //! (shapes, strides, dilation, padding, data formats, activations, batch sizes).
 
 use lcjit::graph::{
@@ -150,14 +150,37 @@ proptest! {
         let model = Arc::new(Model::from_graph(g, seed).expect("model"));
         let x = input(&model, batch, seed);
         let want = model.predict(&x).expect("reference");
-        for threads in [1, 3] {
-            let compiled = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Interp, threads, max_batch: batch })
-                .expect("compile");
-            let got = compiled.predict(&x).expect("interp");
-            prop_assert_eq!(got.shape(), want.shape());
-            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let err = got.iter().zip(want.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            prop_assert!(err <= 1e-5 * scale, "max error {} (scale {})", err, scale);
+        let interp = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Interp, threads: 1, max_batch: batch })
+            .expect("compile interp");
+        let y_interp = interp.predict(&x).expect("interp");
+        prop_assert_eq!(y_interp.shape(), want.shape());
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = y_interp.iter().zip(want.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        prop_assert!(err <= 1e-5 * scale, "interp vs reference: max error {} (scale {})", err, scale);
+        // The JIT computes the interpreter's operations in the same order; with FMA on the
+        // host they agree bit for bit, for every thread count.
+        let mut first: Option<Vec<u32>> = None;
+        for threads in [1, 2, 3] {
+            let jit = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Jit, threads, max_batch: batch })
+                .expect("compile jit");
+            let y = jit.predict(&x).expect("jit");
+            let err = y.iter().zip(y_interp.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            prop_assert!(err <= 1e-6 * scale, "jit vs interp: max error {}", err);
+            if lcjit::backend::host_has_fma() {
+                prop_assert!(y.iter().zip(y_interp.iter()).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
+            }
+            let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(f) => prop_assert!(*f == bits, "results differ between thread counts"),
+            }
         }
     }
+}
+
+#[test]
+fn compiled_models_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<CompiledModel>();
+    check::<lcjit::backend::CompiledModule>();
 }

@@ -11,4 +11,4 @@
 
 pub mod cranelift;
 
-pub use self::cranelift::{BufArg, CodegenOptions, CompiledModule, OptLevel};
+pub use self::cranelift::{host_has_fma, BufArg, CodegenOptions, CompiledModule, OptLevel};

@@ -22,7 +22,7 @@ mod math;
 mod prescan;
 mod runtime;
 
-pub use isa::{CodegenOptions, OptLevel};
+pub use isa::{host_has_fma, CodegenOptions, OptLevel};
 pub use runtime::{BufArg, CompiledModule};
 
 #[cfg(test)]

@@ -234,7 +234,13 @@ fn lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
                             acc,
                             tile(vb1, vf1),
                             fma(
-                                load(0, v(vb1).scale(l as i64).plus_affine(&v(vp)).plus_affine(&v(vr))),
+                                load(
+                                    0,
+                                    v(vb1)
+                                        .scale(l as i64)
+                                        .plus_affine(&v(vp))
+                                        .plus_affine(&v(vr)),
+                                ),
                                 load(
                                     1,
                                     v(vp)
@@ -258,7 +264,10 @@ fn lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
                     LoopKind::Vector(4),
                     vec![store(
                         3,
-                        v(vb2).scale(pi * fi).plus_affine(&v(vp).scale(fi)).plus_affine(&v(vf2)),
+                        v(vb2)
+                            .scale(pi * fi)
+                            .plus_affine(&v(vp).scale(fi))
+                            .plus_affine(&v(vf2)),
                         un(
                             UnOp::Relu,
                             bin(
