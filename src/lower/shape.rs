@@ -185,14 +185,29 @@ fn spatial_dim(a: usize, df: DataFormat) -> usize {
     }
 }
 
-/// Input and output per-sample shapes and the buffers of a one-input node.
-fn io(cx: &mut Cx, node: NodeId) -> Result<(String, Vec<usize>, Vec<usize>, BufId, BufId)> {
+/// A one-input node's name, input and output per-sample shapes, and buffers.
+struct Io {
+    name: String,
+    inp: Vec<usize>,
+    out: Vec<usize>,
+    src: BufId,
+    dst: BufId,
+}
+
+/// The [`Io`] of `node` (allocates its output tensor).
+fn io(cx: &mut Cx, node: NodeId) -> Result<Io> {
     let n = &cx.graph.nodes[node];
     let (name, out) = (n.name.clone(), n.shape.clone());
     let inp = cx.graph.nodes[n.inputs[0]].shape.clone();
     let src = cx.input(node, 0)?;
     let dst = cx.output(node);
-    Ok((name, inp, out, src, dst))
+    Ok(Io {
+        name,
+        inp,
+        out,
+        src,
+        dst,
+    })
 }
 
 /// ZeroPadding: zero the output row, then copy the input into its interior
@@ -203,7 +218,13 @@ pub fn zero_padding(
     pads: &[(usize, usize)],
     df: DataFormat,
 ) -> Result<()> {
-    let (name, inp, out, src, dst) = io(cx, node)?;
+    let Io {
+        name,
+        inp,
+        out,
+        src,
+        dst,
+    } = io(cx, node)?;
     let (is, os) = (row_major(&inp), row_major(&out));
     let n_out: usize = out.iter().product();
     let offset = pads
@@ -242,7 +263,13 @@ pub fn zero_padding(
 
 /// Cropping: `y[…, i_a, …] = x[…, i_a + before_a, …]` over the output.
 pub fn cropping(cx: &mut Cx, node: NodeId, crops: &[(usize, usize)], df: DataFormat) -> Result<()> {
-    let (name, inp, out, src, dst) = io(cx, node)?;
+    let Io {
+        name,
+        inp,
+        out,
+        src,
+        dst,
+    } = io(cx, node)?;
     let (is, os) = (row_major(&inp), row_major(&out));
     let offset = crops
         .iter()
@@ -271,7 +298,13 @@ pub fn cropping(cx: &mut Cx, node: NodeId, crops: &[(usize, usize)], df: DataFor
 /// Permute with Keras's 1-based `dims`: output axis `j` is input axis `dims[j] − 1`, so
 /// the copy walks the output in order and reads the input with the permuted strides.
 pub fn permute(cx: &mut Cx, node: NodeId, dims: &[usize]) -> Result<()> {
-    let (name, inp, out, src, dst) = io(cx, node)?;
+    let Io {
+        name,
+        inp,
+        out,
+        src,
+        dst,
+    } = io(cx, node)?;
     let is = row_major(&inp);
     let coef: Vec<i64> = dims.iter().map(|&d| is[d - 1]).collect();
     let n: i64 = out.iter().product::<usize>() as i64;
@@ -302,7 +335,13 @@ pub fn flatten(cx: &mut Cx, node: NodeId, df: DataFormat) -> Result<()> {
     if df == DataFormat::ChannelsLast || inp.len() <= 1 || inp[0] == 1 || spatial == 1 {
         return alias_or_copy(cx, node);
     }
-    let (name, inp, _, src, dst) = io(cx, node)?;
+    let Io {
+        name,
+        inp,
+        src,
+        dst,
+        ..
+    } = io(cx, node)?;
     let is = row_major(&inp);
     // Walk order (s_1…, C): extents and input strides of those axes.
     let mut extents: Vec<usize> = inp[1..].to_vec();
