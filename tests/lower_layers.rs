@@ -409,3 +409,27 @@ fn merges_and_concatenate() {
     g.outputs.push(z);
     check(g, "repeated inputs");
 }
+
+#[test]
+fn views_as_graph_outputs_are_copied() {
+    // Dropout straight from the input as the only output.
+    let op = Op::Dropout {
+        rate: 0.5,
+        spatial: None,
+        data_format: CL,
+    };
+    check(one(&[6], op.clone()), "dropout of the input as output");
+    // Two outputs: a Dense and views of it (Reshape, Dropout, Flatten).
+    let mut g = Graph::new("t");
+    let x = g.add_input("x", vec![3, 4]).expect("input");
+    let d = g.add("d", dense(8, relu(), true), &[x]).expect("dense");
+    let r = g
+        .add("r", Op::Reshape { target: vec![-1] }, &[d])
+        .expect("reshape");
+    let p = g.add("p", op, &[d]).expect("dropout");
+    let f = g
+        .add("f", Op::Flatten { data_format: CL }, &[p])
+        .expect("flatten");
+    g.outputs = vec![d, r, p, f];
+    check(g, "views of an output as outputs");
+}

@@ -160,7 +160,7 @@ pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
                 cx.output(id);
             }
             Op::LocallyConnected(l) => lc::forward(&mut cx, id, l)?,
-            Op::Dropout { .. } => cx.alias(id, 0)?,
+            Op::Dropout { .. } => shape::alias_or_copy(&mut cx, id)?,
             Op::Activation(a) => activation::forward(&mut cx, id, a)?,
             Op::Dense(d) => dense::forward(&mut cx, id, d)?,
             Op::Conv(c) => conv::forward(&mut cx, id, c)?,
