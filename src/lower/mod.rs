@@ -14,7 +14,13 @@
 //! first).
 
 pub mod activation;
+pub mod conv;
+pub mod dense;
 pub mod lc;
+pub mod merge;
+pub mod norm;
+pub mod pool;
+pub mod shape;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
@@ -154,17 +160,29 @@ pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
                 cx.output(id);
             }
             Op::LocallyConnected(l) => lc::forward(&mut cx, id, l)?,
-            Op::Dropout { .. } => cx.alias(id, 0)?,
+            Op::Dropout { .. } => shape::alias_or_copy(&mut cx, id)?,
             Op::Activation(a) => activation::forward(&mut cx, id, a)?,
-            other => {
-                return Err(Error::Usage {
-                    detail: format!(
-                        "layer '{}': {} is not lowered to the loop IR yet; use --engine reference",
-                        node.name,
-                        other.kind_name()
-                    ),
-                })
-            }
+            Op::Dense(d) => dense::forward(&mut cx, id, d)?,
+            Op::Conv(c) => conv::forward(&mut cx, id, c)?,
+            Op::Pool(p) => pool::forward(&mut cx, id, p)?,
+            Op::GlobalPool {
+                kind,
+                rank,
+                data_format,
+                ..
+            } => pool::global(&mut cx, id, *kind, *rank, *data_format)?,
+            Op::ZeroPadding {
+                pads, data_format, ..
+            } => shape::zero_padding(&mut cx, id, pads, *data_format)?,
+            Op::Cropping {
+                crops, data_format, ..
+            } => shape::cropping(&mut cx, id, crops, *data_format)?,
+            Op::Flatten { data_format } => shape::flatten(&mut cx, id, *data_format)?,
+            Op::Reshape { .. } => shape::alias_or_copy(&mut cx, id)?,
+            Op::Permute { dims } => shape::permute(&mut cx, id, dims)?,
+            Op::BatchNorm(bn) => norm::forward(&mut cx, id, bn)?,
+            Op::Merge(kind) => merge::forward(&mut cx, id, *kind)?,
+            Op::Concatenate { axis } => merge::concatenate(&mut cx, id, *axis)?,
         }
     }
     plan(cx)
