@@ -1,14 +1,18 @@
 //! Keras golden cases (produced by tf-keras 2.21, in `tests/data/keras-golden`): every
 //! case passes through every route it offers — `model.h5`, `model.json` + `weights.npz`,
-//! `keras1.json` + `weights.npz` — with `max|y − ref| ≤ 1e-4 · max(1, max|ref|)`, through
-//! the library API and through `lcjit run`.
+//! `keras1.json` + `weights.npz` — with `max|y − ref| ≤ 1e-4 · max(1, max|ref|)`, on
+//! every engine (JIT, loop interpreter, reference), through the library API and through
+//! `lcjit run`.
 //!
 //! `LCJIT_GOLDEN_DIR` points the tests at another directory of cases of the same kind.
 
-use lcjit::{io, Model};
+use lcjit::{io, CompileOptions, CompiledModel, Engine, Model};
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+const ENGINES: [Engine; 3] = [Engine::Jit, Engine::Interp, Engine::Reference];
 
 fn golden_dir() -> PathBuf {
     std::env::var_os("LCJIT_GOLDEN_DIR")
@@ -64,13 +68,22 @@ fn every_golden_case_matches_keras_through_the_api() {
         let want = io::read_npy(&case.join("y.npy")).expect("y.npy");
         let routes = routes(&case);
         assert!(!routes.is_empty(), "{}: no route", case.display());
-        for (label, model, weights) in routes {
+        for ((label, model, weights), engine) in routes
+            .into_iter()
+            .flat_map(|r| ENGINES.map(|e| (r.clone(), e)))
+        {
+            let label = format!("{label}, {}", engine.name());
             let result = (|| {
                 let mut m = Model::load(&model)?;
                 if let Some(w) = &weights {
                     m.load_weights(w)?;
                 }
-                m.predict(&x)
+                let opts = CompileOptions {
+                    engine,
+                    threads: 2,
+                    max_batch: x.shape()[0],
+                };
+                CompiledModel::new(Arc::new(m), opts)?.predict(&x)
             })();
             match result {
                 Ok(y) if y.shape() == want.shape() && rel_err(&y, &want) <= 1e-4 => checked += 1,
@@ -95,7 +108,7 @@ fn every_golden_case_matches_keras_through_the_api() {
         failures.len(),
         failures.join("\n")
     );
-    assert!(checked >= 48, "only {checked} routes checked");
+    assert!(checked >= 3 * 48, "only {checked} routes checked");
 }
 
 #[test]
@@ -105,7 +118,10 @@ fn every_golden_case_matches_keras_through_lcjit_run() {
     let mut failures = Vec::new();
     for case in cases() {
         let want = io::read_npy(&case.join("y.npy")).expect("y.npy");
-        for (i, (label, model, weights)) in routes(&case).into_iter().enumerate() {
+        let runs = routes(&case)
+            .into_iter()
+            .flat_map(|r| ENGINES.map(|e| (r.clone(), e)));
+        for (i, ((label, model, weights), engine)) in runs.enumerate() {
             let name = case.file_name().and_then(|s| s.to_str()).unwrap_or("case");
             let out = out_dir.join(format!("{name}-{i}.npy"));
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_lcjit"));
@@ -115,14 +131,15 @@ fn every_golden_case_matches_keras_through_lcjit_run() {
                 .arg(case.join("x.npy"));
             cmd.arg("--output")
                 .arg(&out)
-                .args(["--engine", "reference"]);
+                .args(["--engine", engine.name()]);
             if let Some(w) = &weights {
                 cmd.arg("--weights").arg(w);
             }
             let res = cmd.output().expect("spawn lcjit");
             if !res.status.success() {
                 failures.push(format!(
-                    "{name} [{label}]: exit {:?}: {}",
+                    "{name} [{label}, {}]: exit {:?}: {}",
+                    engine.name(),
                     res.status.code(),
                     String::from_utf8_lossy(&res.stderr).trim()
                 ));
@@ -130,7 +147,10 @@ fn every_golden_case_matches_keras_through_lcjit_run() {
             }
             let y = io::read_npy(&out).expect("output npy");
             if y.shape() != want.shape() || rel_err(&y, &want) > 1e-4 {
-                failures.push(format!("{name} [{label}]: output differs from Keras"));
+                failures.push(format!(
+                    "{name} [{label}, {}]: output differs from Keras",
+                    engine.name()
+                ));
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Golden text of the graph IR for the small test models, in `ir/<case>/graph.txt`.
+//! Golden text of the graph IR and of the forward loop IR (batch 1) for the small test
+//! models, in `ir/<case>/graph.txt` and `ir/<case>/loops.txt`.
 //! A change to the front end or the printer shows up as a reviewable diff there; rewrite
 //! the files with `BLESS=1 cargo test --release --test ir_golden`.
 
@@ -19,16 +20,21 @@ fn graph_ir_text_matches_the_goldens() {
     for case in &cases {
         let name = case.file_name().and_then(|n| n.to_str()).expect("name");
         let model = Model::load(case.join("model.json")).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let text = lcjit::graph::print::graph_text(model.graph());
-        let path = root.join("ir").join(name).join("graph.txt");
-        if bless {
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&path, &text).expect("write golden");
-        } else {
-            match std::fs::read_to_string(&path) {
-                Ok(want) if want == text => {}
-                Ok(_) => diffs.push(format!("{name}: graph IR differs from {}", path.display())),
-                Err(_) => diffs.push(format!("{name}: {} is missing", path.display())),
+        let graph = lcjit::graph::print::graph_text(model.graph());
+        let lowered = lcjit::lower::lower_forward(model.graph(), 1)
+            .unwrap_or_else(|e| panic!("{name}: lowering failed: {e}"));
+        let loops = lcjit::loop_ir::print::module_text(&lowered.module);
+        for (file, text) in [("graph.txt", graph), ("loops.txt", loops)] {
+            let path = root.join("ir").join(name).join(file);
+            if bless {
+                std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                std::fs::write(&path, &text).expect("write golden");
+            } else {
+                match std::fs::read_to_string(&path) {
+                    Ok(want) if want == text => {}
+                    Ok(_) => diffs.push(format!("{name}: {file} differs from {}", path.display())),
+                    Err(_) => diffs.push(format!("{name}: {} is missing", path.display())),
+                }
             }
         }
     }

@@ -54,29 +54,32 @@ fn check(g: Graph, what: &str) {
             })
             .collect();
         let want = model.predict_many(&inputs).expect("reference");
-        let compiled = CompiledModel::new(
-            model.clone(),
-            CompileOptions {
-                engine: Engine::Interp,
-                threads: 2,
-                max_batch: batch,
-            },
-        )
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let got = compiled
-            .predict_many(&inputs)
-            .unwrap_or_else(|e| panic!("{what} (batch {batch}): {e}"));
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.shape(), w.shape(), "{what}");
-            let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let err = g
-                .iter()
-                .zip(w.iter())
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                err <= 1e-5 * scale,
-                "{what} (batch {batch}): max error {err} (scale {scale})"
-            );
+        for engine in [Engine::Interp, Engine::Jit] {
+            let compiled = CompiledModel::new(
+                model.clone(),
+                CompileOptions {
+                    engine,
+                    threads: 2,
+                    max_batch: batch,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{what} ({}): {e}", engine.name()));
+            let got = compiled
+                .predict_many(&inputs)
+                .unwrap_or_else(|e| panic!("{what} (batch {batch}, {}): {e}", engine.name()));
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.shape(), w.shape(), "{what}");
+                let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let err = g
+                    .iter()
+                    .zip(w.iter())
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{what} (batch {batch}, {}): max error {err} (scale {scale})",
+                    engine.name()
+                );
+            }
         }
     }
 }

@@ -222,5 +222,19 @@ proptest! {
         let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(want.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         prop_assert!(err <= 1e-5 * scale, "max error {} (scale {})", err, scale);
+        // The JIT against the interpreter: bitwise on FMA hosts, any thread count.
+        for threads in [1, 2] {
+            let jit = CompiledModel::new(
+                model.clone(),
+                CompileOptions { engine: Engine::Jit, threads, max_batch: batch },
+            )
+            .expect("compile jit");
+            let y = jit.predict(&x).expect("jit");
+            let err = y.iter().zip(got.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            prop_assert!(err <= 1e-6 * scale, "jit vs interp: {}", err);
+            if lcjit::backend::host_has_fma() {
+                prop_assert!(y.iter().zip(got.iter()).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())), "jit differs from interp");
+            }
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! are proved safe.
 //!
 //! Structural rules: variables are bound once and used only inside their loop; only a
-//! kernel's top-level loops may be `Parallel`; `Vector(w)` loops are innermost, have
+//! kernel's top-level loop may be `Parallel`, and then it is the kernel's only top-level
+//! statement (each thread runs a contiguous range of its iterations); `Vector(w)` loops are innermost, have
 //! extents divisible by `w`, use their variable with coefficient 0 or 1 in indices and
 //! with coefficient 1 in the indices they store to, and carry no `If` on it; `Unroll(n)`
 //! extents are divisible by `n`; local tiles are indexed only by `Vector` variables and
@@ -276,6 +277,18 @@ pub fn verify(module: &Module) -> Result<()> {
             guards: Vec::new(),
             in_vector: None,
         };
+        let parallel = kernel.body.iter().any(|s| {
+            matches!(
+                s,
+                Stmt::For {
+                    kind: LoopKind::Parallel,
+                    ..
+                }
+            )
+        });
+        if parallel && kernel.body.len() != 1 {
+            ctx.err("a parallel loop must be the kernel's only top-level statement".into());
+        }
         ctx.stmts(&kernel.body, &scope, true);
         errs.extend(ctx.errs);
     }

@@ -196,24 +196,32 @@ pub fn forward(cx: &mut Cx, node: NodeId, d: &Dense) -> Result<()> {
         }
         vec![for_(ut_v, n_ut as u64, LoopKind::Parallel, body)]
     } else {
-        // Parallel over row tiles; the remainder rows as a second top-level loop.
-        let mut nest = vec![for_(
-            rt_v,
-            n_rt as u64,
-            LoopKind::Parallel,
-            vec![for_(
-                ut_v,
-                n_ut as u64,
-                LoopKind::Serial,
-                plan.tile(&mut kb, "", row0, rt, u0)?,
-            )],
+        // Parallel over row tiles. The remainder rows are one more iteration of the same
+        // parallel loop, selected by guards: the back end requires a parallel loop to be
+        // a kernel's only top-level statement.
+        let main = vec![for_(
+            ut_v,
+            n_ut as u64,
+            LoopKind::Serial,
+            plan.tile(&mut kb, "", row0, rt, u0)?,
         )];
+        let mut body = Vec::new();
+        let extent = if rem > 0 { n_rt + 1 } else { n_rt };
         if rem > 0 {
+            body.push(Stmt::If {
+                conds: vec![(Affine::var(rt_v), 0, n_rt as i64)],
+                body: main,
+            });
             let ut_r = kb.var("ut_r");
-            let body = plan.tile(&mut kb, "_r", rem0, rem, Affine::var(ut_r).scale(ut as i64))?;
-            nest.push(for_(ut_r, n_ut as u64, LoopKind::Serial, body));
+            let tail = plan.tile(&mut kb, "_r", rem0, rem, Affine::var(ut_r).scale(ut as i64))?;
+            body.push(Stmt::If {
+                conds: vec![(Affine::var(rt_v), n_rt as i64, n_rt as i64 + 1)],
+                body: vec![for_(ut_r, n_ut as u64, LoopKind::Serial, tail)],
+            });
+        } else {
+            body = main;
         }
-        nest
+        vec![for_(rt_v, extent as u64, LoopKind::Parallel, body)]
     };
     let mut reads = vec![x, k];
     reads.extend(bias);
