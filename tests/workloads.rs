@@ -1,10 +1,11 @@
 //! The benchmark workloads (`tests/data/workloads`, real configs written by tf-keras and
 //! Keras 1) load, summarize with Keras's counts, and run on the reference path.
 
-use lcjit::{LoadOptions, Model};
+use lcjit::{CompileOptions, CompiledModel, Engine, LoadOptions, Model};
 use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 fn workload(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
