@@ -79,6 +79,17 @@ enum Command {
         #[arg(long)]
         no_probe: bool,
     },
+    /// Convert a model (any supported dialect and file) to a tf-keras .h5, .keras or .npz file.
+    Convert {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+        /// Weights file (.h5 or .npz with keys <layer>/<weight>); overrides the model's.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Where to write: .h5 (legacy full model), .keras (archive) or .npz (weights only).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Print an intermediate representation of a model.
     Ir {
         /// Model file: .json (any Keras dialect), .h5 or .keras.
@@ -155,6 +166,25 @@ fn run(cli: Cli) -> Result<()> {
             };
             let m = Model::load_with(&model, &opts)?;
             print!("{}", m.summary());
+            Ok(())
+        }
+        Some(Command::Convert {
+            model,
+            weights,
+            output,
+        }) => {
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed: 0,
+            };
+            let m = load(&model, weights.as_deref(), &opts)?;
+            m.save(&output)?;
+            eprintln!(
+                "converted {} ({:?} dialect) to {}",
+                model.display(),
+                m.dialect(),
+                output.display()
+            );
             Ok(())
         }
         Some(Command::Ir {

@@ -24,6 +24,7 @@
 
 pub mod layers;
 pub mod objects;
+pub mod serialize;
 pub mod value;
 
 mod functional;
