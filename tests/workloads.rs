@@ -62,5 +62,22 @@ fn every_workload_loads_and_runs() {
             "{name}"
         );
         assert!(y.iter().all(|v| v.is_finite()), "{name}: non-finite output");
+        // The JIT runs every workload and agrees with the reference path.
+        let jit = CompiledModel::new(
+            Arc::new(model),
+            CompileOptions {
+                engine: Engine::Jit,
+                threads: 2,
+                max_batch: 1,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let yj = jit.predict(&x).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let scale = y.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = yj
+            .iter()
+            .zip(y.iter())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5 * scale, "{name}: jit vs reference {err}");
     }
 }
