@@ -31,6 +31,7 @@ pub mod lower;
 pub mod model;
 pub mod reference;
 pub mod runtime;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};
