@@ -221,7 +221,9 @@ pub fn fit(
         )));
     }
     let (train_n, split_val) = if validation.is_none() && opts.validation_split > 0.0 {
-        let at = (n as f64 * (1.0 - opts.validation_split as f64)).floor() as usize;
+        // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
+        let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
+        let at = (n as f64 * (1.0 - split)).floor() as usize;
         if at == 0 || at == n {
             return Err(usage(format!(
                 "validation split {} of {n} samples leaves an empty training or validation set",

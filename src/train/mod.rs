@@ -6,8 +6,10 @@
 //! ```no_run
 //! # use lcjit::train::*;
 //! # fn demo(model: &lcjit::Model) -> lcjit::Result<()> {
-//! let setup = config::parse_training_config(model.training_config().unwrap(), "model.h5")?;
-//! let mut opt = Optimizer::new(setup.optimizer);
+//! if let Some(tc) = model.training_config() {
+//!     let setup = parse_training_config(tc, "model.h5")?;
+//!     let mut opt = Optimizer::new(setup.optimizer);
+//! }
 //! # Ok(()) }
 //! ```
 
