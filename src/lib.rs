@@ -32,6 +32,7 @@ pub mod model;
 pub mod reference;
 pub mod runtime;
 pub mod save;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};

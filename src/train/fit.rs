@@ -1,0 +1,400 @@
+//! The training loop, generic over how gradients are computed.
+//!
+//! Per batch, as tf-keras 2.21's `Model.train_step`: the step closure returns the data
+//! loss (`sum_over_batch_size`) and its gradients at the current weights; the weight
+//! regularization loss (same weights) is added to the loss and its gradient to the
+//! gradients; the optimizer updates the trainable weights; constraints are applied in
+//! Keras layout. The epoch loss is Keras's `Mean` metric updated with
+//! `sample_weight = batch size` (`compile_utils.LossesContainer.__call__`): a mean over
+//! batches weighted by their size, so a smaller last batch counts less.
+//! `validation_split` takes the last fraction of the data before shuffling, like
+//! `data_adapter.train_validation_split` (`split_at = floor(n·(1 − split))`).
+
+use super::loss::Loss;
+use super::optimizer::Optimizer;
+use super::regularize::ParamTable;
+use crate::error::{Error, Result};
+use ndarray::{ArrayD, Axis};
+use std::io::{IsTerminal, Write};
+
+/// A metric reported per epoch (a running mean over samples, as Keras's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// `accuracy` whose kind depends on the output's last dimension (1: binary).
+    Accuracy,
+    /// `mean((p > 0.5) == t, axis=-1)`.
+    BinaryAccuracy,
+    /// `argmax(p) == argmax(t)`.
+    CategoricalAccuracy,
+    /// `argmax(p) == t`.
+    SparseCategoricalAccuracy,
+    /// Mean absolute error.
+    MeanAbsoluteError,
+    /// Mean squared error.
+    MeanSquaredError,
+}
+
+impl Metric {
+    /// Resolves a Keras metric name against the loss (`accuracy` follows the loss as in
+    /// `compile_utils.MetricsContainer._get_metric_object`). `None` if unknown.
+    pub fn parse(name: &str, loss: &Loss) -> Option<Metric> {
+        Some(match name {
+            "accuracy" | "acc" => match loss {
+                Loss::BinaryCrossentropy { .. } => Metric::BinaryAccuracy,
+                Loss::CategoricalCrossentropy { .. } => Metric::CategoricalAccuracy,
+                Loss::SparseCategoricalCrossentropy { .. } => Metric::SparseCategoricalAccuracy,
+                _ => Metric::Accuracy,
+            },
+            "binary_accuracy" => Metric::BinaryAccuracy,
+            "categorical_accuracy" => Metric::CategoricalAccuracy,
+            "sparse_categorical_accuracy" => Metric::SparseCategoricalAccuracy,
+            "mae" | "mean_absolute_error" => Metric::MeanAbsoluteError,
+            "mse" | "mean_squared_error" => Metric::MeanSquaredError,
+            _ => return None,
+        })
+    }
+
+    /// The name Keras reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::BinaryAccuracy => "binary_accuracy",
+            Metric::CategoricalAccuracy => "categorical_accuracy",
+            Metric::SparseCategoricalAccuracy => "sparse_categorical_accuracy",
+            Metric::MeanAbsoluteError => "mae",
+            Metric::MeanSquaredError => "mse",
+        }
+    }
+
+    /// `(sum over samples, number of samples)` of the metric on one batch.
+    pub fn batch(&self, y_true: &ArrayD<f32>, y_pred: &ArrayD<f32>) -> Result<(f64, f64)> {
+        let c = y_pred.shape().last().copied().unwrap_or(1).max(1);
+        let p: Vec<f32> = y_pred.iter().copied().collect();
+        let t: Vec<f32> = y_true.iter().copied().collect();
+        let rows = p.len() / c;
+        let sparse = matches!(self, Metric::SparseCategoricalAccuracy);
+        if (sparse && t.len() != rows) || (!sparse && t.len() != p.len()) {
+            return Err(Error::Input {
+                detail: format!(
+                    "metric {}: y_true shape {:?} does not fit prediction shape {:?}",
+                    self.name(),
+                    y_true.shape(),
+                    y_pred.shape()
+                ),
+            });
+        }
+        let argmax = |r: &[f32]| {
+            let mut best = 0;
+            for (i, &v) in r.iter().enumerate() {
+                if v > r[best] {
+                    best = i;
+                }
+            }
+            best
+        };
+        let kind = match self {
+            Metric::Accuracy if c == 1 => Metric::BinaryAccuracy,
+            Metric::Accuracy => Metric::CategoricalAccuracy,
+            m => *m,
+        };
+        let mut sum = 0f64;
+        for r in 0..rows {
+            let pr = &p[r * c..(r + 1) * c];
+            sum += match kind {
+                Metric::SparseCategoricalAccuracy => (argmax(pr) as f32 == t[r]) as u8 as f64,
+                Metric::CategoricalAccuracy => {
+                    (argmax(pr) == argmax(&t[r * c..(r + 1) * c])) as u8 as f64
+                }
+                _ => {
+                    let tr = &t[r * c..(r + 1) * c];
+                    let s: f64 = pr
+                        .iter()
+                        .zip(tr)
+                        .map(|(&p, &t)| match kind {
+                            Metric::BinaryAccuracy => ((p > 0.5) as u8 as f32 == t) as u8 as f64,
+                            Metric::MeanAbsoluteError => (p as f64 - t as f64).abs(),
+                            _ => (p as f64 - t as f64).powi(2),
+                        })
+                        .sum();
+                    s / c as f64
+                }
+            };
+        }
+        Ok((sum, rows as f64))
+    }
+}
+
+/// Options of [`fit`] (Keras `fit` arguments).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitOptions {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Samples per batch (the last batch may be smaller).
+    pub batch_size: usize,
+    /// `None`: no shuffling (`shuffle=False`); `Some(seed)`: a new permutation per epoch.
+    pub shuffle: Option<u64>,
+    /// Fraction of the data, taken from the end, held out for validation.
+    pub validation_split: f32,
+    /// Metrics to report.
+    pub metrics: Vec<Metric>,
+    /// Print a line per epoch (and a progress bar on a terminal) to stderr.
+    pub verbose: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            epochs: 1,
+            batch_size: 32,
+            shuffle: None,
+            validation_split: 0.0,
+            metrics: Vec::new(),
+            verbose: false,
+        }
+    }
+}
+
+/// What the gradient side returns for one batch.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    /// Data loss of the batch (`sum_over_batch_size`), activity regularization included.
+    pub loss: f64,
+    /// Gradient of `loss` for every parameter (zeros or anything for non-trainable ones).
+    pub grads: Vec<ArrayD<f32>>,
+    /// The batch's predictions, if metrics are wanted.
+    pub y_pred: Option<ArrayD<f32>>,
+}
+
+/// The closures [`fit`] calls.
+pub struct FitCallbacks<'c> {
+    /// `(params, x batch, y batch) → loss and gradients` at those params.
+    #[allow(clippy::type_complexity)]
+    pub step: &'c mut dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput>,
+    /// `(params, x) → predictions`, inference mode; needed for validation.
+    #[allow(clippy::type_complexity)]
+    pub predict: Option<&'c mut dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<ArrayD<f32>>>,
+}
+
+/// Per-epoch results, as Keras's `History.history`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Training loss per epoch (regularization included).
+    pub loss: Vec<f64>,
+    /// Training metrics per epoch, by name.
+    pub metrics: Vec<(String, Vec<f64>)>,
+    /// Validation loss per epoch (empty without validation data).
+    pub val_loss: Vec<f64>,
+    /// Validation metrics per epoch.
+    pub val_metrics: Vec<(String, Vec<f64>)>,
+    /// Why training stopped early (a non-finite loss or weight), if it did.
+    pub stopped: Option<String>,
+}
+
+/// Trains `params` in place. `validation`, if given, overrides `validation_split`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    params: &mut [ArrayD<f32>],
+    table: &ParamTable,
+    optimizer: &mut Optimizer,
+    loss: &Loss,
+    xs: &ArrayD<f32>,
+    ys: &ArrayD<f32>,
+    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
+    opts: &FitOptions,
+    cb: FitCallbacks,
+) -> Result<History> {
+    let usage = |d: String| Error::Usage { detail: d };
+    if opts.batch_size == 0 {
+        return Err(usage("batch size must be at least 1".into()));
+    }
+    let n = xs.shape().first().copied().unwrap_or(0);
+    if ys.shape().first().copied() != Some(n) || n == 0 {
+        return Err(usage(format!(
+            "x has {n} samples, y has {:?}: need the same non-zero number",
+            ys.shape().first()
+        )));
+    }
+    if !(0.0..1.0).contains(&opts.validation_split) {
+        return Err(usage(format!(
+            "validation split {} is not in [0, 1)",
+            opts.validation_split
+        )));
+    }
+    let (train_n, split_val) = if validation.is_none() && opts.validation_split > 0.0 {
+        // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
+        let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
+        let at = (n as f64 * (1.0 - split)).floor() as usize;
+        if at == 0 || at == n {
+            return Err(usage(format!(
+                "validation split {} of {n} samples leaves an empty training or validation set",
+                opts.validation_split
+            )));
+        }
+        let vx = xs.slice_axis(Axis(0), (at..n).into()).to_owned();
+        let vy = ys.slice_axis(Axis(0), (at..n).into()).to_owned();
+        (at, Some((vx, vy)))
+    } else {
+        (n, None)
+    };
+    let val: Option<(&ArrayD<f32>, &ArrayD<f32>)> =
+        validation.or(split_val.as_ref().map(|(a, b)| (a, b)));
+    let trainable = table.trainable();
+    let mut hist = History {
+        metrics: opts
+            .metrics
+            .iter()
+            .map(|m| (m.name().to_string(), Vec::new()))
+            .collect(),
+        val_metrics: opts
+            .metrics
+            .iter()
+            .map(|m| (format!("val_{}", m.name()), Vec::new()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut rng = opts.shuffle.map(SplitMix);
+    let batches = train_n.div_ceil(opts.batch_size);
+    let bar = opts.verbose && std::io::stderr().is_terminal();
+    let FitCallbacks { step, mut predict } = cb;
+    'epochs: for epoch in 0..opts.epochs {
+        let mut order: Vec<usize> = (0..train_n).collect();
+        if let Some(r) = rng.as_mut() {
+            for i in (1..train_n).rev() {
+                let j = (r.next() % (i as u64 + 1)) as usize;
+                order.swap(i, j);
+            }
+        }
+        let (mut lsum, mut lcount) = (0f64, 0f64);
+        let mut msum = vec![(0f64, 0f64); opts.metrics.len()];
+        for b in 0..batches {
+            let idx = &order[b * opts.batch_size..((b + 1) * opts.batch_size).min(train_n)];
+            let xb = xs.select(Axis(0), idx);
+            let yb = ys.select(Axis(0), idx);
+            let out = step(params, &xb, &yb)?;
+            let mut grads = out.grads;
+            if grads.len() != params.len() {
+                return Err(Error::internal(format!(
+                    "gradient step returned {} gradients for {} parameters",
+                    grads.len(),
+                    params.len()
+                )));
+            }
+            let reg = table.regularize(params, Some(&mut grads))?;
+            let total = out.loss + reg;
+            if let Some(yp) = &out.y_pred {
+                for (k, m) in opts.metrics.iter().enumerate() {
+                    let (s, c) = m.batch(&yb, yp)?;
+                    msum[k].0 += s;
+                    msum[k].1 += c;
+                }
+            }
+            lsum += total * idx.len() as f64;
+            lcount += idx.len() as f64;
+            if !total.is_finite() {
+                hist.stopped = Some(format!(
+                    "epoch {}, batch {}: loss is {total}",
+                    epoch + 1,
+                    b + 1
+                ));
+                hist.loss.push(lsum / lcount);
+                break 'epochs;
+            }
+            let before = params.to_vec();
+            optimizer.step(params, &grads, &trainable)?;
+            table.constrain(params)?;
+            if params.iter().any(|p| p.iter().any(|v| !v.is_finite())) {
+                params.clone_from_slice(&before);
+                hist.stopped = Some(format!(
+                    "epoch {}, batch {}: update made a weight non-finite",
+                    epoch + 1,
+                    b + 1
+                ));
+                hist.loss.push(lsum / lcount);
+                break 'epochs;
+            }
+            if bar {
+                let w = 30 * (b + 1) / batches;
+                eprint!(
+                    "\rEpoch {}/{} [{}{}] {}/{} loss: {:.6}",
+                    epoch + 1,
+                    opts.epochs,
+                    "=".repeat(w),
+                    " ".repeat(30 - w),
+                    b + 1,
+                    batches,
+                    lsum / lcount
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        hist.loss.push(lsum / lcount);
+        for (k, (s, c)) in msum.iter().enumerate() {
+            hist.metrics[k]
+                .1
+                .push(if *c > 0.0 { s / c } else { f64::NAN });
+        }
+        let mut line = format!(
+            "Epoch {}/{} - loss: {:.6}",
+            epoch + 1,
+            opts.epochs,
+            lsum / lcount
+        );
+        for (name, v) in &hist.metrics {
+            if let Some(x) = v.last() {
+                line += &format!(" - {name}: {x:.6}");
+            }
+        }
+        if let Some((vx, vy)) = val {
+            let pf = predict
+                .as_mut()
+                .ok_or_else(|| usage("validation needs a predict function".into()))?;
+            let (mut vsum, mut vcount) = (0f64, 0f64);
+            let mut vm = vec![(0f64, 0f64); opts.metrics.len()];
+            let vn = vx.shape().first().copied().unwrap_or(0);
+            let reg = table.regularize(params, None)?;
+            for s in (0..vn).step_by(opts.batch_size) {
+                let r = s..(s + opts.batch_size).min(vn);
+                let xb = vx.slice_axis(Axis(0), r.clone().into()).to_owned();
+                let yb = vy.slice_axis(Axis(0), r.clone().into()).to_owned();
+                let yp = pf(params, &xb)?;
+                vsum += (loss.value(&yb, &yp)? + reg) * r.len() as f64;
+                vcount += r.len() as f64;
+                for (k, m) in opts.metrics.iter().enumerate() {
+                    let (a, c) = m.batch(&yb, &yp)?;
+                    vm[k].0 += a;
+                    vm[k].1 += c;
+                }
+            }
+            hist.val_loss.push(vsum / vcount.max(1.0));
+            line += &format!(" - val_loss: {:.6}", vsum / vcount.max(1.0));
+            for (k, (a, c)) in vm.iter().enumerate() {
+                let v = if *c > 0.0 { a / c } else { f64::NAN };
+                hist.val_metrics[k].1.push(v);
+                line += &format!(" - {}: {v:.6}", hist.val_metrics[k].0);
+            }
+        }
+        if opts.verbose {
+            if bar {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("{line}");
+        }
+    }
+    if let (Some(why), true) = (&hist.stopped, opts.verbose) {
+        eprintln!("stopped: {why} (weights of the last finite step kept)");
+    }
+    Ok(hist)
+}
+
+/// SplitMix64: a small deterministic generator for shuffling.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

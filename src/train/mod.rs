@@ -1,0 +1,28 @@
+//! Training: Keras losses, regularizers, constraints, optimizers, learning-rate
+//! schedules, `training_config` parsing and a `fit` loop generic over how gradients are
+//! computed — all matching tf-keras 2.21 (and the legacy / multi-backend optimizers
+//! where a configuration asks for them).
+//!
+//! ```no_run
+//! # use lcjit::train::*;
+//! # fn demo(model: &lcjit::Model) -> lcjit::Result<()> {
+//! if let Some(tc) = model.training_config() {
+//!     let setup = parse_training_config(tc, "model.h5")?;
+//!     let mut opt = Optimizer::new(setup.optimizer);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod fit;
+pub mod loss;
+pub mod optimizer;
+pub mod regularize;
+pub mod schedule;
+
+pub use config::{parse_loss_arg, parse_optimizer_arg, parse_training_config, TrainingSetup};
+pub use fit::{fit, FitCallbacks, FitOptions, History, Metric, StepOutput};
+pub use loss::{Loss, OutputActivation};
+pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
+pub use regularize::{apply_constraint, regularization, ParamTable};
+pub use schedule::LearningRate;

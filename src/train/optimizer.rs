@@ -1,0 +1,446 @@
+//! Optimizers with tf-keras 2.21's update rules, elementwise in float32.
+//!
+//! Three flavours ([`Flavor`]) differ in a few places:
+//! - [`Flavor::TfKeras`]: `keras.optimizers.*` of tf-keras ≥ 2.11 (`is_legacy_optimizer:
+//!   false`), `tf_keras/optimizers/{sgd,adam,rmsprop,…}.py`. Per step: learning rate from
+//!   the schedule at `iterations`; clip (`clipnorm` per tensor, else `global_clipnorm`,
+//!   else `clipvalue`); weight decay `w −= w·wd·lr`; `update_step` per variable;
+//!   `iterations += 1`; constraints (applied by the caller, in Keras layout).
+//! - [`Flavor::Legacy`]: `optimizer_v2` (`is_legacy_optimizer: true`, tf.keras ≤ 2.10):
+//!   same math except `lr / (1 + decay·iterations)`, Adagrad's `ε` outside the square
+//!   root, and Nadam's momentum schedule `0.96^(schedule_decay·t)`.
+//! - [`Flavor::MultiBackend`]: Keras 1 / 2.0–2.3: as legacy, plus RMSprop's `ε` outside
+//!   the square root, Adagrad accumulators starting at 0, and `clipnorm` taken over the
+//!   global norm of all gradients.
+//!
+//! State is kept per parameter in canonical layout (every rule is elementwise).
+
+use crate::error::{Error, Result};
+use crate::train::schedule::LearningRate;
+use ndarray::{ArrayD, Zip};
+
+/// Which Keras implementation's update rules to follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// tf-keras ≥ 2.11 `keras.optimizers.*`.
+    TfKeras,
+    /// `optimizer_v2` / `keras.optimizers.legacy.*`.
+    Legacy,
+    /// Keras 1 and multi-backend Keras 2.0–2.3.
+    MultiBackend,
+}
+
+/// The update rule and its hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Algorithm {
+    /// `m = μm − lr·g; w += m` (Nesterov: `w += μm − lr·g`); plain `w −= lr·g` when μ = 0.
+    Sgd {
+        /// Momentum μ.
+        momentum: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// Adam / AdamW (AdamW = Adam with `weight_decay`).
+    Adam {
+        /// β1.
+        beta_1: f32,
+        /// β2.
+        beta_2: f32,
+        /// ε.
+        epsilon: f32,
+        /// AMSGrad variant.
+        amsgrad: bool,
+    },
+    /// Adamax.
+    Adamax {
+        /// β1.
+        beta_1: f32,
+        /// β2.
+        beta_2: f32,
+        /// ε.
+        epsilon: f32,
+    },
+    /// Nadam.
+    Nadam {
+        /// β1.
+        beta_1: f32,
+        /// β2.
+        beta_2: f32,
+        /// ε.
+        epsilon: f32,
+        /// Exponent factor of the momentum schedule (1 in tf-keras ≥ 2.11, 0.004 before).
+        schedule_decay: f32,
+    },
+    /// RMSprop.
+    RmsProp {
+        /// ρ.
+        rho: f32,
+        /// Momentum.
+        momentum: f32,
+        /// ε.
+        epsilon: f32,
+        /// Centered variant.
+        centered: bool,
+    },
+    /// Adagrad.
+    Adagrad {
+        /// Initial accumulator value.
+        initial_accumulator_value: f32,
+        /// ε.
+        epsilon: f32,
+    },
+    /// Adadelta.
+    Adadelta {
+        /// ρ.
+        rho: f32,
+        /// ε.
+        epsilon: f32,
+    },
+}
+
+/// An optimizer's full configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerConfig {
+    /// Keras class name as given (`SGD`, `Adam`, `AdamW`…), for messages.
+    pub name: String,
+    /// Update rule.
+    pub algorithm: Algorithm,
+    /// Learning rate.
+    pub learning_rate: LearningRate,
+    /// Which implementation's rules.
+    pub flavor: Flavor,
+    /// Per-tensor gradient norm clip.
+    pub clipnorm: Option<f32>,
+    /// Elementwise gradient clip.
+    pub clipvalue: Option<f32>,
+    /// Global gradient norm clip.
+    pub global_clipnorm: Option<f32>,
+    /// Decoupled weight decay (`w −= w·wd·lr` before the update).
+    pub weight_decay: Option<f32>,
+    /// Legacy inverse-time decay of the learning rate (`lr / (1 + decay·t)`).
+    pub decay: f32,
+}
+
+/// Per-parameter optimizer state.
+#[derive(Clone, Debug, Default)]
+struct Slots {
+    a: Option<ArrayD<f32>>,
+    b: Option<ArrayD<f32>>,
+    c: Option<ArrayD<f32>>,
+}
+
+/// An optimizer with its state.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    /// The configuration.
+    pub config: OptimizerConfig,
+    /// Updates applied so far (Keras `optimizer.iterations`).
+    pub iterations: u64,
+    slots: Vec<Slots>,
+    u_product: f32,
+}
+
+impl Optimizer {
+    /// A fresh optimizer (no state, `iterations = 0`).
+    pub fn new(config: OptimizerConfig) -> Self {
+        Optimizer {
+            config,
+            iterations: 0,
+            slots: Vec::new(),
+            u_product: 1.0,
+        }
+    }
+
+    /// The learning rate the next step uses.
+    pub fn current_learning_rate(&self) -> f32 {
+        let lr = self.config.learning_rate.at(self.iterations);
+        if self.config.flavor != Flavor::TfKeras
+            && self.config.decay > 0.0
+            && !matches!(self.config.algorithm, Algorithm::Nadam { .. })
+        {
+            lr / (1.0 + self.config.decay * self.iterations as f32)
+        } else {
+            lr
+        }
+    }
+
+    /// One update of every trainable parameter from its gradient.
+    pub fn step(
+        &mut self,
+        params: &mut [ArrayD<f32>],
+        grads: &[ArrayD<f32>],
+        trainable: &[bool],
+    ) -> Result<()> {
+        if params.len() != grads.len() || params.len() != trainable.len() {
+            return Err(Error::internal(format!(
+                "optimizer step: {} params, {} gradients, {} trainable flags",
+                params.len(),
+                grads.len(),
+                trainable.len()
+            )));
+        }
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            if trainable[i] && p.shape() != g.shape() {
+                return Err(Error::internal(format!(
+                    "optimizer step: gradient {i} has shape {:?}, parameter {:?}",
+                    g.shape(),
+                    p.shape()
+                )));
+            }
+        }
+        if self.slots.len() != params.len() {
+            self.slots = vec![Slots::default(); params.len()];
+        }
+        let lr = self.current_learning_rate();
+        let idx: Vec<usize> = (0..params.len()).filter(|&i| trainable[i]).collect();
+        let mut gs: Vec<ArrayD<f32>> = idx.iter().map(|&i| grads[i].clone()).collect();
+        self.clip(&mut gs);
+        if let (Some(wd), Flavor::TfKeras) = (self.config.weight_decay, self.config.flavor) {
+            for &i in &idx {
+                params[i].mapv_inplace(|w| w - w * wd * lr);
+            }
+        }
+        let t = self.iterations as f32 + 1.0;
+        // Nadam's running product of momentum-schedule factors, once per step.
+        let mut nadam = (0.0, 0.0, 0.0, 0.0);
+        if let Algorithm::Nadam {
+            beta_1,
+            schedule_decay,
+            ..
+        } = self.config.algorithm
+        {
+            let u_t = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * t));
+            let u_t1 = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * (t + 1.0)));
+            self.u_product *= u_t;
+            nadam = (u_t, u_t1, self.u_product, self.u_product * u_t1);
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let g = &gs[k];
+            let slots = &mut self.slots[i];
+            let w = &mut params[i];
+            update(
+                &self.config.algorithm,
+                self.config.flavor,
+                lr,
+                t,
+                nadam,
+                w,
+                g,
+                slots,
+            );
+        }
+        self.iterations += 1;
+        Ok(())
+    }
+
+    fn clip(&self, gs: &mut [ArrayD<f32>]) {
+        let c = &self.config;
+        let norm = |g: &ArrayD<f32>| g.iter().map(|&x| x * x).sum::<f32>().sqrt();
+        if let Some(cn) = c.clipnorm.filter(|&v| v > 0.0) {
+            if c.flavor == Flavor::MultiBackend {
+                let gn = gs
+                    .iter()
+                    .map(|g| g.iter().map(|&x| x * x).sum::<f32>())
+                    .sum::<f32>()
+                    .sqrt();
+                if gn >= cn {
+                    for g in gs.iter_mut() {
+                        g.mapv_inplace(|x| x * cn / gn);
+                    }
+                }
+            } else {
+                // tf.clip_by_norm: t · clip / max(‖t‖, clip).
+                for g in gs.iter_mut() {
+                    let n = norm(g);
+                    g.mapv_inplace(|x| x * cn / n.max(cn));
+                }
+            }
+            return;
+        }
+        if let Some(gc) = c.global_clipnorm.filter(|&v| v > 0.0) {
+            // tf.clip_by_global_norm: t · clip / max(global_norm, clip).
+            let gn = gs
+                .iter()
+                .map(|g| g.iter().map(|&x| x * x).sum::<f32>())
+                .sum::<f32>()
+                .sqrt();
+            let scale = gc / gn.max(gc);
+            for g in gs.iter_mut() {
+                g.mapv_inplace(|x| x * scale);
+            }
+            return;
+        }
+        if let Some(cv) = c.clipvalue.filter(|&v| v > 0.0) {
+            for g in gs.iter_mut() {
+                g.mapv_inplace(|x| x.clamp(-cv, cv));
+            }
+        }
+    }
+}
+
+fn slot<'a>(s: &'a mut Option<ArrayD<f32>>, like: &ArrayD<f32>, init: f32) -> &'a mut ArrayD<f32> {
+    s.get_or_insert_with(|| ArrayD::from_elem(like.raw_dim(), init))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update(
+    alg: &Algorithm,
+    flavor: Flavor,
+    lr: f32,
+    t: f32,
+    nadam: (f32, f32, f32, f32),
+    w: &mut ArrayD<f32>,
+    g: &ArrayD<f32>,
+    s: &mut Slots,
+) {
+    match *alg {
+        Algorithm::Sgd { momentum, nesterov } => {
+            if momentum == 0.0 && !nesterov {
+                Zip::from(w).and(g).for_each(|w, &g| *w += -g * lr);
+                return;
+            }
+            let m = slot(&mut s.a, g, 0.0);
+            Zip::from(w).and(m).and(g).for_each(|w, m, &g| {
+                *m = -g * lr + *m * momentum;
+                if nesterov {
+                    *w += -g * lr + *m * momentum;
+                } else {
+                    *w += *m;
+                }
+            });
+        }
+        Algorithm::Adam {
+            beta_1,
+            beta_2,
+            epsilon,
+            amsgrad,
+        } => {
+            let alpha = lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t));
+            let m = slot(&mut s.a, g, 0.0);
+            let v = slot(&mut s.b, g, 0.0);
+            Zip::from(&mut *m).and(&mut *v).and(g).for_each(|m, v, &g| {
+                *m += (g - *m) * (1.0 - beta_1);
+                *v += (g * g - *v) * (1.0 - beta_2);
+            });
+            if amsgrad {
+                let vh = slot(&mut s.c, g, 0.0);
+                Zip::from(&mut *vh)
+                    .and(&*v)
+                    .for_each(|vh, &v| *vh = vh.max(v));
+                Zip::from(w)
+                    .and(&*m)
+                    .and(&*vh)
+                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
+            } else {
+                Zip::from(w)
+                    .and(&*m)
+                    .and(&*v)
+                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
+            }
+        }
+        Algorithm::Adamax {
+            beta_1,
+            beta_2,
+            epsilon,
+        } => {
+            let b1p = beta_1.powf(t);
+            let m = slot(&mut s.a, g, 0.0);
+            let u = slot(&mut s.b, g, 0.0);
+            Zip::from(w).and(m).and(u).and(g).for_each(|w, m, u, &g| {
+                *m += (g - *m) * (1.0 - beta_1);
+                *u = (beta_2 * *u).max(g.abs());
+                *w -= (lr * *m) / ((1.0 - b1p) * (*u + epsilon));
+            });
+        }
+        Algorithm::Nadam {
+            beta_1,
+            beta_2,
+            epsilon,
+            ..
+        } => {
+            let (u_t, u_t1, up, up1) = nadam;
+            let b2p = beta_2.powf(t);
+            let m = slot(&mut s.a, g, 0.0);
+            let v = slot(&mut s.b, g, 0.0);
+            Zip::from(w).and(m).and(v).and(g).for_each(|w, m, v, &g| {
+                *m += (g - *m) * (1.0 - beta_1);
+                *v += (g * g - *v) * (1.0 - beta_2);
+                let m_hat = u_t1 * *m / (1.0 - up1) + (1.0 - u_t) * g / (1.0 - up);
+                let v_hat = *v / (1.0 - b2p);
+                *w -= (m_hat * lr) / (v_hat.sqrt() + epsilon);
+            });
+        }
+        Algorithm::RmsProp {
+            rho,
+            momentum,
+            epsilon,
+            centered,
+        } => {
+            let v = slot(&mut s.a, g, 0.0);
+            Zip::from(&mut *v)
+                .and(g)
+                .for_each(|v, &g| *v = rho * *v + (1.0 - rho) * (g * g));
+            let mut den = v.clone();
+            if centered {
+                let ag = slot(&mut s.b, g, 0.0);
+                Zip::from(&mut *ag)
+                    .and(g)
+                    .for_each(|a, &g| *a = rho * *a + (1.0 - rho) * g);
+                Zip::from(&mut den).and(&*ag).for_each(|d, &a| *d -= a * a);
+            }
+            // tf-keras / optimizer_v2: lr·g/sqrt(v + ε); Keras 2 multi-backend: lr·g/(sqrt(v) + ε).
+            let inc = |g: f32, d: f32| match flavor {
+                Flavor::MultiBackend => lr * g / (d.sqrt() + epsilon),
+                _ => lr * g / (d + epsilon).sqrt(),
+            };
+            if momentum > 0.0 {
+                let mo = slot(&mut s.c, g, 0.0);
+                Zip::from(w)
+                    .and(mo)
+                    .and(g)
+                    .and(&den)
+                    .for_each(|w, mo, &g, &d| {
+                        *mo = momentum * *mo + inc(g, d);
+                        *w -= *mo;
+                    });
+            } else {
+                Zip::from(w)
+                    .and(g)
+                    .and(&den)
+                    .for_each(|w, &g, &d| *w -= inc(g, d));
+            }
+        }
+        Algorithm::Adagrad {
+            initial_accumulator_value,
+            epsilon,
+        } => {
+            let init = if flavor == Flavor::MultiBackend {
+                0.0
+            } else {
+                initial_accumulator_value
+            };
+            let acc = slot(&mut s.a, g, init);
+            Zip::from(w).and(acc).and(g).for_each(|w, a, &g| {
+                *a += g * g;
+                *w -= match flavor {
+                    Flavor::TfKeras => lr * g / (*a + epsilon).sqrt(),
+                    _ => lr * g / (a.sqrt() + epsilon),
+                };
+            });
+        }
+        Algorithm::Adadelta { rho, epsilon } => {
+            let ag = slot(&mut s.a, g, 0.0);
+            let ad = slot(&mut s.b, g, 0.0);
+            Zip::from(w)
+                .and(ag)
+                .and(ad)
+                .and(g)
+                .for_each(|w, ag, ad, &g| {
+                    *ag = rho * *ag + (1.0 - rho) * g * g;
+                    let dv = -(*ad + epsilon).sqrt() * g / (*ag + epsilon).sqrt();
+                    *ad = rho * *ad + (1.0 - rho) * dv * dv;
+                    *w += lr * dv;
+                });
+        }
+    }
+}
