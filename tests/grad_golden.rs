@@ -53,8 +53,8 @@ fn gradients_match_keras_on_every_golden_case() {
                 continue;
             }
             let key = format!("{}/{}", graph.nodes[spec.node].name, spec.name);
-            let keras = canonical_to_keras(graph, pid, g)
-                .unwrap_or_else(|e| panic!("{label}: {key}: {e}"));
+            let keras =
+                canonical_to_keras(graph, pid, g).unwrap_or_else(|e| panic!("{label}: {key}: {e}"));
             ours.insert(key, keras);
         }
         let refs = io::read_npz(&case.join("grads.npz")).expect("grads.npz");

@@ -20,6 +20,12 @@ use crate::error::{Error, Result};
 use crate::graph::{Activation, Graph, Node, Op, ParamId};
 use ndarray::{ArrayD, IxDyn, Zip};
 
+/// `(d inputs, d params)`: one gradient per graph input, then one per parameter.
+pub type Gradients = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>);
+
+/// `(dx, dkernel, dbias)` of a layer with a kernel and an optional bias.
+pub(super) type KernelGrads = (ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>);
+
 /// Gradients of `sum(outputs[0] · dy)` (inference mode: Dropout identity, BatchNorm on
 /// moving statistics) with respect to every input and every parameter (canonical layout;
 /// non-trainable parameters such as BN moving statistics get zero gradients).
@@ -37,7 +43,7 @@ pub fn gradients(
     params: &[ArrayD<f32>],
     inputs: &[ArrayD<f32>],
     dy: &ArrayD<f32>,
-) -> Result<(Vec<ArrayD<f32>>, Vec<ArrayD<f32>>)> {
+) -> Result<Gradients> {
     let batch = check_inputs(graph, inputs)?;
     check_params(graph, params)?;
     check_graph(graph)?;
@@ -184,7 +190,7 @@ fn node_backward(
     };
     let p = |name: &str| param(graph, params, node, name);
     // Kernel-and-bias layers: (dx, dkernel, dbias) → the node's gradients.
-    let kb = |(dx, dk, db): (ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>)| {
+    let kb = |(dx, dk, db): KernelGrads| {
         let mut ps: ParamGrads = vec![("kernel", dk)];
         if let Some(db) = db {
             ps.push(("bias", db));

@@ -8,6 +8,7 @@
 //! dx[b, i(o, t), g·C_g + cl] += W[t, cl, f] · dz[b, o, f]                    (scatter)
 //! ```
 
+use super::backward::KernelGrads;
 use super::{from_vec, ravel, slice_of, split_batched, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{output_len, tf_pad_before};
@@ -22,7 +23,7 @@ pub(super) fn backward(
     x: &ArrayD<f32>,
     kernel: &ArrayD<f32>,
     dz: &ArrayD<f32>,
-) -> Result<(ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>)> {
+) -> Result<KernelGrads> {
     let rank = cv.rank;
     let (batch, in_sp, c) = split_batched(x.shape(), rank, cv.data_format)?;
     let mut out_sp = Vec::with_capacity(rank);

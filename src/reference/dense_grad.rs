@@ -5,6 +5,7 @@
 //! dx[m, i] = Σ_u dz[m, u]·K[i, u]    dK[i, u] = Σ_m x[m, i]·dz[m, u]    dbias[u] = Σ_m dz[m, u]
 //! ```
 
+use super::backward::KernelGrads;
 use super::{from_vec, slice_of};
 use crate::error::{Error, Result};
 use crate::graph::Dense;
@@ -16,10 +17,10 @@ pub(super) fn backward(
     x: &ArrayD<f32>,
     kernel: &ArrayD<f32>,
     dz: &ArrayD<f32>,
-) -> Result<(ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>)> {
+) -> Result<KernelGrads> {
     let n_in = x.shape().last().copied().unwrap_or(0);
     let n_u = d.units;
-    let rows = if n_in == 0 { 0 } else { x.len() / n_in };
+    let rows = x.len().checked_div(n_in).unwrap_or(0);
     if kernel.shape() != [n_in, n_u] || dz.len() != rows * n_u {
         return Err(Error::internal("reference dense backward: shapes"));
     }

@@ -13,6 +13,7 @@
 //! window covers it are enumerated per axis (`i_a = start_a(o_a) + t_a·d_a`), so every
 //! element of `dx` is written once.
 
+use super::backward::KernelGrads;
 use super::{from_vec, ravel, slice_of, split_batched, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{lc_window_start, output_len};
@@ -29,7 +30,7 @@ pub(super) fn backward(
     x: &ArrayD<f32>,
     kernel: &ArrayD<f32>,
     dz: &ArrayD<f32>,
-) -> Result<(ArrayD<f32>, ArrayD<f32>, Option<ArrayD<f32>>)> {
+) -> Result<KernelGrads> {
     let rank = l.rank;
     let (batch, in_sp, c) = split_batched(x.shape(), rank, l.data_format)?;
     let mut out_sp = Vec::with_capacity(rank);
@@ -282,7 +283,9 @@ mod tests {
 
     #[test]
     fn dx_gather_equals_naive_scatter() {
-        let cases: Vec<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>, Padding)> = vec![
+        // (input spatial, kernel, strides, dilation, padding)
+        type Case = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>, Padding);
+        let cases: Vec<Case> = vec![
             (vec![7], vec![3], vec![1], vec![1], Padding::Valid),
             (vec![8], vec![3], vec![2], vec![1], Padding::Same),
             (vec![9], vec![2], vec![1], vec![3], Padding::Same),

@@ -70,6 +70,11 @@ pub(super) fn reshape_to(x_shape: &[usize], dy: &ArrayD<f32>) -> Result<ArrayD<f
 /// `dims[j]` receives `dy`'s axis `j + 1`.
 pub(super) fn permute_backward(dims: &[usize], dy: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     let n = dy.ndim();
+    if n == 0 {
+        return Err(Error::internal(
+            "reference permute backward: scalar gradient",
+        ));
+    }
     let mut inv = vec![usize::MAX; n];
     inv[0] = 0;
     for (j, &d) in dims.iter().enumerate() {
