@@ -18,13 +18,23 @@
 //! layer whose result does not have the node's shape is reported as [`Error::Internal`].
 
 pub mod activation;
+pub mod activation_grad;
+pub mod backward;
 mod conv;
+mod conv_grad;
 mod dense;
+mod dense_grad;
+pub mod fd;
 mod lc;
+mod lc_grad;
 mod merge;
+mod merge_grad;
 mod norm;
+mod norm_grad;
 mod pool;
+mod pool_grad;
 mod shape;
+mod shape_grad;
 
 pub use activation::{activation_scalar, apply_activation};
 
