@@ -90,6 +90,33 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Write the gradient of sum(y · dy) (inference mode) for the input and every trainable
+    /// weight: key `x` and `<layer>/<weight>` in the Keras layout of the model's file.
+    Grad {
+        /// Model file: .json (any Keras dialect), .h5 or .keras.
+        model: PathBuf,
+        /// Weights file (.h5 or .npz with keys <layer>/<weight>); overrides the model's.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Input batch as .npy, shaped (batch, input shape…).
+        #[arg(long)]
+        input: PathBuf,
+        /// Cotangent dy as .npy, shaped like the model's output.
+        #[arg(long)]
+        cotangent: PathBuf,
+        /// Where to write the gradients (.npz).
+        #[arg(long)]
+        output: PathBuf,
+        /// Execution engine (backward programs run on the reference path for now).
+        #[arg(long, value_enum, default_value = "reference")]
+        engine: Engine,
+        /// Worker threads (≥ 1).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Seed of the initializers when no weights are given.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print an intermediate representation of a model.
     Ir {
         /// Model file: .json (any Keras dialect), .h5 or .keras.
@@ -266,6 +293,52 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", report.table());
             }
+            Ok(())
+        }
+        Some(Command::Grad {
+            model,
+            weights,
+            input,
+            cotangent,
+            output,
+            engine,
+            threads,
+            seed,
+        }) => {
+            if threads == 0 {
+                return Err(Error::Usage {
+                    detail: "--threads must be at least 1".into(),
+                });
+            }
+            if engine != Engine::Reference {
+                return Err(Error::Usage {
+                    detail: format!(
+                        "backward programs are not compiled for engine '{}' yet; use --engine reference",
+                        format!("{engine:?}").to_lowercase()
+                    ),
+                });
+            }
+            if output.extension().and_then(|e| e.to_str()) != Some("npz") {
+                return Err(Error::UnsupportedFile {
+                    path: output,
+                    expected: ".npz",
+                });
+            }
+            let opts = LoadOptions {
+                memory_budget: budget,
+                seed,
+            };
+            let m = load(&model, weights.as_deref(), &opts)?;
+            let x = io::read_npy(&input)?;
+            let dy = io::read_npy(&cotangent)?;
+            let grads = m.gradients_keras(&x, &dy)?;
+            io::write_npz(&output, &grads)?;
+            eprintln!(
+                "wrote {} gradients of {} to {}",
+                grads.len(),
+                model.display(),
+                output.display()
+            );
             Ok(())
         }
         Some(Command::Run {

@@ -370,6 +370,32 @@ impl Model {
         reference::forward(&self.graph, &self.params, inputs)
     }
 
+    /// Gradient of `sum(y · dy)` (inference mode) on the reference path, keyed as Keras
+    /// names them: `x` for the input and `<layer>/<weight>` for every trainable weight, in
+    /// the Keras file layout of its layer.
+    pub fn gradients_keras(
+        &self,
+        x: &ArrayD<f32>,
+        dy: &ArrayD<f32>,
+    ) -> Result<Vec<(String, ArrayD<f32>)>> {
+        let inputs = std::slice::from_ref(x);
+        self.check_inputs(inputs)?;
+        let (dx, dparams) = reference::backward::gradients(&self.graph, &self.params, inputs, dy)?;
+        let mut out = Vec::with_capacity(dparams.len() + 1);
+        if let Some(d) = dx.into_iter().next() {
+            out.push(("x".to_string(), d));
+        }
+        for (pid, g) in dparams.iter().enumerate() {
+            let spec = &self.graph.params[pid];
+            if !spec.trainable {
+                continue;
+            }
+            let keras = layout::canonical_to_keras(&self.graph, pid, g).map_err(Error::internal)?;
+            out.push((format!("{}/{}", self.graph.nodes[spec.node].name, spec.name), keras));
+        }
+        Ok(out)
+    }
+
     /// Checks count, rank and sizes of batched inputs against the model's inputs.
     pub fn check_inputs(&self, inputs: &[ArrayD<f32>]) -> Result<()> {
         if inputs.len() != self.graph.inputs.len() {

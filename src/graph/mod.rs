@@ -8,7 +8,7 @@
 //! - every parameter of a node is listed in `Node::params`, in Keras's weight order
 //!   (kernel, bias; gamma, beta, moving_mean, moving_variance).
 //!
-//! Canonical parameter layouts (what [`crate::Params`] holds and every back end reads):
+//! Canonical parameter layouts (what [`crate::Model::params`] holds and every back end reads):
 //! - LocallyConnected kernel: `(P, Q, F)`, Keras implementation 1: `P` output positions
 //!   row-major, `Q = prod(kernel)·C` patch entries in the input's memory order
 //!   (channels_last: `(taps…, c)`, channels_first: `(c, taps…)`), `F` filters. With `same`
