@@ -30,13 +30,29 @@ fn trailing(v: &[usize]) -> Vec<i64> {
 }
 
 /// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
+///
+/// Vectorised: 8 f32x4 accumulators, as TB = 4 rows × FT = 8 filters (2 vectors) when
+/// F % 8 == 0, else 8 rows × 1 vector. Measured (on-CPU time, one thread,
+/// `tests/perf_lc.rs`), DeepFace L4–L6 at batch 32: 4×8 118–126 ms, 6×8 116–124 ms
+/// (spills 3 registers), 8×4 125–131 ms, 2×16 130–137 ms, 3×16 140–144 ms (12
+/// accumulators force re-loading each weight vector per FMA to stay under 16
+/// registers; the extra loads cost more than the reuse gains), 3×8 140 ms. The x64
+/// fma overwrites one multiplicand, so a weight vector and a broadcast kept in
+/// registers cost one `movdqa` per reuse (notes §0.4); 4×8 keeps 8 accumulators, 2
+/// weight vectors, the broadcast and its copy in 12 registers with no spills, and
+/// divides the usual batch sizes (no remainder tile). Below batch 4 the layer is
+/// memory-bound: the widest filter tile reads each position's weights in one contiguous
+/// pass (DeepFace batch 1: 1.04× the streaming time).
 fn tile(cl: bool, f: usize, batch: usize) -> (bool, usize, usize) {
-    if cl && f.is_multiple_of(4) {
+    if cl && f.is_multiple_of(4) && batch < 4 {
         let ft = [16, 12, 8, 4]
             .into_iter()
             .find(|t| f.is_multiple_of(*t))
             .unwrap_or(4);
-        let tb = (12 / (ft / 4)).clamp(1, 4).min(batch);
+        (true, ft, (12 / (ft / 4)).clamp(1, 4).min(batch))
+    } else if cl && f.is_multiple_of(4) {
+        let ft = if f.is_multiple_of(8) { 8 } else { 4 };
+        let tb = (32 / ft).clamp(1, 8).min(batch);
         (true, ft, tb)
     } else {
         let ft = (1..=8).rev().find(|t| f.is_multiple_of(*t)).unwrap_or(1);
