@@ -30,13 +30,29 @@ fn trailing(v: &[usize]) -> Vec<i64> {
 }
 
 /// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
+///
+/// Vectorised: 8 f32x4 accumulators, as TB = 4 rows × FT = 8 filters (2 vectors) when
+/// F % 8 == 0, else 8 rows × 1 vector. Measured (on-CPU time, one thread,
+/// `tests/perf_lc.rs`), DeepFace L4–L6 at batch 32: 4×8 118–126 ms, 6×8 116–124 ms
+/// (spills 3 registers), 8×4 125–131 ms, 2×16 130–137 ms, 3×16 140–144 ms (12
+/// accumulators force re-loading each weight vector per FMA to stay under 16
+/// registers; the extra loads cost more than the reuse gains), 3×8 140 ms. The x64
+/// fma overwrites one multiplicand, so a weight vector and a broadcast kept in
+/// registers cost one `movdqa` per reuse (notes §0.4); 4×8 keeps 8 accumulators, 2
+/// weight vectors, the broadcast and its copy in 12 registers with no spills, and
+/// divides the usual batch sizes (no remainder tile). Below batch 4 the layer is
+/// memory-bound: the widest filter tile reads each position's weights in one contiguous
+/// pass (DeepFace batch 1: 1.04× the streaming time).
 fn tile(cl: bool, f: usize, batch: usize) -> (bool, usize, usize) {
-    if cl && f.is_multiple_of(4) {
+    if cl && f.is_multiple_of(4) && batch < 4 {
         let ft = [16, 12, 8, 4]
             .into_iter()
             .find(|t| f.is_multiple_of(*t))
             .unwrap_or(4);
-        let tb = (12 / (ft / 4)).clamp(1, 4).min(batch);
+        (true, ft, (12 / (ft / 4)).clamp(1, 4).min(batch))
+    } else if cl && f.is_multiple_of(4) {
+        let ft = if f.is_multiple_of(8) { 8 } else { 4 };
+        let tb = (32 / ft).clamp(1, 8).min(batch);
         (true, ft, tb)
     } else {
         let ft = (1..=8).rev().find(|t| f.is_multiple_of(*t)).unwrap_or(1);
@@ -198,6 +214,27 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             .scale((g.q * g.f) as i64)
             .plus_affine(&q_aff.scale(g.f as i64))
             .plus_affine(&f_of(ff_a));
+        // The reduction's innermost loop. When the patch row is contiguous (channels_last,
+        // dilation 1 and no padding guard on the last axis), the last tap axis and the
+        // channels form one run of `kw·C` floats in both x and the kernel, so they become
+        // one loop `m = t_last·C + c` (same summation order, hence bitwise the same sums).
+        // Measured reason: with C = 16 (DeepFace) or C = 3/4 (seed_lc2d, snp_lc1d) the
+        // channel loop alone is too short to amortise the loop overhead and the
+        // accumulator rotation moves (one `movdqa` per accumulator per iteration: x64's
+        // fma writes a multiplicand register, cranelift notes §0.4).
+        let last = g.rank - 1;
+        let merge = g.cl && l.dilation[last] == 1 && l.padding != Padding::Same;
+        let (red_var, red_extent, x_at, k_at) = if merge {
+            let m = kb.var(&format!("m{ni}"));
+            (
+                m,
+                (l.kernel[last] * g.c) as u64,
+                merge_terms(&x_at, t[last], cv, g.c as i64, m),
+                merge_terms(&k_at, t[last], cv, g.c as i64, m),
+            )
+        } else {
+            (cv, g.c as u64, x_at, k_at)
+        };
         let update = for_(
             bb_a,
             tb as u64,
@@ -217,8 +254,14 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                 }],
             )],
         );
-        let mut taps = vec![for_(cv, g.c as u64, LoopKind::Serial, vec![update])];
-        for ax in (0..g.rank).rev() {
+        let mut taps = vec![for_(
+            red_var,
+            red_extent,
+            reduction_kind(red_extent),
+            vec![update],
+        )];
+        let tap_axes = if merge { last } else { g.rank };
+        for ax in (0..tap_axes).rev() {
             if l.padding == Padding::Same {
                 let pos = Affine::var(o[ax])
                     .scale(l.strides[ax] as i64)
@@ -298,6 +341,35 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         softmax_kernel(cx, &name, &out_shape, axis, log, z, y);
     }
     Ok(())
+}
+
+/// Longest unroll of the reduction loop. Measured: DeepFace L4 (12 accumulators) body of
+/// 16 steps is ~200 FMAs, ~2 KB of code, well inside L1i.
+const REDUCTION_UNROLL_MAX: u64 = 16;
+
+/// The reduction loop's schedule: fully unrolled up to [`REDUCTION_UNROLL_MAX`],
+/// otherwise unrolled by its largest divisor up to that, so each loop iteration carries
+/// many FMAs per compare/branch and per accumulator rotation.
+fn reduction_kind(extent: u64) -> LoopKind {
+    let u = (1..=REDUCTION_UNROLL_MAX.min(extent))
+        .rev()
+        .find(|u| extent.is_multiple_of(*u))
+        .unwrap_or(1);
+    match u {
+        1 if extent > 1 => LoopKind::Serial,
+        u => LoopKind::Unroll(u as u32),
+    }
+}
+
+/// `a` with its terms `C·a_c·t + a_c·c` replaced by `a_c·m` (`m = t·C + c`); `a` must
+/// carry them in that ratio (true for the x and kernel indices of a contiguous row).
+fn merge_terms(a: &Affine, t: Var, c: Var, ch: i64, m: Var) -> Affine {
+    let ac = a.coef(c);
+    debug_assert_eq!(a.coef(t), ch * ac, "merge_terms: indices not contiguous");
+    a.clone()
+        .plus_term(t, -a.coef(t))
+        .plus_term(c, -ac)
+        .plus_term(m, ac)
 }
 
 /// A zero-based index helper for tests: the batch-row tile chosen for a layer.

@@ -11,24 +11,34 @@
 //! Loop variables are bound to `dyn + off`: `dyn` an i64 SSA value (a loop's induction
 //! variable) or absent, `off` a constant. Fully unrolled loops bind only `off`; partially
 //! unrolled loops bind `iv + k` for copy `k`; vector loops bind the index of lane 0.
-//! Addresses (`base + 4·Σ coef·dyn`, the constant part folded into the load offset) and
-//! loads are cached per structured scope (loop body, guarded body), so unrolled copies
-//! share them; a store invalidates the cached loads of its buffer, and entering a loop
+//! Addresses (`base + 4·Σ coef·dyn`, the constant part folded into the load offset) are
+//! built in `addr.rs`, each partial sum hoisted to the loop that last changes it. Loads
+//! are cached per structured scope (loop body, guarded body), so unrolled copies share
+//! them; a store invalidates the cached loads of its buffer, and entering a loop
 //! invalidates those of every buffer the loop stores to.
-
-use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, AbiParam, Block, BlockArg, Function, InstBuilder, Type, Value};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
-use super::prescan::{local_uses_var, mark_bufs, plan_locals, stored_bufs, LocalStore};
+use super::addr::{mem_flags, Frame, Scope};
+use super::prescan::{
+    local_uses_var, mark_bufs, plan_locals, sets_locals, stored_bufs, LocalStore,
+};
 use crate::error::{Error, Result};
-use crate::loop_ir::{Affine, BufId, Kernel, LoopKind, Module, Stmt, Var};
+use crate::loop_ir::{Affine, Kernel, LoopKind, Module, Stmt, Var};
 
 /// Vector loops up to this extent (4 `f32x4` steps) are fully unrolled.
 const VECTOR_UNROLL_MAX: u64 = 16;
+
+/// Kernels with more `f32x4` accumulators than this re-load vector operands per use.
+/// x64 has 16 xmm registers and Cranelift's fma always overwrites a multiplicand (notes
+/// §0.4), so a tile of 12 accumulators + 4 cached weight vectors + the broadcast + the
+/// FMA's copy of it needs 18 and spilled 3 accumulators every step (DeepFace L4, batch
+/// 32); re-loading lets each load fold into its FMA as a memory operand (14 registers,
+/// one micro-fused load+FMA, L1-resident data).
+const FOLD_LOADS_ABOVE_ACCS: usize = 8;
 
 /// How a kernel is called (see the ABI in `mod.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,26 +96,23 @@ pub(super) enum Shape {
     Vector,
 }
 
-type Terms = Vec<(Value, i64)>;
-
-#[derive(Default)]
-struct Scope {
-    addrs: HashMap<(BufId, Terms), Value>,
-    loads: HashMap<(BufId, Terms, i64, Shape), Value>,
-}
-
 /// Builds one kernel's function.
 pub(super) struct Emitter<'a, 'f> {
     pub b: FunctionBuilder<'f>,
     pub kernel: &'a Kernel,
     pub use_fma: bool,
-    ptr_ty: Type,
-    bases: Vec<Option<Value>>,
-    binds: Vec<Option<Bind>>,
+    pub ptr_ty: Type,
+    pub bases: Vec<Option<Value>>,
+    pub binds: Vec<Option<Bind>>,
     /// The enclosing vector loop's variable.
     pub vector_var: Option<Var>,
     pub locals: Vec<LocalStore>,
-    scopes: Vec<Scope>,
+    pub scopes: Vec<Scope>,
+    /// Enclosing counted loops, outermost first (address hoisting, `addr.rs`).
+    pub frames: Vec<Frame>,
+    /// Re-load `f32x4` values per use instead of caching them in registers, so x64 folds
+    /// each load into its FMA as a memory operand (see `fold_vector_loads`).
+    pub fold_vector_loads: bool,
 }
 
 /// The error for a broken emitter invariant in `kernel`.
@@ -151,6 +158,13 @@ pub(super) fn emit_kernel(
     }
 
     let locals = plan_locals(&mut b, kernel)?;
+    let vector_accs: usize = locals
+        .iter()
+        .map(|l| match l {
+            LocalStore::Groups { vars, .. } => vars.len(),
+            LocalStore::Scalar(_) => 0,
+        })
+        .sum();
     let mut em = Emitter {
         b,
         kernel,
@@ -161,6 +175,8 @@ pub(super) fn emit_kernel(
         vector_var: None,
         locals,
         scopes: vec![Scope::default()],
+        frames: Vec::new(),
+        fold_vector_loads: vector_accs > FOLD_LOADS_ABOVE_ACCS,
     };
     em.zero_locals();
     match shape {
@@ -310,8 +326,18 @@ impl<'f> Emitter<'_, 'f> {
         }
     }
 
-    /// `for var in start..end step` with `copies` replicated bodies (`var = iv + k`),
-    /// bottom-tested: the caller guarantees at least one iteration.
+    /// `for var in start..end step` with `copies` replicated bodies (`var = iv + k`).
+    /// The caller guarantees at least one iteration.
+    ///
+    /// Loops that update locals are top-tested (`header: brif iv < end, body, exit`;
+    /// `body: …; jump header(iv + step)`), others bottom-tested. Reason: x64 lowering
+    /// folds a load into its FMA only if the load's value has one use *transitively*
+    /// (Cranelift's `ValueUseState` propagates "multiple uses" to every operand of a
+    /// pure instruction). In a bottom-tested loop the last FMA of each accumulator chain
+    /// feeds both the back-edge and the code after the loop, which marks the whole chain
+    /// and all its loads as multi-use, so no weight load was folded (one extra `vmovups`
+    /// per FMA in DeepFace L4). Top-tested, the chain ends in the single back-edge jump
+    /// and the code after the loop reads the header's block parameters instead.
     #[allow(clippy::too_many_arguments)]
     fn counted_loop(
         &mut self,
@@ -328,11 +354,34 @@ impl<'f> Emitter<'_, 'f> {
         for sc in &mut self.scopes {
             sc.loads.retain(|k, _| !stored.contains(&k.0));
         }
+        let top_test = sets_locals(body);
         let header = self.b.create_block();
         let iv = self.b.append_block_param(header, types::I64);
         let exit = self.b.create_block();
         self.b.ins().jump(header, &[BlockArg::Value(start)]);
         self.b.switch_to_block(header);
+        if top_test {
+            let more = self.less_than(iv, end);
+            let body_block = self.b.create_block();
+            self.b.ins().brif(more, body_block, &[], exit, &[]);
+            self.b.seal_block(body_block);
+            self.b.switch_to_block(body_block);
+        }
+        // Anchor for hoisted address arithmetic: an unused constant (not lowered) at the
+        // top of the body, before which loop-invariant partial sums are inserted.
+        let anchor_val = self.b.ins().iconst(types::I64, 0);
+        let anchor = self
+            .b
+            .func
+            .dfg
+            .value_def(anchor_val)
+            .inst()
+            .ok_or_else(|| ice(self.kernel, "anchor without instruction"))?;
+        self.frames.push(Frame {
+            iv,
+            anchor,
+            addrs: Default::default(),
+        });
         self.scopes.push(Scope::default());
         if vector {
             self.vector_var = Some(var);
@@ -352,18 +401,28 @@ impl<'f> Emitter<'_, 'f> {
         }
         self.bind(var, None)?;
         self.scopes.pop();
+        self.frames.pop();
         let next = self.b.ins().iadd_imm_s(iv, step);
-        let more = match end {
-            LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, e),
-            LoopEnd::Dyn(e) => self.b.ins().icmp(IntCC::SignedLessThan, next, e),
-        };
-        self.b
-            .ins()
-            .brif(more, header, &[BlockArg::Value(next)], exit, &[]);
+        if top_test {
+            self.b.ins().jump(header, &[BlockArg::Value(next)]);
+        } else {
+            let more = self.less_than(next, end);
+            self.b
+                .ins()
+                .brif(more, header, &[BlockArg::Value(next)], exit, &[]);
+        }
         self.b.seal_block(header);
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
         Ok(())
+    }
+
+    /// `v < end` (signed).
+    fn less_than(&mut self, v: Value, end: LoopEnd) -> Value {
+        match end {
+            LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, v, e),
+            LoopEnd::Dyn(e) => self.b.ins().icmp(IntCC::SignedLessThan, v, e),
+        }
     }
 
     /// `if all(lo <= a < hi) { body }`; conditions known at compile time are folded.
@@ -408,131 +467,5 @@ impl<'f> Emitter<'_, 'f> {
         self.b.seal_block(merge);
         self.b.switch_to_block(merge);
         Ok(())
-    }
-
-    /// Splits `a` under the current bindings into dynamic terms and a constant.
-    pub(super) fn split(&self, a: &Affine) -> Result<(Terms, i64)> {
-        let mut c = a.offset;
-        let mut terms: Terms = Vec::new();
-        for &(v, coef) in &a.terms {
-            let bind = self
-                .binds
-                .get(v as usize)
-                .copied()
-                .flatten()
-                .ok_or_else(|| ice(self.kernel, format!("variable v{v} used unbound")))?;
-            c += coef * bind.off;
-            if let Some(d) = bind.dyn_ {
-                match terms.iter_mut().find(|t| t.0 == d) {
-                    Some(t) => t.1 += coef,
-                    None => terms.push((d, coef)),
-                }
-            }
-        }
-        terms.retain(|t| t.1 != 0);
-        Ok((terms, c))
-    }
-
-    /// `Σ scale·coef·value` as i64 (multiplications by powers of two become shifts, as
-    /// the mid-end would do at `speed`).
-    fn int_sum(&mut self, terms: &Terms, scale: i64) -> Value {
-        let mut acc: Option<Value> = None;
-        for &(v, coef) in terms {
-            let k = coef * scale;
-            let t = if k == 1 {
-                v
-            } else if k > 0 && k.count_ones() == 1 {
-                self.b.ins().ishl_imm_u(v, i64::from(k.trailing_zeros()))
-            } else {
-                self.b.ins().imul_imm_s(v, k)
-            };
-            acc = Some(match acc {
-                Some(a) => self.b.ins().iadd(a, t),
-                None => t,
-            });
-        }
-        acc.unwrap_or_else(|| self.b.ins().iconst(types::I64, 0))
-    }
-
-    /// The address and immediate byte offset of element `Σ terms + c` of `buf`.
-    pub(super) fn addr(&mut self, buf: BufId, terms: &Terms, c: i64) -> Result<(Value, i32)> {
-        let base = self
-            .bases
-            .get(buf as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| ice(self.kernel, format!("buffer {buf} has no base pointer")))?;
-        let mut addr = if terms.is_empty() {
-            base
-        } else if let Some(a) = self.cached_addr(buf, terms) {
-            a
-        } else {
-            let off = self.int_sum(terms, 4);
-            let off = if self.ptr_ty == types::I64 {
-                off
-            } else {
-                self.b.ins().ireduce(self.ptr_ty, off)
-            };
-            let a = self.b.ins().iadd(base, off);
-            if let Some(sc) = self.scopes.last_mut() {
-                sc.addrs.insert((buf, terms.clone()), a);
-            }
-            a
-        };
-        let bytes = c
-            .checked_mul(4)
-            .ok_or_else(|| ice(self.kernel, "offset overflow"))?;
-        let off = match i32::try_from(bytes) {
-            Ok(o) => o,
-            Err(_) => {
-                addr = self.b.ins().iadd_imm_s(addr, bytes);
-                0
-            }
-        };
-        Ok((addr, off))
-    }
-
-    fn cached_addr(&self, buf: BufId, terms: &Terms) -> Option<Value> {
-        let key = (buf, terms.clone());
-        self.scopes
-            .iter()
-            .rev()
-            .find_map(|s| s.addrs.get(&key).copied())
-    }
-
-    /// A (cached) load of `buf[Σ terms + c]` in `shape`.
-    pub(super) fn load(&mut self, buf: BufId, index: &Affine, shape: Shape) -> Result<Value> {
-        let (terms, c) = self.split(index)?;
-        let key = (buf, terms, c, shape);
-        if let Some(v) = self.scopes.iter().rev().find_map(|s| s.loads.get(&key)) {
-            return Ok(*v);
-        }
-        let (addr, off) = self.addr(buf, &key.1, c)?;
-        let v = match shape {
-            Shape::Scalar => self.b.ins().load(types::F32, mem_flags(shape), addr, off),
-            Shape::Vector => self.b.ins().load(types::F32X4, mem_flags(shape), addr, off),
-            Shape::Splat => {
-                let s = self
-                    .b
-                    .ins()
-                    .load(types::F32, mem_flags(Shape::Scalar), addr, off);
-                self.b.ins().splat(types::F32X4, s)
-            }
-        };
-        if let Some(sc) = self.scopes.last_mut() {
-            sc.loads.insert(key, v);
-        }
-        Ok(v)
-    }
-}
-
-/// Memory flags: scalar f32 accesses are naturally aligned (`trusted` = notrap +
-/// aligned); `f32x4` accesses are only 4-byte aligned, so they are `notrap` but not
-/// `aligned` (which would promise 16 bytes and allow aligned-only memory operands).
-fn mem_flags(shape: Shape) -> cranelift_codegen::ir::MemFlagsData {
-    use cranelift_codegen::ir::MemFlagsData;
-    match shape {
-        Shape::Vector => MemFlagsData::new().with_notrap(),
-        Shape::Scalar | Shape::Splat => MemFlagsData::trusted(),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Files:
 //! - `isa.rs`: host ISA construction (flags, opt level, verifier) and the FMA decision;
-//! - `emit.rs`: one kernel → one CLIF function (statements, loops, locals, addressing);
+//! - `emit.rs`: one kernel → one CLIF function (statements, loops, guards, locals);
+//! - `addr.rs`: address arithmetic with loop-invariant hoisting, and loads;
 //! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
 //! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
 //! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
@@ -15,6 +16,7 @@
 //! with `(0, 1)`; the bounds are ignored. Kernels mixing a parallel loop with other
 //! top-level statements are rejected with [`crate::Error::Internal`].
 
+mod addr;
 mod emit;
 mod expr;
 mod isa;

@@ -66,6 +66,15 @@ pub(super) fn stored_bufs(stmts: &[Stmt], out: &mut Vec<BufId>) {
     }
 }
 
+/// Whether `stmts` write a local anywhere.
+pub(super) fn sets_locals(stmts: &[Stmt]) -> bool {
+    stmts.iter().any(|s| match s {
+        Stmt::For { body, .. } | Stmt::If { body, .. } => sets_locals(body),
+        Stmt::Store { .. } => false,
+        Stmt::SetLocal { .. } => true,
+    })
+}
+
 /// Whether `stmts` index a local with `v` (such vector loops must be fully unrolled).
 pub(super) fn local_uses_var(stmts: &[Stmt], v: Var) -> bool {
     fn expr(e: &Expr, v: Var) -> bool {
