@@ -391,7 +391,10 @@ impl Model {
                 continue;
             }
             let keras = layout::canonical_to_keras(&self.graph, pid, g).map_err(Error::internal)?;
-            out.push((format!("{}/{}", self.graph.nodes[spec.node].name, spec.name), keras));
+            out.push((
+                format!("{}/{}", self.graph.nodes[spec.node].name, spec.name),
+                keras,
+            ));
         }
         Ok(out)
     }

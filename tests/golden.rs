@@ -157,3 +157,52 @@ fn every_golden_case_matches_keras_through_lcjit_run() {
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn every_golden_gradient_matches_keras_through_lcjit_grad() {
+    let out_dir = std::env::temp_dir().join(format!("lcjit-golden-grad-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("temp dir");
+    let mut failures = Vec::new();
+    let mut keys = 0;
+    for case in cases() {
+        let name = case.file_name().and_then(|s| s.to_str()).unwrap_or("case");
+        let out = out_dir.join(format!("{name}.npz"));
+        let res = Command::new(env!("CARGO_BIN_EXE_lcjit"))
+            .arg("grad")
+            .arg(case.join("model.h5"))
+            .arg("--input")
+            .arg(case.join("x.npy"))
+            .arg("--cotangent")
+            .arg(case.join("dy.npy"))
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .expect("spawn lcjit");
+        if !res.status.success() {
+            failures.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&res.stderr).trim()
+            ));
+            continue;
+        }
+        let got = io::read_npz(&out).expect("our grads");
+        let want = io::read_npz(&case.join("grads.npz")).expect("grads.npz");
+        if got.len() != want.len() {
+            failures.push(format!(
+                "{name}: {} keys, Keras has {}",
+                got.len(),
+                want.len()
+            ));
+        }
+        for (k, w) in &want {
+            match got.iter().find(|(g, _)| g == k) {
+                Some((_, g)) if g.shape() == w.shape() && rel_err(g, w) <= 1e-4 => keys += 1,
+                Some(_) => failures.push(format!("{name}: {k} differs")),
+                None => failures.push(format!("{name}: {k} missing")),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(keys >= 280, "only {keys} gradient keys checked");
+}
