@@ -325,6 +325,20 @@ impl Model {
         &self.params
     }
 
+    /// Replaces every weight (canonical layout; shapes must match `graph().params`).
+    pub fn set_params(&mut self, params: Vec<ArrayD<f32>>) -> Result<()> {
+        if params.len() != self.params.len()
+            || params
+                .iter()
+                .zip(&self.graph.params)
+                .any(|(p, s)| p.shape() != s.shape.as_slice())
+        {
+            return Err(Error::internal("set_params: shapes do not match the graph"));
+        }
+        self.params = params;
+        Ok(())
+    }
+
     /// The `training_config` of an `.h5`/`.keras` file, if any.
     pub fn training_config(&self) -> Option<&serde_json::Value> {
         self.training_config.as_ref()

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod fit;
 pub mod loss;
+pub mod model_fit;
 pub mod optimizer;
 pub mod regularize;
 pub mod schedule;
@@ -23,6 +24,7 @@ pub mod schedule;
 pub use config::{parse_loss_arg, parse_optimizer_arg, parse_training_config, TrainingSetup};
 pub use fit::{fit, FitCallbacks, FitOptions, History, Metric, StepOutput};
 pub use loss::{Loss, OutputActivation};
+pub use model_fit::{check_trainable, fit_model};
 pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
 pub use regularize::{apply_constraint, regularization, ParamTable};
 pub use schedule::LearningRate;
