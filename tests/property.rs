@@ -184,3 +184,45 @@ fn compiled_models_are_send_and_sync() {
     check::<CompiledModel>();
     check::<lcjit::backend::CompiledModule>();
 }
+
+/// One compiled model called from several threads at once gives every caller the same
+/// bits as a lone call.
+#[test]
+fn compiled_model_serves_concurrent_callers() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/keras-golden/model_mini_deepface/model.h5");
+    let model = Arc::new(Model::load(path).expect("model"));
+    let x = input(&model, 3, 11);
+    let jit = Arc::new(
+        CompiledModel::new(
+            model,
+            CompileOptions {
+                engine: Engine::Jit,
+                threads: 2,
+                max_batch: 3,
+            },
+        )
+        .expect("compile"),
+    );
+    let alone = jit.predict(&x).expect("predict");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (jit, x) = (jit.clone(), x.clone());
+                s.spawn(move || {
+                    (0..5)
+                        .map(|_| jit.predict(&x).expect("predict"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for y in h.join().expect("thread") {
+                assert!(y
+                    .iter()
+                    .zip(alone.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    });
+}
