@@ -202,7 +202,7 @@ impl Model {
         let by_name = file_layers
             .iter()
             .any(|l| self.graph.node_by_name(&l.layer).is_some());
-        let class_keys = archive_keys(&self.graph);
+        let class_keys = crate::save::archive_keys(&self.graph);
         let by_class = !by_name && file_layers.iter().all(|l| class_keys.contains(&l.layer));
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
@@ -453,45 +453,6 @@ impl Model {
     }
 }
 
-/// tf-keras `to_snake_case` of a class name (`LocallyConnected2D` → `locally_connected2d`).
-fn snake_case(name: &str) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    let mut out = String::new();
-    for (i, &ch) in chars.iter().enumerate() {
-        if ch.is_ascii_uppercase() && i > 0 {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|c| c.is_ascii_lowercase());
-            if prev.is_ascii_lowercase() || next_lower {
-                out.push('_');
-            }
-        }
-        out.push(ch.to_ascii_lowercase());
-    }
-    out
-}
-
-/// The group name each node would have in a `.keras` archive's `layers/` group: the
-/// snake-cased class name, numbered `_1`, `_2`… among layers of the same class in model
-/// order (tf-keras `saving_lib`).
-fn archive_keys(graph: &Graph) -> Vec<String> {
-    let mut used: std::collections::HashMap<String, usize> = Default::default();
-    graph
-        .nodes
-        .iter()
-        .map(|n| {
-            let base = snake_case(&n.op.kind_name());
-            let count = used.entry(base.clone()).or_insert(0);
-            let key = if *count == 0 {
-                base.clone()
-            } else {
-                format!("{base}_{count}")
-            };
-            *count += 1;
-            key
-        })
-        .collect()
-}
-
 /// Maps a weight name from a file to the graph's name: strips `layer/` prefixes and `:0`
 /// suffixes and translates Keras 1 names (`<layer>_W` → kernel, `<layer>_b` → bias,
 /// `running_mean`/`running_std` → moving statistics).
@@ -514,6 +475,7 @@ mod tests {
 
     #[test]
     fn archive_keys_follow_tf_keras_snake_case() {
+        use crate::save::snake_case;
         assert_eq!(snake_case("LocallyConnected2D"), "locally_connected2d");
         assert_eq!(snake_case("BatchNormalization"), "batch_normalization");
         assert_eq!(snake_case("Conv2D"), "conv2d");

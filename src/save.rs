@@ -167,7 +167,7 @@ fn check_representable(graph: &Graph, path: &Path) -> Result<()> {
 }
 
 /// tf-keras `to_snake_case` of a class name (`LocallyConnected2D` → `locally_connected2d`).
-fn snake_case(name: &str) -> String {
+pub(crate) fn snake_case(name: &str) -> String {
     let chars: Vec<char> = name.chars().collect();
     let mut out = String::new();
     for (i, &ch) in chars.iter().enumerate() {
@@ -185,7 +185,7 @@ fn snake_case(name: &str) -> String {
 
 /// The `layers/` group name of every node, as tf-keras `saving_lib` names the members of
 /// `model.layers`: the snake-cased class, numbered `_1`, `_2`… per class in model order.
-fn archive_keys(graph: &Graph) -> Vec<String> {
+pub(crate) fn archive_keys(graph: &Graph) -> Vec<String> {
     let mut used: HashMap<String, usize> = HashMap::new();
     graph
         .nodes
