@@ -45,13 +45,25 @@ fn blocked_matrix_vector_product_matches() {
         },
         Activation::Softmax { axis: -1 },
     ];
-    for (n_in, units) in [(256, 4), (1000, 37), (1000, 40), (4099, 3), (300, 1)] {
+    // (inputs, units, batch): one row, and several rows with a ≥ 1 MiB kernel whose unit
+    // count is not a multiple of 4.
+    for (n_in, units, batch) in [
+        (256, 4, 1),
+        (1000, 37, 1),
+        (1000, 40, 1),
+        (4099, 3, 1),
+        (300, 1, 1),
+        (8195, 37, 3),
+        (8192, 33, 5),
+    ] {
         for act in acts.clone() {
             let m = model(n_in, units, act.clone());
             let mut rng = lcjit::init::Rng::new(n_in as u64);
             let x = ArrayD::from_shape_vec(
-                IxDyn(&[1, n_in]),
-                (0..n_in).map(|_| rng.uniform() as f32 - 0.5).collect(),
+                IxDyn(&[batch, n_in]),
+                (0..batch * n_in)
+                    .map(|_| rng.uniform() as f32 - 0.5)
+                    .collect(),
             )
             .expect("x");
             let want = m.predict(&x).expect("reference");
@@ -61,7 +73,7 @@ fn blocked_matrix_vector_product_matches() {
                     CompileOptions {
                         engine,
                         threads,
-                        max_batch: 1,
+                        max_batch: batch,
                     },
                 )
                 .expect("compile")

@@ -155,13 +155,14 @@ pub fn forward(cx: &mut Cx, node: NodeId, d: &Dense) -> Result<()> {
     } else {
         cx.temp(rows * units)
     };
-    if rows == 1 && n_in >= GEMV_MIN_IN {
+    let big = n_in * units * 4 >= 1 << 20;
+    if n_in >= GEMV_MIN_IN && (rows == 1 || (big && !units.is_multiple_of(4) && rows <= 64)) {
         let act = if elementwise {
             d.activation.clone()
         } else {
             Activation::Linear
         };
-        gemv(cx, &name, [x, k, z], bias, n_in, units, &act)?;
+        gemv(cx, &name, [x, k, z], bias, n_in, units, rows, &act)?;
     } else {
         tiled(
             cx,
@@ -193,14 +194,16 @@ const GEMV_MIN_IN: usize = 256;
 /// the summation order, and the result, is the same for any thread count.
 const GEMV_BLOCKS: usize = 16;
 
-/// One row (batch 1): `y = act(x·K + b)` as a memory-bound matrix-vector product. Kernel
-/// 1 splits the inputs into [`GEMV_BLOCKS`] contiguous blocks (parallel) and accumulates
-/// each block's partial sums over *whole rows* of `K` — one contiguous pass over the
-/// weights, with the partial row of `units` floats staying in L1. Kernel 2 adds the
-/// partial rows in block order, the bias, and the activation. The register-tiled
-/// schedule instead walks `K` one narrow column strip at a time with a stride of `units`
-/// floats, which at one row ran 6× slower than the reference path on YOLO's 12544×1470
-/// classifier (TLB and prefetch misses).
+/// Few rows and a large kernel: `y = act(x·K + b)` as a memory-bound streaming product.
+/// Kernel 1 splits the inputs into [`GEMV_BLOCKS`] contiguous blocks (parallel) and, for
+/// each input `i` of a block, adds `x[r, i]·K[i, :]` to the block's partial row of every
+/// row `r` — one contiguous pass over the weights, each weight row reused from L1 by all
+/// rows, partial rows in L2. Kernel 2 adds the partial rows in block order, the bias, and
+/// the activation. Used at one row, and for kernels of 1 MiB or more whose unit count is
+/// not a multiple of 4 (no f32x4 register tile): the register-tiled schedule walks `K`
+/// one narrow column strip at a time with a stride of `units` floats, which ran 6× slower
+/// than the reference path on YOLO's 12544×1470 classifier at batch 1 and 3× slower at
+/// batch 32 (TLB and prefetch misses).
 #[allow(clippy::too_many_arguments)]
 fn gemv(
     cx: &mut Cx,
@@ -209,18 +212,25 @@ fn gemv(
     bias: Option<crate::loop_ir::BufId>,
     n_in: usize,
     units: usize,
+    rows: usize,
     act: &Activation,
 ) -> Result<()> {
     let nb = GEMV_BLOCKS.min(n_in);
     let blk = n_in.div_ceil(nb);
     let nb = n_in.div_ceil(blk);
-    let part = cx.temp(nb * units);
+    let part = cx.temp(nb * rows * units);
     let u4 = units - units % 4;
     // Kernel 1: part[b, u] = Σ_{i in block b} x[i]·K[i, u].
     let mut kb = KernelBuilder::new(format!("{name}.forward.blocks"));
     let (bv, iv) = (kb.var("blk"), kb.var("i"));
+    let (rz, ra) = (kb.var("rz"), kb.var("r"));
     let (u0, u1, u2, u3) = (kb.var("u"), kb.var("ur"), kb.var("ua"), kb.var("uar"));
-    let prow = |u: Affine| Affine::var(bv).scale(units as i64).plus_affine(&u);
+    let prow_r = |r: Var, u: Affine| {
+        Affine::var(bv)
+            .scale((rows * units) as i64)
+            .plus_term(r, units as i64)
+            .plus_affine(&u)
+    };
     let zero = |u: Var, off: i64, n: usize, kind: LoopKind| {
         for_(
             u,
@@ -228,7 +238,7 @@ fn gemv(
             kind,
             vec![Stmt::Store {
                 buf: part,
-                index: prow(Affine::var(u).plus(off)),
+                index: prow_r(rz, Affine::var(u).plus(off)),
                 value: Expr::Const(0.0),
             }],
         )
@@ -241,25 +251,25 @@ fn gemv(
             kind,
             vec![Stmt::Store {
                 buf: part,
-                index: prow(uu.clone()),
+                index: prow_r(ra, uu.clone()),
                 value: fma(
-                    load(x, row.clone()),
+                    load(x, row.clone().plus_term(ra, n_in as i64)),
                     load(k, row.clone().scale(units as i64).plus_affine(&uu)),
-                    load(part, prow(uu)),
+                    load(part, prow_r(ra, uu)),
                 ),
             }],
         )
     };
-    let mut body = Vec::new();
-    let mut inner = Vec::new();
+    let mut zeros = Vec::new();
+    let mut per_row = Vec::new();
     let row = Affine::var(bv).scale(blk as i64).plus_term(iv, 1);
     if u4 > 0 {
-        body.push(zero(u0, 0, u4, LoopKind::Vector(4)));
-        inner.push(upd(u2, 0, u4, LoopKind::Vector(4), row.clone()));
+        zeros.push(zero(u0, 0, u4, LoopKind::Vector(4)));
+        per_row.push(upd(u2, 0, u4, LoopKind::Vector(4), row.clone()));
     }
     if units > u4 {
-        body.push(zero(u1, u4 as i64, units - u4, LoopKind::Serial));
-        inner.push(upd(
+        zeros.push(zero(u1, u4 as i64, units - u4, LoopKind::Serial));
+        per_row.push(upd(
             u3,
             u4 as i64,
             units - u4,
@@ -267,6 +277,8 @@ fn gemv(
             row.clone(),
         ));
     }
+    let mut body = vec![for_(rz, rows as u64, LoopKind::Serial, zeros)];
+    let inner = vec![for_(ra, rows as u64, LoopKind::Serial, per_row)];
     // The last block may be shorter: guard the rows past the end.
     let guarded = if nb * blk == n_in {
         inner
@@ -284,7 +296,7 @@ fn gemv(
     );
     // Kernel 2: y[u] = act(Σ_b part[b, u] + bias[u]), blocks in order.
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let (pu, u, bj) = (kb.var("pu"), kb.var("u"), kb.var("b"));
+    let (pr, pu, u, bj) = (kb.var("pr"), kb.var("pu"), kb.var("u"), kb.var("b"));
     let acc = kb.local("acc", 1);
     let z0 = Affine::constant(0);
     let body = vec![
@@ -303,13 +315,19 @@ fn gemv(
                 value: bin(
                     BinOp::Add,
                     load_local(acc, z0.clone()),
-                    load(part, Affine::var(bj).scale(units as i64).plus_term(pu, 1)),
+                    load(
+                        part,
+                        Affine::var(bj)
+                            .scale((rows * units) as i64)
+                            .plus_term(pr, units as i64)
+                            .plus_term(pu, 1),
+                    ),
                 ),
             }],
         ),
         Stmt::Store {
             buf: z,
-            index: Affine::var(pu),
+            index: Affine::var(pr).scale(units as i64).plus_term(pu, 1),
             value: {
                 let mut v = load_local(acc, z0.clone());
                 if let Some(b) = bias {
@@ -324,7 +342,12 @@ fn gemv(
     let mut reads = vec![part];
     reads.extend(bias);
     cx.push(
-        kb.finish(vec![for_(pu, units as u64, LoopKind::Parallel, body)]),
+        kb.finish(vec![for_(
+            pr,
+            rows as u64,
+            LoopKind::Parallel,
+            vec![for_(pu, units as u64, LoopKind::Serial, body)],
+        )]),
         &reads,
         &[z],
     );
