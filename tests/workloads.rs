@@ -81,3 +81,36 @@ fn every_workload_loads_and_runs() {
         assert!(err <= 1e-5 * scale, "{name}: jit vs reference {err}");
     }
 }
+
+#[test]
+fn lcjit_ir_prints_every_stage_for_every_workload() {
+    let mut names: Vec<String> = std::fs::read_dir(workload(""))
+        .expect("workloads")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    for name in names {
+        for (stage, needle) in [
+            ("graph", "graph "),
+            ("dot", "digraph"),
+            ("loops", "kernel "),
+            ("clif", "function"),
+            ("asm", "; kernel"),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_lcjit"))
+                .args(["ir"])
+                .arg(workload(&name))
+                .args(["--stage", stage])
+                .output()
+                .expect("spawn lcjit");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains(needle),
+                "{name} --stage {stage}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

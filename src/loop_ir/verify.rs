@@ -230,8 +230,14 @@ impl Ctx<'_> {
                     match self.module.buffers.get(*buf as usize) {
                         Some(b) => {
                             let len = b.len;
-                            if matches!(b.role, super::BufRole::Param(_) | super::BufRole::Const(_))
-                            {
+                            // Inputs, parameters and constants are passed to native code
+                            // as shared slices: no store may reach them.
+                            if matches!(
+                                b.role,
+                                super::BufRole::Input(_)
+                                    | super::BufRole::Param(_)
+                                    | super::BufRole::Const(_)
+                            ) {
                                 self.err(format!("store to read-only buffer {buf} ({})", b.name));
                             }
                             self.check_index(
