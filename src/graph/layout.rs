@@ -659,33 +659,4 @@ mod tests {
             keras_to_canonical(&g, kp, std).unwrap()
         );
     }
-
-    /// Timing of a ~88M-entry kernel in every layout (run with `--ignored`; prints).
-    #[test]
-    #[ignore]
-    fn large_kernel_conversion_speed() {
-        for (imp, pad, df) in [
-            (3, Padding::Valid, DataFormat::ChannelsLast),
-            (3, Padding::Same, DataFormat::ChannelsFirst),
-            (1, Padding::Valid, DataFormat::ChannelsLast),
-        ] {
-            let input = if df == DataFormat::ChannelsLast {
-                [100, 100, 32]
-            } else {
-                [32, 100, 100]
-            };
-            let (g, kp, _) = lc_graph(&input, lc_op(&[3, 3], &[1, 1], &[1, 1], pad, df, 32, imp));
-            let keras = ArrayD::from_elem(IxDyn(&g.params[kp].keras_shape), 1.0f32);
-            let t = std::time::Instant::now();
-            let canon = keras_to_canonical(&g, kp, keras).unwrap();
-            let load = t.elapsed();
-            let t = std::time::Instant::now();
-            let back = canonical_to_keras(&g, kp, &canon).unwrap();
-            eprintln!(
-                "impl {imp} {pad:?} {df:?}: {} entries, load {load:?}, save {:?}",
-                back.len(),
-                t.elapsed()
-            );
-        }
-    }
 }

@@ -33,7 +33,7 @@ fn trailing(v: &[usize]) -> Vec<i64> {
 ///
 /// Vectorised: 8 f32x4 accumulators, as TB = 4 rows × FT = 8 filters (2 vectors) when
 /// F % 8 == 0, else 8 rows × 1 vector. Measured (on-CPU time, one thread,
-/// `tests/perf_lc.rs`), DeepFace L4–L6 at batch 32: 4×8 118–126 ms, 6×8 116–124 ms
+/// `examples/perf_lc.rs`), DeepFace L4–L6 at batch 32: 4×8 118–126 ms, 6×8 116–124 ms
 /// (spills 3 registers), 8×4 125–131 ms, 2×16 130–137 ms, 3×16 140–144 ms (12
 /// accumulators force re-loading each weight vector per FMA to stay under 16
 /// registers; the extra loads cost more than the reuse gains), 3×8 140 ms. The x64

@@ -581,48 +581,6 @@ fn text_and_errors() {
     assert!(err.is_some_and(|e| e.is_internal()));
 }
 
-/// Measures `none` vs `speed` on an LC-like kernel (run with `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn opt_level_probe() {
-    let m = lc_module(256, 4, 12, 96);
-    let init = lc_init(&m);
-    for opt_level in [
-        OptLevel::None,
-        OptLevel::Speed,
-        OptLevel::None,
-        OptLevel::Speed,
-    ] {
-        let opts = CodegenOptions {
-            opt_level,
-            keep_text: true,
-            ..Default::default()
-        };
-        let cm = CompiledModule::compile(&m, &opts).expect("compile");
-        if std::env::var_os("LCJIT_DUMP").is_some() {
-            println!("{}\n{}", cm.clif_text(), cm.asm_text());
-        }
-        let mut bufs = init.clone();
-        let mut s: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        // Best of 9 batches: the shared machine is noisy.
-        let mut us = f64::INFINITY;
-        for _ in 0..9 {
-            let reps = 20;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                cm.run(&mut s, 1).expect("run");
-            }
-            us = us.min(t.elapsed().as_secs_f64() * 1e6 / reps as f64);
-        }
-        let flops = 2.0 * 256.0 * 4.0 * 12.0 * 96.0;
-        println!(
-            "{opt_level:?}: compile {:.2} ms, run {us:.1} us/call, {:.2} GFLOP/s",
-            cm.compile_ms(),
-            flops / us / 1e3
-        );
-    }
-}
-
 #[test]
 fn fma_choice_is_observable() {
     // Host detection fuses on this project's machines; forcing fmul+fadd must still be

@@ -2,8 +2,7 @@
 //! a shared machine. Wall-clock medians swing by 2× when other jobs share the two cores;
 //! this measures the calling thread's own CPU time (`/proc/thread-self/schedstat`, ns)
 //! with one worker thread, which is immune to time slicing (not to SMT or cache
-//! sharing). Ignored by default; run with
-//! `cargo test --release --test perf_lc -- --ignored --nocapture`
+//! sharing). Run with `cargo run --release --example perf_lc`
 //! (`PERF_MODELS=deepface_l4_l6:32,seed_lc2d:32` selects workloads).
 
 use std::sync::Arc;
@@ -16,15 +15,16 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-#[ignore]
-fn lc_forward_cpu_time() {
+fn main() {
     let spec = std::env::var("PERF_MODELS")
         .unwrap_or_else(|_| "deepface_l4_l6:32,seed_lc2d:32,snp_lc1d:32".into());
     for item in spec.split(',') {
         let (name, batch) = item.split_once(':').expect("model:batch");
         let batch: usize = batch.parse().expect("batch");
-        let path = format!("tests/data/workloads/{name}.json");
+        let path = format!(
+            "{}/tests/data/workloads/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let model = Arc::new(lcjit::Model::load(&path).expect("load"));
         let compiled = lcjit::CompiledModel::new(
             model.clone(),
