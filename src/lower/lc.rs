@@ -190,11 +190,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                 a = a.plus_term(cv, 1);
             }
             for ax in 0..g.rank {
-                let pos = Affine::var(o[ax])
-                    .scale(l.strides[ax] as i64)
-                    .plus_term(t[ax], l.dilation[ax] as i64)
-                    .plus(-g.pad[ax]);
-                a = a.plus_affine(&pos.scale(g.x_stride[ax]));
+                a = a.plus_affine(&tap_pos(l, &g, o[ax], t[ax], ax).scale(g.x_stride[ax]));
             }
             a
         };
@@ -254,26 +250,14 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                 }],
             )],
         );
-        let mut taps = vec![for_(
+        let taps = vec![for_(
             red_var,
             red_extent,
             reduction_kind(red_extent),
             vec![update],
         )];
         let tap_axes = if merge { last } else { g.rank };
-        for ax in (0..tap_axes).rev() {
-            if l.padding == Padding::Same {
-                let pos = Affine::var(o[ax])
-                    .scale(l.strides[ax] as i64)
-                    .plus_term(t[ax], l.dilation[ax] as i64)
-                    .plus(-g.pad[ax]);
-                taps = vec![Stmt::If {
-                    conds: vec![(pos, 0, g.in_sp[ax] as i64)],
-                    body: taps,
-                }];
-            }
-            taps = vec![for_(t[ax], l.kernel[ax] as u64, LoopKind::Serial, taps)];
-        }
+        let taps = tap_loops(l, &g, &o, &t, tap_axes, taps);
         // y[b, p, f] (channels_last) or y[b, f, p] (channels_first); bias likewise.
         let (y_at, bias_at) = if g.cl {
             (
@@ -418,25 +402,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                     },
                 ),
             ];
-            let mut red = vec![for_(
+            let red = vec![for_(
                 cb,
                 (g.c / cbl) as u64,
                 LoopKind::Serial,
                 vec![for_(fb, (g.f / ft) as u64, LoopKind::Serial, per_tile)],
             )];
-            for ax in (0..g.rank).rev() {
-                if l.padding == Padding::Same {
-                    let pos = Affine::var(o[ax])
-                        .scale(l.strides[ax] as i64)
-                        .plus_term(t[ax], l.dilation[ax] as i64)
-                        .plus(-g.pad[ax]);
-                    red = vec![Stmt::If {
-                        conds: vec![(pos, 0, g.in_sp[ax] as i64)],
-                        body: red,
-                    }];
-                }
-                red = vec![for_(t[ax], l.kernel[ax] as u64, LoopKind::Serial, red)];
-            }
+            let red = tap_loops(l, &g, &o, &t, g.rank, red);
             let mut zv = load(z, with(&y_at, fo, bb_s, ff_s));
             if let Some(bias) = bias {
                 zv = bin(BinOp::Add, zv, load(bias, with(&bias_at, fo, bb_s, ff_s)));
@@ -514,6 +486,38 @@ fn reduction_kind(extent: u64) -> LoopKind {
 
 /// `a` with its terms `C·a_c·t + a_c·c` replaced by `a_c·m` (`m = t·C + c`); `a` must
 /// carry them in that ratio (true for the x and kernel indices of a contiguous row).
+/// Input index along axis `ax` of tap `t` of the window at output `o`:
+/// `o·s + t·d − pad` (may fall outside the input under `same` padding).
+fn tap_pos(l: &LocallyConnected, g: &Geo, o: Var, t: Var, ax: usize) -> Affine {
+    Affine::var(o)
+        .scale(l.strides[ax] as i64)
+        .plus_term(t, l.dilation[ax] as i64)
+        .plus(-g.pad[ax])
+}
+
+/// Wraps `body` in the tap loops of the first `axes` spatial axes (outermost first),
+/// each guarded under `same` padding so that clipped taps are skipped and the verifier
+/// can prove the input loads in bounds.
+fn tap_loops(
+    l: &LocallyConnected,
+    g: &Geo,
+    o: &[Var],
+    t: &[Var],
+    axes: usize,
+    mut body: Vec<Stmt>,
+) -> Vec<Stmt> {
+    for ax in (0..axes).rev() {
+        if l.padding == Padding::Same {
+            body = vec![Stmt::If {
+                conds: vec![(tap_pos(l, g, o[ax], t[ax], ax), 0, g.in_sp[ax] as i64)],
+                body,
+            }];
+        }
+        body = vec![for_(t[ax], l.kernel[ax] as u64, LoopKind::Serial, body)];
+    }
+    body
+}
+
 /// Channel block length when one position's weights are too large to stay in cache while
 /// the register tile walks them once per filter tile (`F/FT ≥ 2` passes over `Q·F`
 /// floats with a stride of `F`): then the reduction is cut into blocks of up to 64
