@@ -160,21 +160,30 @@ fn stream_probe(len: usize) -> Module {
             )],
         ),
     ];
+    probe_module(
+        len,
+        CHUNKS * 16,
+        kb.finish(vec![for_(t, CHUNKS as u64, LoopKind::Parallel, body)]),
+    )
+}
+
+/// A probe module: one input buffer, one output buffer, one kernel.
+fn probe_module(input_len: usize, output_len: usize, kernel: crate::loop_ir::Kernel) -> Module {
     Module {
         name: "probe".into(),
         buffers: vec![
             Buffer {
                 name: "x".into(),
-                len,
+                len: input_len,
                 role: BufRole::Input(0),
             },
             Buffer {
                 name: "y".into(),
-                len: CHUNKS * 16,
+                len: output_len,
                 role: BufRole::Output(0),
             },
         ],
-        kernels: vec![kb.finish(vec![for_(t, CHUNKS as u64, LoopKind::Parallel, body)])],
+        kernels: vec![kernel],
     }
 }
 
@@ -249,22 +258,11 @@ fn fma_probe(iters: u64) -> Module {
             )],
         ),
     ];
-    Module {
-        name: "probe".into(),
-        buffers: vec![
-            Buffer {
-                name: "c".into(),
-                len: 2,
-                role: BufRole::Input(0),
-            },
-            Buffer {
-                name: "y".into(),
-                len: CHUNKS * 48,
-                role: BufRole::Output(0),
-            },
-        ],
-        kernels: vec![kb.finish(vec![for_(t, CHUNKS as u64, LoopKind::Parallel, body)])],
-    }
+    probe_module(
+        2,
+        CHUNKS * 48,
+        kb.finish(vec![for_(t, CHUNKS as u64, LoopKind::Parallel, body)]),
+    )
 }
 
 /// Measures read bandwidth (over a 512 MiB buffer) and the FMA rate with `threads`

@@ -168,6 +168,10 @@ impl CompiledModel {
             return self.model.predict_many(inputs);
         }
         let batch = inputs.first().map(|x| x.shape()[0]).unwrap_or(0);
+        if batch <= self.opts.max_batch {
+            // One chunk: run on the caller's arrays without slicing copies.
+            return self.run_chunk(inputs, batch);
+        }
         let mut chunks: Vec<Vec<ArrayD<f32>>> = Vec::new();
         let mut start = 0;
         while start < batch {
