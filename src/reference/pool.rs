@@ -19,12 +19,22 @@ use crate::graph::infer::join_channels;
 use crate::graph::{DataFormat, Pool, PoolKind};
 use ndarray::ArrayD;
 
-/// Runs one pooling layer on a batched input `x`.
+/// Output size and the in-bounds input taps of every window of a pooling layer.
+pub(super) struct Windows {
+    /// Output spatial sizes.
+    pub out_sp: Vec<usize>,
+    /// Flat input spatial indices of the in-bounds taps of each output position, in
+    /// window (row-major tap) order; never empty.
+    pub taps: Vec<Vec<usize>>,
+}
+
+/// The windows of `pl` over an input of spatial sizes `in_sp`: input index
+/// `o·s − pad + t` on each axis with TF's `pad` (0 for `valid`), taps outside the input
+/// dropped (they neither win a max nor count in an average).
 // Axis-indexed geometry reads best with explicit indices.
 #[allow(clippy::needless_range_loop)]
-pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+pub(super) fn windows(pl: &Pool, in_sp: &[usize]) -> Result<Windows> {
     let rank = pl.rank;
-    let (batch, in_sp, c) = split_batched(x.shape(), rank, pl.data_format)?;
     let mut out_sp = Vec::with_capacity(rank);
     let mut pad = Vec::with_capacity(rank);
     for a in 0..rank {
@@ -34,9 +44,40 @@ pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         out_sp.push(o);
         pad.push(tf_pad_before(n, k, s, 1, pl.padding) as i64);
     }
-    let n_in: usize = in_sp.iter().product();
     let n_pos: usize = out_sp.iter().product();
     let n_taps: usize = pl.pool.iter().product();
+    let (mut o, mut t, mut i) = (vec![0usize; rank], vec![0usize; rank], vec![0usize; rank]);
+    let mut taps = Vec::with_capacity(n_pos);
+    for p in 0..n_pos {
+        unravel(p, &out_sp, &mut o);
+        let mut window = Vec::with_capacity(n_taps);
+        'tap: for tt in 0..n_taps {
+            unravel(tt, &pl.pool, &mut t);
+            for a in 0..rank {
+                let ia = (o[a] * pl.strides[a]) as i64 - pad[a] + t[a] as i64;
+                if ia < 0 || ia >= in_sp[a] as i64 {
+                    continue 'tap;
+                }
+                i[a] = ia as usize;
+            }
+            window.push(ravel(&i, in_sp));
+        }
+        if window.is_empty() {
+            return Err(Error::internal(
+                "reference pool: window without input elements",
+            ));
+        }
+        taps.push(window);
+    }
+    Ok(Windows { out_sp, taps })
+}
+
+/// Runs one pooling layer on a batched input `x`.
+pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let (batch, in_sp, c) = split_batched(x.shape(), pl.rank, pl.data_format)?;
+    let Windows { out_sp, taps } = windows(pl, &in_sp)?;
+    let n_in: usize = in_sp.iter().product();
+    let n_pos: usize = out_sp.iter().product();
 
     let x = x.as_standard_layout();
     let xs = slice_of(&x)?;
@@ -47,31 +88,7 @@ pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     };
 
     let mut y = vec![0.0f32; batch * n_pos * c];
-    let mut o = vec![0usize; rank];
-    let mut t = vec![0usize; rank];
-    let mut i = vec![0usize; rank];
-    // The flat input spatial indices of the in-bounds taps of the current window.
-    let mut window: Vec<usize> = Vec::with_capacity(n_taps);
-    for p in 0..n_pos {
-        unravel(p, &out_sp, &mut o);
-        window.clear();
-        'tap: for tt in 0..n_taps {
-            unravel(tt, &pl.pool, &mut t);
-            for a in 0..rank {
-                // input index = o·s − pad + t
-                let ia = (o[a] * pl.strides[a]) as i64 - pad[a] + t[a] as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    continue 'tap;
-                }
-                i[a] = ia as usize;
-            }
-            window.push(ravel(&i, &in_sp));
-        }
-        if window.is_empty() {
-            return Err(Error::internal(
-                "reference pool: window without input elements",
-            ));
-        }
+    for (p, window) in taps.iter().enumerate() {
         for b in 0..batch {
             for ch in 0..c {
                 let v = match pl.kind {

@@ -5,30 +5,18 @@
 //! pooling spreads it evenly over the in-bounds taps (`dy / count`). Global pooling: the
 //! first maximum over all spatial positions, or `dy / n`.
 
-use super::{from_vec, ravel, slice_of, split_batched, unravel};
+use super::pool::{windows, Windows};
+use super::{from_vec, slice_of, split_batched};
 use crate::error::{Error, Result};
-use crate::graph::geometry::{output_len, tf_pad_before};
 use crate::graph::{DataFormat, Pool, PoolKind};
 use ndarray::ArrayD;
 
 /// `dx` of one pooling layer from its input `x` and the output gradient `dy`.
-// Axis-indexed geometry reads best with explicit indices.
-#[allow(clippy::needless_range_loop)]
 pub(super) fn pool_backward(pl: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-    let rank = pl.rank;
-    let (batch, in_sp, c) = split_batched(x.shape(), rank, pl.data_format)?;
-    let mut out_sp = Vec::with_capacity(rank);
-    let mut pad = Vec::with_capacity(rank);
-    for a in 0..rank {
-        let (n, k, s) = (in_sp[a], pl.pool[a], pl.strides[a]);
-        let o = output_len(n, k, s, 1, pl.padding)
-            .ok_or_else(|| Error::internal("reference pool backward: empty output"))?;
-        out_sp.push(o);
-        pad.push(tf_pad_before(n, k, s, 1, pl.padding) as i64);
-    }
+    let (batch, in_sp, c) = split_batched(x.shape(), pl.rank, pl.data_format)?;
+    let Windows { out_sp, taps } = windows(pl, &in_sp)?;
     let n_in: usize = in_sp.iter().product();
     let n_pos: usize = out_sp.iter().product();
-    let n_taps: usize = pl.pool.iter().product();
     if dy.len() != batch * n_pos * c {
         return Err(Error::internal("reference pool backward: shapes"));
     }
@@ -45,27 +33,7 @@ pub(super) fn pool_backward(pl: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Res
         DataFormat::ChannelsFirst => (b * c + ch) * n_pos + p,
     };
     let mut dx = vec![0.0f32; xs.len()];
-    let (mut o, mut t, mut i) = (vec![0usize; rank], vec![0usize; rank], vec![0usize; rank]);
-    let mut window: Vec<usize> = Vec::with_capacity(n_taps);
-    for p in 0..n_pos {
-        unravel(p, &out_sp, &mut o);
-        window.clear();
-        'tap: for tt in 0..n_taps {
-            unravel(tt, &pl.pool, &mut t);
-            for a in 0..rank {
-                let ia = (o[a] * pl.strides[a]) as i64 - pad[a] + t[a] as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    continue 'tap;
-                }
-                i[a] = ia as usize;
-            }
-            window.push(ravel(&i, &in_sp));
-        }
-        if window.is_empty() {
-            return Err(Error::internal(
-                "reference pool backward: window without input elements",
-            ));
-        }
+    for (p, window) in taps.iter().enumerate() {
         for b in 0..batch {
             for ch in 0..c {
                 let g = dys[y_at(b, p, ch)];
@@ -76,7 +44,7 @@ pub(super) fn pool_backward(pl: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Res
                     }
                     PoolKind::Average => {
                         let share = g / window.len() as f32;
-                        for &sp in &window {
+                        for &sp in window {
                             dx[at(b, sp, ch)] += share;
                         }
                     }
