@@ -11,7 +11,7 @@
 //! `valid`, TF's `floor(total/2)` for `same`, `d·(k−1)` for Conv1D `causal`), and input
 //! indices outside `[0, n)` reading the zero padding (skipped).
 
-use super::{apply_activation, from_vec, ravel, slice_of, split_batched, unravel};
+use super::{apply_activation, from_vec, slice_of, split_batched, tap_input, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{output_len, tf_pad_before};
 use crate::graph::infer::join_channels;
@@ -67,27 +67,19 @@ pub(super) fn forward(
     let mut y = vec![0.0f32; batch * n_pos * n_f];
     let mut o = vec![0usize; rank];
     let mut t = vec![0usize; rank];
-    let mut i = vec![0usize; rank];
+    let mut start = vec![0i64; rank];
     // tap_at[tt]: flat input spatial index read by tap tt, or None inside the padding.
     let mut tap_at: Vec<Option<usize>> = vec![None; n_taps];
     let mut acc = vec![0.0f32; n_f];
     for p in 0..n_pos {
         unravel(p, &out_sp, &mut o);
+        for a in 0..rank {
+            // input index = o·s − pad + t·d
+            start[a] = (o[a] * cv.strides[a]) as i64 - pad[a];
+        }
         for (tt, slot) in tap_at.iter_mut().enumerate() {
             unravel(tt, &cv.kernel, &mut t);
-            *slot = Some(0);
-            for a in 0..rank {
-                // input index = o·s − pad + t·d
-                let ia = (o[a] * cv.strides[a]) as i64 - pad[a] + (t[a] * cv.dilation[a]) as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    *slot = None;
-                    break;
-                }
-                i[a] = ia as usize;
-            }
-            if slot.is_some() {
-                *slot = Some(ravel(&i, &in_sp));
-            }
+            *slot = tap_input(&start, &t, &cv.dilation, &in_sp);
         }
         for b in 0..batch {
             acc.fill(0.0);

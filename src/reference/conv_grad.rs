@@ -9,7 +9,7 @@
 //! ```
 
 use super::backward::KernelGrads;
-use super::{from_vec, ravel, slice_of, split_batched, unravel};
+use super::{from_vec, slice_of, split_batched, tap_input, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{output_len, tf_pad_before};
 use crate::graph::{Conv, DataFormat};
@@ -64,7 +64,7 @@ pub(super) fn backward(
     let mut dx = vec![0.0f32; xs.len()];
     let mut dk = vec![0.0f32; ks.len()];
     let mut db = vec![0.0f32; n_f];
-    let (mut o, mut t, mut i) = (vec![0usize; rank], vec![0usize; rank], vec![0usize; rank]);
+    let (mut o, mut t, mut start) = (vec![0usize; rank], vec![0usize; rank], vec![0i64; rank]);
     for p in 0..n_pos {
         unravel(p, &out_sp, &mut o);
         for b in 0..batch {
@@ -72,16 +72,14 @@ pub(super) fn backward(
                 *g += dzs[z_at(b, p, f)];
             }
         }
-        'tap: for tt in 0..n_taps {
+        for a in 0..rank {
+            start[a] = (o[a] * cv.strides[a]) as i64 - pad[a];
+        }
+        for tt in 0..n_taps {
             unravel(tt, &cv.kernel, &mut t);
-            for a in 0..rank {
-                let ia = (o[a] * cv.strides[a]) as i64 - pad[a] + (t[a] * cv.dilation[a]) as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    continue 'tap;
-                }
-                i[a] = ia as usize;
-            }
-            let sp = ravel(&i, &in_sp);
+            let Some(sp) = tap_input(&start, &t, &cv.dilation, &in_sp) else {
+                continue;
+            };
             for b in 0..batch {
                 for f in 0..n_f {
                     let g = dzs[z_at(b, p, f)];

@@ -16,7 +16,7 @@
 //! bias has the per-sample output shape, so it adds elementwise (this already contains the
 //! channels_first bias reshape of §3.3).
 
-use super::{apply_activation, from_vec, ravel, slice_of, split_batched, unravel};
+use super::{apply_activation, from_vec, slice_of, split_batched, tap_input, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{lc_window_start, output_len};
 use crate::graph::infer::join_channels;
@@ -78,30 +78,20 @@ pub(super) fn forward(
     let mut y = vec![0.0f32; batch * n_pos * n_f];
     let mut o = vec![0usize; rank]; // output position multi-index
     let mut t = vec![0usize; rank]; // tap multi-index
-    let mut i = vec![0usize; rank]; // input position multi-index
-                                    // tap_at[tt]: flat input spatial index read by tap tt at the current position, or None
-                                    // when the tap falls outside the input ('same' borders).
+    let mut start = vec![0i64; rank]; // first input index of the window, per axis
+                                      // tap_at[tt]: flat input spatial index read by tap tt at the current position, or None
+                                      // when the tap falls outside the input ('same' borders).
     let mut tap_at: Vec<Option<usize>> = vec![None; n_taps];
     let mut acc = vec![0.0f32; n_f];
     for p in 0..n_pos {
         unravel(p, &out_sp, &mut o);
+        for a in 0..rank {
+            // input index = window start + t_a · dilation_a
+            start[a] = lc_window_start(o[a], l.kernel[a], l.strides[a], l.dilation[a], l.padding);
+        }
         for (tt, slot) in tap_at.iter_mut().enumerate() {
             unravel(tt, &l.kernel, &mut t);
-            *slot = Some(0);
-            for a in 0..rank {
-                // input index = window start + t_a · dilation_a
-                let start =
-                    lc_window_start(o[a], l.kernel[a], l.strides[a], l.dilation[a], l.padding);
-                let ia = start + (t[a] * l.dilation[a]) as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    *slot = None;
-                    break;
-                }
-                i[a] = ia as usize;
-            }
-            if slot.is_some() {
-                *slot = Some(ravel(&i, &in_sp));
-            }
+            *slot = tap_input(&start, &t, &l.dilation, &in_sp);
         }
         for b in 0..batch {
             acc.fill(0.0);

@@ -14,7 +14,7 @@
 //! element of `dx` is written once.
 
 use super::backward::KernelGrads;
-use super::{from_vec, ravel, slice_of, split_batched, unravel};
+use super::{from_vec, slice_of, split_batched, tap_input, unravel};
 use crate::error::{Error, Result};
 use crate::graph::geometry::{lc_window_start, output_len};
 use crate::graph::{DataFormat, LocallyConnected};
@@ -95,26 +95,18 @@ pub(super) fn backward(
     let mut db = vec![0.0f32; n_pos * n_f];
     let mut o = vec![0usize; rank];
     let mut t = vec![0usize; rank];
+    let mut start = vec![0i64; rank];
     let mut i = vec![0usize; rank];
     for p in 0..n_pos {
         unravel(p, &out_sp, &mut o);
+        for a in 0..rank {
+            start[a] = lc_window_start(o[a], l.kernel[a], l.strides[a], l.dilation[a], l.padding);
+        }
         for tt in 0..n_taps {
             unravel(tt, &l.kernel, &mut t);
-            let mut inside = true;
-            for a in 0..rank {
-                let start =
-                    lc_window_start(o[a], l.kernel[a], l.strides[a], l.dilation[a], l.padding);
-                let ia = start + (t[a] * l.dilation[a]) as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    inside = false;
-                    break;
-                }
-                i[a] = ia as usize;
-            }
-            if !inside {
+            let Some(sp) = tap_input(&start, &t, &l.dilation, &in_sp) else {
                 continue;
-            }
-            let sp = ravel(&i, &in_sp);
+            };
             for ch in 0..c {
                 let row = &mut dk[(p * n_q + q_of(tt, ch)) * n_f..][..n_f];
                 for b in 0..batch {

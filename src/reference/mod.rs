@@ -394,6 +394,27 @@ pub(crate) fn ravel(idx: &[usize], dims: &[usize]) -> usize {
     idx.iter().zip(dims).fold(0, |acc, (&i, &d)| acc * d + i)
 }
 
+/// The input element a window tap reads: on each axis `a`, input index
+/// `start[a] + t[a]·dilation[a]` where `start` is the window's first (possibly negative)
+/// index; the row-major flat spatial index, or `None` when the tap falls outside the input
+/// (padding, or a clipped LC `same` window). Shared by every windowed layer and gradient.
+pub(crate) fn tap_input(
+    start: &[i64],
+    t: &[usize],
+    dilation: &[usize],
+    in_sp: &[usize],
+) -> Option<usize> {
+    let mut flat = 0usize;
+    for a in 0..in_sp.len() {
+        let ia = start[a] + (t[a] * dilation[a]) as i64;
+        if ia < 0 || ia >= in_sp[a] as i64 {
+            return None;
+        }
+        flat = flat * in_sp[a] + ia as usize;
+    }
+    Some(flat)
+}
+
 /// Splits a batched shape `(B, per-sample…)` of spatial rank `rank` into
 /// `(B, spatial sizes, channels)`.
 pub(crate) fn split_batched(
