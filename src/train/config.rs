@@ -7,8 +7,8 @@
 //! else legacy (tf.keras ≤ 2.10). Unknown names and unsupported options (`use_ema`,
 //! several outputs, a non-default reduction) are [`Error::Config`] naming the field.
 
-use super::fit::Metric;
 use super::loss::Loss;
+use super::metrics::Metric;
 use super::optimizer::{Algorithm, Flavor, OptimizerConfig};
 use super::schedule::LearningRate;
 use crate::error::{Error, Result};

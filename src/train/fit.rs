@@ -14,119 +14,13 @@
 //! `data_adapter.train_validation_split` (`split_at = floor(n·(1 − split))`).
 
 use super::loss::Loss;
+use super::metrics::{Metric, MetricState};
 use super::optimizer::Optimizer;
 use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::graph::ParamId;
 use ndarray::{ArrayD, Axis};
 use std::io::{IsTerminal, Write};
-
-/// A metric reported per epoch (a running mean over samples, as Keras's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
-    /// `accuracy` whose kind depends on the output's last dimension (1: binary).
-    Accuracy,
-    /// `mean((p > 0.5) == t, axis=-1)`.
-    BinaryAccuracy,
-    /// `argmax(p) == argmax(t)`.
-    CategoricalAccuracy,
-    /// `argmax(p) == t`.
-    SparseCategoricalAccuracy,
-    /// Mean absolute error.
-    MeanAbsoluteError,
-    /// Mean squared error.
-    MeanSquaredError,
-}
-
-impl Metric {
-    /// Resolves a Keras metric name against the loss (`accuracy` follows the loss as in
-    /// `compile_utils.MetricsContainer._get_metric_object`). `None` if unknown.
-    pub fn parse(name: &str, loss: &Loss) -> Option<Metric> {
-        Some(match name {
-            "accuracy" | "acc" => match loss {
-                Loss::BinaryCrossentropy { .. } => Metric::BinaryAccuracy,
-                Loss::CategoricalCrossentropy { .. } => Metric::CategoricalAccuracy,
-                Loss::SparseCategoricalCrossentropy { .. } => Metric::SparseCategoricalAccuracy,
-                _ => Metric::Accuracy,
-            },
-            "binary_accuracy" => Metric::BinaryAccuracy,
-            "categorical_accuracy" => Metric::CategoricalAccuracy,
-            "sparse_categorical_accuracy" => Metric::SparseCategoricalAccuracy,
-            "mae" | "mean_absolute_error" => Metric::MeanAbsoluteError,
-            "mse" | "mean_squared_error" => Metric::MeanSquaredError,
-            _ => return None,
-        })
-    }
-
-    /// The name Keras reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Metric::Accuracy => "accuracy",
-            Metric::BinaryAccuracy => "binary_accuracy",
-            Metric::CategoricalAccuracy => "categorical_accuracy",
-            Metric::SparseCategoricalAccuracy => "sparse_categorical_accuracy",
-            Metric::MeanAbsoluteError => "mae",
-            Metric::MeanSquaredError => "mse",
-        }
-    }
-
-    /// `(sum over samples, number of samples)` of the metric on one batch.
-    pub fn batch(&self, y_true: &ArrayD<f32>, y_pred: &ArrayD<f32>) -> Result<(f64, f64)> {
-        let c = y_pred.shape().last().copied().unwrap_or(1).max(1);
-        let p: Vec<f32> = y_pred.iter().copied().collect();
-        let t: Vec<f32> = y_true.iter().copied().collect();
-        let rows = p.len() / c;
-        let sparse = matches!(self, Metric::SparseCategoricalAccuracy);
-        if (sparse && t.len() != rows) || (!sparse && t.len() != p.len()) {
-            return Err(Error::Input {
-                detail: format!(
-                    "metric {}: y_true shape {:?} does not fit prediction shape {:?}",
-                    self.name(),
-                    y_true.shape(),
-                    y_pred.shape()
-                ),
-            });
-        }
-        let argmax = |r: &[f32]| {
-            let mut best = 0;
-            for (i, &v) in r.iter().enumerate() {
-                if v > r[best] {
-                    best = i;
-                }
-            }
-            best
-        };
-        let kind = match self {
-            Metric::Accuracy if c == 1 => Metric::BinaryAccuracy,
-            Metric::Accuracy => Metric::CategoricalAccuracy,
-            m => *m,
-        };
-        let mut sum = 0f64;
-        for r in 0..rows {
-            let pr = &p[r * c..(r + 1) * c];
-            sum += match kind {
-                Metric::SparseCategoricalAccuracy => (argmax(pr) as f32 == t[r]) as u8 as f64,
-                Metric::CategoricalAccuracy => {
-                    (argmax(pr) == argmax(&t[r * c..(r + 1) * c])) as u8 as f64
-                }
-                _ => {
-                    let tr = &t[r * c..(r + 1) * c];
-                    let s: f64 = pr
-                        .iter()
-                        .zip(tr)
-                        .map(|(&p, &t)| match kind {
-                            Metric::BinaryAccuracy => ((p > 0.5) as u8 as f32 == t) as u8 as f64,
-                            Metric::MeanAbsoluteError => (p as f64 - t as f64).abs(),
-                            _ => (p as f64 - t as f64).powi(2),
-                        })
-                        .sum();
-                    s / c as f64
-                }
-            };
-        }
-        Ok((sum, rows as f64))
-    }
-}
 
 /// Options of [`fit`] (Keras `fit` arguments).
 #[derive(Clone, Debug, PartialEq)]
@@ -282,7 +176,7 @@ pub fn fit(
             }
         }
         let (mut lsum, mut lcount) = (0f64, 0f64);
-        let mut msum = vec![(0f64, 0f64); opts.metrics.len()];
+        let mut mstate: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
         for b in 0..batches {
             let idx = &order[b * opts.batch_size..((b + 1) * opts.batch_size).min(train_n)];
             let xb = xs.select(Axis(0), idx);
@@ -300,10 +194,8 @@ pub fn fit(
             let reg = table.regularize(params, Some(&mut grads))?;
             let total = out.loss + reg;
             if let Some(yp) = &out.y_pred {
-                for (k, m) in opts.metrics.iter().enumerate() {
-                    let (s, c) = m.batch(&yb, yp)?;
-                    msum[k].0 += s;
-                    msum[k].1 += c;
+                for st in mstate.iter_mut() {
+                    st.update(&yb, yp)?;
                 }
             }
             lsum += total * idx.len() as f64;
@@ -354,10 +246,8 @@ pub fn fit(
             }
         }
         hist.loss.push(lsum / lcount);
-        for (k, (s, c)) in msum.iter().enumerate() {
-            hist.metrics[k]
-                .1
-                .push(if *c > 0.0 { s / c } else { f64::NAN });
+        for (k, st) in mstate.iter().enumerate() {
+            hist.metrics[k].1.push(st.result());
         }
         let mut line = format!(
             "Epoch {}/{} - loss: {:.6}",
@@ -375,7 +265,7 @@ pub fn fit(
                 .as_mut()
                 .ok_or_else(|| usage("validation needs a predict function".into()))?;
             let (mut vsum, mut vcount) = (0f64, 0f64);
-            let mut vm = vec![(0f64, 0f64); opts.metrics.len()];
+            let mut vm: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
             let vn = vx.shape().first().copied().unwrap_or(0);
             let reg = table.regularize(params, None)?;
             for s in (0..vn).step_by(opts.batch_size) {
@@ -385,16 +275,14 @@ pub fn fit(
                 let yp = pf(params, &xb)?;
                 vsum += (loss.value(&yb, &yp)? + reg) * r.len() as f64;
                 vcount += r.len() as f64;
-                for (k, m) in opts.metrics.iter().enumerate() {
-                    let (a, c) = m.batch(&yb, &yp)?;
-                    vm[k].0 += a;
-                    vm[k].1 += c;
+                for st in vm.iter_mut() {
+                    st.update(&yb, &yp)?;
                 }
             }
             hist.val_loss.push(vsum / vcount.max(1.0));
             line += &format!(" - val_loss: {:.6}", vsum / vcount.max(1.0));
-            for (k, (a, c)) in vm.iter().enumerate() {
-                let v = if *c > 0.0 { a / c } else { f64::NAN };
+            for (k, st) in vm.iter().enumerate() {
+                let v = st.result();
                 hist.val_metrics[k].1.push(v);
                 line += &format!(" - {}: {v:.6}", hist.val_metrics[k].0);
             }

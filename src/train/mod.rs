@@ -17,6 +17,7 @@ pub mod compiled_fit;
 pub mod config;
 pub mod fit;
 pub mod loss;
+pub mod metrics;
 pub mod model_fit;
 mod opt_parts;
 pub mod optimizer;
@@ -26,8 +27,9 @@ pub mod update;
 
 pub use compiled_fit::fit_compiled;
 pub use config::{parse_loss_arg, parse_optimizer_arg, parse_training_config, TrainingSetup};
-pub use fit::{fit, FitCallbacks, FitOptions, History, Metric, StepOutput};
+pub use fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
 pub use loss::{Loss, OutputActivation};
+pub use metrics::{Metric, MetricState};
 pub use model_fit::{check_trainable, fit_model};
 pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
 pub use regularize::{apply_constraint, regularization, ParamTable};

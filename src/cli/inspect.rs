@@ -1,0 +1,120 @@
+//! `lcjit summary`, `lcjit convert` and `lcjit ir`: read a model and show or rewrite it.
+
+use super::{load, Pass, Stage};
+use clap::Args;
+use lcjit::{LoadOptions, Model, Result};
+use std::path::PathBuf;
+
+/// Arguments of `lcjit summary`.
+#[derive(Args, Debug)]
+pub struct SummaryArgs {
+    /// Model file: .json (any Keras dialect), .h5 or .keras.
+    pub model: PathBuf,
+}
+
+/// Runs `lcjit summary`.
+pub fn summary(a: SummaryArgs, budget: u64) -> Result<()> {
+    let SummaryArgs { model } = a;
+    let opts = LoadOptions {
+        memory_budget: budget,
+        seed: 0,
+    };
+    let m = Model::load_with(&model, &opts)?;
+    print!("{}", m.summary());
+    Ok(())
+}
+
+/// Arguments of `lcjit convert`.
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Model file: .json (any Keras dialect), .h5 or .keras.
+    pub model: PathBuf,
+    /// Weights file (.h5 or .npz with keys <layer>/<weight>); overrides the model's.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Where to write: .h5 (legacy full model), .keras (archive) or .npz (weights only).
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Runs `lcjit convert`.
+pub fn convert(a: ConvertArgs, budget: u64) -> Result<()> {
+    let ConvertArgs {
+        model,
+        weights,
+        output,
+    } = a;
+    let opts = LoadOptions {
+        memory_budget: budget,
+        seed: 0,
+    };
+    let m = load(&model, weights.as_deref(), &opts)?;
+    m.save(&output)?;
+    eprintln!(
+        "converted {} ({:?} dialect) to {}",
+        model.display(),
+        m.dialect(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `lcjit ir`.
+#[derive(Args, Debug)]
+pub struct IrArgs {
+    /// Model file: .json (any Keras dialect), .h5 or .keras.
+    pub model: PathBuf,
+    /// Which representation: the graph IR as text or Graphviz DOT, or the loop IR.
+    #[arg(long, value_enum, default_value = "graph")]
+    pub stage: Stage,
+    /// Batch size the loop IR is specialised to.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Which program (loops, clif, asm): the forward pass, or the gradient program
+    /// (its forward phase keeping activations, then the backward phase).
+    #[arg(long, value_enum, default_value = "forward")]
+    pub pass: Pass,
+}
+
+/// Runs `lcjit ir`.
+pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
+    let IrArgs {
+        model,
+        stage,
+        batch,
+        pass,
+    } = a;
+    let opts = LoadOptions {
+        memory_budget: budget,
+        seed: 0,
+    };
+    let m = Model::load_with(&model, &opts)?;
+    let program = || -> Result<lcjit::loop_ir::Module> {
+        Ok(match pass {
+            Pass::Forward => lcjit::lower::lower_forward(m.graph(), batch)?.module,
+            Pass::Backward => {
+                let g = lcjit::lower::grad::lower_gradients(m.graph(), batch)?;
+                let mut all = g.forward;
+                all.kernels.extend(g.backward.kernels);
+                all
+            }
+        })
+    };
+    match stage {
+        Stage::Graph => print!("{}", lcjit::graph::print::graph_text(m.graph())),
+        Stage::Dot => print!("{}", lcjit::graph::print::graph_dot(m.graph())),
+        Stage::Loops => print!("{}", lcjit::loop_ir::print::module_text(&program()?)),
+        Stage::Clif | Stage::Asm => {
+            let opts = lcjit::backend::CodegenOptions {
+                keep_text: true,
+                ..Default::default()
+            };
+            let native = lcjit::backend::CompiledModule::compile(&program()?, &opts)?;
+            match stage {
+                Stage::Clif => print!("{}", native.clif_text()),
+                _ => print!("{}", native.asm_text()),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The command-line interface: the argument types (one module per subcommand, each
+//! with its `Args` struct and the function that runs it) and the dispatch. Everything
+//! here is glue over the library; no model logic lives in the tool.
+
+mod bench;
+mod fit;
+mod grad;
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lcjit::{LoadOptions, Model, Result};
+use std::path::Path;
+
+/// Compile and run Keras models built around locally connected layers.
+#[derive(Parser, Debug)]
+#[command(name = "lcjit", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Refuse models whose tensors or weights exceed this many bytes (suffix K, M or G).
+    #[arg(long, global = true, value_parser = parse_bytes, default_value = "16G")]
+    pub memory_budget: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a Keras-style summary: layers, output shapes, parameter counts.
+    Summary(inspect::SummaryArgs),
+    /// Convert a model (any supported dialect and file) to a tf-keras .h5, .keras or .npz file.
+    Convert(inspect::ConvertArgs),
+    /// Print an intermediate representation of a model.
+    Ir(inspect::IrArgs),
+    /// Run a model on an input batch and write its output.
+    Run(run::RunArgs),
+    /// Time a model on each engine and compare with the machine's measured limits.
+    Bench(bench::BenchArgs),
+    /// Write the gradient of sum(y · dy) (inference mode) for the input and every trainable
+    /// weight: key `x` and `<layer>/<weight>` in the Keras layout of the model's file.
+    Grad(grad::GradArgs),
+    /// Train a model as Keras's fit does; optimizer and loss default to the file's
+    /// training_config.
+    Fit(fit::FitArgs),
+}
+
+/// Programs shown by `lcjit ir`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Pass {
+    /// The inference program.
+    Forward,
+    /// The gradient program of `sum(y · dy)`.
+    Backward,
+}
+
+/// Execution engines.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Engine {
+    /// The naive per-layer reference path (the oracle).
+    Reference,
+    /// Cranelift-compiled native code.
+    Jit,
+    /// The loop-IR interpreter.
+    Interp,
+}
+
+impl Engine {
+    pub fn lib(self) -> lcjit::Engine {
+        match self {
+            Engine::Reference => lcjit::Engine::Reference,
+            Engine::Interp => lcjit::Engine::Interp,
+            Engine::Jit => lcjit::Engine::Jit,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Stage {
+    /// Graph IR text.
+    Graph,
+    /// Graph IR as Graphviz DOT.
+    Dot,
+    /// Loop IR (forward pass) with its schedule.
+    Loops,
+    /// Cranelift IR of every kernel, after optimisation.
+    Clif,
+    /// Machine code of every kernel (post-register-allocation listing).
+    Asm,
+}
+
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 512M, 16G)"))
+}
+
+pub fn load(model: &Path, weights: Option<&Path>, opts: &LoadOptions) -> Result<Model> {
+    let mut m = Model::load_with(model, opts)?;
+    if let Some(w) = weights {
+        m.load_weights(w)?;
+    } else if let lcjit::WeightsOrigin::Initialized { seed } = m.weights_origin() {
+        eprintln!(
+            "note: {} carries no weights; initialized from its initializers with seed {seed}",
+            model.display()
+        );
+    }
+    Ok(m)
+}
+
+/// Runs the command line's command (the default job without one).
+pub fn run(cli: Cli) -> Result<()> {
+    let budget = cli.memory_budget;
+    match cli.command {
+        None => crate::default_job::run(budget),
+        Some(Command::Summary(a)) => inspect::summary(a, budget),
+        Some(Command::Convert(a)) => inspect::convert(a, budget),
+        Some(Command::Ir(a)) => inspect::ir(a, budget),
+        Some(Command::Run(a)) => run::run(a, budget),
+        Some(Command::Bench(a)) => bench::bench(a, budget),
+        Some(Command::Grad(a)) => grad::grad(a, budget),
+        Some(Command::Fit(a)) => fit::fit(a, budget),
+    }
+}
