@@ -264,6 +264,15 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
             },
             0.01,
         ),
+        "adam" | "adamw" if flag("adaptive_epsilon") => {
+            // `epsilon · sqrt(1 − β2^t)` (tf_keras/src/optimizers/adam.py): tf-keras
+            // never writes the flag into a saved config, so only a hand-written one has it.
+            return Err(cfg_err(
+                source,
+                "optimizer.adaptive_epsilon",
+                "Adam's adaptive epsilon is not supported",
+            ));
+        }
         "adam" | "adamw" => (
             Algorithm::Adam {
                 beta_1: num("beta_1", 0.9)?,
@@ -290,10 +299,16 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 beta_1: num("beta_1", 0.9)?,
                 beta_2: num("beta_2", 0.999)?,
                 epsilon: eps,
+                // tf-keras ≥ 2.11 has no schedule decay (`0.96^t`). optimizer_v2 writes
+                // its schedule decay as `decay`, but its constructor replaces any
+                // `decay` with `kwargs.pop("schedule_decay", 0.004)`
+                // (`legacy/nadam.py`, `__init__`), so a loaded config runs with
+                // `schedule_decay` or 0.004, never with `decay`; Keras 2 writes
+                // `schedule_decay`.
                 schedule_decay: if flavor == Flavor::TfKeras {
                     1.0
                 } else {
-                    num("schedule_decay", num("decay", 0.004)?)?
+                    num("schedule_decay", 0.004)?
                 },
             },
             if flavor == Flavor::TfKeras {

@@ -15,7 +15,7 @@
 //!
 //! State is kept per parameter in canonical layout (every rule is elementwise).
 
-use super::opt_parts::{adam_alpha, slot, slot_inits, ClipPlan, Slots, StepScalars};
+use super::opt_parts::{adam_alpha, slot, slot_inits, ClipPlan, NadamScalars, Slots, StepScalars};
 use super::update::CompiledUpdate;
 use crate::error::{Error, Result};
 use crate::runtime::Engine;
@@ -138,6 +138,9 @@ pub struct Optimizer {
     pub iterations: u64,
     slots: Vec<Slots>,
     u_product: f32,
+    /// tf-keras Nadam: which trace of Keras's train function runs the steps
+    /// ([`Optimizer::set_keras_trace`]).
+    keras_trace: u64,
     /// The compiled update of the last [`Optimizer::step_compiled`] (rebuilt when the
     /// engine, the rule or the parameter shapes change).
     compiled: Option<Arc<CompiledUpdate>>,
@@ -151,8 +154,30 @@ impl Optimizer {
             iterations: 0,
             slots: Vec::new(),
             u_product: 1.0,
+            keras_trace: 0,
             compiled: None,
         }
+    }
+
+    /// tf-keras ≥ 2.11 Nadam only: which trace of Keras's train function (0 = the first)
+    /// runs the next steps; the default 0 is what `load_model(file).fit(…)` does with
+    /// full batches.
+    ///
+    /// Why it matters: `tf_keras/src/optimizers/nadam.py`, `update_step`, caches the
+    /// running product `Π u` with a Python counter (`_u_product_counter`) compared with
+    /// `iterations + 2` inside `tf.cond`. In `fit` the update runs in a traced
+    /// `tf.function`, so the counter is read once per variable *while tracing* (and
+    /// incremented by tracing the `false_fn`): variable `k` of `N` trainable ones
+    /// (update order) compares with the constant `1 + N·trace + k`. At step `i` it
+    /// multiplies `Π u` by `u_t` again unless that constant equals `i + 2`, and every
+    /// variable uses the product as it stands after the previous variable's update.
+    /// `trace` counts the traces before the one that runs: 0 when the optimizer was
+    /// built before `fit` (`load_model` restores it), 1 when `fit` builds it (a trace
+    /// that creates variables is traced twice), one more for each further input
+    /// signature (a smaller last batch retraces). Eager `apply_gradients` follows the
+    /// documented rule (one multiplication per step); no setting reproduces that.
+    pub fn set_keras_trace(&mut self, trace: u64) {
+        self.keras_trace = trace;
     }
 
     /// The learning rate the next step uses.
@@ -206,12 +231,11 @@ impl Optimizer {
         Ok((0..params.len()).filter(|&i| trainable[i]).collect())
     }
 
-    /// The scalars of the next step (nothing is committed).
-    fn scalars(&self) -> StepScalars {
+    /// The scalars of the next step for `n` trainable parameters (nothing is committed).
+    fn scalars(&self, n: usize) -> StepScalars {
         let lr = self.current_learning_rate();
         let t = self.iterations as f32 + 1.0;
-        // Nadam's running product of momentum-schedule factors, once per step.
-        let mut nadam = (0.0, 0.0, 0.0, 0.0);
+        let mut nadam = Vec::new();
         let mut u_product = self.u_product;
         if let Algorithm::Nadam {
             beta_1,
@@ -221,8 +245,31 @@ impl Optimizer {
         {
             let u_t = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * t));
             let u_t1 = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * (t + 1.0)));
-            u_product *= u_t;
-            nadam = (u_t, u_t1, u_product, u_product * u_t1);
+            let at = |up: f32| NadamScalars {
+                u_t,
+                u_t1,
+                up,
+                up1: up * u_t1,
+            };
+            if self.config.flavor == Flavor::TfKeras {
+                // Keras's traced counter (see `set_keras_trace`): parameter k multiplies
+                // unless 1 + N·trace + k == iterations + 2.
+                let step = self.iterations.saturating_add(2);
+                let base = (n as u64)
+                    .saturating_mul(self.keras_trace)
+                    .saturating_add(1);
+                for k in 0..n as u64 {
+                    if base.saturating_add(k) != step {
+                        u_product *= u_t;
+                    }
+                    nadam.push(at(u_product));
+                }
+            } else {
+                // optimizer_v2 / Keras 2: `m_schedule_new = m_cache · m_t` once per step
+                // (legacy/nadam.py, `_prepare_local`).
+                u_product *= u_t;
+                nadam = vec![at(u_product); n];
+            }
         }
         StepScalars {
             lr,
@@ -246,7 +293,7 @@ impl Optimizer {
         trainable: &[bool],
     ) -> Result<()> {
         let idx = self.begin(params, grads, trainable)?;
-        let s = self.scalars();
+        let s = self.scalars(idx.len());
         let mut gs: Vec<ArrayD<f32>> = idx.iter().map(|&i| grads[i].clone()).collect();
         let plan = ClipPlan::new(&self.config, &gs.iter().collect::<Vec<_>>());
         for (k, g) in gs.iter_mut().enumerate() {
@@ -262,6 +309,7 @@ impl Optimizer {
                 &self.config.algorithm,
                 self.config.flavor,
                 &s,
+                k,
                 &mut params[i],
                 &gs[k],
                 &mut self.slots[i],
@@ -307,7 +355,7 @@ impl Optimizer {
         for &i in &idx {
             self.slots[i].ensure(inits, &grads[i]);
         }
-        let s = self.scalars();
+        let s = self.scalars(idx.len());
         let gs: Vec<&ArrayD<f32>> = idx.iter().map(|&i| &grads[i]).collect();
         let plan = ClipPlan::new(&self.config, &gs);
         let hyper = program.hyper(&self.config, &s, &plan)?;
@@ -321,11 +369,12 @@ fn update(
     alg: &Algorithm,
     flavor: Flavor,
     s: &StepScalars,
+    k: usize,
     w: &mut ArrayD<f32>,
     g: &ArrayD<f32>,
     slots: &mut Slots,
 ) {
-    let (lr, t, nadam, s) = (s.lr, s.t, s.nadam, slots);
+    let (lr, t, s, nadam) = (s.lr, s.t, slots, &s.nadam);
     match *alg {
         Algorithm::Sgd { momentum, nesterov } => {
             if momentum == 0.0 && !nesterov {
@@ -391,7 +440,9 @@ fn update(
             epsilon,
             ..
         } => {
-            let (u_t, u_t1, up, up1) = nadam;
+            let Some(&NadamScalars { u_t, u_t1, up, up1 }) = nadam.get(k) else {
+                return; // `scalars` makes one entry per trainable parameter
+            };
             let b2p = beta_2.powf(t);
             let m = slot(&mut s.a, g, 0.0);
             let v = slot(&mut s.b, g, 0.0);
@@ -421,10 +472,12 @@ fn update(
                     .for_each(|a, &g| *a = rho * *a + (1.0 - rho) * g);
                 Zip::from(&mut den).and(&*ag).for_each(|d, &a| *d -= a * a);
             }
-            // tf-keras / optimizer_v2: lr·g/sqrt(v + ε); Keras 2 multi-backend: lr·g/(sqrt(v) + ε).
-            let inc = |g: f32, d: f32| match flavor {
-                Flavor::MultiBackend => lr * g / (d.sqrt() + epsilon),
-                _ => lr * g / (d + epsilon).sqrt(),
+            let inc = |g: f32, d: f32| {
+                if eps_outside_root(flavor, momentum) {
+                    lr * g / (d.sqrt() + epsilon)
+                } else {
+                    lr * g / (d + epsilon).sqrt()
+                }
             };
             if momentum > 0.0 {
                 let mo = slot(&mut s.c, g, 0.0);
@@ -471,5 +524,22 @@ fn update(
                     *w += lr * dv;
                 });
         }
+    }
+}
+
+/// Whether RMSprop adds `ε` outside the square root, `lr·g/(sqrt(d) + ε)`, rather than
+/// inside, `lr·g/sqrt(d + ε)` (`d` = `v`, or `v − ḡ²` when centered):
+/// - tf-keras ≥ 2.11: inside, always (`tf_keras/src/optimizers/rmsprop.py`,
+///   `update_step`: `denominator = velocity + self.epsilon`, `rsqrt(denominator)`);
+/// - `optimizer_v2` (`legacy/rmsprop.py`, `_resource_apply_dense`): with momentum > 0
+///   the TF kernels `ResourceApply(Centered)RMSProp` (`training_ops.cc`:
+///   `mom = mom·momentum + grad·lr / sqrt(ms [− mg²] + ε)`), inside; with momentum 0 the
+///   Python path `var − lr·g / (sqrt(denom_t) + ε)`, outside;
+/// - multi-backend Keras 2: outside (`lr * g / (K.sqrt(new_a) + self.epsilon)`).
+pub(crate) fn eps_outside_root(flavor: Flavor, momentum: f32) -> bool {
+    match flavor {
+        Flavor::TfKeras => false,
+        Flavor::Legacy => momentum <= 0.0,
+        Flavor::MultiBackend => true,
     }
 }
