@@ -288,10 +288,12 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 beta_2: num("beta_2", 0.999)?,
                 epsilon: eps,
             },
-            if flavor == Flavor::TfKeras {
-                0.001
-            } else {
+            // 0.002 is Keras 2's default; tf-keras's and optimizer_v2's is 0.001
+            // (legacy/adamax.py, legacy/nadam.py `__init__`).
+            if flavor == Flavor::MultiBackend {
                 0.002
+            } else {
+                0.001
             },
         ),
         "nadam" => (
@@ -311,10 +313,10 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                     num("schedule_decay", 0.004)?
                 },
             },
-            if flavor == Flavor::TfKeras {
-                0.001
-            } else {
+            if flavor == Flavor::MultiBackend {
                 0.002
+            } else {
+                0.001
             },
         ),
         "rmsprop" => (
@@ -348,6 +350,36 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 0.001
             },
         ),
+        "ftrl" => {
+            let p = num("learning_rate_power", -0.5)?;
+            let nonneg = |k: &str, d: f32| -> Result<f32> {
+                let v = num(k, d)?;
+                if v >= 0.0 {
+                    Ok(v)
+                } else {
+                    // Keras's constructor refuses these too (ftrl.py `__init__`).
+                    Err(cfg_err(source, &field(k), format!("must be ≥ 0, got {v}")))
+                }
+            };
+            if p > 0.0 {
+                return Err(cfg_err(
+                    source,
+                    "optimizer.learning_rate_power",
+                    format!("must be ≤ 0, got {p}"),
+                ));
+            }
+            (
+                Algorithm::Ftrl {
+                    learning_rate_power: p,
+                    initial_accumulator_value: nonneg("initial_accumulator_value", 0.1)?,
+                    l1: nonneg("l1_regularization_strength", 0.0)?,
+                    l2: nonneg("l2_regularization_strength", 0.0)?,
+                    l2_shrinkage: nonneg("l2_shrinkage_regularization_strength", 0.0)?,
+                    beta: nonneg("beta", 0.0)?,
+                },
+                0.001,
+            )
+        }
         _ => {
             return Err(cfg_err(
                 source,

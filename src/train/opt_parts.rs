@@ -70,6 +70,11 @@ pub(crate) fn slot_inits(alg: &Algorithm, flavor: Flavor) -> [Option<f32>; 3] {
             if centered { z } else { None },
             if momentum > 0.0 { z } else { None },
         ],
+        // Keras fills the accumulator with `initial_accumulator_value` in every flavour.
+        Algorithm::Ftrl {
+            initial_accumulator_value,
+            ..
+        } => [Some(initial_accumulator_value), z, None],
         Algorithm::Adagrad {
             initial_accumulator_value,
             ..
@@ -113,6 +118,12 @@ pub(crate) struct StepScalars {
 /// Adam's step size `lr·sqrt(1 − β2^t)/(1 − β1^t)`.
 pub(crate) fn adam_alpha(lr: f32, t: f32, beta_1: f32, beta_2: f32) -> f32 {
     lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t))
+}
+
+/// Ftrl's L2 strength with β folded in, `l2 + β/(2·lr)` (tf-keras `update_step` and
+/// optimizer_v2 `_resource_apply_dense` alike).
+pub(crate) fn ftrl_l2(l2: f32, beta: f32, lr: f32) -> f32 {
+    l2 + beta / (2.0 * lr)
 }
 
 /// `sqrt(Σ x²)` in iteration order, of `x` clamped to `±pre` first when given.

@@ -2,25 +2,29 @@
 //!
 //! Three flavours ([`Flavor`]) differ in a few places:
 //! - [`Flavor::TfKeras`]: `keras.optimizers.*` of tf-keras ≥ 2.11 (`is_legacy_optimizer:
-//!   false`), `tf_keras/optimizers/{sgd,adam,rmsprop,…}.py`. Per step: learning rate from
-//!   the schedule at `iterations`; clip (`clipnorm` per tensor, else `global_clipnorm`,
-//!   else `clipvalue`); weight decay `w −= w·wd·lr`; `update_step` per variable;
-//!   `iterations += 1`; constraints (applied by the caller, in Keras layout).
-//! - [`Flavor::Legacy`]: `optimizer_v2` (`is_legacy_optimizer: true`, tf.keras ≤ 2.10):
-//!   same math except `lr / (1 + decay·iterations)`, Adagrad's `ε` outside the square
-//!   root, and Nadam's momentum schedule `0.96^(schedule_decay·t)`.
+//!   false`), `tf_keras/src/optimizers/{sgd,adam,rmsprop,…}.py`. Per step: learning rate
+//!   from the schedule at `iterations`; clip (`clipnorm` per tensor, else
+//!   `global_clipnorm`, else `clipvalue`); weight decay `w −= w·wd·lr`; `update_step`
+//!   per variable; `iterations += 1`; constraints (applied by the caller, in Keras
+//!   layout).
+//! - [`Flavor::Legacy`]: `optimizer_v2` (`keras.optimizers.legacy.*`; a saved config
+//!   without an `is_legacy_optimizer` key, or with `true`): `lr / (1 + decay·iterations)`,
+//!   clipping chained (`clipvalue`, then `clipnorm` or `global_clipnorm`), and the TF
+//!   kernels' formulas where the rule calls `training_ops.*`; it differs from tf-keras
+//!   in Adagrad's `ε` (outside the square root), RMSprop's `ε` with momentum 0 (outside)
+//!   and Nadam's momentum schedule `0.96^(schedule_decay·t)` (see `host.rs`).
 //! - [`Flavor::MultiBackend`]: Keras 1 / 2.0–2.3: as legacy, plus RMSprop's `ε` outside
-//!   the square root, Adagrad accumulators starting at 0, and `clipnorm` taken over the
-//!   global norm of all gradients.
+//!   the square root for any momentum, Adagrad accumulators starting at 0, and
+//!   `clipnorm` taken over the global norm of all gradients, before `clipvalue`.
 //!
 //! State is kept per parameter in canonical layout (every rule is elementwise).
 
-use super::opt_parts::{adam_alpha, slot, slot_inits, ClipPlan, NadamScalars, Slots, StepScalars};
+use super::opt_parts::{slot_inits, ClipPlan, NadamScalars, Slots, StepScalars};
 use super::update::CompiledUpdate;
 use crate::error::{Error, Result};
 use crate::runtime::Engine;
 use crate::train::schedule::LearningRate;
-use ndarray::{ArrayD, Zip};
+use ndarray::ArrayD;
 use std::sync::Arc;
 
 /// Which Keras implementation's update rules to follow.
@@ -99,6 +103,22 @@ pub enum Algorithm {
         rho: f32,
         /// ε.
         epsilon: f32,
+    },
+    /// FTRL-proximal (`Ftrl`).
+    Ftrl {
+        /// `learning_rate_power` p ≤ 0 (`n^(−p)` scales the step); the compiled update
+        /// supports −0.5 (Keras's default, a square root) and 0.
+        learning_rate_power: f32,
+        /// Initial accumulator value.
+        initial_accumulator_value: f32,
+        /// `l1_regularization_strength`.
+        l1: f32,
+        /// `l2_regularization_strength`.
+        l2: f32,
+        /// `l2_shrinkage_regularization_strength`.
+        l2_shrinkage: f32,
+        /// β (added to the L2 strength as `β / (2·lr)`).
+        beta: f32,
     },
 }
 
@@ -195,7 +215,8 @@ impl Optimizer {
 
     /// The slot arrays parameter `param` has so far (`a, b, c`; which ones a rule keeps:
     /// SGD momentum `a`; Adam `m, v, v̂`; Adamax `m, u`; Nadam `m, v`; RMSprop `v`,
-    /// centered mean `a`, momentum; Adagrad accumulator; Adadelta `E[g²], E[Δx²]`).
+    /// centered mean `a`, momentum; Adagrad accumulator; Adadelta `E[g²], E[Δx²]`; Ftrl
+    /// accumulator, linear).
     pub fn slots(&self, param: usize) -> [Option<&ArrayD<f32>>; 3] {
         self.slots.get(param).map(Slots::all).unwrap_or([None; 3])
     }
@@ -305,7 +326,7 @@ impl Optimizer {
             }
         }
         for (k, &i) in idx.iter().enumerate() {
-            update(
+            host::update(
                 &self.config.algorithm,
                 self.config.flavor,
                 &s,
@@ -365,168 +386,6 @@ impl Optimizer {
     }
 }
 
-fn update(
-    alg: &Algorithm,
-    flavor: Flavor,
-    s: &StepScalars,
-    k: usize,
-    w: &mut ArrayD<f32>,
-    g: &ArrayD<f32>,
-    slots: &mut Slots,
-) {
-    let (lr, t, s, nadam) = (s.lr, s.t, slots, &s.nadam);
-    match *alg {
-        Algorithm::Sgd { momentum, nesterov } => {
-            if momentum == 0.0 && !nesterov {
-                Zip::from(w).and(g).for_each(|w, &g| *w += -g * lr);
-                return;
-            }
-            let m = slot(&mut s.a, g, 0.0);
-            Zip::from(w).and(m).and(g).for_each(|w, m, &g| {
-                *m = -g * lr + *m * momentum;
-                if nesterov {
-                    *w += -g * lr + *m * momentum;
-                } else {
-                    *w += *m;
-                }
-            });
-        }
-        Algorithm::Adam {
-            beta_1,
-            beta_2,
-            epsilon,
-            amsgrad,
-        } => {
-            let alpha = adam_alpha(lr, t, beta_1, beta_2);
-            let m = slot(&mut s.a, g, 0.0);
-            let v = slot(&mut s.b, g, 0.0);
-            Zip::from(&mut *m).and(&mut *v).and(g).for_each(|m, v, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *v += (g * g - *v) * (1.0 - beta_2);
-            });
-            if amsgrad {
-                let vh = slot(&mut s.c, g, 0.0);
-                Zip::from(&mut *vh)
-                    .and(&*v)
-                    .for_each(|vh, &v| *vh = vh.max(v));
-                Zip::from(w)
-                    .and(&*m)
-                    .and(&*vh)
-                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
-            } else {
-                Zip::from(w)
-                    .and(&*m)
-                    .and(&*v)
-                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
-            }
-        }
-        Algorithm::Adamax {
-            beta_1,
-            beta_2,
-            epsilon,
-        } => {
-            let b1p = beta_1.powf(t);
-            let m = slot(&mut s.a, g, 0.0);
-            let u = slot(&mut s.b, g, 0.0);
-            Zip::from(w).and(m).and(u).and(g).for_each(|w, m, u, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *u = (beta_2 * *u).max(g.abs());
-                *w -= (lr * *m) / ((1.0 - b1p) * (*u + epsilon));
-            });
-        }
-        Algorithm::Nadam {
-            beta_1,
-            beta_2,
-            epsilon,
-            ..
-        } => {
-            let Some(&NadamScalars { u_t, u_t1, up, up1 }) = nadam.get(k) else {
-                return; // `scalars` makes one entry per trainable parameter
-            };
-            let b2p = beta_2.powf(t);
-            let m = slot(&mut s.a, g, 0.0);
-            let v = slot(&mut s.b, g, 0.0);
-            Zip::from(w).and(m).and(v).and(g).for_each(|w, m, v, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *v += (g * g - *v) * (1.0 - beta_2);
-                let m_hat = u_t1 * *m / (1.0 - up1) + (1.0 - u_t) * g / (1.0 - up);
-                let v_hat = *v / (1.0 - b2p);
-                *w -= (m_hat * lr) / (v_hat.sqrt() + epsilon);
-            });
-        }
-        Algorithm::RmsProp {
-            rho,
-            momentum,
-            epsilon,
-            centered,
-        } => {
-            let v = slot(&mut s.a, g, 0.0);
-            Zip::from(&mut *v)
-                .and(g)
-                .for_each(|v, &g| *v = rho * *v + (1.0 - rho) * (g * g));
-            let mut den = v.clone();
-            if centered {
-                let ag = slot(&mut s.b, g, 0.0);
-                Zip::from(&mut *ag)
-                    .and(g)
-                    .for_each(|a, &g| *a = rho * *a + (1.0 - rho) * g);
-                Zip::from(&mut den).and(&*ag).for_each(|d, &a| *d -= a * a);
-            }
-            let inc = |g: f32, d: f32| {
-                if eps_outside_root(flavor, momentum) {
-                    lr * g / (d.sqrt() + epsilon)
-                } else {
-                    lr * g / (d + epsilon).sqrt()
-                }
-            };
-            if momentum > 0.0 {
-                let mo = slot(&mut s.c, g, 0.0);
-                Zip::from(w)
-                    .and(mo)
-                    .and(g)
-                    .and(&den)
-                    .for_each(|w, mo, &g, &d| {
-                        *mo = momentum * *mo + inc(g, d);
-                        *w -= *mo;
-                    });
-            } else {
-                Zip::from(w)
-                    .and(g)
-                    .and(&den)
-                    .for_each(|w, &g, &d| *w -= inc(g, d));
-            }
-        }
-        Algorithm::Adagrad {
-            initial_accumulator_value,
-            epsilon,
-        } => {
-            let init = slot_inits(alg, flavor)[0].unwrap_or(initial_accumulator_value);
-            let acc = slot(&mut s.a, g, init);
-            Zip::from(w).and(acc).and(g).for_each(|w, a, &g| {
-                *a += g * g;
-                *w -= match flavor {
-                    Flavor::TfKeras => lr * g / (*a + epsilon).sqrt(),
-                    _ => lr * g / (a.sqrt() + epsilon),
-                };
-            });
-        }
-        Algorithm::Adadelta { rho, epsilon } => {
-            let ag = slot(&mut s.a, g, 0.0);
-            let ad = slot(&mut s.b, g, 0.0);
-            Zip::from(w)
-                .and(ag)
-                .and(ad)
-                .and(g)
-                .for_each(|w, ag, ad, &g| {
-                    *ag = rho * *ag + (1.0 - rho) * g * g;
-                    let dv = -(*ad + epsilon).sqrt() * g / (*ag + epsilon).sqrt();
-                    *ad = rho * *ad + (1.0 - rho) * dv * dv;
-                    *w += lr * dv;
-                });
-        }
-    }
-}
-
 /// Whether RMSprop adds `ε` outside the square root, `lr·g/(sqrt(d) + ε)`, rather than
 /// inside, `lr·g/sqrt(d + ε)` (`d` = `v`, or `v − ḡ²` when centered):
 /// - tf-keras ≥ 2.11: inside, always (`tf_keras/src/optimizers/rmsprop.py`,
@@ -543,3 +402,5 @@ pub(crate) fn eps_outside_root(flavor: Flavor, momentum: f32) -> bool {
         Flavor::MultiBackend => true,
     }
 }
+
+mod host;

@@ -22,7 +22,7 @@
 //! - `Input(0)`, `hyper`: the per-step scalars, filled on the host each step, so one
 //!   program serves every step: `[0]` the learning rate (after schedule and legacy
 //!   decay); then the rule's scalars (Adam: `α = lr·sqrt(1−β2^t)/(1−β1^t)`; Adamax:
-//!   `1 − β1^t`; Nadam: `u_{t+1}, 1 − u_t, 1 − β2^t`, then per trainable parameter `k`
+//!   `1 − β1^t`; Ftrl: `l2 + β/(2·lr)`; Nadam: `u_{t+1}, 1 − u_t, 1 − β2^t`, then per trainable parameter `k`
 //!   `1 − Πu_k·u_{t+1}, 1 − Πu_k`, since tf-keras's running product may differ between
 //!   parameters of one step, see `Optimizer::set_keras_trace`); then the clipping
 //!   scalars (`clipnorm`: `max(‖g_k‖, clipnorm)` per trainable tensor `k`;
@@ -69,7 +69,7 @@ use std::borrow::Cow;
 
 use ndarray::ArrayD;
 
-use super::opt_parts::{adam_alpha, slot_inits, ClipPlan, NormClip, Slots, StepScalars};
+use super::opt_parts::{adam_alpha, ftrl_l2, slot_inits, ClipPlan, NormClip, Slots, StepScalars};
 use super::optimizer::{Algorithm, Flavor, OptimizerConfig};
 use crate::backend::{BufArg, CodegenOptions, CompiledModule};
 use crate::error::{Error, Result};
@@ -149,7 +149,7 @@ impl ClipKind {
 /// parameters.
 fn rule_hyper_len(alg: &Algorithm, trainable: usize) -> usize {
     match alg {
-        Algorithm::Adam { .. } | Algorithm::Adamax { .. } => 1,
+        Algorithm::Adam { .. } | Algorithm::Adamax { .. } | Algorithm::Ftrl { .. } => 1,
         Algorithm::Nadam { .. } => 3 + 2 * trainable,
         _ => 0,
     }
@@ -165,6 +165,7 @@ fn slot_names(alg: &Algorithm) -> [&'static str; 3] {
         Algorithm::RmsProp { .. } => ["v", "mean_g", "momentum"],
         Algorithm::Adagrad { .. } => ["acc", "-", "-"],
         Algorithm::Adadelta { .. } => ["acc_g", "acc_dx", "-"],
+        Algorithm::Ftrl { .. } => ["accumulator", "linear", "-"],
     }
 }
 
@@ -296,6 +297,7 @@ impl CompiledUpdate {
                 put(H_RULE, adam_alpha(s.lr, s.t, beta_1, beta_2))?
             }
             Algorithm::Adamax { beta_1, .. } => put(H_RULE, 1.0 - beta_1.powf(s.t))?,
+            Algorithm::Ftrl { l2, beta, .. } => put(H_RULE, ftrl_l2(l2, beta, s.lr))?,
             Algorithm::Nadam { beta_2, .. } => {
                 if s.nadam.len() != self.trainable {
                     return Err(Error::internal(
@@ -505,3 +507,6 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
 
 mod rule;
 use rule::Rule;
+
+#[cfg(test)]
+mod tests;

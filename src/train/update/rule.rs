@@ -354,6 +354,50 @@ impl Rule<'_> {
                     },
                 )
             }
+            Algorithm::Ftrl {
+                learning_rate_power: p,
+                l1,
+                l2_shrinkage,
+                ..
+            } => {
+                let (ab, zb) = (self.slot(0)?, self.slot(1)?);
+                // n^(−p) as `host::ftrl_root` (no pow in the loop IR).
+                let root = |x: Expr| -> Result<Expr> {
+                    if p == -0.5 {
+                        Ok(sqrt(x))
+                    } else if p == 0.0 {
+                        Ok(k(1.0))
+                    } else {
+                        Err(Error::Usage {
+                            detail: format!(
+                                "the compiled Ftrl update supports learning_rate_power \
+                                 -0.5 and 0, not {p} (use the host update)"
+                            ),
+                        })
+                    }
+                };
+                // g + (2·l2_shrinkage)·w
+                let gs = if l2_shrinkage > 0.0 {
+                    e.let_(
+                        "g_shrunk",
+                        add(g.clone(), mul(k(2.0 * l2_shrinkage), w.clone())),
+                    )
+                } else {
+                    g.clone()
+                };
+                let na = e.let_("accum_new", add(e.buf(ab), mul(g.clone(), g)));
+                let rn = e.let_("root_new", root(na.clone())?);
+                // z + (gs − ((root(n') − root(n))/lr)·w)
+                let step = div(sub(rn.clone(), root(e.buf(ab))?), lr.clone());
+                let z = e.let_("linear", add(e.buf(zb), sub(gs, mul(step, w))));
+                // root(n')/lr + 2·(l2 + β/(2·lr))
+                let q = e.let_("quadratic", add(div(rn, lr), mul(k(2.0), Self::h(H_RULE))));
+                let c = clamp(&mut e, z.clone(), l1);
+                e.store(ab, na);
+                e.store(zb, z.clone());
+                // (clamp(z, −l1, l1) − z)/q
+                div(sub(c, z), q)
+            }
             Algorithm::Adadelta { rho, epsilon } => {
                 let (gb, db) = (self.slot(0)?, self.slot(1)?);
                 // ρ·E[g²] + (1 − ρ)·g·g

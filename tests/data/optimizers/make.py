@@ -78,6 +78,27 @@ RULES = [
     ("adadelta", "Adadelta", dict(learning_rate=1.0, rho=0.9, epsilon=1e-3)),
     ("adamax", "Adamax", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=1e-3)),
     ("nadam", "Nadam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=1e-3)),
+    (
+        "ftrl",
+        "Ftrl",
+        dict(
+            learning_rate=0.1,
+            initial_accumulator_value=0.05,
+            l1_regularization_strength=0.002,
+            l2_regularization_strength=0.01,
+            beta=0.1,
+        ),
+    ),
+    (
+        # optimizer_v2 switches to the FtrlV2 kernel when shrinkage > 0.
+        "ftrl_shrinkage",
+        "Ftrl",
+        dict(
+            learning_rate=0.1,
+            l1_regularization_strength=0.002,
+            l2_shrinkage_regularization_strength=0.05,
+        ),
+    ),
 ]
 
 # Only in one flavour.
@@ -100,6 +121,8 @@ LEGACY_ONLY = [
     ),
     # optimizer_v2 chains clipvalue, then clipnorm (the current optimizer applies one).
     ("sgd_clip", "SGD", dict(learning_rate=0.05, clipvalue=0.05, clipnorm=0.1)),
+    # A fixed per-coordinate rate (n^0 = 1).
+    ("ftrl_power0", "Ftrl", dict(learning_rate=0.05, learning_rate_power=0.0)),
 ]
 
 
