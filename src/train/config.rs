@@ -4,7 +4,9 @@
 //!
 //! Optimizer flavour: `is_legacy_optimizer: false` → tf-keras rules; `true` → legacy
 //! `optimizer_v2`; key absent → multi-backend Keras 1/2.0–2.3 if the config has `lr`,
-//! else legacy (tf.keras ≤ 2.10). Unknown names and unsupported options (`use_ema`,
+//! else legacy: tf.keras ≤ 2.10 files, and tf-keras ≥ 2.11's
+//! `keras.optimizers.legacy.*`, whose `get_config` writes no such key (tf-keras's own
+//! `optimizers.deserialize` reads a missing key as legacy, `optimizers/__init__.py`). Unknown names and unsupported options (`use_ema`,
 //! several outputs, a non-default reduction) are [`Error::Config`] naming the field.
 
 use super::loss::Loss;

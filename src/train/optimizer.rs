@@ -193,8 +193,9 @@ impl Optimizer {
     /// variable uses the product as it stands after the previous variable's update.
     /// `trace` counts the traces before the one that runs: 0 when the optimizer was
     /// built before `fit` (`load_model` restores it), 1 when `fit` builds it (a trace
-    /// that creates variables is traced twice), one more for each further input
-    /// signature (a smaller last batch retraces). Eager `apply_gradients` follows the
+    /// that creates variables is traced twice). A smaller last batch does not retrace
+    /// (Keras's dataset has an unknown batch dimension; measured with tf-keras 2.21: the
+    /// counter advances by `N` once per trace). Eager `apply_gradients` follows the
     /// documented rule (one multiplication per step); no setting reproduces that.
     pub fn set_keras_trace(&mut self, trace: u64) {
         self.keras_trace = trace;
