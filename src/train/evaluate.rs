@@ -284,7 +284,7 @@ impl Evaluator {
                 g.outputs.push(id as NodeId);
                 ActivitySource::Extra(g.outputs.len() - 1)
             };
-            activity.push((source, reg.clone()));
+            activity.push((source, *reg));
         }
         let program = CompiledModel::new(Arc::new(model.with_graph(g)?), compile.clone())?;
         Ok(Evaluator {

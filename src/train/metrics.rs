@@ -261,7 +261,11 @@ pub(crate) fn crossentropy_on_logits(loss: &Loss) -> Option<Loss> {
 /// `y_true` in the shape of `y_pred` when it holds as many elements and differs only by
 /// axes of length 1 (Keras's `match_dtype_and_rank` and `squeeze_or_expand_dimensions`:
 /// a `(n,)` target for a `(n, 1)` output); an input error naming `what` otherwise.
-pub fn conform_targets(what: &str, y_true: &ArrayD<f32>, y_pred: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+pub fn conform_targets(
+    what: &str,
+    y_true: &ArrayD<f32>,
+    y_pred: &ArrayD<f32>,
+) -> Result<ArrayD<f32>> {
     same_shape(what, y_true, y_pred)
 }
 
@@ -299,7 +303,9 @@ fn batch_sum(
     let c = y_pred.shape().last().copied().unwrap_or(1).max(1);
     let rows = y_pred.len() / c;
     let p = y_pred.as_standard_layout();
-    let p = p.as_slice().ok_or_else(|| Error::internal("non-contiguous"))?;
+    let p = p
+        .as_slice()
+        .ok_or_else(|| Error::internal("non-contiguous"))?;
     let sparse_kind = matches!(
         kind,
         MetricKind::SparseCategoricalAccuracy
@@ -315,9 +321,8 @@ fn batch_sum(
         same_shape(name, y_true, y_pred)?.iter().copied().collect()
     };
     let row = |r: usize| &p[r * c..(r + 1) * c];
-    let per_row = |f: &dyn Fn(usize) -> f64| -> (f64, f64) {
-        ((0..rows).map(f).sum(), rows as f64)
-    };
+    let per_row =
+        |f: &dyn Fn(usize) -> f64| -> (f64, f64) { ((0..rows).map(f).sum(), rows as f64) };
     Ok(match kind {
         MetricKind::Mean(loss) => {
             let (loss, yp) = match (logits, crossentropy_on_logits(loss)) {

@@ -152,11 +152,18 @@ impl AucConfig {
     }
 
     /// Adds a batch (`y_true` already in the shape of `y_pred`).
-    pub fn update(&self, c: &mut Confusion, y_true: &ArrayD<f32>, y_pred: &ArrayD<f32>) -> Result<()> {
+    pub fn update(
+        &self,
+        c: &mut Confusion,
+        y_true: &ArrayD<f32>,
+        y_pred: &ArrayD<f32>,
+    ) -> Result<()> {
         let (th, even) = self.thresholds();
         let n = th.len();
         if c.tp.len() != n {
-            return Err(Error::internal("AUC state has another number of thresholds"));
+            return Err(Error::internal(
+                "AUC state has another number of thresholds",
+            ));
         }
         let preds = y_pred.iter().map(|&p| {
             if self.from_logits {

@@ -177,7 +177,9 @@ fn class(class_name: &str, c: &Value) -> Result<Option<Metric>, String> {
         "CosineSimilarity" => {
             let axis = num("axis", -1.0);
             if axis != -1.0 {
-                return Err(format!("CosineSimilarity: only axis -1 is supported, found {axis}"));
+                return Err(format!(
+                    "CosineSimilarity: only axis -1 is supported, found {axis}"
+                ));
             }
             ("cosine_similarity", K::CosineSimilarity)
         }
@@ -198,7 +200,9 @@ fn class(class_name: &str, c: &Value) -> Result<Option<Metric>, String> {
         ),
         "SparseCategoricalCrossentropy" => {
             if c.get("ignore_class").is_some_and(|v| !v.is_null()) {
-                return Err("SparseCategoricalCrossentropy: 'ignore_class' is not supported".into());
+                return Err(
+                    "SparseCategoricalCrossentropy: 'ignore_class' is not supported".into(),
+                );
             }
             (
                 "sparse_categorical_crossentropy",
@@ -234,14 +238,18 @@ fn auc_config(c: &Value) -> Result<AucConfig, String> {
     };
     let summation = match c.get("summation_method").and_then(Value::as_str) {
         None => d.summation,
-        Some(s) => AucSummation::parse(s)
-            .ok_or_else(|| format!("AUC: unknown summation_method '{s}'"))?,
+        Some(s) => {
+            AucSummation::parse(s).ok_or_else(|| format!("AUC: unknown summation_method '{s}'"))?
+        }
     };
     let thresholds = match c.get("thresholds") {
         None | Some(Value::Null) => None,
         Some(Value::Array(a)) => Some(
             a.iter()
-                .map(|v| v.as_f64().ok_or_else(|| format!("AUC: threshold {v} is not a number")))
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| format!("AUC: threshold {v} is not a number"))
+                })
                 .collect::<Result<Vec<f64>, String>>()?,
         ),
         Some(v) => return Err(format!("AUC: thresholds must be a list, found {v}")),
@@ -250,7 +258,11 @@ fn auc_config(c: &Value) -> Result<AucConfig, String> {
         None | Some(Value::Null) => d.num_thresholds,
         Some(v) => match v.as_u64() {
             Some(n) if n > 1 => n as usize,
-            _ => return Err(format!("AUC: num_thresholds must be an integer > 1, found {v}")),
+            _ => {
+                return Err(format!(
+                    "AUC: num_thresholds must be an integer > 1, found {v}"
+                ))
+            }
         },
     };
     Ok(AucConfig {
@@ -258,7 +270,10 @@ fn auc_config(c: &Value) -> Result<AucConfig, String> {
         curve,
         summation,
         thresholds,
-        from_logits: c.get("from_logits").and_then(Value::as_bool).unwrap_or(false),
+        from_logits: c
+            .get("from_logits")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
@@ -273,18 +288,22 @@ pub(super) fn from_config(v: &Value) -> Result<Metric, String> {
             let c = o.get("config").unwrap_or(&Value::Null);
             if class_name == "MeanMetricWrapper" {
                 let f = c.get("fn").and_then(Value::as_str).unwrap_or("");
-                let kind = function(f).ok_or_else(|| {
-                    format!("MeanMetricWrapper: unknown metric function '{f}'")
-                })?;
+                let kind = function(f)
+                    .ok_or_else(|| format!("MeanMetricWrapper: unknown metric function '{f}'"))?;
                 let name = c.get("name").and_then(Value::as_str).unwrap_or(f);
                 return Ok(Metric::new(name, kind));
             }
             class(class_name, c)?.ok_or_else(|| unknown(class_name))
         }
-        other => Err(format!("a metric must be a name or a serialized metric, found {other}")),
+        other => Err(format!(
+            "a metric must be a name or a serialized metric, found {other}"
+        )),
     }
 }
 
 fn unknown(name: &str) -> String {
-    format!("unknown metric '{name}' (known: {})", KNOWN_NAMES.join(", "))
+    format!(
+        "unknown metric '{name}' (known: {})",
+        KNOWN_NAMES.join(", ")
+    )
 }

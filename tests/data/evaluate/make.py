@@ -5,6 +5,7 @@ Run from anywhere with the tf-keras venv:
 
 Writes, next to this script, one directory per model:
     model.h5     the model with weights and its training_config (loss, metrics)
+    model.json   the architecture alone (no training_config)
     x.npy, y.npy the evaluation data (a sample count that is not a multiple of the batch)
     expected.json  {"batch_size": B, "logs": model.evaluate(x, y, batch_size=B,
                     return_dict=True) in Keras's key order}
@@ -30,6 +31,9 @@ def save_case(name, model, x, y, batch_size):
     os.makedirs(d, exist_ok=True)
     logs = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
     model.save(os.path.join(d, "model.h5"))
+    # The architecture alone (no training_config): `lcjit evaluate` then needs --loss.
+    with open(os.path.join(d, "model.json"), "w") as f:
+        f.write(model.to_json())
     np.save(os.path.join(d, "x.npy"), x.astype(np.float32))
     np.save(os.path.join(d, "y.npy"), y.astype(np.float32))
     with open(os.path.join(d, "expected.json"), "w") as f:
