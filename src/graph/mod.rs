@@ -20,6 +20,7 @@
 //! - Conv: kernel `(k…, C/groups, F)`, bias `(F,)` (the Keras layout).
 //! - BatchNormalization: `gamma`, `beta`, `moving_mean`, `moving_variance`, each `(C,)`.
 
+pub mod cut;
 pub mod geometry;
 pub mod infer;
 pub mod layout;
