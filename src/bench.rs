@@ -6,6 +6,8 @@
 //! kernel of 12 independent f32x4 FMA chains per thread (FMA rate). Both are written in
 //! the loop IR and compiled like any model, so they share the model's code generator.
 
+mod json;
+
 use crate::backend::{CodegenOptions, CompiledModule};
 use crate::error::Result;
 use crate::graph::{Graph, Op};
@@ -318,56 +320,6 @@ pub struct BenchReport {
     pub roofline: Option<Roofline>,
 }
 
-/// The `lcjit bench --json` line: field names and nesting are a contract (scripts and
-/// tests read them), so they are spelled out here rather than derived from
-/// [`BenchReport`]'s own layout. Missing measurements are `null`.
-#[derive(serde::Serialize)]
-struct JsonReport<'a> {
-    model: &'a str,
-    batch: usize,
-    threads: usize,
-    params: usize,
-    weight_bytes: u64,
-    flops: JsonFlops,
-    compile_ms: JsonPasses,
-    forward_ms: JsonEngines,
-    train_step_ms: JsonEngines,
-    gbps: Option<f64>,
-    gflops: Option<f64>,
-    roofline: JsonRoofline,
-}
-
-#[derive(serde::Serialize)]
-struct JsonFlops {
-    forward: u64,
-    train_step: Option<u64>,
-}
-
-#[derive(serde::Serialize)]
-struct JsonPasses {
-    forward: Option<f64>,
-    backward: Option<f64>,
-}
-
-#[derive(serde::Serialize)]
-struct JsonEngines {
-    jit: Option<f64>,
-    interp: Option<f64>,
-    reference: Option<f64>,
-}
-
-#[derive(serde::Serialize)]
-struct JsonRoofline {
-    read_gbps: Option<f64>,
-    fma_gflops: Option<f64>,
-}
-
-/// A measurement as printed: four decimals (timer noise is far larger), `null` when
-/// missing or not finite (JSON has no NaN or infinity).
-fn json_num(v: Option<f64>) -> Option<f64> {
-    v.filter(|x| x.is_finite()).map(|x| (x * 1e4).round() / 1e4)
-}
-
 impl BenchReport {
     fn engine_ms(&self, e: crate::Engine) -> Option<f64> {
         self.forward_ms.iter().find(|(x, _)| *x == e).map(|x| x.1)
@@ -391,38 +343,7 @@ impl BenchReport {
 
     /// One JSON line with the fields of the `lcjit bench --json` contract.
     pub fn json(&self) -> crate::Result<String> {
-        use crate::Engine as E;
-        let engines = |f: &dyn Fn(E) -> Option<f64>| JsonEngines {
-            jit: json_num(f(E::Jit)),
-            interp: json_num(f(E::Interp)),
-            reference: json_num(f(E::Reference)),
-        };
-        let report = JsonReport {
-            model: &self.model,
-            batch: self.batch,
-            threads: self.threads,
-            params: self.params,
-            weight_bytes: self.weight_bytes,
-            flops: JsonFlops {
-                forward: self.forward_flops,
-                train_step: self.train_flops,
-            },
-            compile_ms: JsonPasses {
-                forward: json_num(self.compile_ms_forward),
-                backward: json_num(self.compile_ms_backward),
-            },
-            forward_ms: engines(&|e| self.engine_ms(e)),
-            train_step_ms: engines(&|e| self.train_engine_ms(e)),
-            gbps: json_num(self.gbps()),
-            gflops: json_num(self.gflops()),
-            roofline: JsonRoofline {
-                read_gbps: json_num(self.roofline.map(|r| r.read_gbps)),
-                fma_gflops: json_num(self.roofline.map(|r| r.fma_gflops)),
-            },
-        };
-        // Plain numbers, strings and options always serialize: a failure is a bug.
-        serde_json::to_string(&report)
-            .map_err(|e| crate::Error::internal(format!("bench report as JSON: {e}")))
+        json::report_json(self)
     }
 
     /// A human-readable table, with the JIT compared to the other engines and to the
