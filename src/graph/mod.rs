@@ -27,6 +27,7 @@ pub mod layout;
 pub mod layout_lc;
 pub mod ops;
 pub mod print;
+pub mod svg;
 pub mod verify;
 
 use crate::error::{Error, Result};
