@@ -69,10 +69,7 @@ fn lcjit_rejects(args: &[&str], needles: &[&str]) {
 fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn bits_equal(a: &ArrayD<f32>, b: &ArrayD<f32>) -> bool {
@@ -101,11 +98,15 @@ fn expected(key: &str) -> ArrayD<f32> {
 }
 
 fn pseudo_random(shape: &[usize], seed: u64) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let n: usize = shape.iter().product();
     let v = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
@@ -128,7 +129,9 @@ fn inner_outputs_match_tf_keras_on_every_engine() {
             assert!(err <= 1e-4, "{name} on {engine:?}: relative error {err}");
         }
         // The model's own output, through the same streaming path.
-        let y = cm.predict_outputs(&[x.view()], &[], 32).expect("model output");
+        let y = cm
+            .predict_outputs(&[x.view()], &[], 32)
+            .expect("model output");
         assert_eq!(y[0].0, "F8");
         assert!(rel_err(&y[0].1, &expected("F8")) <= 1e-4);
     }
@@ -139,7 +142,13 @@ fn inner_outputs_equal_the_reference_path_on_the_cut_graph() {
     let model = Model::load(data("inner/model.h5")).expect("model.h5");
     let x = io::read_npy(&data("inner/x.npy")).expect("x.npy");
     let cm = compiled(model.clone(), Engine::Jit, 32);
-    for layers in [&["F7"][..], &["L4"], &["M2", "C1"], &["flatten"], &["input", "F7"]] {
+    for layers in [
+        &["F7"][..],
+        &["L4"],
+        &["M2", "C1"],
+        &["flatten"],
+        &["input", "F7"],
+    ] {
         let c = cut::outputs_at(model.graph(), layers).expect("cut");
         // Nothing after the last requested layer survives the cut.
         let last = layers
@@ -157,11 +166,16 @@ fn inner_outputs_equal_the_reference_path_on_the_cut_graph() {
         assert_eq!(got.len(), want.len());
         for ((name, g), w) in got.iter().zip(&want) {
             let err = rel_err(g, w);
-            assert!(err <= 1e-4, "{name}: relative error {err} against the reference");
+            assert!(
+                err <= 1e-4,
+                "{name}: relative error {err} against the reference"
+            );
         }
     }
     // A requested model input is the input itself.
-    let got = cm.predict_outputs(&[x.view()], &["input"], 32).expect("input");
+    let got = cm
+        .predict_outputs(&[x.view()], &["input"], 32)
+        .expect("input");
     assert!(bits_equal(&got[0].1, &x));
 }
 
@@ -201,7 +215,10 @@ fn sink_sees_batches_in_order_and_can_stop() {
     let cm = compiled(model, Engine::Jit, 32);
     let mut seen = Vec::new();
     cm.predict_into(&[x.view()], &["F7"], 32, &mut |b| {
-        assert_eq!((b.total, b.names.len(), b.shapes[0].as_slice()), (70, 1, &[16][..]));
+        assert_eq!(
+            (b.total, b.names.len(), b.shapes[0].as_slice()),
+            (70, 1, &[16][..])
+        );
         assert_eq!(b.data[0].len(), b.rows * 16);
         seen.push((b.start, b.rows));
         Ok(())
@@ -219,12 +236,16 @@ fn sink_sees_batches_in_order_and_can_stop() {
         .expect_err("the sink's error stops the stream");
     assert_eq!((calls, e.to_string()), (1, "stop".to_string()));
     // Errors: unknown layer (named, with existing names), zero batch, wrong input.
-    let e = cm.predict_outputs(&[x.view()], &["F9"], 32).expect_err("F9");
+    let e = cm
+        .predict_outputs(&[x.view()], &["F9"], 32)
+        .expect_err("F9");
     let text = e.to_string();
     assert!(text.contains("'F9'") && text.contains("F7"), "{text}");
     assert!(cm.predict_outputs(&[x.view()], &["F7"], 0).is_err());
     let bad = ArrayD::<f32>::zeros(IxDyn(&[4, 12, 12, 2]));
-    let e = cm.predict_outputs(&[bad.view()], &["F7"], 32).expect_err("shape");
+    let e = cm
+        .predict_outputs(&[bad.view()], &["F7"], 32)
+        .expect_err("shape");
     assert!(matches!(e, lcjit::Error::Input { .. }), "{e}");
 }
 
@@ -236,8 +257,16 @@ fn cli_run_writes_inner_layers_to_npz_and_one_to_npy() {
     let x = x.to_str().expect("utf8");
     let npz = t.path("inner.npz");
     lcjit_ok(&[
-        "run", model, "--input", x, "--output", npz.to_str().expect("utf8"),
-        "--output-layer", "F7", "--output-layer", "L4",
+        "run",
+        model,
+        "--input",
+        x,
+        "--output",
+        npz.to_str().expect("utf8"),
+        "--output-layer",
+        "F7",
+        "--output-layer",
+        "L4",
     ]);
     let got = io::read_npz(&npz).expect("npz");
     let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
@@ -248,8 +277,18 @@ fn cli_run_writes_inner_layers_to_npz_and_one_to_npy() {
     for engine in ["jit", "interp", "reference"] {
         let npy = t.path(&format!("f7-{engine}.npy"));
         lcjit_ok(&[
-            "run", model, "--input", x, "--output", npy.to_str().expect("utf8"),
-            "--output-layer", "F7", "--batch-size", "7", "--engine", engine,
+            "run",
+            model,
+            "--input",
+            x,
+            "--output",
+            npy.to_str().expect("utf8"),
+            "--output-layer",
+            "F7",
+            "--batch-size",
+            "7",
+            "--engine",
+            engine,
         ]);
         let y = io::read_npy(&npy).expect("npy");
         assert!(rel_err(&y, &expected("F7")) <= 1e-4, "{engine}");
@@ -260,8 +299,12 @@ fn cli_run_writes_inner_layers_to_npz_and_one_to_npy() {
     ndarray_npy::write_npy(&x64, &xs.mapv(f64::from)).expect("f64 input");
     let y64 = t.path("y64.npy");
     let out = lcjit(&[
-        "run", model, "--input", x64.to_str().expect("utf8"),
-        "--output", y64.to_str().expect("utf8"),
+        "run",
+        model,
+        "--input",
+        x64.to_str().expect("utf8"),
+        "--output",
+        y64.to_str().expect("utf8"),
     ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not memory-mapped"));
@@ -277,25 +320,59 @@ fn cli_run_rejects_unknown_layers_and_several_outputs_to_npy() {
     let npy = t.path("y.npy");
     let npy = npy.to_str().expect("utf8");
     lcjit_rejects(
-        &["run", model, "--input", x, "--output", npy, "--output-layer", "F9"],
+        &[
+            "run",
+            model,
+            "--input",
+            x,
+            "--output",
+            npy,
+            "--output-layer",
+            "F9",
+        ],
         &["model.h5", "--output-layer", "'F9'", "F7"],
     );
     lcjit_rejects(
         &[
-            "run", model, "--input", x, "--output", npy,
-            "--output-layer", "F7", "--output-layer", "L4",
+            "run",
+            model,
+            "--input",
+            x,
+            "--output",
+            npy,
+            "--output-layer",
+            "F7",
+            "--output-layer",
+            "L4",
         ],
         &["y.npy", "'F7', 'L4'", ".npz"],
     );
     lcjit_rejects(
         &[
-            "run", model, "--input", x, "--output", npy,
-            "--output-layer", "F7", "--output-layer", "F7",
+            "run",
+            model,
+            "--input",
+            x,
+            "--output",
+            npy,
+            "--output-layer",
+            "F7",
+            "--output-layer",
+            "F7",
         ],
         &["'F7'", "twice"],
     );
     lcjit_rejects(
-        &["run", model, "--input", x, "--output", npy, "--batch-size", "0"],
+        &[
+            "run",
+            model,
+            "--input",
+            x,
+            "--output",
+            npy,
+            "--batch-size",
+            "0",
+        ],
         &["--batch-size"],
     );
     // Nothing is left behind by a failed run.
@@ -314,11 +391,34 @@ fn cli_run_batch_32_equals_batch_at_once_on_10000_samples() {
     let xs = xp.to_str().expect("utf8");
     let y32 = t.path("y32.npy");
     let yall = t.path("yall.npy");
-    lcjit_ok(&["run", model, "--input", xs, "--output", y32.to_str().expect("utf8"),
-        "--batch-size", "32", "--threads", "2"]);
-    lcjit_ok(&["run", model, "--input", xs, "--output", yall.to_str().expect("utf8"),
-        "--batch-size", "10000", "--threads", "2"]);
-    let (a, b) = (std::fs::read(&y32).expect("y32"), std::fs::read(&yall).expect("yall"));
+    lcjit_ok(&[
+        "run",
+        model,
+        "--input",
+        xs,
+        "--output",
+        y32.to_str().expect("utf8"),
+        "--batch-size",
+        "32",
+        "--threads",
+        "2",
+    ]);
+    lcjit_ok(&[
+        "run",
+        model,
+        "--input",
+        xs,
+        "--output",
+        yall.to_str().expect("utf8"),
+        "--batch-size",
+        "10000",
+        "--threads",
+        "2",
+    ]);
+    let (a, b) = (
+        std::fs::read(&y32).expect("y32"),
+        std::fs::read(&yall).expect("yall"),
+    );
     assert!(a == b, "batch-32 and batch-at-once outputs differ");
     // And both are the model's output (reference engine, its own batch).
     let m = Model::load(data("workloads/seed_lc1d.json")).expect("model");
@@ -341,7 +441,11 @@ fn bench_json_parses_with_every_field() {
         "--batch",
         "2",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf8");
     assert_eq!(text.lines().count(), 1, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("bench --json is JSON");
@@ -351,17 +455,29 @@ fn bench_json_parses_with_every_field() {
     for key in ["threads", "weight_bytes"] {
         assert!(v[key].as_u64().is_some_and(|n| n > 0), "{key}: {text}");
     }
-    assert!(v["flops"]["forward"].as_u64().is_some_and(|n| n > 0), "{text}");
+    assert!(
+        v["flops"]["forward"].as_u64().is_some_and(|n| n > 0),
+        "{text}"
+    );
     assert!(v["flops"]["train_step"].is_null(), "{text}");
     assert!(v["compile_ms"]["forward"].as_f64().is_some(), "{text}");
     assert!(v["compile_ms"]["backward"].is_null(), "{text}");
-    assert!(v["forward_ms"]["jit"].as_f64().is_some_and(|ms| ms > 0.0), "{text}");
+    assert!(
+        v["forward_ms"]["jit"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{text}"
+    );
     for e in ["interp", "reference"] {
         assert!(v["forward_ms"][e].is_null(), "{text}");
         assert!(v["train_step_ms"][e].is_null(), "{text}");
     }
     assert!(v["train_step_ms"]["jit"].is_null(), "{text}");
-    assert!(v["gbps"].as_f64().is_some() && v["gflops"].as_f64().is_some(), "{text}");
+    assert!(
+        v["gbps"].as_f64().is_some() && v["gflops"].as_f64().is_some(),
+        "{text}"
+    );
     let rl = v["roofline"].as_object().expect("roofline object");
-    assert!(rl["read_gbps"].is_null() && rl["fma_gflops"].is_null(), "{text}");
+    assert!(
+        rl["read_gbps"].is_null() && rl["fma_gflops"].is_null(),
+        "{text}"
+    );
 }

@@ -87,4 +87,3 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
     serde_json::to_string(&report)
         .map_err(|e| crate::Error::internal(format!("bench report as JSON: {e}")))
 }
-

@@ -80,7 +80,9 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
         },
     )?;
     let layers: Vec<&str> = a.output_layers.iter().map(String::as_str).collect();
-    let outputs = compiled.output_shapes(&layers).map_err(|e| in_model(e, &a.model))?;
+    let outputs = compiled
+        .output_shapes(&layers)
+        .map_err(|e| in_model(e, &a.model))?;
     let inputs = std::slice::from_ref(&x);
     let t = Instant::now();
     match output_kind(&a.output, &outputs)? {

@@ -227,7 +227,10 @@ mod tests {
         let e = outputs_at(&g, &["b", "fc7"]).expect_err("unknown");
         let text = e.to_string();
         assert!(matches!(e, Error::Usage { .. }), "{e:?}");
-        assert!(text.contains("'fc7'") && text.contains("a, b, c, d"), "{text}");
+        assert!(
+            text.contains("'fc7'") && text.contains("a, b, c, d"),
+            "{text}"
+        );
         assert!(outputs_at(&g, &[]).is_err());
     }
 }

@@ -50,9 +50,10 @@ pub fn graph_svg(g: &Graph) -> String {
     // layout-rs picks Times and grows the canvas by ten units per character of every
     // label, downwards, which leaves a blank tail under tall graphs; a sans-serif face
     // matches the box widths above, and the canvas is cut to the boxes.
-    let text = svg
-        .finalize()
-        .replace("font-family: Times, serif", "font-family: DejaVu Sans, Arial, sans-serif");
+    let text = svg.finalize().replace(
+        "font-family: Times, serif",
+        "font-family: DejaVu Sans, Arial, sans-serif",
+    );
     fit_height(&sorted_styles(&text))
 }
 
@@ -83,7 +84,9 @@ fn fit_height(svg: &str) -> String {
         .skip(1)
         .filter_map(|tag| Some(attr(tag, "y")? + attr(tag, "height")?))
         .fold(0f64, f64::max);
-    let Some(head_end) = svg.find('>').and_then(|i| svg[i + 1..].find('>').map(|j| i + 1 + j))
+    let Some(head_end) = svg
+        .find('>')
+        .and_then(|i| svg[i + 1..].find('>').map(|j| i + 1 + j))
     else {
         return svg.to_string();
     };
@@ -93,7 +96,10 @@ fn fit_height(svg: &str) -> String {
     };
     let new_height = (bottom + 30.0).min(height);
     let fixed = head
-        .replace(&format!("height=\"{height}\""), &format!("height=\"{new_height}\""))
+        .replace(
+            &format!("height=\"{height}\""),
+            &format!("height=\"{new_height}\""),
+        )
         .replace(
             &format!("viewBox=\"0 0 {width} {height}\""),
             &format!("viewBox=\"0 0 {width} {new_height}\""),
@@ -161,7 +167,13 @@ mod tests {
         g.outputs = vec![b];
         let svg = graph_svg(&g);
         assert!(svg.starts_with("<svg") || svg.contains("<svg"), "{svg}");
-        for text in ["dense_a", "dense_b", "Dense (output)", "(None, 4)", "(None, 2)"] {
+        for text in [
+            "dense_a",
+            "dense_b",
+            "Dense (output)",
+            "(None, 4)",
+            "(None, 2)",
+        ] {
             assert!(svg.contains(text), "missing {text}");
         }
         assert_eq!(svg.matches("<path").count(), 2, "one arrow per edge");

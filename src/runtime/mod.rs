@@ -230,7 +230,9 @@ impl CompiledModel {
         }
         let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
         let mut outs = predict::Collector::default();
-        self.stream(params, &views, &[], self.opts.max_batch, &mut |b| outs.add(b))?;
+        self.stream(params, &views, &[], self.opts.max_batch, &mut |b| {
+            outs.add(b)
+        })?;
         Ok(outs.into_arrays()?.into_iter().map(|(_, a)| a).collect())
     }
 

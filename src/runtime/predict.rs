@@ -229,7 +229,10 @@ impl CompiledModel {
                 let outs = crate::reference::forward(graph, rp, &owned)?;
                 let slices: Vec<&[f32]> = outs
                     .iter()
-                    .map(|a| a.as_slice().ok_or_else(|| Error::internal("non-standard output")))
+                    .map(|a| {
+                        a.as_slice()
+                            .ok_or_else(|| Error::internal("non-standard output"))
+                    })
                     .collect::<Result<_>>()?;
                 deliver(&slices)?;
             } else {
@@ -261,7 +264,10 @@ impl CompiledModel {
             distinct
         };
         let names = nodes.iter().map(|&n| graph.nodes[n].name.clone()).collect();
-        let shapes = nodes.iter().map(|&n| graph.nodes[n].shape.clone()).collect();
+        let shapes = nodes
+            .iter()
+            .map(|&n| graph.nodes[n].shape.clone())
+            .collect();
         if layers.is_empty() {
             return Ok(Target {
                 names,

@@ -186,7 +186,7 @@ impl NpyWriter {
 
     /// Appends whole rows (a multiple of the row length) after those written so far.
     pub fn write(&mut self, data: &[f32]) -> Result<()> {
-        if (self.row_len > 0 && data.len() % self.row_len != 0)
+        if (self.row_len > 0 && !data.len().is_multiple_of(self.row_len))
             || self.written + data.len() > self.total
         {
             return Err(Error::internal(format!(
