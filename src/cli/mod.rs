@@ -83,6 +83,8 @@ pub enum Stage {
     Graph,
     /// Graph IR as Graphviz DOT.
     Dot,
+    /// The layer graph as an SVG picture (name, class and output shape per layer).
+    Svg,
     /// Loop IR (forward pass) with its schedule.
     Loops,
     /// Cranelift IR of every kernel, after optimisation.
