@@ -14,8 +14,8 @@
 use super::fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
 use super::loss::Loss;
 use super::model_fit::{check_trainable, logits_graph, predictions};
-use super::optimizer::Optimizer;
 use super::off_mask::OffMaskParams;
+use super::optimizer::Optimizer;
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::model::Model;

@@ -60,10 +60,10 @@ impl OffMaskParams {
     /// implementation-2 kernel (see the module docs).
     pub fn new(model: &Model, optimizer: &OptimizerConfig) -> Result<Self> {
         let graph = model.graph();
-        let decays = optimizer.flavor == Flavor::TfKeras
-            && optimizer.weight_decay.is_some_and(|w| w != 0.0);
-        let per_tensor_clip = optimizer.flavor != Flavor::MultiBackend
-            && optimizer.clipnorm.is_some_and(|c| c > 0.0);
+        let decays =
+            optimizer.flavor == Flavor::TfKeras && optimizer.weight_decay.is_some_and(|w| w != 0.0);
+        let per_tensor_clip =
+            optimizer.flavor != Flavor::MultiBackend && optimizer.clipnorm.is_some_and(|c| c > 0.0);
         let mut specs = graph.params.clone();
         let mut owners = Vec::new();
         for (pid, spec) in graph.params.iter().enumerate() {

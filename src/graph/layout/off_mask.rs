@@ -73,3 +73,103 @@ pub fn canonical_to_keras_merged(
     geom.merge_off_mask(slice, off)?;
     Ok(keras)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::ops::*;
+    use ndarray::IxDyn;
+
+    fn lc(rank: usize, padding: Padding, df: DataFormat, imp: u8) -> LocallyConnected {
+        let (k, s) = if rank == 1 {
+            (vec![3], vec![2])
+        } else {
+            (vec![3, 2], vec![1, 2])
+        };
+        LocallyConnected {
+            rank,
+            filters: 3,
+            kernel: k,
+            strides: s,
+            dilation: vec![1; rank],
+            padding,
+            data_format: df,
+            activation: Activation::Linear,
+            use_bias: true,
+            implementation: imp,
+            kernel_initializer: Initializer::Zeros,
+            bias_initializer: Initializer::Zeros,
+            options: WeightOptions::default(),
+        }
+    }
+
+    /// Any Keras tensor (masked entries arbitrary) splits into canonical + off-mask and
+    /// merges back bit for bit; the off-mask entries are exactly the ones the canonical
+    /// layout drops (a round trip through it zeroes them and nothing else).
+    #[test]
+    fn split_and_merge_are_inverse_for_every_layout() {
+        let mut cases = 0;
+        for df in [DataFormat::ChannelsLast, DataFormat::ChannelsFirst] {
+            for pad in [Padding::Valid, Padding::Same] {
+                for (rank, input) in [(1, vec![9, 2]), (2, vec![6, 5, 2])] {
+                    for imp in 1..=3u8 {
+                        let input = match df {
+                            DataFormat::ChannelsLast => input.clone(),
+                            DataFormat::ChannelsFirst => {
+                                let mut v = vec![input[input.len() - 1]];
+                                v.extend(&input[..input.len() - 1]);
+                                v
+                            }
+                        };
+                        if imp == 1 && pad == Padding::Same {
+                            continue;
+                        }
+                        let mut g = Graph::new("t");
+                        let x = g.add_input("x", input).unwrap();
+                        let id = g
+                            .add("lc", Op::LocallyConnected(lc(rank, pad, df, imp)), &[x])
+                            .unwrap();
+                        let kp = g.nodes[id].params[0];
+                        let shape = g.params[kp].keras_shape.clone();
+                        let n: usize = shape.iter().product();
+                        let keras = ArrayD::from_shape_vec(
+                            IxDyn(&shape),
+                            (0..n).map(|i| i as f32 + 0.5).collect(),
+                        )
+                        .unwrap();
+                        let (canon, off) = keras_to_canonical_split(&g, kp, keras.clone()).unwrap();
+                        let len = off_mask_len(&g, kp).unwrap();
+                        assert_eq!(off.as_ref().map(Vec::len), len);
+                        let back =
+                            canonical_to_keras_merged(&g, kp, &canon, off.as_deref()).unwrap();
+                        if imp == 3 {
+                            // Implementation 3 holds connected weights only.
+                            assert!(off.is_none());
+                            assert_eq!(back, keras);
+                            continue;
+                        }
+                        if imp == 1 {
+                            assert!(off.is_none());
+                            continue;
+                        }
+                        assert_eq!(back, keras, "{df:?} {pad:?} rank {rank}");
+                        let zeroed = canonical_to_keras(&g, kp, &canon).unwrap();
+                        let dropped: Vec<f32> = keras
+                            .iter()
+                            .zip(zeroed.iter())
+                            .filter(|(_, z)| **z == 0.0)
+                            .map(|(k, _)| *k)
+                            .collect();
+                        assert_eq!(Some(dropped), off, "{df:?} {pad:?} rank {rank}");
+                        let bias = g.nodes[id].params[1];
+                        let b = ArrayD::zeros(IxDyn(&g.params[bias].shape));
+                        assert!(canonical_to_keras_merged(&g, bias, &b, None).is_ok());
+                        assert!(canonical_to_keras_merged(&g, bias, &b, Some(&[])).is_err());
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 8);
+    }
+}
