@@ -9,7 +9,8 @@
 //!   in the full implementation-2 layout, masked entries included.
 //! - `tests/data/impl2/` (made by its `make.py` with tf-keras 2.21): implementation-2
 //!   LC1D/LC2D layers, channels_last and channels_first, with an L2 kernel regularizer and
-//!   a MaxNorm kernel constraint, trained by Keras (SGD with momentum, Adam, plain SGD);
+//!   a MaxNorm kernel constraint, trained by Keras (SGD with momentum, Adam, plain SGD),
+//!   and one with neither trained by AdamW (weight decay moves the masked entries);
 //!   lcjit reproduces the loss history (1e-4) and every weight after training (1e-3),
 //!   masked entries included, on every engine and through `lcjit fit`.
 //! - A model initialized without weights draws the whole implementation-2 tensor with the
@@ -68,8 +69,11 @@ fn bits(a: &ArrayD<f32>) -> Vec<u32> {
     a.iter().map(|v| v.to_bits()).collect()
 }
 
-/// The layers that have weights, in file order: `(layer, [(weight, value)])`.
-fn with_weights(w: &KerasWeights) -> Vec<(String, Vec<(String, ArrayD<f32>)>)> {
+/// One layer's weights: `(layer, [(weight, value)])`.
+type Layer = (String, Vec<(String, ArrayD<f32>)>);
+
+/// The layers that have weights, in file order.
+fn with_weights(w: &KerasWeights) -> Vec<Layer> {
     w.layers
         .iter()
         .filter(|l| !l.weights.is_empty())
@@ -344,7 +348,7 @@ fn frozen_impl2_layer_is_kept_bit_for_bit() {
 
 fn impl2_cases() -> Vec<PathBuf> {
     let cases = dirs_with(&data("impl2"), "model.h5");
-    assert_eq!(cases.len(), 4, "tests/data/impl2 cases");
+    assert_eq!(cases.len(), 5, "tests/data/impl2 cases");
     cases
 }
 
@@ -363,14 +367,21 @@ fn history_error(case: &Path, loss: &[f64]) -> f64 {
 }
 
 /// Every engine reproduces Keras's training of a regularized, MaxNorm-constrained
-/// implementation-2 layer: history to 1e-4, every weight (masked entries included) to 1e-3.
+/// implementation-2 layer (and of an unregularized one under AdamW's weight decay):
+/// history to 1e-4, every weight (masked entries included) to 1e-3.
 #[test]
 fn impl2_regularized_constrained_training_matches_tf_keras() {
     for case in impl2_cases() {
         let loaded = Model::load(case.join("model.h5")).expect("load model.h5");
         let pid = impl2_kernels(&loaded)[0].0;
         let spec = &loaded.graph().params[pid];
-        assert!(spec.regularizer.is_some() && spec.constraint.is_some());
+        let decay_only = name(&case).ends_with("adamw");
+        assert_eq!(
+            spec.regularizer.is_none() && spec.constraint.is_none(),
+            decay_only,
+            "{}",
+            name(&case)
+        );
         for engine in [Engine::Reference, Engine::Jit, Engine::Interp] {
             let what = format!("{} ({})", name(&case), engine.name());
             let mut model = loaded.clone();
@@ -379,6 +390,7 @@ fn impl2_regularized_constrained_training_matches_tf_keras() {
             assert!(he <= 1e-4, "{what}: history off by {he:.2e}: {:?}", h.loss);
             let (we, key) = weight_error(&model, &case.join("after.npz"));
             assert!(we <= 1e-3, "{what}: {key} off by {we:.2e}");
+            eprintln!("{what}: history {he:.2e}, weights {we:.2e} ({key})");
             let moved = model
                 .off_mask(pid)
                 .zip(loaded.off_mask(pid))
@@ -483,4 +495,47 @@ fn initialized_masked_entries_are_drawn_and_kept() {
     wrong[pid] = ArrayD::zeros(ndarray::IxDyn(&[3]));
     let e = reset.set_weights(wrong).unwrap_err().to_string();
     assert!(e.contains("lc") && e.contains("kernel"), "{e}");
+}
+
+/// The penalty of a model includes the masked entries of its implementation-2 kernels, and
+/// per-tensor `clipnorm` on such a regularized kernel is refused with a clear error (Keras
+/// clips by the norm of the whole kernel gradient).
+#[test]
+fn penalty_counts_masked_entries_and_clipnorm_is_refused() {
+    use lcjit::train::{regularization, regularization_loss, ParamTable};
+    let case = data("impl2/case_lc2d_last_adam");
+    let model = Model::load(case.join("model.h5")).expect("load");
+    let pid = impl2_kernels(&model)[0].0;
+    let reg = model.graph().params[pid].regularizer.expect("regularizer");
+    let full = model.keras_weight(pid).expect("kernel");
+    let want = regularization(&reg, &full).0;
+    let canonical_only = ParamTable::from_graph(model.graph())
+        .regularize(model.params(), None)
+        .expect("penalty");
+    let got = regularization_loss(&model).expect("penalty");
+    assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+    assert!(
+        canonical_only < 0.9 * want,
+        "masked entries should carry part of the penalty"
+    );
+
+    let tc = model.training_config().cloned().expect("training_config");
+    let mut setup = parse_training_config(&tc, "model.h5").expect("setup");
+    setup.optimizer.clipnorm = Some(1.0);
+    let xs = io::read_npy(&case.join("xs.npy")).expect("xs");
+    let ys = io::read_npy(&case.join("ys.npy")).expect("ys");
+    let mut m = model.clone();
+    let e = fit_compiled(
+        &mut m,
+        &mut Optimizer::new(setup.optimizer),
+        &setup.loss,
+        &xs,
+        &ys,
+        &fit_opts(1, 4),
+        &CompileOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, lcjit::Error::Usage { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("'lc'") && msg.contains("clipnorm"), "{msg}");
 }

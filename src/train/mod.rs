@@ -32,7 +32,7 @@ pub use fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
 pub use loss::{Loss, OutputActivation};
 pub use metrics::{Metric, MetricState};
 pub use model_fit::{check_trainable, fit_model};
-pub use off_mask::OffMaskParams;
+pub use off_mask::{regularization_loss, OffMaskParams};
 pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
 pub use regularize::{apply_constraint, regularization, ParamTable};
 pub use schedule::LearningRate;

@@ -156,6 +156,19 @@ impl OffMaskParams {
     }
 }
 
+/// The weight regularization loss of `model` as Keras adds it to its loss (`sum(model.losses)`
+/// without activity terms): every regularized weight, the off-mask entries of
+/// implementation-2 kernels included (what `evaluate` and a validation loss add).
+pub fn regularization_loss(model: &Model) -> Result<f64> {
+    let mut total = ParamTable::from_graph(model.graph()).regularize(model.params(), None)?;
+    for (pid, spec) in model.graph().params.iter().enumerate() {
+        if let (Some(reg), Some(off)) = (&spec.regularizer, model.off_mask(pid)) {
+            total += super::regularize::regularization(reg, &flat_array(off.to_vec())?).0;
+        }
+    }
+    Ok(total)
+}
+
 /// A 1-D array over `v`.
 pub(crate) fn flat_array(v: Vec<f32>) -> Result<ArrayD<f32>> {
     let n = v.len();

@@ -1,5 +1,7 @@
 """Implementation-2 LocallyConnected layers trained by tf-keras 2.21 with an L2 kernel
-regularizer and a MaxNorm kernel constraint: the figures of tests/impl2_lossless.rs.
+regularizer and a MaxNorm kernel constraint (and one with neither, trained by AdamW,
+whose decoupled weight decay moves the masked entries too): the figures of
+tests/impl2_lossless.rs.
 
 Keras keeps the entries of an implementation-2 kernel outside the connectivity mask in
 the variable (initialized randomly, saved, regularized, constrained), so its loss
@@ -29,7 +31,8 @@ EPOCHS = 3
 BATCH = 4
 SAMPLES = 10  # 3 batches, the last one smaller
 
-# name, LC class, input shape, LC kwargs, MaxNorm kwargs, optimizer
+# name, LC class, input shape, LC kwargs, MaxNorm kwargs (None: no regularizer and no
+# constraint), optimizer
 CASES = [
     ("lc1d_last_sgd", "1d", (9, 3),
      dict(filters=4, kernel_size=3, strides=2, padding="valid", data_format="channels_last"),
@@ -47,6 +50,10 @@ CASES = [
      dict(filters=2, kernel_size=(2, 3), strides=(2, 1), padding="same", data_format="channels_first"),
      dict(max_value=0.2, axis=[1, 2]),
      lambda: keras.optimizers.SGD(learning_rate=0.1)),
+    ("lc1d_last_adamw", "1d", (8, 2),
+     dict(filters=3, kernel_size=3, strides=1, padding="valid", data_format="channels_last"),
+     None,
+     lambda: keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.2)),
 ]
 
 
@@ -56,8 +63,8 @@ def build(kind, input_shape, lc_kwargs, maxnorm):
     h = lc_cls(
         implementation=2,
         activation="tanh",
-        kernel_regularizer=keras.regularizers.L2(0.05),
-        kernel_constraint=keras.constraints.MaxNorm(**maxnorm),
+        kernel_regularizer=keras.regularizers.L2(0.05) if maxnorm else None,
+        kernel_constraint=keras.constraints.MaxNorm(**maxnorm) if maxnorm else None,
         bias_initializer=keras.initializers.RandomUniform(-0.1, 0.1),
         name="lc",
         **lc_kwargs,
@@ -98,10 +105,12 @@ def main():
         after = weights_dict(model)
         moved = np.abs(after["lc/kernel"][masked] - before["lc/kernel"][masked]).max()
         assert moved > 1e-4, f"{name}: masked entries did not move ({moved})"
-        axes = tuple(np.atleast_1d(maxnorm["axis"]))
-        norms = np.sqrt((after["lc/kernel"] ** 2).sum(axis=axes))
-        binding = int((np.abs(norms - maxnorm["max_value"]) < 1e-4).sum())
-        assert binding > 0, f"{name}: the MaxNorm constraint does not bind"
+        binding = None
+        if maxnorm:
+            axes = tuple(np.atleast_1d(maxnorm["axis"]))
+            norms = np.sqrt((after["lc/kernel"] ** 2).sum(axis=axes))
+            binding = int((np.abs(norms - maxnorm["max_value"]) < 1e-4).sum())
+            assert binding > 0, f"{name}: the MaxNorm constraint does not bind"
         np.save(os.path.join(out, "xs.npy"), xs)
         np.save(os.path.join(out, "ys.npy"), ys)
         np.save(os.path.join(out, "history.npy"), np.array(h.history["loss"], dtype=np.float32))
@@ -111,8 +120,8 @@ def main():
             "input_shape": list(shape),
             "lc": {k: (list(v) if isinstance(v, tuple) else v) for k, v in lc_kwargs.items()},
             "implementation": 2,
-            "kernel_regularizer": "L2(0.05)",
-            "kernel_constraint": {"MaxNorm": maxnorm},
+            "kernel_regularizer": "L2(0.05)" if maxnorm else None,
+            "kernel_constraint": {"MaxNorm": maxnorm} if maxnorm else None,
             "kernel_shape": list(kernel.shape),
             "masked_entries": int(masked.sum()),
             "optimizer": model.optimizer.get_config()["name"],
