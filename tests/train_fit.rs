@@ -70,7 +70,7 @@ fn run(
         epochs,
         batch_size: batch,
         validation_split: split,
-        metrics: vec![Metric::MeanAbsoluteError],
+        metrics: vec![Metric::parse_arg("mae").expect("metric")],
         verbose: true,
         ..Default::default()
     };
