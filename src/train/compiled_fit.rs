@@ -14,8 +14,8 @@
 use super::fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
 use super::loss::Loss;
 use super::model_fit::{check_trainable, logits_graph, predictions};
+use super::off_mask::OffMaskParams;
 use super::optimizer::Optimizer;
-use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::model::Model;
@@ -48,15 +48,18 @@ pub fn fit_compiled(
     };
     let step_model = CompiledModel::new(Arc::new(model.with_graph(step_graph)?), copts.clone())?;
     let predict_model = CompiledModel::new(Arc::new(model.clone()), copts)?;
-    let mut params: Vec<ArrayD<f32>> = model.params().to_vec();
-    let table = ParamTable::from_graph(&graph);
+    // Graph parameters, then the off-mask entries training changes (see `off_mask`).
+    let extended = OffMaskParams::new(model, &optimizer.config)?;
+    let n = extended.graph_len();
+    let mut params: Vec<ArrayD<f32>> = extended.params(model)?;
+    let table = extended.table(&graph);
     // One generator for the whole fit, as the reference trainer: the same masks.
     let mut rng = Rng::new(opts.seed);
     let mut step = |p: &[ArrayD<f32>], x: &ArrayD<f32>, y: &ArrayD<f32>| -> Result<StepOutput> {
         let mut value = 0.0;
         let mut y_pred = None;
         let inputs = std::slice::from_ref(x);
-        let run = step_model.run_gradients_in(p, inputs, Some(&mut rng), &mut |outs| {
+        let run = step_model.run_gradients_in(&p[..n], inputs, Some(&mut rng), &mut |outs| {
             let z = outs
                 .first()
                 .ok_or_else(|| Error::internal("model produced no output"))?;
@@ -67,14 +70,14 @@ pub fn fit_compiled(
         })?;
         Ok(StepOutput {
             loss: value,
-            grads: run.dparams,
+            grads: extended.grads(run.dparams),
             y_pred,
             updates: run.updates,
         })
     };
     let mut predict = |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<ArrayD<f32>> {
         predict_model
-            .predict_with(p, std::slice::from_ref(x))?
+            .predict_with(&p[..n], std::slice::from_ref(x))?
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal("model produced no output"))
@@ -98,6 +101,6 @@ pub fn fit_compiled(
             predict: Some(&mut predict),
         },
     )?;
-    model.set_params(params)?;
+    extended.store(model, params)?;
     Ok(history)
 }
