@@ -232,7 +232,10 @@ fn compiled_fit_reports_metrics() {
         let opts = FitOptions {
             epochs: 2,
             batch_size: 4,
-            metrics: vec![Metric::Accuracy, Metric::MeanAbsoluteError],
+            metrics: ["accuracy", "mae"]
+                .iter()
+                .map(|n| Metric::parse_arg(n).expect("metric"))
+                .collect(),
             ..FitOptions::default()
         };
         let compile = CompileOptions {

@@ -81,7 +81,7 @@ fn run_with(
         epochs,
         batch_size: batch,
         validation_split: split,
-        metrics: vec![Metric::MeanAbsoluteError],
+        metrics: vec![Metric::parse_arg("mae").expect("metric")],
         verbose: true,
         ..Default::default()
     };

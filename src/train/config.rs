@@ -52,10 +52,7 @@ pub fn parse_training_config(v: &Value, source: &str) -> Result<TrainingSetup> {
             return Err(cfg_err(source, "loss_weights", format!("unsupported: {w}")));
         }
     }
-    let mut metrics = Vec::new();
-    if let Some(m) = v.get("metrics") {
-        collect_metrics(m, &loss, source, &mut metrics)?;
-    }
+    let metrics = parse_metrics(v, source)?;
     Ok(TrainingSetup {
         optimizer,
         loss,
@@ -63,38 +60,72 @@ pub fn parse_training_config(v: &Value, source: &str) -> Result<TrainingSetup> {
     })
 }
 
-fn collect_metrics(m: &Value, loss: &Loss, source: &str, out: &mut Vec<Metric>) -> Result<()> {
+/// The metrics of a `training_config` / `compile_config`: `metrics` then
+/// `weighted_metrics` (without sample weights they compute the same; a weighted metric
+/// whose name is taken is logged as `weighted_<name>`, as `compile_utils` renames it), each
+/// a string or a serialized metric, nested per output as `.h5` files store them.
+pub fn parse_metrics(v: &Value, source: &str) -> Result<Vec<Metric>> {
+    let mut metrics = Vec::new();
+    if let Some(m) = v.get("metrics") {
+        collect_metrics(m, source, &mut metrics)?;
+    }
+    let mut weighted = Vec::new();
+    if let Some(m) = v.get("weighted_metrics") {
+        collect_metrics(m, source, &mut weighted)?;
+    }
+    for w in weighted {
+        let w = if metrics.iter().any(|m| m.name() == w.name()) {
+            Metric::new(format!("weighted_{}", w.name()), w.kind().clone())
+        } else {
+            w
+        };
+        metrics.push(w);
+    }
+    for (i, m) in metrics.iter().enumerate() {
+        if metrics[..i].iter().any(|o| o.name() == m.name()) {
+            return Err(cfg_err(
+                source,
+                "metrics",
+                format!("two metrics are named '{}'", m.name()),
+            ));
+        }
+    }
+    Ok(metrics)
+}
+
+/// Parses the `--metrics m1,m2` option (Keras metric names, see
+/// [`super::metrics::KNOWN_NAMES`]).
+pub fn parse_metrics_arg(s: &str) -> Result<Vec<Metric>> {
+    let metrics = s
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(Metric::parse_arg)
+        .collect::<Result<Vec<_>>>()?;
+    for (i, m) in metrics.iter().enumerate() {
+        if metrics[..i].iter().any(|o| o.name() == m.name()) {
+            return Err(Error::Usage {
+                detail: format!("--metrics: '{}' is given twice", m.name()),
+            });
+        }
+    }
+    Ok(metrics)
+}
+
+fn collect_metrics(m: &Value, source: &str, out: &mut Vec<Metric>) -> Result<()> {
     match m {
         Value::Null => Ok(()),
         Value::Array(items) => items
             .iter()
-            .try_for_each(|x| collect_metrics(x, loss, source, out)),
-        Value::String(s) => {
-            out.push(
-                Metric::parse(s, loss)
-                    .ok_or_else(|| cfg_err(source, "metrics", format!("unknown metric '{s}'")))?,
-            );
+            .try_for_each(|x| collect_metrics(x, source, out)),
+        // One output's metrics keyed by output name (a single-output model).
+        Value::Object(o) if !o.contains_key("class_name") && o.len() == 1 => {
+            collect_metrics(o.values().next().unwrap_or(&Value::Null), source, out)
+        }
+        other => {
+            out.push(Metric::from_config(other).map_err(|e| cfg_err(source, "metrics", e))?);
             Ok(())
         }
-        Value::Object(o) => {
-            let name = o
-                .get("config")
-                .and_then(|c| c.get("name"))
-                .and_then(Value::as_str)
-                .or_else(|| o.get("class_name").and_then(Value::as_str))
-                .unwrap_or("");
-            out.push(
-                Metric::parse(name, loss).ok_or_else(|| {
-                    cfg_err(source, "metrics", format!("unknown metric '{name}'"))
-                })?,
-            );
-            Ok(())
-        }
-        other => Err(cfg_err(
-            source,
-            "metrics",
-            format!("unexpected value {other}"),
-        )),
     }
 }
 
