@@ -41,7 +41,7 @@ pub enum Command {
     Grad(grad::GradArgs),
     /// Train a model as Keras's fit does; optimizer and loss default to the file's
     /// training_config.
-    Fit(fit::FitArgs),
+    Fit(Box<fit::FitArgs>),
     /// Loss and metrics of a model over a dataset, as Keras's evaluate; loss and metrics
     /// default to the file's training_config.
     Evaluate(evaluate::EvaluateArgs),
@@ -131,7 +131,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Run(a)) => run::run(a, budget),
         Some(Command::Bench(a)) => bench::bench(a, budget),
         Some(Command::Grad(a)) => grad::grad(a, budget),
-        Some(Command::Fit(a)) => fit::fit(a, budget),
+        Some(Command::Fit(a)) => fit::fit(*a, budget),
         Some(Command::Evaluate(a)) => evaluate::evaluate(a, budget),
     }
 }

@@ -11,7 +11,8 @@
 //! order, as the reference trainer's, and BatchNorm normalizes with batch statistics
 //! whose moving averages the step returns as updates.
 
-use super::fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
+use super::callbacks::Callback;
+use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
 use super::loss::Loss;
 use super::model_fit::{check_trainable, logits_graph, predictions};
 use super::off_mask::OffMaskParams;
@@ -23,16 +24,21 @@ use crate::runtime::{CompileOptions, CompiledModel};
 use ndarray::ArrayD;
 use std::sync::Arc;
 
-/// Trains `model` in place as `model.fit(xs, ys, …)` does in tf-keras, on the engine of
-/// `compile` (the reference engine runs [`fit_model`]); returns the history.
+/// Trains `model` in place as `model.fit(xs, ys, validation_data=validation,
+/// callbacks=callbacks, …)` does in tf-keras, on the engine of `compile` (the reference
+/// engine is [`super::fit_model`]); returns Keras's history. Callbacks that save
+/// (ModelCheckpoint) write this model with the weights of the moment.
+#[allow(clippy::too_many_arguments)]
 pub fn fit_compiled(
     model: &mut Model,
     optimizer: &mut Optimizer,
     loss: &Loss,
     xs: &ArrayD<f32>,
     ys: &ArrayD<f32>,
+    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
     opts: &FitOptions,
     compile: &CompileOptions,
+    callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     let graph = model.graph().clone();
     check_trainable(&graph)?;
@@ -87,6 +93,15 @@ pub fn fit_compiled(
         update: Some((compile.engine, compile.threads)),
         ..opts.clone()
     };
+    let target = &mut *model;
+    let mut save = |p: &[ArrayD<f32>], path: &std::path::Path, weights_only: bool| {
+        target.set_params(p.to_vec())?;
+        if weights_only {
+            target.save_weights(path)
+        } else {
+            target.save(path)
+        }
+    };
     let history = fit(
         &mut params,
         &table,
@@ -94,12 +109,14 @@ pub fn fit_compiled(
         loss,
         xs,
         ys,
-        None,
+        validation,
         opts,
-        FitCallbacks {
+        StepFns {
             step: &mut step,
             predict: Some(&mut predict),
+            save: Some(&mut save),
         },
+        callbacks,
     )?;
     extended.store(model, params)?;
     Ok(history)
