@@ -209,8 +209,10 @@ fn train(model: &mut Model, case: &Path, epochs: usize, batch: usize, engine: En
         &setup.loss,
         &xs,
         &ys,
+        None,
         &fit_opts(epochs, batch),
         &compile,
+        &mut [],
     )
     .expect("fit")
 }
@@ -329,8 +331,10 @@ fn frozen_impl2_layer_is_kept_bit_for_bit() {
         &setup.loss,
         &xs,
         &ys,
+        None,
         &fit_opts(2, 4),
         &compile,
+        &mut [],
     )
     .expect("fit");
     let after = model.keras_weights().expect("weights");
@@ -386,8 +390,8 @@ fn impl2_regularized_constrained_training_matches_tf_keras() {
             let what = format!("{} ({})", name(&case), engine.name());
             let mut model = loaded.clone();
             let h = train(&mut model, &case, 3, 4, engine);
-            let he = history_error(&case, &h.loss);
-            assert!(he <= 1e-4, "{what}: history off by {he:.2e}: {:?}", h.loss);
+            let he = history_error(&case, &h.loss());
+            assert!(he <= 1e-4, "{what}: history off by {he:.2e}: {:?}", h.loss());
             let (we, key) = weight_error(&model, &case.join("after.npz"));
             assert!(we <= 1e-3, "{what}: {key} off by {we:.2e}");
             eprintln!("{what}: history {he:.2e}, weights {we:.2e} ({key})");
@@ -531,8 +535,10 @@ fn penalty_counts_masked_entries_and_clipnorm_is_refused() {
         &setup.loss,
         &xs,
         &ys,
+        None,
         &fit_opts(1, 4),
         &CompileOptions::default(),
+        &mut [],
     )
     .unwrap_err();
     assert!(matches!(e, lcjit::Error::Usage { .. }), "{e}");

@@ -70,8 +70,10 @@ fn train(case: &str, engine: Engine, trace: u64) -> (Model, History) {
         &setup.loss,
         &npy("x.npy"),
         &npy("y.npy"),
+        None,
         &opts,
         &compile,
+        &mut [],
     )
     .unwrap_or_else(|e| panic!("{case} ({}): {e}", engine.name()));
     (model, history)
@@ -133,7 +135,7 @@ fn weight_err(case: &str, model: &Model) -> (f64, String) {
 fn check(case: &str, trace: u64) {
     for engine in [Engine::Jit, Engine::Reference] {
         let (model, history) = train(case, engine, trace);
-        let h = history_err(case, &history.loss);
+        let h = history_err(case, history.loss());
         let (w, worst) = weight_err(case, &model);
         eprintln!(
             "{case} ({}): history {h:.1e}, weights {w:.1e}",
@@ -144,7 +146,7 @@ fn check(case: &str, trace: u64) {
             "{case} ({}): history error {h:.2e}, weight error {w:.2e} ({worst}); \
              lcjit history {:?}",
             engine.name(),
-            history.loss
+            history.loss()
         );
     }
 }
