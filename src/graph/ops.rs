@@ -464,6 +464,27 @@ pub enum Op {
 }
 
 impl Op {
+    /// The layer's `activity_regularizer` (penalty on its post-activation output), for
+    /// the layers that have one.
+    pub fn activity_regularizer(&self) -> Option<Regularizer> {
+        match self {
+            Op::LocallyConnected(l) => l.options.activity_regularizer,
+            Op::Dense(d) => d.options.activity_regularizer,
+            Op::Conv(c) => c.options.activity_regularizer,
+            _ => None,
+        }
+    }
+
+    /// The slot of [`Self::activity_regularizer`], for the layers that have one.
+    pub fn activity_regularizer_mut(&mut self) -> Option<&mut Option<Regularizer>> {
+        match self {
+            Op::LocallyConnected(l) => Some(&mut l.options.activity_regularizer),
+            Op::Dense(d) => Some(&mut d.options.activity_regularizer),
+            Op::Conv(c) => Some(&mut c.options.activity_regularizer),
+            _ => None,
+        }
+    }
+
     /// Short name used by printers and summaries (the Keras class name).
     pub fn kind_name(&self) -> String {
         match self {

@@ -137,6 +137,9 @@ pub enum BufRole {
     /// Training programs: per-call data computed on the host, read-only (e.g. the
     /// dropout mask of the `i`-th Dropout layer, drawn from the step's seeded generator).
     Aux(usize),
+    /// Gradient programs: a forward value the host reads between phase 1 and phase 2
+    /// (the output of the `i`-th activity-regularized layer); written, never shared.
+    Kept(usize),
 }
 
 impl BufRole {

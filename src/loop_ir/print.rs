@@ -199,6 +199,7 @@ pub fn module_text(m: &Module) -> String {
             BufRole::GradInput(i) => format!("grad input {i}"),
             BufRole::GradParam(i) => format!("grad param {i}"),
             BufRole::Aux(i) => format!("aux {i}"),
+            BufRole::Kept(i) => format!("kept {i}"),
         };
         let _ = writeln!(s, "  buffer %{i} {}: f32[{}] {role}", b.name, b.len);
     }

@@ -277,6 +277,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
                     BufRole::Input(i) => format!("x{i}"),
                     BufRole::Cotangent(i) => format!("dy{i}"),
                     BufRole::GradInput(i) => format!("dx{i}"),
+                    BufRole::Kept(i) => format!("kept{i}"),
                     _ => format!("y{}", output_bufs.len()),
                 },
                 len: tensor_len[t],

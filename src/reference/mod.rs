@@ -18,6 +18,7 @@
 //! layer whose result does not have the node's shape is reported as [`Error::Internal`].
 
 pub mod activation;
+pub mod activity;
 pub mod activation_grad;
 pub mod backward;
 mod conv;
