@@ -210,6 +210,13 @@ pub enum UnOp {
     Sigmoid,
     /// `erf(x)` (polynomial).
     Erf,
+    /// `x` rounded to IEEE half precision and back (round to nearest even, half
+    /// subnormals kept, overflow to ±∞, NaN unchanged): the `float16` compute dtype of a
+    /// mixed-precision layer (see [`math::round_f16`]).
+    RoundF16,
+    /// `x` rounded to bfloat16 and back (round to nearest even, NaN unchanged): the
+    /// `mixed_bfloat16` compute dtype (see [`math::round_bf16`]).
+    RoundBf16,
 }
 
 /// Binary operations.

@@ -58,6 +58,8 @@ fn expr_text(e: &Expr, m: &Module, k: &Kernel) -> String {
                 UnOp::Tanh => "tanh",
                 UnOp::Sigmoid => "sigmoid",
                 UnOp::Erf => "erf",
+                UnOp::RoundF16 => "round_f16",
+                UnOp::RoundBf16 => "round_bf16",
             };
             format!("{f}({})", expr_text(a, m, k))
         }
