@@ -53,6 +53,8 @@ pub struct Node {
     pub shape: Vec<usize>,
     /// Parameters, in Keras weight order.
     pub params: Vec<ParamId>,
+    /// The layer's dtype policy (float32 unless the configuration says otherwise).
+    pub policy: DtypePolicy,
 }
 
 /// Description of one weight.
@@ -140,6 +142,7 @@ impl Graph {
             inputs: Vec::new(),
             shape,
             params: Vec::new(),
+            policy: DtypePolicy::default(),
         });
         self.inputs.push(id);
         Ok(id)
@@ -189,6 +192,7 @@ impl Graph {
             inputs: inputs.to_vec(),
             shape: inferred.shape,
             params,
+            policy: DtypePolicy::default(),
         });
         Ok(id)
     }

@@ -269,12 +269,21 @@ pub fn lower_gradients_in(
     for (id, slot) in preact.iter_mut().enumerate() {
         match split_activation(&graph.nodes[id].op) {
             Some((linear, act)) => {
-                lower_linear(&mut cx, id, &linear)?;
+                super::mixed::with_policy(&mut cx, id, true, |cx| lower_linear(cx, id, &linear))?;
                 let z = cx.value(id)?;
                 let y = cx.output(id);
                 let n = &graph.nodes[id];
                 let name = format!("{}.activation", n.name);
-                activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, y);
+                match super::mixed::round_op(n.policy.compute) {
+                    // Mixed precision: the activation's result is rounded too.
+                    Some(op) => {
+                        let a = cx.temp(cot_len_of(&cx, id));
+                        activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, a);
+                        let len = cot_len_of(&cx, id);
+                        super::mixed::round_into(&mut cx, a, y, len, op, &format!("{name}.round"));
+                    }
+                    _ => activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, y),
+                }
                 *slot = Some((z, act));
             }
             None => match (&graph.nodes[id].op, mode) {
@@ -286,7 +295,7 @@ pub fn lower_gradients_in(
                     let (mean, var) = norm_train::forward(&mut cx, id, bn)?;
                     batch_stats.push((id, mean, var));
                 }
-                _ => forward_node(&mut cx, id)?,
+                _ => super::mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?,
             },
         }
     }
@@ -324,7 +333,7 @@ pub fn lower_gradients_in(
             Op::BatchNorm(bn) if !cx.saved[id].is_empty() => {
                 norm_train::backward(&mut cx, id, bn, dy)?
             }
-            _ => backward_node(&mut cx, id, dy)?,
+            _ => super::mixed::with_policy(&mut cx, id, false, |cx| backward_node(cx, id, dy))?,
         }
     }
     // Gradients of the inputs: their own buffers (a copy when the tensor is shared).

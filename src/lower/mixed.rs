@@ -1,0 +1,143 @@
+//! Mixed-precision dtype policies in the loop IR: a layer whose policy computes in
+//! float16 (`mixed_float16`) or bfloat16 (`mixed_bfloat16`) is lowered as TF runs it on
+//! the CPU, by rounding f32 values to the compute dtype (`round_f16` / `round_bf16`) at
+//! the points where TF's ops produce a result in that dtype.
+//!
+//! Measured with tf 2.21 on the CPU (tests/data/actmix/make.py's notes): `MatMul` and
+//! `BatchMatMulV2` in float16 and bfloat16 give exactly `round(f32 product of the rounded
+//! operands)` (f32 accumulation, one rounding of the result); `BiasAdd` gives
+//! `round(a + b)`; relu and tanh give the rounded f32 result. So the forward pass of an
+//! LC, Dense or Conv layer under such a policy is
+//! `y = round(act(round(round(Σ round(x)·round(K)) + round(b))))`: inputs and weights
+//! are rounded by kernels this module appends (once per tensor and dtype, shared by the
+//! backward pass, which therefore differentiates with respect to the rounded values as
+//! TF does: the gradient of a cast is the cast gradient), and the layer's store applies
+//! [`epilogue`]. Float32 layers lower exactly as before (no kernel, no rounding).
+//!
+//! Not emulated (float32 inside, measured residual ≤ 1 unit in the last place of the
+//! compute dtype): other layer kinds under a mixed policy (they read already-rounded
+//! values; Flatten and the other shape layers are exact), a softmax fused into a mixed
+//! layer, and the roundings TF's float16 backward ops make (the gradients are computed
+//! in f32 from the rounded forward values).
+
+use super::{Cx, TensorId, TENSOR_BASE};
+use crate::error::{Error, Result};
+use crate::graph::{Activation, ComputeDtype, NodeId, Op};
+use crate::loop_ir::{bin, for_, load, un, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind, Stmt, UnOp};
+
+/// The rounding op of a compute dtype (`None` for float32).
+pub fn round_op(c: ComputeDtype) -> Option<UnOp> {
+    match c {
+        ComputeDtype::Float32 => None,
+        ComputeDtype::Float16 => Some(UnOp::RoundF16),
+        ComputeDtype::BFloat16 => Some(UnOp::RoundBf16),
+    }
+}
+
+/// The value a layer stores for one output element: `act(acc + bias)`, and under a mixed
+/// compute dtype `round(act(round(round(acc) + bias)))` (`bias` already rounded).
+/// `None` for an activation that is not elementwise.
+pub fn epilogue(
+    compute: ComputeDtype,
+    acc: Expr,
+    bias: Option<Expr>,
+    act: &Activation,
+) -> Option<Expr> {
+    let Some(r) = round_op(compute) else {
+        let z = match bias {
+            Some(b) => bin(BinOp::Add, acc, b),
+            None => acc,
+        };
+        return super::activation::apply(act, z);
+    };
+    let mut z = un(r, acc);
+    if let Some(b) = bias {
+        z = un(r, bin(BinOp::Add, z, b));
+    }
+    let y = super::activation::apply(act, z)?;
+    Some(if *act == Activation::Linear { y } else { un(r, y) })
+}
+
+/// Whether `op` is lowered with the mixed-precision rules of this module.
+fn emulated(op: &Op) -> bool {
+    matches!(op, Op::LocallyConnected(_) | Op::Dense(_) | Op::Conv(_))
+}
+
+/// Appends `dst[i] = op(src[i])` for `i < len`.
+pub fn round_into(cx: &mut Cx, src: BufId, dst: BufId, len: usize, op: UnOp, name: &str) {
+    let mut kb = KernelBuilder::new(name);
+    let i = kb.var("i");
+    let kind = if len.is_multiple_of(4) {
+        LoopKind::Vector(4)
+    } else {
+        LoopKind::Serial
+    };
+    let store = Stmt::Store {
+        buf: dst,
+        index: Affine::var(i),
+        value: un(op, load(src, Affine::var(i))),
+    };
+    let k = kb.finish(vec![for_(i, len as u64, kind, vec![store])]);
+    cx.push(k, &[src], &[dst]);
+}
+
+impl Cx<'_> {
+    /// The tensor holding `src` (a buffer of `len` elements) rounded by `op`, appending
+    /// the rounding kernel on first use.
+    fn rounded(&mut self, src: BufId, len: usize, op: UnOp, name: &str) -> BufId {
+        if let Some(&(_, _, t)) = self.rounded.iter().find(|(s, o, _)| *s == src && *o == op) {
+            return TENSOR_BASE + t as u32;
+        }
+        let dst = self.temp(len);
+        round_into(self, src, dst, len, op, name);
+        self.rounded.push((src, op, (dst - TENSOR_BASE) as TensorId));
+        dst
+    }
+}
+
+/// Runs `lower` (the forward or backward lowering of node `id`) with the node's inputs
+/// and parameters replaced by their rounded copies when the node computes in a mixed
+/// dtype; in the forward pass (`forward`) the layer's stores round as [`epilogue`] says.
+pub fn with_policy<T>(
+    cx: &mut Cx,
+    id: NodeId,
+    forward: bool,
+    lower: impl FnOnce(&mut Cx) -> Result<T>,
+) -> Result<T> {
+    let graph = cx.graph;
+    let node = &graph.nodes[id];
+    let op = match round_op(node.policy.compute) {
+        Some(op) if emulated(&node.op) => op,
+        _ => return lower(cx),
+    };
+    let mut params = Vec::new();
+    for &p in &node.params {
+        let b = cx.param_bufs[p];
+        let name = format!("{}.{}.round", node.name, graph.params[p].name);
+        let r = cx.rounded(b, graph.params[p].len(), op, &name);
+        params.push((p, b));
+        cx.param_bufs[p] = r;
+    }
+    let mut inputs = Vec::new();
+    for (k, &src) in node.inputs.iter().enumerate() {
+        let t = cx.node_tensor[src]
+            .ok_or_else(|| Error::internal(format!("node {src} has no forward value")))?;
+        let len = cx.batch * graph.nodes[src].shape.iter().product::<usize>();
+        let name = format!("{}.input{k}.round", node.name);
+        let r = cx.rounded(TENSOR_BASE + t as u32, len, op, &name);
+        inputs.push((src, t));
+        cx.node_tensor[src] = Some((r - TENSOR_BASE) as TensorId);
+    }
+    if forward {
+        cx.compute = node.policy.compute;
+    }
+    let out = lower(cx);
+    cx.compute = ComputeDtype::Float32;
+    for (src, t) in inputs.into_iter().rev() {
+        cx.node_tensor[src] = Some(t);
+    }
+    for (p, b) in params {
+        cx.param_bufs[p] = b;
+    }
+    out
+}
