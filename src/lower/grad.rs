@@ -320,11 +320,22 @@ pub fn lower_gradients_in(
         let Some(mut dy) = cx.finish_grad(id) else {
             continue;
         };
+        let mixed = super::mixed::backward_round(&cx, id);
+        if let Some(op) = mixed {
+            // The cast of the gradient arriving from a consumer (idempotent when the
+            // consumer computes in the same dtype).
+            let len = cot_len_of(&cx, id);
+            dy = super::mixed::rounded_copy(&mut cx, dy, len, op, &node.name);
+        }
         if let Some((z, act)) = &preact[id] {
             let dz = cx.temp(cot_len_of(&cx, id));
             let y = cx.value(id)?;
             activation::backward_kernel(&mut cx, &node.name, act, &node.shape, *z, y, dy, dz);
             dy = dz;
+            if let Some(op) = mixed {
+                let len = cot_len_of(&cx, id);
+                super::mixed::round_into(&mut cx, dz, dz, len, op, &format!("{}.dz.round", node.name));
+            }
         }
         match &node.op {
             Op::Dropout { .. } if !cx.saved[id].is_empty() => {
@@ -333,7 +344,9 @@ pub fn lower_gradients_in(
             Op::BatchNorm(bn) if !cx.saved[id].is_empty() => {
                 norm_train::backward(&mut cx, id, bn, dy)?
             }
-            _ => super::mixed::with_policy(&mut cx, id, false, |cx| backward_node(cx, id, dy))?,
+            _ => super::mixed::with_policy_dz(&mut cx, id, false, Some(dy), |cx| {
+                backward_node(cx, id, dy)
+            })?,
         }
     }
     // Gradients of the inputs: their own buffers (a copy when the tensor is shared).

@@ -81,6 +81,65 @@ pub fn round_into(cx: &mut Cx, src: BufId, dst: BufId, len: usize, op: UnOp, nam
     cx.push(k, &[src], &[dst]);
 }
 
+/// The rounding op of node `id`'s backward pass: `Some` for an emulated layer under a
+/// mixed policy.
+pub fn backward_round(cx: &Cx, id: NodeId) -> Option<UnOp> {
+    let node = &cx.graph.nodes[id];
+    round_op(node.policy.compute).filter(|_| emulated(&node.op))
+}
+
+/// A fresh tensor of `len` elements holding `src` rounded by `op`.
+pub fn rounded_copy(cx: &mut Cx, src: BufId, len: usize, op: UnOp, layer: &str) -> BufId {
+    let dst = cx.temp(len);
+    round_into(cx, src, dst, len, op, &format!("{layer}.dy.round"));
+    dst
+}
+
+/// `db[e] = round(…round(round(dz[0, e]) + dz[1, e])… + dz[B−1, e])` for `e < n`:
+/// a float16 sum over the batch in row order, rounded after each addition.
+fn sequential_batch_sum(cx: &mut Cx, dz: BufId, db: BufId, n: usize, op: UnOp, name: &str) {
+    let mut kb = KernelBuilder::new(name);
+    let (e0, b, e) = (kb.var("e0"), kb.var("b"), kb.var("e"));
+    let kind = if n.is_multiple_of(4) {
+        LoopKind::Vector(4)
+    } else {
+        LoopKind::Serial
+    };
+    let zero = for_(
+        e0,
+        n as u64,
+        kind,
+        vec![Stmt::Store {
+            buf: db,
+            index: Affine::var(e0),
+            value: Expr::Const(0.0),
+        }],
+    );
+    let add = for_(
+        b,
+        cx.batch as u64,
+        LoopKind::Serial,
+        vec![for_(
+            e,
+            n as u64,
+            kind,
+            vec![Stmt::Store {
+                buf: db,
+                index: Affine::var(e),
+                value: un(
+                    op,
+                    bin(
+                        BinOp::Add,
+                        load(db, Affine::var(e)),
+                        load(dz, Affine::var(e).plus_term(b, n as i64)),
+                    ),
+                ),
+            }],
+        )],
+    );
+    cx.push(kb.finish(vec![zero, add]), &[dz, db], &[db]);
+}
+
 impl Cx<'_> {
     /// The tensor holding `src` (a buffer of `len` elements) rounded by `op`, appending
     /// the rounding kernel on first use.
@@ -102,6 +161,18 @@ pub fn with_policy<T>(
     cx: &mut Cx,
     id: NodeId,
     forward: bool,
+    lower: impl FnOnce(&mut Cx) -> Result<T>,
+) -> Result<T> {
+    with_policy_dz(cx, id, forward, None, lower)
+}
+
+/// [`with_policy`]; in the backward pass `dz` is the gradient of the layer's
+/// pre-activation output (for the float16 bias gradient).
+pub fn with_policy_dz<T>(
+    cx: &mut Cx,
+    id: NodeId,
+    forward: bool,
+    dz: Option<BufId>,
     lower: impl FnOnce(&mut Cx) -> Result<T>,
 ) -> Result<T> {
     let graph = cx.graph;
@@ -131,8 +202,40 @@ pub fn with_policy<T>(
     if forward {
         cx.compute = node.policy.compute;
     }
+    let parts: Vec<usize> = node.inputs.iter().map(|&src| cx.grad_parts[src].len()).collect();
     let out = lower(cx);
     cx.compute = ComputeDtype::Float32;
+    if !forward && out.is_ok() {
+        // TF's float16 backward ops round their results: the weight gradients
+        // (`MatMul`, `BiasAddGrad`: f32 accumulation, one rounding) and the input
+        // gradients (one rounding of the f32 sum here; TF rounds each window's part and
+        // adds the parts in float16, which differs where windows overlap).
+        for &p in &node.params {
+            if let Some(&(b, true)) = cx.dparam_bufs.get(p) {
+                let spec = &graph.params[p];
+                let name = format!("{}.d{}.round", node.name, spec.name);
+                match (&node.op, dz) {
+                    // LC's bias is added by broadcasting (`x + reshape(bias)`), whose
+                    // gradient is a float16 `Sum` over the batch: sequential, rounded
+                    // after every addition (bfloat16 sums in f32, one rounding).
+                    (Op::LocallyConnected(_), Some(dz))
+                        if spec.name == "bias" && op == UnOp::RoundF16 =>
+                    {
+                        sequential_batch_sum(cx, dz, b, spec.len(), op, &name)
+                    }
+                    _ => round_into(cx, b, b, spec.len(), op, &name),
+                }
+            }
+        }
+        for (k, (&src, &before)) in node.inputs.iter().zip(&parts).enumerate() {
+            let new: Vec<TensorId> = cx.grad_parts[src][before..].to_vec();
+            for t in new {
+                let b = TENSOR_BASE + t as u32;
+                let len = cx.tensor_len[t];
+                round_into(cx, b, b, len, op, &format!("{}.dx{k}.round", node.name));
+            }
+        }
+    }
     for (src, t) in inputs.into_iter().rev() {
         cx.node_tensor[src] = Some(t);
     }
