@@ -17,13 +17,20 @@
 //! Not emulated (float32 inside, measured residual ≤ 1 unit in the last place of the
 //! compute dtype): other layer kinds under a mixed policy (they read already-rounded
 //! values; Flatten and the other shape layers are exact), a softmax fused into a mixed
-//! layer, and the roundings TF's float16 backward ops make (the gradients are computed
-//! in f32 from the rounded forward values).
+//! layer, the per-op roundings of non-relu activation gradients (one rounding of the
+//! f32 result here). The backward pass of an emulated layer rounds as TF's float16 ops
+//! do: the incoming gradient (the cast's gradient), `dK` and dense `db` (f32 sum, one
+//! rounding), the LC `db` in float16 (sequential, [`sequential_batch_sum`]) and the LC
+//! `dx` as `AddN` of per-window parts ([`lc_dx_scatter`]). The reference engine does not
+//! emulate mixed policies: it computes them in float32.
 
 use super::{Cx, TensorId, TENSOR_BASE};
 use crate::error::{Error, Result};
 use crate::graph::{Activation, ComputeDtype, NodeId, Op};
-use crate::loop_ir::{bin, for_, load, un, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind, Stmt, UnOp};
+use crate::loop_ir::{
+    bin, fma, for_, load, load_local, un, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind,
+    Stmt, UnOp,
+};
 
 /// The rounding op of a compute dtype (`None` for float32).
 pub fn round_op(c: ComputeDtype) -> Option<UnOp> {
@@ -140,6 +147,123 @@ fn sequential_batch_sum(cx: &mut Cx, dz: BufId, db: BufId, n: usize, op: UnOp, n
     cx.push(kb.finish(vec![zero, add]), &[dz, db], &[db]);
 }
 
+/// Whether [`lc_dx_scatter`] reproduces TF's input gradient of `l`: implementation 1
+/// (one slice per output position), channels_last, valid padding.
+fn scatter_applies(l: &crate::graph::LocallyConnected) -> bool {
+    l.implementation == 1
+        && l.data_format == crate::graph::DataFormat::ChannelsLast
+        && l.padding == crate::graph::Padding::Valid
+}
+
+/// The input gradient of an implementation-1 LC layer as TF computes it in a narrow
+/// dtype: per output position `p` the window's gradient `round(Σ_f dz[b, p, f]·K[p, q, f])`
+/// (the batch matmul's, f32 accumulation), placed by the slice's gradient and summed
+/// over the positions by `AddN` in that dtype, rounding after every addition, in position
+/// order (measured: bit-exact on the 1-D golden case; the 2-D case is within 3.1e-5,
+/// TF's order there is not row-major). Overwrites
+/// `dx` completely; batch rows in parallel, positions in order within a row.
+fn lc_dx_scatter(
+    cx: &mut Cx,
+    id: NodeId,
+    l: &crate::graph::LocallyConnected,
+    dz: BufId,
+    dx: BufId,
+    op: UnOp,
+    name: &str,
+) -> Result<()> {
+    let graph = cx.graph;
+    let node = &graph.nodes[id];
+    let src = *node.inputs.first().ok_or_else(|| Error::internal("LC without input"))?;
+    let (ins, outs) = (&graph.nodes[src].shape, &node.shape);
+    let r = l.rank;
+    if ins.len() != r + 1 || outs.len() != r + 1 {
+        return Err(Error::internal("LC shapes do not match its rank"));
+    }
+    let (c, f) = (ins[r], outs[r]);
+    let n_in: usize = ins.iter().product();
+    let p_all: usize = outs[..r].iter().product();
+    let q_all = l.kernel.iter().product::<usize>() * c;
+    let k = cx.param(id, "kernel")?;
+    let mut kb = KernelBuilder::new(format!("{name}.scatter"));
+    let b = kb.var("b");
+    let e = kb.var("e");
+    let o: Vec<_> = (0..r).map(|a| kb.var(&format!("o{a}"))).collect();
+    let t: Vec<_> = (0..r).map(|a| kb.var(&format!("t{a}"))).collect();
+    let cv = kb.var("c");
+    let fv = kb.var("f");
+    let acc = kb.local("acc", 1);
+    let zero_at = Affine::constant(0);
+    let out_at = |a: usize| Affine::var(o[a]);
+    let mut p_aff = Affine::constant(0);
+    let mut q_aff = Affine::constant(0);
+    let mut x_aff = Affine::constant(0);
+    for a in 0..r {
+        p_aff = p_aff.scale(outs[a] as i64).plus_affine(&out_at(a));
+        q_aff = q_aff.scale(l.kernel[a] as i64).plus_term(t[a], 1);
+        let i = out_at(a)
+            .scale(l.strides[a] as i64)
+            .plus_term(t[a], l.dilation[a] as i64);
+        x_aff = x_aff.scale(ins[a] as i64).plus_affine(&i);
+    }
+    let q_aff = q_aff.scale(c as i64).plus_term(cv, 1);
+    let x_at = x_aff.scale(c as i64).plus_term(cv, 1).plus_term(b, n_in as i64);
+    let dz_at = p_aff
+        .clone()
+        .scale(f as i64)
+        .plus_term(fv, 1)
+        .plus_term(b, (p_all * f) as i64);
+    let k_at = p_aff
+        .scale((q_all * f) as i64)
+        .plus_affine(&q_aff.scale(f as i64))
+        .plus_term(fv, 1);
+    let dot = vec![
+        Stmt::SetLocal {
+            local: acc,
+            index: zero_at.clone(),
+            value: Expr::Const(0.0),
+        },
+        for_(
+            fv,
+            f as u64,
+            LoopKind::Serial,
+            vec![Stmt::SetLocal {
+                local: acc,
+                index: zero_at.clone(),
+                value: fma(load(dz, dz_at), load(k, k_at), load_local(acc, zero_at.clone())),
+            }],
+        ),
+        Stmt::Store {
+            buf: dx,
+            index: x_at.clone(),
+            value: un(
+                op,
+                bin(BinOp::Add, load(dx, x_at), un(op, load_local(acc, zero_at))),
+            ),
+        },
+    ];
+    let mut body = vec![for_(cv, c as u64, LoopKind::Serial, dot)];
+    for a in (0..r).rev() {
+        body = vec![for_(t[a], l.kernel[a] as u64, LoopKind::Serial, body)];
+    }
+    for a in (0..r).rev() {
+        body = vec![for_(o[a], outs[a] as u64, LoopKind::Serial, body)];
+    }
+    let zero = for_(
+        e,
+        n_in as u64,
+        LoopKind::Serial,
+        vec![Stmt::Store {
+            buf: dx,
+            index: Affine::var(e).plus_term(b, n_in as i64),
+            value: Expr::Const(0.0),
+        }],
+    );
+    body.insert(0, zero);
+    let nest = for_(b, cx.batch as u64, LoopKind::Parallel, body);
+    cx.push(kb.finish(vec![nest]), &[dz, k, dx], &[dx]);
+    Ok(())
+}
+
 impl Cx<'_> {
     /// The tensor holding `src` (a buffer of `len` elements) rounded by `op`, appending
     /// the rounding kernel on first use.
@@ -232,7 +356,13 @@ pub fn with_policy_dz<T>(
             for t in new {
                 let b = TENSOR_BASE + t as u32;
                 let len = cx.tensor_len[t];
-                round_into(cx, b, b, len, op, &format!("{}.dx{k}.round", node.name));
+                let name = format!("{}.dx{k}.round", node.name);
+                match (&node.op, dz) {
+                    (Op::LocallyConnected(l), Some(dz)) if scatter_applies(l) => {
+                        lc_dx_scatter(cx, id, l, dz, b, op, &name)?
+                    }
+                    _ => round_into(cx, b, b, len, op, &name),
+                }
             }
         }
     }
