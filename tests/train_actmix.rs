@@ -69,12 +69,19 @@ fn npy(path: &Path) -> ArrayD<f32> {
 }
 
 /// Every array of `want` is in `got` within `tol`.
-fn check_arrays(got: &[(String, ArrayD<f32>)], want: &[(String, ArrayD<f32>)], tol: f64, what: &str) {
+fn check_arrays(
+    got: &[(String, ArrayD<f32>)],
+    want: &[(String, ArrayD<f32>)],
+    tol: f64,
+    what: &str,
+) {
     for (k, w) in want {
-        let g = got
-            .iter()
-            .find(|(n, _)| n == k)
-            .unwrap_or_else(|| panic!("{what}: no '{k}' (have {:?})", got.iter().map(|g| &g.0).collect::<Vec<_>>()));
+        let g = got.iter().find(|(n, _)| n == k).unwrap_or_else(|| {
+            panic!(
+                "{what}: no '{k}' (have {:?})",
+                got.iter().map(|g| &g.0).collect::<Vec<_>>()
+            )
+        });
         let e = err(&g.1, w, &format!("{what} {k}"));
         assert!(e <= tol, "{what}: '{k}' off by {e:.3e}");
     }
@@ -86,7 +93,10 @@ fn check_history(got: &[f64], case: &Path, what: &str) {
     let scale = want.iter().fold(1f64, |m, v| m.max(v.abs() as f64));
     for (g, w) in got.iter().zip(want.iter()) {
         let e = (g - *w as f64).abs() / scale;
-        assert!(e <= 1e-3, "{what}: history {got:?} vs {want} (off by {e:.3e})");
+        assert!(
+            e <= 1e-3,
+            "{what}: history {got:?} vs {want} (off by {e:.3e})"
+        );
     }
 }
 
@@ -243,8 +253,13 @@ fn convert_keeps_the_mixed_policy() {
             "{name}: no {policy} Policy in the saved config"
         );
         let x = npy(&case.join("x.npy"));
-        let jit = CompiledModel::new(Arc::new(converted), CompileOptions::default()).expect("compile");
-        let e = err(&jit.predict(&x).expect("predict"), &npy(&case.join("y.npy")), name);
+        let jit =
+            CompiledModel::new(Arc::new(converted), CompileOptions::default()).expect("compile");
+        let e = err(
+            &jit.predict(&x).expect("predict"),
+            &npy(&case.join("y.npy")),
+            name,
+        );
         assert!(e <= 1e-4, "{name}: converted model off by {e:.3e}");
         let _ = std::fs::remove_dir_all(&tmp);
     }

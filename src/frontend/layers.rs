@@ -15,8 +15,7 @@ use crate::error::{Error, Result};
 use crate::graph::infer::resolve_keras_axis;
 use crate::graph::{
     BatchNorm, ComputeDtype, Conv, DataFormat, Dense, Distribution, DtypePolicy, FanMode,
-    Initializer, LocallyConnected,
-    MergeKind, Op, Padding, Pool, PoolKind, WeightOptions,
+    Initializer, LocallyConnected, MergeKind, Op, Padding, Pool, PoolKind, WeightOptions,
 };
 
 /// Keras's default kernel initializer, `glorot_uniform`.
@@ -43,7 +42,9 @@ pub fn check_dtype(cfg: &Cfg) -> Result<DtypePolicy> {
                 o.get("config")
                     .and_then(|c| c.get("name"))
                     .and_then(Value::as_str)
-                    .ok_or_else(|| cfg.err(key, format!("unrecognized dtype policy {}", show(v))))?,
+                    .ok_or_else(|| {
+                        cfg.err(key, format!("unrecognized dtype policy {}", show(v)))
+                    })?,
                 true,
             ),
             _ => return Err(cfg.err(key, format!("unrecognized dtype {}", show(v)))),

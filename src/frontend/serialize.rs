@@ -19,8 +19,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::graph::{
-    Activation, BatchNorm, Constraint, Conv, DataFormat, Dense, Distribution, DtypePolicy, FanMode, Graph,
-    Initializer, LocallyConnected, Node, Op, Pool, Regularizer, WeightOptions,
+    Activation, BatchNorm, Constraint, Conv, DataFormat, Dense, Distribution, DtypePolicy, FanMode,
+    Graph, Initializer, LocallyConnected, Node, Op, Pool, Regularizer, WeightOptions,
 };
 
 /// `keras_version` of the written envelope.

@@ -27,7 +27,11 @@ pub fn round_f16(x: f32) -> f32 {
     let normal = u.wrapping_add(0x0FFF + ((u >> 13) & 1)) & !0x1FFF;
     let sub = ((a + 0.75) - 0.75).to_bits() | sign;
     let r = if a < F16_MIN_NORMAL { sub } else { normal };
-    let r = if a >= F16_OVERFLOW { 0x7F80_0000 | sign } else { r };
+    let r = if a >= F16_OVERFLOW {
+        0x7F80_0000 | sign
+    } else {
+        r
+    };
     if x.is_nan() {
         x
     } else {
@@ -168,9 +172,11 @@ mod tests {
     fn patterns() -> impl Iterator<Item = f32> {
         (0u32..=0xFFFF)
             .flat_map(|hi| {
-                [0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x3000, 0x7FFF, 0x8000, 0x8001, 0xFFFF]
-                    .into_iter()
-                    .map(move |lo| (hi << 16) | lo)
+                [
+                    0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x3000, 0x7FFF, 0x8000, 0x8001, 0xFFFF,
+                ]
+                .into_iter()
+                .map(move |lo| (hi << 16) | lo)
             })
             .map(f32::from_bits)
     }

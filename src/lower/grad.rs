@@ -334,7 +334,14 @@ pub fn lower_gradients_in(
             dy = dz;
             if let Some(op) = mixed {
                 let len = cot_len_of(&cx, id);
-                super::mixed::round_into(&mut cx, dz, dz, len, op, &format!("{}.dz.round", node.name));
+                super::mixed::round_into(
+                    &mut cx,
+                    dz,
+                    dz,
+                    len,
+                    op,
+                    &format!("{}.dz.round", node.name),
+                );
             }
         }
         match &node.op {

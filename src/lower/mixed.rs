@@ -62,7 +62,11 @@ pub fn epilogue(
         z = un(r, bin(BinOp::Add, z, b));
     }
     let y = super::activation::apply(act, z)?;
-    Some(if *act == Activation::Linear { y } else { un(r, y) })
+    Some(if *act == Activation::Linear {
+        y
+    } else {
+        un(r, y)
+    })
 }
 
 /// Whether `op` is lowered with the mixed-precision rules of this module.
@@ -173,7 +177,10 @@ fn lc_dx_scatter(
 ) -> Result<()> {
     let graph = cx.graph;
     let node = &graph.nodes[id];
-    let src = *node.inputs.first().ok_or_else(|| Error::internal("LC without input"))?;
+    let src = *node
+        .inputs
+        .first()
+        .ok_or_else(|| Error::internal("LC without input"))?;
     let (ins, outs) = (&graph.nodes[src].shape, &node.shape);
     let r = l.rank;
     if ins.len() != r + 1 || outs.len() != r + 1 {
@@ -206,7 +213,10 @@ fn lc_dx_scatter(
         x_aff = x_aff.scale(ins[a] as i64).plus_affine(&i);
     }
     let q_aff = q_aff.scale(c as i64).plus_term(cv, 1);
-    let x_at = x_aff.scale(c as i64).plus_term(cv, 1).plus_term(b, n_in as i64);
+    let x_at = x_aff
+        .scale(c as i64)
+        .plus_term(cv, 1)
+        .plus_term(b, n_in as i64);
     let dz_at = p_aff
         .clone()
         .scale(f as i64)
@@ -229,7 +239,11 @@ fn lc_dx_scatter(
             vec![Stmt::SetLocal {
                 local: acc,
                 index: zero_at.clone(),
-                value: fma(load(dz, dz_at), load(k, k_at), load_local(acc, zero_at.clone())),
+                value: fma(
+                    load(dz, dz_at),
+                    load(k, k_at),
+                    load_local(acc, zero_at.clone()),
+                ),
             }],
         ),
         Stmt::Store {
@@ -273,7 +287,8 @@ impl Cx<'_> {
         }
         let dst = self.temp(len);
         round_into(self, src, dst, len, op, name);
-        self.rounded.push((src, op, (dst - TENSOR_BASE) as TensorId));
+        self.rounded
+            .push((src, op, (dst - TENSOR_BASE) as TensorId));
         dst
     }
 }
@@ -326,7 +341,11 @@ pub fn with_policy_dz<T>(
     if forward {
         cx.compute = node.policy.compute;
     }
-    let parts: Vec<usize> = node.inputs.iter().map(|&src| cx.grad_parts[src].len()).collect();
+    let parts: Vec<usize> = node
+        .inputs
+        .iter()
+        .map(|&src| cx.grad_parts[src].len())
+        .collect();
     let out = lower(cx);
     cx.compute = ComputeDtype::Float32;
     if !forward && out.is_ok() {

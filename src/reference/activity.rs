@@ -106,11 +106,7 @@ pub fn penalty_array(reg: Regularizer, y: &ArrayD<f32>, divisor: f32) -> (f64, A
 /// to `y = act(z)` is `gy`, for the output activations a loss computed from logits
 /// strips (softmax over the last axis, sigmoid); `y` is that activation's value. A
 /// training step on logits (see [`crate::train`]) adds this to the loss gradient.
-pub fn through_output_activation(
-    softmax: bool,
-    y: &ArrayD<f32>,
-    gy: &ArrayD<f32>,
-) -> ArrayD<f32> {
+pub fn through_output_activation(softmax: bool, y: &ArrayD<f32>, gy: &ArrayD<f32>) -> ArrayD<f32> {
     if !softmax {
         return ndarray::Zip::from(y)
             .and(gy)

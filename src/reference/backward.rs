@@ -138,7 +138,11 @@ pub(super) fn reverse(
         }
         accumulate(&mut grads[*id], g.clone(), node)?;
     }
-    accumulate(&mut grads[out], dy.as_standard_layout().into_owned(), &graph.nodes[out])?;
+    accumulate(
+        &mut grads[out],
+        dy.as_standard_layout().into_owned(),
+        &graph.nodes[out],
+    )?;
     let mut dparams: Vec<ArrayD<f32>> = graph
         .params
         .iter()

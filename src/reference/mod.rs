@@ -18,8 +18,8 @@
 //! layer whose result does not have the node's shape is reported as [`Error::Internal`].
 
 pub mod activation;
-pub mod activity;
 pub mod activation_grad;
+pub mod activity;
 pub mod backward;
 mod conv;
 mod conv_grad;

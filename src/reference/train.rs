@@ -14,6 +14,9 @@
 //! Every other layer runs as in [`super::forward`]. [`forward_training`] keeps every
 //! node's output and what those two layers need, so that [`TrainingPass::gradients`]
 //! runs the shared reverse sweep of [`super::backward`] once the loss gradient is known.
+//! Activity regularizers: [`TrainingPass::activity_penalties`] gives the step's penalty
+//! and each regularized layer's output gradient ([`super::activity`]), which
+//! [`TrainingPass::gradients_with`] sums into the sweep.
 //! The moving-statistic updates are returned, not applied: they are non-trainable
 //! parameters that the caller assigns after the optimizer step.
 
@@ -26,6 +29,9 @@ use crate::error::Result;
 use crate::graph::{Graph, Node, NodeId, Op, ParamId};
 use crate::init::Rng;
 use ndarray::ArrayD;
+
+/// `(node, d loss / d node output)` pairs summed into a reverse sweep.
+pub type OutputGrads = Vec<(NodeId, ArrayD<f32>)>;
 
 /// What a training-mode forward pass keeps for a node's backward pass.
 #[derive(Clone, Debug)]
@@ -111,7 +117,14 @@ impl TrainingPass<'_> {
         dy: &ArrayD<f32>,
         extra: &[(NodeId, ArrayD<f32>)],
     ) -> Result<Gradients> {
-        reverse(self.graph, self.params, &self.values, &self.recorded, dy, extra)
+        reverse(
+            self.graph,
+            self.params,
+            &self.values,
+            &self.recorded,
+            dy,
+            extra,
+        )
     }
 
     /// The training-mode output of node `id`.
@@ -122,10 +135,7 @@ impl TrainingPass<'_> {
     /// The activity-regularization penalty of this pass (the sum over every layer with
     /// an `activity_regularizer`, on its post-activation output, scaled as `scale` says)
     /// and each such layer's output gradient, for [`Self::gradients_with`].
-    pub fn activity_penalties(
-        &self,
-        scale: ActivityScale,
-    ) -> Result<(f64, Vec<(NodeId, ArrayD<f32>)>)> {
+    pub fn activity_penalties(&self, scale: ActivityScale) -> Result<(f64, OutputGrads)> {
         let mut total = 0.0;
         let mut grads = Vec::new();
         for (id, reg) in regularized_nodes(self.graph) {

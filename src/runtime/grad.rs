@@ -305,11 +305,8 @@ impl CompiledModel {
                 .activity_regularizer()
                 .ok_or_else(|| Error::internal("activity buffers of an unregularized layer"))?;
             let n = batch * graph.nodes[a.node].shape.iter().product::<usize>();
-            let (v, g) = reference::activity::penalty(
-                reg,
-                y.get(..n).unwrap_or(y),
-                scale.divisor(batch),
-            );
+            let (v, g) =
+                reference::activity::penalty(reg, y.get(..n).unwrap_or(y), scale.divisor(batch));
             activity_loss += v;
             penalties.push((a.cotangent_index, g));
         }

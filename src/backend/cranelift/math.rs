@@ -294,7 +294,7 @@ impl Fx<'_, '_> {
     }
 
     /// The float whose bits are `u`.
-    fn from_bits(&mut self, u: Value) -> Value {
+    fn float_of_bits(&mut self, u: Value) -> Value {
         let fty = self.fty();
         self.b.ins().bitcast(fty, MemFlagsData::new(), u)
     }
@@ -320,18 +320,18 @@ impl Fx<'_, '_> {
         let sign = self.b.ins().band(u, sign_mask);
         let a = self.abs(x);
         let normal = self.round_bits(u, 13, 0x0FFF);
-        let normal = self.from_bits(normal);
+        let normal = self.float_of_bits(normal);
         let k = self.k(0.75);
         let t = self.add(a, k);
         let t = self.sub(t, k);
         let tb = self.bits(t);
         let sub = self.b.ins().bor(tb, sign);
-        let sub = self.from_bits(sub);
+        let sub = self.float_of_bits(sub);
         let min_normal = self.k(crate::loop_ir::math::F16_MIN_NORMAL);
         let r = self.sel(FloatCC::LessThan, a, min_normal, sub, normal);
         let inf = self.ik(0x7F80_0000);
         let inf = self.b.ins().bor(inf, sign);
-        let inf = self.from_bits(inf);
+        let inf = self.float_of_bits(inf);
         let big = self.k(crate::loop_ir::math::F16_OVERFLOW);
         let r = self.sel(FloatCC::GreaterThanOrEqual, a, big, inf, r);
         self.sel(FloatCC::Unordered, x, x, x, r)
@@ -341,7 +341,7 @@ impl Fx<'_, '_> {
     pub fn round_bf16(&mut self, x: Value) -> Value {
         let u = self.bits(x);
         let r = self.round_bits(u, 16, 0x7FFF);
-        let r = self.from_bits(r);
+        let r = self.float_of_bits(r);
         self.sel(FloatCC::Unordered, x, x, x, r)
     }
 
