@@ -6,6 +6,8 @@
 //! kernel of 12 independent f32x4 FMA chains per thread (FMA rate). Both are written in
 //! the loop IR and compiled like any model, so they share the model's code generator.
 
+mod json;
+
 use crate::backend::{CodegenOptions, CompiledModule};
 use crate::error::Result;
 use crate::graph::{Graph, Op};
@@ -318,13 +320,6 @@ pub struct BenchReport {
     pub roofline: Option<Roofline>,
 }
 
-fn json_num(v: Option<f64>) -> String {
-    match v {
-        Some(x) if x.is_finite() => format!("{x:.4}"),
-        _ => "null".into(),
-    }
-}
-
 impl BenchReport {
     fn engine_ms(&self, e: crate::Engine) -> Option<f64> {
         self.forward_ms.iter().find(|(x, _)| *x == e).map(|x| x.1)
@@ -347,37 +342,8 @@ impl BenchReport {
     }
 
     /// One JSON line with the fields of the `lcjit bench --json` contract.
-    pub fn json(&self) -> String {
-        use crate::Engine as E;
-        let rl = self.roofline;
-        format!(
-            "{{\"model\": {:?}, \"batch\": {}, \"threads\": {}, \"params\": {}, \"weight_bytes\": {}, \
-\"flops\": {{\"forward\": {}, \"train_step\": {}}}, \
-\"compile_ms\": {{\"forward\": {}, \"backward\": {}}}, \
-\"forward_ms\": {{\"jit\": {}, \"interp\": {}, \"reference\": {}}}, \
-\"train_step_ms\": {{\"jit\": {}, \"interp\": {}, \"reference\": {}}}, \
-\"gbps\": {}, \"gflops\": {}, \"roofline\": {{\"read_gbps\": {}, \"fma_gflops\": {}}}}}",
-            self.model,
-            self.batch,
-            self.threads,
-            self.params,
-            self.weight_bytes,
-            self.forward_flops,
-            self.train_flops
-                .map_or_else(|| "null".to_string(), |f| f.to_string()),
-            json_num(self.compile_ms_forward),
-            json_num(self.compile_ms_backward),
-            json_num(self.engine_ms(E::Jit)),
-            json_num(self.engine_ms(E::Interp)),
-            json_num(self.engine_ms(E::Reference)),
-            json_num(self.train_engine_ms(E::Jit)),
-            json_num(self.train_engine_ms(E::Interp)),
-            json_num(self.train_engine_ms(E::Reference)),
-            json_num(self.gbps()),
-            json_num(self.gflops()),
-            json_num(rl.map(|r| r.read_gbps)),
-            json_num(rl.map(|r| r.fma_gflops)),
-        )
+    pub fn json(&self) -> crate::Result<String> {
+        json::report_json(self)
     }
 
     /// A human-readable table, with the JIT compared to the other engines and to the

@@ -4,13 +4,17 @@
 //! Fans follow tf-keras's `_compute_fans` on the weight's *file* shape (keras-lc-semantics
 //! §8.1): for an implementation-1 LC kernel `(P, Q, F)` that gives `fan_in = P·Q` and
 //! `fan_out = P·F`, as Keras 2 does; models read from a Keras 1 configuration use Keras
-//! 1's rule instead ([`fans_keras1`]: `sqrt(P·Q·F)` for both). Values are drawn in canonical layout. Each parameter
+//! 1's rule instead ([`fans_keras1`]: `sqrt(P·Q·F)` for both). Values are drawn in
+//! canonical layout, except for implementation-2 LC kernels: as Keras does, the whole dense
+//! Keras tensor is drawn (fans of that shape, §8.1 table) and split into the canonical
+//! kernel and the entries outside the connectivity mask ([`initialize_keras`]), which
+//! Keras keeps, saves, regularizes and constrains. Each parameter
 //! gets its own stream derived from `(seed, parameter index)`, so results do not depend on
 //! the order in which parameters are initialized. Random streams are not Keras's (no two
 //! frameworks share them); distributions, limits and fans are.
 
 use crate::error::{Error, Result};
-use crate::graph::{Distribution, FanMode, Graph, Initializer, ParamSpec};
+use crate::graph::{layout, Distribution, FanMode, Graph, Initializer, ParamSpec};
 use ndarray::ArrayD;
 
 /// xoshiro256** (Blackman & Vigna): small, fast, statistically strong, fully
@@ -244,20 +248,48 @@ pub fn initialize_with(
     seed: u64,
     fan_rule: fn(&[usize]) -> (f64, f64),
 ) -> Result<Vec<ArrayD<f32>>> {
-    graph
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
-            let layer = graph
-                .nodes
-                .get(spec.node)
-                .map(|n| n.name.as_str())
-                .unwrap_or("?");
-            init_param_with(spec, layer, &mut rng, fan_rule)
-        })
-        .collect()
+    Ok(initialize_keras(graph, seed, fan_rule)?.0)
+}
+
+/// Canonical weights and, parallel to them, the off-mask entries of every
+/// implementation-2 LC kernel (`Some`, row-major order of the Keras tensor; `None` for
+/// every other parameter), drawn as [`initialize_with`] draws them.
+pub type InitialWeights = (Vec<ArrayD<f32>>, Vec<Option<Vec<f32>>>);
+
+/// Initializes every parameter of `graph` with stream `(seed, index)`; an
+/// implementation-2 LC kernel is drawn as Keras draws it, over its whole Keras-layout
+/// tensor, then split into canonical kernel and off-mask entries.
+pub fn initialize_keras(
+    graph: &Graph,
+    seed: u64,
+    fan_rule: fn(&[usize]) -> (f64, f64),
+) -> Result<InitialWeights> {
+    let mut params = Vec::with_capacity(graph.params.len());
+    let mut off_mask = Vec::with_capacity(graph.params.len());
+    for (i, spec) in graph.params.iter().enumerate() {
+        let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+        let layer = graph
+            .nodes
+            .get(spec.node)
+            .map(|n| n.name.as_str())
+            .unwrap_or("?");
+        let internal = |d: String| Error::internal(format!("init of {layer}/{}: {d}", spec.name));
+        if layout::off_mask_len(graph, i).map_err(internal)?.is_none() {
+            params.push(init_param_with(spec, layer, &mut rng, fan_rule)?);
+            off_mask.push(None);
+            continue;
+        }
+        let full = ParamSpec {
+            shape: spec.keras_shape.clone(),
+            ..spec.clone()
+        };
+        let keras = init_param_with(&full, layer, &mut rng, fan_rule)?;
+        let (canonical, off) =
+            layout::keras_to_canonical_split(graph, i, keras).map_err(internal)?;
+        params.push(canonical);
+        off_mask.push(off);
+    }
+    Ok((params, off_mask))
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
 //! The user-facing model: a graph plus its weights in canonical layout, loaded from any
 //! supported file, with `predict` on the reference path.
 //!
-//! Invariant: `params[i]` always has the canonical shape of `graph.params[i]` (checked
-//! when weights are set), so back ends can index it without further checks.
+//! Invariants: `params[i]` always has the canonical shape of `graph.params[i]` (checked
+//! when weights are set), so back ends can index it without further checks; `off_mask[i]`
+//! is `Some` exactly for the implementation-2 LC kernels, holding the entries of the Keras
+//! tensor outside the connectivity mask (length [`layout::off_mask_len`], row-major order
+//! of the Keras tensor), kept exactly as loaded or initialized and written back on save.
+//! They live beside the canonical kernel, never in it, so no engine ever reads them; the
+//! trainer updates them as Keras does (see [`crate::train::off_mask`]).
 
 use crate::error::{Error, Result};
 use crate::frontend::{self, Dialect};
@@ -11,6 +16,8 @@ use crate::io::{self, KerasWeights, LayerWeights};
 use crate::{init, reference};
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
+
+mod keras_layout;
 
 /// Options for loading a model.
 #[derive(Clone, Debug)]
@@ -47,6 +54,7 @@ pub enum WeightsOrigin {
 pub struct Model {
     graph: Graph,
     params: Vec<ArrayD<f32>>,
+    off_mask: Vec<Option<Vec<f32>>>,
     training_config: Option<serde_json::Value>,
     dialect: Dialect,
     origin: WeightsOrigin,
@@ -168,10 +176,11 @@ impl Model {
             Dialect::Keras1 => init::fans_keras1,
             _ => init::fans,
         };
-        let params = init::initialize_with(&graph, seed, fan_rule)?;
+        let (params, off_mask) = init::initialize_keras(&graph, seed, fan_rule)?;
         Ok(Model {
             graph,
             params,
+            off_mask,
             training_config: None,
             dialect,
             origin: WeightsOrigin::Initialized { seed },
@@ -198,8 +207,10 @@ impl Model {
         Ok(())
     }
 
-    /// Sets every weight from Keras-layout arrays grouped by layer. Every layer with
-    /// weights must be present with exactly its weights; nothing is changed on error.
+    /// Sets every weight from Keras-layout arrays grouped by layer (implementation-2
+    /// kernels whole: their off-mask entries are kept beside the canonical kernel). Every
+    /// layer with weights must be present with exactly its weights; nothing is changed on
+    /// error.
     pub fn set_keras_weights(&mut self, weights: &KerasWeights, source_name: &str) -> Result<()> {
         let werr = |layer: &str, weight: &str, detail: String| Error::Weights {
             source_name: source_name.to_string(),
@@ -246,6 +257,7 @@ impl Model {
             });
         }
         let mut new_params = self.params.clone();
+        let mut new_off = self.off_mask.clone();
         for (k, &nid) in with_params.iter().enumerate() {
             let node = &self.graph.nodes[nid];
             let entry = if by_name {
@@ -291,8 +303,9 @@ impl Model {
                         ),
                     ));
                 }
-                new_params[pid] = layout::keras_to_canonical(&self.graph, pid, arr.clone())
-                    .map_err(|d| werr(&node.name, &spec.name, d))?;
+                (new_params[pid], new_off[pid]) =
+                    layout::keras_to_canonical_split(&self.graph, pid, arr.clone())
+                        .map_err(|d| werr(&node.name, &spec.name, d))?;
             }
             if entry.weights.len() != node.params.len() {
                 let extra = entry
@@ -313,17 +326,18 @@ impl Model {
             }
         }
         self.params = new_params;
+        self.off_mask = new_off;
         Ok(())
     }
 
-    /// All weights in Keras file layout, grouped by layer (for saving).
+    /// All weights in Keras file layout, grouped by layer (for saving), implementation-2
+    /// kernels with their off-mask entries.
     pub fn keras_weights(&self) -> Result<KerasWeights> {
         let mut layers = Vec::new();
         for node in &self.graph.nodes {
             let mut weights = Vec::new();
             for &pid in &node.params {
-                let arr = layout::canonical_to_keras(&self.graph, pid, &self.params[pid])
-                    .map_err(Error::internal)?;
+                let arr = self.keras_weight(pid)?;
                 weights.push((self.graph.params[pid].name.clone(), arr));
             }
             layers.push(LayerWeights {
@@ -344,7 +358,9 @@ impl Model {
         &self.params
     }
 
-    /// Replaces every weight (canonical layout; shapes must match `graph().params`).
+    /// Replaces every weight (canonical layout; shapes must match `graph().params`). The
+    /// off-mask entries of implementation-2 kernels are not part of the canonical layout
+    /// and stay as they are ([`Model::set_off_mask`] replaces them).
     pub fn set_params(&mut self, params: Vec<ArrayD<f32>>) -> Result<()> {
         if params.len() != self.params.len()
             || params

@@ -4,7 +4,8 @@
 //! ([`crate::frontend::serialize::to_keras_json`]), so saving a Keras 1 or Keras 2 model
 //! converts it. Weights are written in the Keras file layout of each layer
 //! ([`Model::keras_weights`]): locally connected kernels in the layout of the layer's
-//! `implementation` (1, 2 or 3), masked entries zero.
+//! `implementation` (1, 2 or 3); implementation-2 kernels whole, with the entries outside
+//! the connectivity mask the model kept from its file or its initializer.
 //!
 //! Formats, chosen by the file extension:
 //! * `.h5` / `.hdf5`: Keras's legacy HDF5 layout ([`crate::io::write_h5_weights`]), a full

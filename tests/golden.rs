@@ -1,4 +1,5 @@
-//! Keras golden cases (produced by tf-keras 2.21, in `tests/data/keras-golden`): every
+//! Keras golden cases (produced by tf-keras 2.21, in `tests/data/keras-golden` and, built as
+//! tf-keras's own unit tests build these layers, `tests/data/keras-grid`): every
 //! case passes through every route it offers — `model.h5`, `model.json` + `weights.npz`,
 //! `keras1.json` + `weights.npz` — with `max|y − ref| ≤ 1e-4 · max(1, max|ref|)`, on
 //! every engine (JIT, loop interpreter, reference), through the library API and through
@@ -14,15 +15,25 @@ use std::sync::Arc;
 
 const ENGINES: [Engine; 3] = [Engine::Jit, Engine::Interp, Engine::Reference];
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("LCJIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-golden"))
+/// The bundled sets, or `LCJIT_GOLDEN_DIR` (another set of the same kind).
+fn golden_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("LCJIT_GOLDEN_DIR") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => ["keras-golden", "keras-grid"]
+            .iter()
+            .map(|d| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/data")
+                    .join(d)
+            })
+            .collect(),
+    }
 }
 
 fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .expect("golden directory")
+    let mut v: Vec<PathBuf> = golden_dirs()
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).expect("golden directory"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("x.npy").exists())
         .collect();

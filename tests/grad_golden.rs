@@ -1,6 +1,7 @@
 //! The reference backward pass against Keras: for every golden case, the gradient of
 //! `sum(y · dy)` (inference mode) with respect to the input and every trainable weight,
-//! converted to Keras layout, matches `grads.npz` with
+//! converted to Keras layout, matches `grads.npz` (`tests/data/keras-golden` and
+//! `tests/data/keras-grid`) with
 //! `max|g − ref| ≤ 1e-4 · max(1, max|ref|)`, and every key of `grads.npz` is matched.
 
 use lcjit::graph::layout::canonical_to_keras;
@@ -11,9 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-golden");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("golden directory")
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut v: Vec<PathBuf> = ["keras-golden", "keras-grid"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(data.join(d)).expect("golden directory"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("grads.npz").exists())
         .collect();

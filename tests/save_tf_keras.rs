@@ -88,7 +88,18 @@ fn trained(dir: &Path) -> Model {
         max_batch: 4,
     };
     let mut opt = Optimizer::new(setup.optimizer);
-    fit_compiled(&mut m, &mut opt, &setup.loss, &xs, &ys, &opts, &compile).expect("fit");
+    fit_compiled(
+        &mut m,
+        &mut opt,
+        &setup.loss,
+        &xs,
+        &ys,
+        None,
+        &opts,
+        &compile,
+        &mut [],
+    )
+    .expect("fit");
     m
 }
 

@@ -199,9 +199,19 @@ fn library_on_every_engine() {
                 batch_size: 4,
                 ..FitOptions::default()
             };
-            let h = fit_compiled(&mut model, &mut optimizer, &loss, &xs, &ys, &fit, &opts)
-                .expect("fit");
-            check_history(&h.loss, &case, &what);
+            let h = fit_compiled(
+                &mut model,
+                &mut optimizer,
+                &loss,
+                &xs,
+                &ys,
+                None,
+                &fit,
+                &opts,
+                &mut [],
+            )
+            .expect("fit");
+            check_history(h.loss(), &case, &what);
             let after: Vec<(String, ArrayD<f32>)> = model
                 .keras_weights()
                 .expect("weights")

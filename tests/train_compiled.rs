@@ -54,10 +54,20 @@ fn train(
         max_batch: 4,
     };
     let loss = parse_loss_arg(loss).expect("loss");
-    let h = fit_compiled(&mut m, &mut opt, &loss, &xs, ys, &opts, &compile)
-        .unwrap_or_else(|e| panic!("{}: {e}", engine.name()));
-    let mut losses = h.loss.clone();
-    losses.extend(&h.val_loss);
+    let h = fit_compiled(
+        &mut m,
+        &mut opt,
+        &loss,
+        &xs,
+        ys,
+        None,
+        &opts,
+        &compile,
+        &mut [],
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", engine.name()));
+    let mut losses = h.loss().to_vec();
+    losses.extend(h.get("val_loss").expect("val_loss"));
     (losses, m.params().to_vec())
 }
 
@@ -222,7 +232,10 @@ fn compiled_fit_reports_metrics() {
         let opts = FitOptions {
             epochs: 2,
             batch_size: 4,
-            metrics: vec![Metric::Accuracy, Metric::MeanAbsoluteError],
+            metrics: ["accuracy", "mae"]
+                .iter()
+                .map(|n| Metric::parse_arg(n).expect("metric"))
+                .collect(),
             ..FitOptions::default()
         };
         let compile = CompileOptions {
@@ -231,9 +244,28 @@ fn compiled_fit_reports_metrics() {
             max_batch: 4,
         };
         let loss = parse_loss_arg("categorical_crossentropy").expect("loss");
-        let h = fit_compiled(&mut m, &mut opt, &loss, &xs, &ys, &opts, &compile).expect("fit");
-        assert_eq!(h.metrics.len(), 2);
-        for (name, values) in &h.metrics {
+        let h = fit_compiled(
+            &mut m,
+            &mut opt,
+            &loss,
+            &xs,
+            &ys,
+            None,
+            &opts,
+            &compile,
+            &mut [],
+        )
+        .expect("fit");
+        let metrics: Vec<(String, Vec<f64>)> = h
+            .iter()
+            .filter(|(k, _)| *k != "loss")
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            metrics.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+            ["accuracy", "mae"]
+        );
+        for (name, values) in &metrics {
             assert_eq!(values.len(), 2, "{name}");
             assert!(
                 values
@@ -243,7 +275,7 @@ fn compiled_fit_reports_metrics() {
                 engine.name()
             );
         }
-        histories.push(h.metrics);
+        histories.push(metrics);
     }
     for h in &histories[1..] {
         for ((_, a), (_, b)) in h.iter().zip(&histories[0]) {

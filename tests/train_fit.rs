@@ -42,6 +42,17 @@ fn run(
     lr: f32,
     reg: Option<Regularizer>,
 ) -> (Vec<ArrayD<f32>>, History) {
+    run_with(batch, split, epochs, lr, reg, &mut [])
+}
+
+fn run_with(
+    batch: usize,
+    split: f32,
+    epochs: usize,
+    lr: f32,
+    reg: Option<Regularizer>,
+    callbacks: &mut [&mut dyn Callback],
+) -> (Vec<ArrayD<f32>>, History) {
     let (x, y) = data();
     let specs = vec![spec("kernel", &[2, 1], reg), spec("bias", &[1], None)];
     let table = ParamTable {
@@ -70,7 +81,7 @@ fn run(
         epochs,
         batch_size: batch,
         validation_split: split,
-        metrics: vec![Metric::MeanAbsoluteError],
+        metrics: vec![Metric::parse_arg("mae").expect("metric")],
         verbose: true,
         ..Default::default()
     };
@@ -83,10 +94,12 @@ fn run(
         &y,
         None,
         &opts,
-        FitCallbacks {
+        StepFns {
             step: &mut step,
             predict: Some(&mut pred),
+            save: None,
         },
+        callbacks,
     )
     .unwrap();
     (params, h)
@@ -101,7 +114,7 @@ fn converges_to_the_optimum() {
             "batch {batch}: {p:?}"
         );
         assert!((p[1][0] - 0.5).abs() < 1e-3);
-        assert!(h.loss[0] > *h.loss.last().unwrap() && h.stopped.is_none());
+        assert!(h.loss()[0] > *h.loss().last().unwrap() && h.stopped.is_none());
     }
 }
 
@@ -111,9 +124,14 @@ fn epoch_loss_is_batch_size_weighted() {
     let (_, y) = data();
     let (_, h) = run(4, 0.0, 1, 0.0, None);
     let full = y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 10.0;
-    assert!((h.loss[0] - full).abs() < 1e-6, "{} vs {full}", h.loss[0]);
     assert!(
-        (h.metrics[0].1[0] - y.iter().map(|&v| v.abs() as f64).sum::<f64>() / 10.0).abs() < 1e-6
+        (h.loss()[0] - full).abs() < 1e-6,
+        "{} vs {full}",
+        h.loss()[0]
+    );
+    assert!(
+        (h.get("mae").unwrap()[0] - y.iter().map(|&v| v.abs() as f64).sum::<f64>() / 10.0).abs()
+            < 1e-6
     );
 }
 
@@ -125,28 +143,48 @@ fn regularization_enters_loss_and_gradient() {
     // L2 shrinks the kernel toward 0.
     assert!(p[0][[0, 0]].abs() < p0[0][[0, 0]].abs());
     let w: f64 = p[0].iter().map(|&v| (v as f64).powi(2)).sum();
-    assert!(*h.loss.last().unwrap() > 0.01 * w * 0.99);
+    assert!(*h.loss().last().unwrap() > 0.01 * w * 0.99);
 }
 
 #[test]
 fn validation_split_takes_the_tail() {
     let (_, h) = run(4, 0.2, 3, 0.1, None);
-    assert_eq!(h.val_loss.len(), 3);
-    assert_eq!(h.val_metrics[0].0, "val_mae");
+    assert_eq!(h.get("val_loss").unwrap().len(), 3);
+    assert_eq!(
+        h.keys().collect::<Vec<_>>(),
+        ["loss", "mae", "val_loss", "val_mae"]
+    );
     // Training on 8 samples: lr 0 gives the mean over the first 8 only.
     let (_, y) = data();
     let (_, h0) = run(3, 0.2, 1, 0.0, None);
     let head = y.iter().take(8).map(|&v| (v as f64).powi(2)).sum::<f64>() / 8.0;
     let tail = y.iter().skip(8).map(|&v| (v as f64).powi(2)).sum::<f64>() / 2.0;
-    assert!((h0.loss[0] - head).abs() < 1e-6 && (h0.val_loss[0] - tail).abs() < 1e-6);
+    assert!(
+        (h0.loss()[0] - head).abs() < 1e-6 && (h0.get("val_loss").unwrap()[0] - tail).abs() < 1e-6
+    );
 }
 
+/// A diverging run: like Keras, nothing stops it by default (the history records the
+/// non-finite losses, no weights are copied or restored); TerminateOnNaN stops after the
+/// first batch whose running loss is not finite, that batch's update applied, and the
+/// epoch is still recorded (validation and `on_epoch_end` run, as in Keras).
 #[test]
-fn nan_loss_stops_and_keeps_finite_weights() {
-    // A huge learning rate diverges; the weights left are the last finite ones.
-    let (p, h) = run(2, 0.0, 200, 1e3, None);
-    assert!(h.stopped.is_some(), "{h:?}");
-    assert!(p.iter().all(|a| a.iter().all(|v| v.is_finite())));
+fn non_finite_loss_runs_on_unless_terminate_on_nan() {
+    let (_, h) = run(2, 0.0, 200, 1e3, None);
+    assert!(h.stopped.is_none(), "{:?}", h.stopped);
+    assert_eq!(h.loss().len(), 200);
+    assert!(!h.loss().last().unwrap().is_finite());
+    let mut tn = TerminateOnNaN::new();
+    let (_, h) = run_with(2, 0.0, 200, 1e3, None, &mut [&mut tn]);
+    let stopped = h.stopped.clone().expect("stopped");
+    assert!(stopped.starts_with("TerminateOnNaN"), "{stopped}");
+    let n = h.loss().len();
+    assert!(n < 200 && !h.loss()[n - 1].is_finite());
+    assert!(
+        h.loss()[..n - 1].iter().all(|l| l.is_finite()),
+        "{:?}",
+        h.loss()
+    );
 }
 
 /// A step's `updates` (new values of non-trainable parameters, like BatchNorm moving
@@ -197,9 +235,10 @@ fn step_updates_assign_non_trainable_parameters() {
             batch_size: 4,
             ..Default::default()
         };
-        let cb = FitCallbacks {
+        let cb = StepFns {
             step: &mut step,
             predict: None,
+            save: None,
         };
         fit(
             &mut params,
@@ -211,6 +250,7 @@ fn step_updates_assign_non_trainable_parameters() {
             None,
             &opts,
             cb,
+            &mut [],
         )
         .map(|_| params)
     };

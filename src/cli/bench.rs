@@ -76,7 +76,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         train,
     )?;
     if json {
-        println!("{}", report.json());
+        println!("{}", report.json()?);
     } else {
         print!("{}", report.table());
     }

@@ -64,7 +64,8 @@ pub fn convert(a: ConvertArgs, budget: u64) -> Result<()> {
 pub struct IrArgs {
     /// Model file: .json (any Keras dialect), .h5 or .keras.
     pub model: PathBuf,
-    /// Which representation: the graph IR as text or Graphviz DOT, or the loop IR.
+    /// Which representation: the graph IR as text, Graphviz DOT or an SVG picture, or
+    /// the loop IR.
     #[arg(long, value_enum, default_value = "graph")]
     pub stage: Stage,
     /// Batch size the loop IR is specialised to.
@@ -103,6 +104,7 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
     match stage {
         Stage::Graph => print!("{}", lcjit::graph::print::graph_text(m.graph())),
         Stage::Dot => print!("{}", lcjit::graph::print::graph_dot(m.graph())),
+        Stage::Svg => print!("{}", lcjit::graph::svg::graph_svg(m.graph())),
         Stage::Loops => print!("{}", lcjit::loop_ir::print::module_text(&program()?)),
         Stage::Clif | Stage::Asm => {
             let opts = lcjit::backend::CodegenOptions {

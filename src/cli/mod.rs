@@ -3,6 +3,7 @@
 //! here is glue over the library; no model logic lives in the tool.
 
 mod bench;
+mod evaluate;
 mod fit;
 mod grad;
 mod inspect;
@@ -40,7 +41,10 @@ pub enum Command {
     Grad(grad::GradArgs),
     /// Train a model as Keras's fit does; optimizer and loss default to the file's
     /// training_config.
-    Fit(fit::FitArgs),
+    Fit(Box<fit::FitArgs>),
+    /// Loss and metrics of a model over a dataset, as Keras's evaluate; loss and metrics
+    /// default to the file's training_config.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// Programs shown by `lcjit ir`.
@@ -79,6 +83,8 @@ pub enum Stage {
     Graph,
     /// Graph IR as Graphviz DOT.
     Dot,
+    /// The layer graph as an SVG picture (name, class and output shape per layer).
+    Svg,
     /// Loop IR (forward pass) with its schedule.
     Loops,
     /// Cranelift IR of every kernel, after optimisation.
@@ -125,6 +131,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Run(a)) => run::run(a, budget),
         Some(Command::Bench(a)) => bench::bench(a, budget),
         Some(Command::Grad(a)) => grad::grad(a, budget),
-        Some(Command::Fit(a)) => fit::fit(a, budget),
+        Some(Command::Fit(a)) => fit::fit(*a, budget),
+        Some(Command::Evaluate(a)) => evaluate::evaluate(a, budget),
     }
 }

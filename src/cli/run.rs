@@ -1,9 +1,17 @@
-//! `lcjit run`: predict with a model over an input `.npy`.
+//! `lcjit run`: predict with a model over an input `.npy`, batch by batch.
+//!
+//! The input is memory-mapped when it is a little-endian f32 C-order file (read into
+//! memory otherwise, with a note), the model is compiled once for `--batch-size`, and
+//! the batches stream through it: with one output (the model's or one `--output-layer`)
+//! the rows go straight into the `.npy` file as they are computed, so memory is bounded
+//! by one batch; several outputs go to an `.npz` with one key per layer name, held in
+//! memory until written (bounded by the outputs, never by a copy of the input).
 
 use super::{load, Engine};
 use clap::Args;
+use lcjit::io::npy::stream::{NpyInput, NpyWriter};
 use lcjit::{io, Error, LoadOptions, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Arguments of `lcjit run`.
@@ -14,12 +22,20 @@ pub struct RunArgs {
     /// Weights file (.h5 or .npz with keys <layer>/<weight>); overrides the model's.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Input batch as .npy, shaped (batch, input shape…).
+    /// Input samples as .npy, shaped (samples, input shape…).
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the output .npy.
+    /// Where to write: .npy for one output, .npz (one key per layer name) for several.
     #[arg(long)]
     pub output: PathBuf,
+    /// Samples per batch: the model is compiled once for it and the input streams
+    /// through (Keras's predict batch_size; the last batch may be smaller).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Write the output of this layer instead of the model's (repeatable; layers after
+    /// the named ones are not computed).
+    #[arg(long = "output-layer", value_name = "NAME")]
+    pub output_layers: Vec<String>,
     /// Execution engine.
     #[arg(long, value_enum, default_value = "jit")]
     pub engine: Engine,
@@ -33,47 +49,128 @@ pub struct RunArgs {
 
 /// Runs `lcjit run`.
 pub fn run(a: RunArgs, budget: u64) -> Result<()> {
-    let RunArgs {
-        model,
-        weights,
-        input,
-        output,
-        engine,
-        threads,
-        seed,
-    } = a;
-    if threads == 0 {
+    if a.threads == 0 || a.batch_size == 0 {
         return Err(Error::Usage {
-            detail: "--threads must be at least 1".into(),
+            detail: "--threads and --batch-size must be at least 1".into(),
         });
     }
-    let lib_engine = engine.lib();
+    for (i, name) in a.output_layers.iter().enumerate() {
+        if a.output_layers[..i].contains(name) {
+            return Err(Error::Usage {
+                detail: format!("--output-layer '{name}' is given twice"),
+            });
+        }
+    }
     let opts = LoadOptions {
         memory_budget: budget,
-        seed,
+        seed: a.seed,
     };
-    let m = load(&model, weights.as_deref(), &opts)?;
-    let x = io::read_npy(&input)?;
-    m.check_inputs(std::slice::from_ref(&x))?;
+    let m = load(&a.model, a.weights.as_deref(), &opts)?;
+    let input = NpyInput::open(&a.input)?;
+    if let Some(note) = input.note() {
+        eprintln!("note: {note}");
+    }
+    let x = input.view()?;
     let compiled = lcjit::CompiledModel::new(
         std::sync::Arc::new(m),
         lcjit::CompileOptions {
-            engine: lib_engine,
-            threads,
-            max_batch: x.shape().first().copied().unwrap_or(1).max(1),
+            engine: a.engine.lib(),
+            threads: a.threads,
+            max_batch: a.batch_size,
         },
     )?;
+    let layers: Vec<&str> = a.output_layers.iter().map(String::as_str).collect();
+    let outputs = compiled
+        .output_shapes(&layers)
+        .map_err(|e| in_model(e, &a.model))?;
+    let inputs = std::slice::from_ref(&x);
     let t = Instant::now();
-    let y = compiled.predict(&x)?;
+    match output_kind(&a.output, &outputs)? {
+        Kind::Npy => {
+            let mut shape = vec![x.shape().first().copied().unwrap_or(0)];
+            shape.extend_from_slice(&outputs[0].1);
+            let mut w = NpyWriter::create(&a.output, &shape)?;
+            compiled.predict_into(inputs, &layers, a.batch_size, &mut |b| {
+                w.write(b.data[0])?;
+                input.release_rows_before(b.start + b.rows)
+            })?;
+            w.finish()?;
+        }
+        Kind::Npz => {
+            let mut ys = lcjit::runtime::Collector::default();
+            compiled.predict_into(inputs, &layers, a.batch_size, &mut |b| {
+                ys.add(b)?;
+                input.release_rows_before(b.start + b.rows)
+            })?;
+            io::write_npz(&a.output, &ys.into_arrays()?)?;
+        }
+    }
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    io::write_npy(&output, &y)?;
+    let written: Vec<String> = outputs
+        .iter()
+        .map(|(name, s)| format!("{name} {s:?}"))
+        .collect();
     eprintln!(
-        "ran {} on {:?} with the {} engine in {ms:.1} ms; wrote {} {:?}",
-        model.display(),
+        "ran {} on {:?} ({}) in batches of {} with the {} engine in {ms:.1} ms; wrote {}: {}",
+        a.model.display(),
         x.shape(),
-        format!("{engine:?}").to_lowercase(),
-        output.display(),
-        y.shape()
+        if input.is_mapped() {
+            "memory-mapped"
+        } else {
+            "in memory"
+        },
+        a.batch_size,
+        a.engine.lib().name(),
+        a.output.display(),
+        written.join(", ")
     );
     Ok(())
+}
+
+/// The output file's format.
+enum Kind {
+    Npy,
+    Npz,
+}
+
+/// `.npy` for exactly one output, `.npz` for any number; anything else is a usage error.
+fn output_kind(path: &Path, outputs: &[(String, Vec<usize>)]) -> Result<Kind> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let names = || {
+        outputs
+            .iter()
+            .map(|(n, _)| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match ext.as_str() {
+        "npy" if outputs.len() == 1 => Ok(Kind::Npy),
+        "npy" => Err(Error::Usage {
+            detail: format!(
+                "--output {}: {} outputs ({}) need an .npz file (one key per layer)",
+                path.display(),
+                outputs.len(),
+                names()
+            ),
+        }),
+        "npz" => Ok(Kind::Npz),
+        _ => Err(Error::UnsupportedFile {
+            path: path.to_path_buf(),
+            expected: ".npy (one output) or .npz",
+        }),
+    }
+}
+
+/// Names the model file in an unknown-layer error of `--output-layer`.
+fn in_model(e: Error, model: &Path) -> Error {
+    match e {
+        Error::Usage { detail } => Error::Usage {
+            detail: format!("{}: --output-layer: {detail}", model.display()),
+        },
+        other => other,
+    }
 }

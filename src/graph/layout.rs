@@ -7,10 +7,18 @@
 //!   canonical per-sample output shape; for channels_first this is Keras's bias quirk
 //!   (keras-lc-semantics §3.3), not a transpose.
 //! - Every other weight: the canonical layout is the Keras layout (shape check only).
+//!
+//! An implementation-2 kernel also has entries outside its connectivity mask, which the
+//! canonical layout does not hold: [`keras_to_canonical_split`] returns them beside the
+//! canonical kernel and [`canonical_to_keras_merged`] writes them back (see
+//! [`off_mask`]); [`keras_to_canonical`] / [`canonical_to_keras`] drop them / write zeros.
 
 use super::layout_lc::LcGeometry;
 use super::{Graph, Node, Op, ParamId, ParamSpec};
 use ndarray::{ArrayD, IxDyn};
+
+pub mod off_mask;
+pub use off_mask::{canonical_to_keras_merged, keras_to_canonical_split, off_mask_len};
 
 /// What a parameter's layout conversion needs: its spec and, for an LC kernel, the
 /// layer geometry (checked against the spec's shapes).
@@ -67,6 +75,15 @@ fn target(graph: &Graph, param: ParamId) -> Result<Target<'_>, String> {
             spec.keras_shape
         )),
     }
+}
+
+/// The geometry of parameter `param` if it is a LocallyConnected kernel (checked against
+/// its spec), `None` for any other parameter.
+pub fn lc_kernel_geometry(graph: &Graph, param: ParamId) -> Result<Option<LcGeometry>, String> {
+    Ok(match target(graph, param)? {
+        Target::LcKernel(_, geom) => Some(geom),
+        Target::Reshape(_) => None,
+    })
 }
 
 fn check_shape(what: &str, found: &[usize], expected: &[usize]) -> Result<(), String> {

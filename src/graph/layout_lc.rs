@@ -24,6 +24,8 @@
 use super::geometry::{lc_window_start, output_len};
 use super::ops::{DataFormat, LocallyConnected, Padding};
 
+mod off_mask;
+
 /// The weight geometry of one locally connected layer, resolved from its op and its
 /// per-sample input shape.
 #[derive(Clone, Debug)]
@@ -304,14 +306,16 @@ impl LcGeometry {
 
     /// Converts a kernel from this layer's Keras file layout (row-major data of shape
     /// [`LcGeometry::keras_kernel_shape`]) to the canonical `(P, Q, F)` layout. Masked
-    /// entries of implementation 2 are ignored; taps outside the input are zero.
+    /// entries of implementation 2 are not part of it (take them with
+    /// [`LcGeometry::split_off_mask`]); taps outside the input are zero.
     pub fn kernel_to_canonical(&self, keras: &[f32]) -> Result<Vec<f32>, String> {
         Self::check_len("Keras kernel", keras, &self.keras_kernel_shape()?)?;
         self.convert::<true>(keras)
     }
 
     /// Converts a canonical `(P, Q, F)` kernel to this layer's Keras file layout. Masked
-    /// entries of implementation 2 are written as zero; canonical weights of taps outside
+    /// entries of implementation 2 are written as zero (put kept ones back with
+    /// [`LcGeometry::merge_off_mask`]); canonical weights of taps outside
     /// the input are dropped (implementations 2 and 3) or kept (implementation 1).
     pub fn kernel_to_keras(&self, canonical: &[f32]) -> Result<Vec<f32>, String> {
         Self::check_len(

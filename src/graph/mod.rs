@@ -20,12 +20,14 @@
 //! - Conv: kernel `(k…, C/groups, F)`, bias `(F,)` (the Keras layout).
 //! - BatchNormalization: `gamma`, `beta`, `moving_mean`, `moving_variance`, each `(C,)`.
 
+pub mod cut;
 pub mod geometry;
 pub mod infer;
 pub mod layout;
 pub mod layout_lc;
 pub mod ops;
 pub mod print;
+pub mod svg;
 pub mod verify;
 
 use crate::error::{Error, Result};

@@ -12,6 +12,8 @@
 //!   every element type numpy commonly writes (floats, integers, bool) is converted to `f32`.
 //! * **Writes are atomic** (see `io::write_atomic`).
 
+pub mod stream;
+
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;

@@ -2,21 +2,35 @@
 //!
 //! Programs are specialised to their batch size; a [`CompiledModel`] lowers (and for the
 //! JIT, compiles) once per batch size it sees, caches the result, and splits batches
-//! larger than `max_batch` into chunks. It is `Send + Sync`: the cache is behind a mutex
-//! and every call gets its own activation buffers, so many threads may predict at once.
-//! Gradient programs (forward and backward phases, inference or training mode) are cached
-//! and run the same way ([`grad`]).
+//! larger than `max_batch` into chunks whose outputs are written straight into the
+//! result (no per-chunk copies to concatenate). It is `Send + Sync`: the cache is behind
+//! a mutex and every call gets its own activation buffers, so many threads may predict
+//! at once. Inner-layer outputs and streaming prediction over any number of samples with
+//! an explicit batch size live in [`predict`]; gradient programs (forward and backward
+//! phases, inference or training mode) are cached and run the same way ([`grad`]).
+//!
+//! Invariant: a cached program is never evicted, so its id (`Prepared::id`) names it
+//! for the buffer pool for the model's whole life.
 
 use crate::backend::{BufArg, CodegenOptions, CompiledModule as Native};
 use crate::error::{Error, Result};
 use crate::loop_ir::{interp, BufRole, Module};
 use crate::lower::{lower_forward, Lowered};
 use crate::model::Model;
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub mod grad;
+pub mod predict;
+
+pub use predict::{Collector, OutputBatch};
+
+/// Which program of a model a cache entry holds: the whole model (`None`) or the model
+/// cut at these nodes (see [`crate::graph::cut`]).
+type ProgramKey = Option<Vec<crate::graph::NodeId>>;
 
 /// Which engine runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,16 +95,22 @@ pub struct Prepared {
     pub native: Option<Native>,
     /// Lowering plus code generation time in milliseconds.
     pub compile_ms: f64,
+    /// Unique among the programs of one [`CompiledModel`]: keys its buffer pool.
+    id: u64,
 }
 
 /// A model prepared for one engine.
 pub struct CompiledModel {
     model: Arc<Model>,
     opts: CompileOptions,
-    cache: Mutex<HashMap<usize, Arc<Prepared>>>,
-    /// Activation buffers of finished calls, reused so that steady-state calls allocate
-    /// nothing but their outputs.
-    pool: Mutex<Vec<(usize, Vec<Vec<f32>>)>>,
+    cache: Mutex<HashMap<(ProgramKey, usize), Arc<Prepared>>>,
+    /// Graphs cut at inner layers, by their output nodes (see [`predict`]).
+    cuts: Mutex<HashMap<Vec<crate::graph::NodeId>, Arc<crate::graph::cut::Cut>>>,
+    /// Source of [`Prepared::id`].
+    next_id: AtomicU64,
+    /// Activation buffers of finished calls, by program id, reused so that steady-state
+    /// calls allocate nothing but their outputs.
+    pool: Mutex<Vec<(u64, Vec<Vec<f32>>)>>,
     /// Gradient programs per batch size (see [`grad`]).
     grad_cache: Mutex<HashMap<(usize, crate::lower::grad::Mode), Arc<grad::PreparedGrad>>>,
     /// Buffers of finished gradient runs (see [`CompiledModel::recycle_gradients`]).
@@ -111,6 +131,8 @@ impl CompiledModel {
             model,
             opts,
             cache: Mutex::new(HashMap::new()),
+            cuts: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
             grad_cache: Mutex::new(HashMap::new()),
             grad_pool: Mutex::new(Vec::new()),
@@ -123,15 +145,26 @@ impl CompiledModel {
 
     /// The program for `batch` rows (lowered and compiled once, then cached).
     pub fn prepared(&self, batch: usize) -> Result<Arc<Prepared>> {
+        self.prepared_for(&None, self.model.graph(), batch)
+    }
+
+    /// The program of `graph` (the model's, or the model cut at the nodes of `key`) for
+    /// `batch` rows, cached under `key`.
+    fn prepared_for(
+        &self,
+        key: &ProgramKey,
+        graph: &crate::graph::Graph,
+        batch: usize,
+    ) -> Result<Arc<Prepared>> {
         let mut cache = self
             .cache
             .lock()
             .map_err(|_| Error::internal("compiled-model cache poisoned"))?;
-        if let Some(l) = cache.get(&batch) {
+        if let Some(l) = cache.get(&(key.clone(), batch)) {
             return Ok(l.clone());
         }
         let t = std::time::Instant::now();
-        let lowered = lower_forward(self.model.graph(), batch)?;
+        let lowered = lower_forward(graph, batch)?;
         let native = match self.opts.engine {
             Engine::Jit => Some(Native::compile(
                 &lowered.module,
@@ -143,8 +176,9 @@ impl CompiledModel {
             lowered,
             native,
             compile_ms: t.elapsed().as_secs_f64() * 1e3,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
         });
-        cache.insert(batch, p.clone());
+        cache.insert((key.clone(), batch), p.clone());
         Ok(p)
     }
 
@@ -194,24 +228,12 @@ impl CompiledModel {
             // One chunk: run on the caller's arrays without slicing copies.
             return self.run_chunk(params, inputs, batch);
         }
-        let mut chunks: Vec<Vec<ArrayD<f32>>> = Vec::new();
-        let mut start = 0;
-        while start < batch {
-            let n = (batch - start).min(self.opts.max_batch);
-            let part: Vec<ArrayD<f32>> = inputs
-                .iter()
-                .map(|x| x.slice_axis(Axis(0), (start..start + n).into()).to_owned())
-                .collect();
-            chunks.push(self.run_chunk(params, &part, n)?);
-            start += n;
-        }
-        let n_out = self.model.graph().outputs.len();
-        (0..n_out)
-            .map(|o| {
-                let views: Vec<_> = chunks.iter().map(|c| c[o].view()).collect();
-                ndarray::concatenate(Axis(0), &views).map_err(|e| Error::internal(e.to_string()))
-            })
-            .collect()
+        let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
+        let mut outs = predict::Collector::default();
+        self.stream(params, &views, &[], self.opts.max_batch, &mut |b| {
+            outs.add(b)
+        })?;
+        Ok(outs.into_arrays()?.into_iter().map(|(_, a)| a).collect())
     }
 
     /// Errors unless `params` has the shapes of the graph's parameters.
@@ -235,14 +257,38 @@ impl CompiledModel {
         batch: usize,
     ) -> Result<Vec<ArrayD<f32>>> {
         let prepared = self.prepared(batch)?;
+        let inputs: Vec<Cow<[f32]>> = inputs.iter().map(flat).collect();
+        let params_flat: Vec<Cow<[f32]>> = params.iter().map(flat).collect();
+        let graph = self.model.graph();
+        self.run_prepared(&prepared, &params_flat, &inputs, |outs| {
+            outs.iter()
+                .zip(&graph.outputs)
+                .map(|(data, &node)| {
+                    let mut shape = vec![batch];
+                    shape.extend_from_slice(&graph.nodes[node].shape);
+                    ArrayD::from_shape_vec(IxDyn(&shape), data.to_vec())
+                        .map_err(|e| Error::internal(e.to_string()))
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `prepared` on one batch (inputs and parameters bound in the program's
+    /// order) and hands `f` its output buffers, in the program's output order; the
+    /// activation buffers go back to the pool afterwards.
+    fn run_prepared<R>(
+        &self,
+        prepared: &Prepared,
+        params: &[Cow<[f32]>],
+        inputs: &[Cow<[f32]>],
+        f: impl FnOnce(&[&[f32]]) -> Result<R>,
+    ) -> Result<R> {
         let m = &prepared.lowered.module;
-        let inputs: Vec<std::borrow::Cow<[f32]>> = inputs.iter().map(flat).collect();
-        let params_flat: Vec<std::borrow::Cow<[f32]>> = params.iter().map(flat).collect();
         // Writable buffers (outputs and slots), reused across calls.
-        let mut owned = self.take_buffers(batch, m);
+        let mut owned = self.take_buffers(prepared.id, m);
         let read = Bind {
-            inputs: &inputs,
-            params: &params_flat,
+            inputs,
+            params,
             cotangents: &[],
             aux: &[],
         };
@@ -253,33 +299,28 @@ impl CompiledModel {
             &mut owned,
             self.opts.threads,
         )?;
-        let graph = self.model.graph();
-        let writable_index = |buf: u32| writable_index(m, buf);
-        let outs = prepared
+        let result = prepared
             .lowered
             .output_bufs
             .iter()
-            .zip(&graph.outputs)
-            .map(|(&b, &node)| {
-                let mut shape = vec![batch];
-                shape.extend_from_slice(&graph.nodes[node].shape);
-                let data = owned
-                    .get(writable_index(b))
-                    .cloned()
-                    .ok_or_else(|| Error::internal("output buffer missing"))?;
-                ArrayD::from_shape_vec(IxDyn(&shape), data)
-                    .map_err(|e| Error::internal(e.to_string()))
+            .map(|&b| {
+                let len = m.buffers.get(b as usize).map_or(0, |buf| buf.len);
+                owned
+                    .get(writable_index(m, b))
+                    .and_then(|v| v.get(..len))
+                    .ok_or_else(|| Error::internal("output buffer missing"))
             })
-            .collect();
+            .collect::<Result<Vec<&[f32]>>>()
+            .and_then(|outs| f(&outs));
         if let Ok(mut pool) = self.pool.lock() {
-            pool.push((batch, owned));
+            pool.push((prepared.id, owned));
         }
-        outs
+        result
     }
 
-    fn take_buffers(&self, batch: usize, m: &Module) -> Vec<Vec<f32>> {
+    fn take_buffers(&self, program: u64, m: &Module) -> Vec<Vec<f32>> {
         if let Ok(mut pool) = self.pool.lock() {
-            if let Some(i) = pool.iter().position(|(b, _)| *b == batch) {
+            if let Some(i) = pool.iter().position(|(p, _)| *p == program) {
                 return pool.swap_remove(i).1;
             }
         }
@@ -380,9 +421,9 @@ fn execute<'a>(
 }
 
 /// A contiguous row-major view of an array, copied only if it is not standard layout.
-fn flat(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+fn flat<'a, S: ndarray::Data<Elem = f32>>(a: &'a ndarray::ArrayBase<S, IxDyn>) -> Cow<'a, [f32]> {
     match a.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().copied().collect()),
     }
 }

@@ -15,11 +15,12 @@
 //! activated output, so the loss closure adds it and its gradient through the
 //! activation.
 
-use super::fit::{fit, FitCallbacks, FitOptions, History, StepOutput};
+use super::callbacks::Callback;
+use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
 use super::loss::Loss;
 use super::model_fit::{check_trainable, logits_graph, predictions};
+use super::off_mask::OffMaskParams;
 use super::optimizer::Optimizer;
-use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::model::Model;
@@ -27,16 +28,21 @@ use crate::runtime::{CompileOptions, CompiledModel};
 use ndarray::ArrayD;
 use std::sync::Arc;
 
-/// Trains `model` in place as `model.fit(xs, ys, …)` does in tf-keras, on the engine of
-/// `compile` (the reference engine runs [`fit_model`]); returns the history.
+/// Trains `model` in place as `model.fit(xs, ys, validation_data=validation,
+/// callbacks=callbacks, …)` does in tf-keras, on the engine of `compile` (the reference
+/// engine is [`super::fit_model`]); returns Keras's history. Callbacks that save
+/// (ModelCheckpoint) write this model with the weights of the moment.
+#[allow(clippy::too_many_arguments)]
 pub fn fit_compiled(
     model: &mut Model,
     optimizer: &mut Optimizer,
     loss: &Loss,
     xs: &ArrayD<f32>,
     ys: &ArrayD<f32>,
+    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
     opts: &FitOptions,
     compile: &CompileOptions,
+    callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     let graph = model.graph().clone();
     check_trainable(&graph)?;
@@ -62,15 +68,18 @@ pub fn fit_compiled(
     };
     let step_model = CompiledModel::new(Arc::new(model.with_graph(step_graph)?), copts.clone())?;
     let predict_model = CompiledModel::new(Arc::new(model.clone()), copts)?;
-    let mut params: Vec<ArrayD<f32>> = model.params().to_vec();
-    let table = ParamTable::from_graph(&graph);
+    // Graph parameters, then the off-mask entries training changes (see `off_mask`).
+    let extended = OffMaskParams::new(model, &optimizer.config)?;
+    let n = extended.graph_len();
+    let mut params: Vec<ArrayD<f32>> = extended.params(model)?;
+    let table = extended.table(&graph);
     // One generator for the whole fit, as the reference trainer: the same masks.
     let mut rng = Rng::new(opts.seed);
     let mut step = |p: &[ArrayD<f32>], x: &ArrayD<f32>, y: &ArrayD<f32>| -> Result<StepOutput> {
         let mut value = 0.0;
         let mut y_pred = None;
         let inputs = std::slice::from_ref(x);
-        let run = step_model.run_gradients_in(p, inputs, Some(&mut rng), &mut |outs| {
+        let run = step_model.run_gradients_in(&p[..n], inputs, Some(&mut rng), &mut |outs| {
             let z = outs
                 .first()
                 .ok_or_else(|| Error::internal("model produced no output"))?;
@@ -91,14 +100,14 @@ pub fn fit_compiled(
         })?;
         Ok(StepOutput {
             loss: value + run.activity_loss,
-            grads: run.dparams,
+            grads: extended.grads(run.dparams),
             y_pred,
             updates: run.updates,
         })
     };
     let mut predict = |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<ArrayD<f32>> {
         predict_model
-            .predict_with(p, std::slice::from_ref(x))?
+            .predict_with(&p[..n], std::slice::from_ref(x))?
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal("model produced no output"))
@@ -108,6 +117,15 @@ pub fn fit_compiled(
         update: Some((compile.engine, compile.threads)),
         ..opts.clone()
     };
+    let target = &mut *model;
+    let mut save = |p: &[ArrayD<f32>], path: &std::path::Path, weights_only: bool| {
+        target.set_params(p.to_vec())?;
+        if weights_only {
+            target.save_weights(path)
+        } else {
+            target.save(path)
+        }
+    };
     let history = fit(
         &mut params,
         &table,
@@ -115,13 +133,15 @@ pub fn fit_compiled(
         loss,
         xs,
         ys,
-        None,
+        validation,
         opts,
-        FitCallbacks {
+        StepFns {
             step: &mut step,
             predict: Some(&mut predict),
+            save: Some(&mut save),
         },
+        callbacks,
     )?;
-    model.set_params(params)?;
+    extended.store(model, params)?;
     Ok(history)
 }

@@ -4,7 +4,9 @@
 //!
 //! Optimizer flavour: `is_legacy_optimizer: false` → tf-keras rules; `true` → legacy
 //! `optimizer_v2`; key absent → multi-backend Keras 1/2.0–2.3 if the config has `lr`,
-//! else legacy (tf.keras ≤ 2.10). Unknown names and unsupported options (`use_ema`,
+//! else legacy: tf.keras ≤ 2.10 files, and tf-keras ≥ 2.11's
+//! `keras.optimizers.legacy.*`, whose `get_config` writes no such key (tf-keras's own
+//! `optimizers.deserialize` reads a missing key as legacy, `optimizers/__init__.py`). Unknown names and unsupported options (`use_ema`,
 //! several outputs, a non-default reduction) are [`Error::Config`] naming the field.
 
 use super::loss::Loss;
@@ -52,10 +54,7 @@ pub fn parse_training_config(v: &Value, source: &str) -> Result<TrainingSetup> {
             return Err(cfg_err(source, "loss_weights", format!("unsupported: {w}")));
         }
     }
-    let mut metrics = Vec::new();
-    if let Some(m) = v.get("metrics") {
-        collect_metrics(m, &loss, source, &mut metrics)?;
-    }
+    let metrics = parse_metrics(v, source)?;
     Ok(TrainingSetup {
         optimizer,
         loss,
@@ -63,38 +62,72 @@ pub fn parse_training_config(v: &Value, source: &str) -> Result<TrainingSetup> {
     })
 }
 
-fn collect_metrics(m: &Value, loss: &Loss, source: &str, out: &mut Vec<Metric>) -> Result<()> {
+/// The metrics of a `training_config` / `compile_config`: `metrics` then
+/// `weighted_metrics` (without sample weights they compute the same; a weighted metric
+/// whose name is taken is logged as `weighted_<name>`, as `compile_utils` renames it), each
+/// a string or a serialized metric, nested per output as `.h5` files store them.
+pub fn parse_metrics(v: &Value, source: &str) -> Result<Vec<Metric>> {
+    let mut metrics = Vec::new();
+    if let Some(m) = v.get("metrics") {
+        collect_metrics(m, source, &mut metrics)?;
+    }
+    let mut weighted = Vec::new();
+    if let Some(m) = v.get("weighted_metrics") {
+        collect_metrics(m, source, &mut weighted)?;
+    }
+    for w in weighted {
+        let w = if metrics.iter().any(|m| m.name() == w.name()) {
+            Metric::new(format!("weighted_{}", w.name()), w.kind().clone())
+        } else {
+            w
+        };
+        metrics.push(w);
+    }
+    for (i, m) in metrics.iter().enumerate() {
+        if metrics[..i].iter().any(|o| o.name() == m.name()) {
+            return Err(cfg_err(
+                source,
+                "metrics",
+                format!("two metrics are named '{}'", m.name()),
+            ));
+        }
+    }
+    Ok(metrics)
+}
+
+/// Parses the `--metrics m1,m2` option (Keras metric names, see
+/// [`super::metrics::KNOWN_NAMES`]).
+pub fn parse_metrics_arg(s: &str) -> Result<Vec<Metric>> {
+    let metrics = s
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(Metric::parse_arg)
+        .collect::<Result<Vec<_>>>()?;
+    for (i, m) in metrics.iter().enumerate() {
+        if metrics[..i].iter().any(|o| o.name() == m.name()) {
+            return Err(Error::Usage {
+                detail: format!("--metrics: '{}' is given twice", m.name()),
+            });
+        }
+    }
+    Ok(metrics)
+}
+
+fn collect_metrics(m: &Value, source: &str, out: &mut Vec<Metric>) -> Result<()> {
     match m {
         Value::Null => Ok(()),
         Value::Array(items) => items
             .iter()
-            .try_for_each(|x| collect_metrics(x, loss, source, out)),
-        Value::String(s) => {
-            out.push(
-                Metric::parse(s, loss)
-                    .ok_or_else(|| cfg_err(source, "metrics", format!("unknown metric '{s}'")))?,
-            );
+            .try_for_each(|x| collect_metrics(x, source, out)),
+        // One output's metrics keyed by output name (a single-output model).
+        Value::Object(o) if !o.contains_key("class_name") && o.len() == 1 => {
+            collect_metrics(o.values().next().unwrap_or(&Value::Null), source, out)
+        }
+        other => {
+            out.push(Metric::from_config(other).map_err(|e| cfg_err(source, "metrics", e))?);
             Ok(())
         }
-        Value::Object(o) => {
-            let name = o
-                .get("config")
-                .and_then(|c| c.get("name"))
-                .and_then(Value::as_str)
-                .or_else(|| o.get("class_name").and_then(Value::as_str))
-                .unwrap_or("");
-            out.push(
-                Metric::parse(name, loss).ok_or_else(|| {
-                    cfg_err(source, "metrics", format!("unknown metric '{name}'"))
-                })?,
-            );
-            Ok(())
-        }
-        other => Err(cfg_err(
-            source,
-            "metrics",
-            format!("unexpected value {other}"),
-        )),
     }
 }
 
@@ -264,6 +297,15 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
             },
             0.01,
         ),
+        "adam" | "adamw" if flag("adaptive_epsilon") => {
+            // `epsilon · sqrt(1 − β2^t)` (tf_keras/src/optimizers/adam.py): tf-keras
+            // never writes the flag into a saved config, so only a hand-written one has it.
+            return Err(cfg_err(
+                source,
+                "optimizer.adaptive_epsilon",
+                "Adam's adaptive epsilon is not supported",
+            ));
+        }
         "adam" | "adamw" => (
             Algorithm::Adam {
                 beta_1: num("beta_1", 0.9)?,
@@ -279,10 +321,12 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 beta_2: num("beta_2", 0.999)?,
                 epsilon: eps,
             },
-            if flavor == Flavor::TfKeras {
-                0.001
-            } else {
+            // 0.002 is Keras 2's default; tf-keras's and optimizer_v2's is 0.001
+            // (legacy/adamax.py, legacy/nadam.py `__init__`).
+            if flavor == Flavor::MultiBackend {
                 0.002
+            } else {
+                0.001
             },
         ),
         "nadam" => (
@@ -290,16 +334,22 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 beta_1: num("beta_1", 0.9)?,
                 beta_2: num("beta_2", 0.999)?,
                 epsilon: eps,
+                // tf-keras ≥ 2.11 has no schedule decay (`0.96^t`). optimizer_v2 writes
+                // its schedule decay as `decay`, but its constructor replaces any
+                // `decay` with `kwargs.pop("schedule_decay", 0.004)`
+                // (`legacy/nadam.py`, `__init__`), so a loaded config runs with
+                // `schedule_decay` or 0.004, never with `decay`; Keras 2 writes
+                // `schedule_decay`.
                 schedule_decay: if flavor == Flavor::TfKeras {
                     1.0
                 } else {
-                    num("schedule_decay", num("decay", 0.004)?)?
+                    num("schedule_decay", 0.004)?
                 },
             },
-            if flavor == Flavor::TfKeras {
-                0.001
-            } else {
+            if flavor == Flavor::MultiBackend {
                 0.002
+            } else {
+                0.001
             },
         ),
         "rmsprop" => (
@@ -333,6 +383,36 @@ pub fn parse_optimizer_value(v: &Value, source: &str) -> Result<OptimizerConfig>
                 0.001
             },
         ),
+        "ftrl" => {
+            let p = num("learning_rate_power", -0.5)?;
+            let nonneg = |k: &str, d: f32| -> Result<f32> {
+                let v = num(k, d)?;
+                if v >= 0.0 {
+                    Ok(v)
+                } else {
+                    // Keras's constructor refuses these too (ftrl.py `__init__`).
+                    Err(cfg_err(source, &field(k), format!("must be ≥ 0, got {v}")))
+                }
+            };
+            if p > 0.0 {
+                return Err(cfg_err(
+                    source,
+                    "optimizer.learning_rate_power",
+                    format!("must be ≤ 0, got {p}"),
+                ));
+            }
+            (
+                Algorithm::Ftrl {
+                    learning_rate_power: p,
+                    initial_accumulator_value: nonneg("initial_accumulator_value", 0.1)?,
+                    l1: nonneg("l1_regularization_strength", 0.0)?,
+                    l2: nonneg("l2_regularization_strength", 0.0)?,
+                    l2_shrinkage: nonneg("l2_shrinkage_regularization_strength", 0.0)?,
+                    beta: nonneg("beta", 0.0)?,
+                },
+                0.001,
+            )
+        }
         _ => {
             return Err(cfg_err(
                 source,

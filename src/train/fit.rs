@@ -10,9 +10,24 @@
 //! does not matter. The epoch loss is Keras's `Mean` metric updated with
 //! `sample_weight = batch size` (`compile_utils.LossesContainer.__call__`): a mean over
 //! batches weighted by their size, so a smaller last batch counts less.
-//! `validation_split` takes the last fraction of the data before shuffling, like
-//! `data_adapter.train_validation_split` (`split_at = floor(n·(1 − split))`).
+//!
+//! Validation data is given explicitly or split off: `validation_split` takes the last
+//! fraction of the data before shuffling, like `data_adapter.train_validation_split`
+//! (`split_at = floor(n·(1 − split))`). The validation loss is `model.evaluate`'s: per
+//! batch the data loss plus the regularization loss (tf-keras's `test_step` calls
+//! `compute_loss`, which adds `model.losses`), averaged over batches weighted by size.
+//!
+//! Callbacks ([`super::callbacks`]) are called as `Model.fit` calls them, and the
+//! returned [`History`] is Keras's (every logged key, in Keras's order).
+//!
+//! Non-finite values: like Keras, nothing special happens. A NaN or infinite loss is
+//! recorded and training goes on unless [`super::callbacks::TerminateOnNaN`] stops it
+//! (after that batch's update, as in Keras); no copy of the weights is kept to undo a
+//! step, so an update that makes a weight non-finite shows in the next batch's loss,
+//! which is where TerminateOnNaN catches it.
 
+use super::callbacks::progbar::Progbar;
+use super::callbacks::{Callback, Control, FitParams, Logs, SaveFn};
 use super::loss::Loss;
 use super::metrics::{Metric, MetricState};
 use super::optimizer::Optimizer;
@@ -22,20 +37,24 @@ use crate::graph::ParamId;
 use ndarray::{ArrayD, Axis};
 use std::io::{IsTerminal, Write};
 
+pub use super::callbacks::History;
+
 /// Options of [`fit`] (Keras `fit` arguments).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitOptions {
     /// Passes over the data.
     pub epochs: usize,
-    /// Samples per batch (the last batch may be smaller).
+    /// Samples per batch (the last batch may be smaller); also the validation batch.
     pub batch_size: usize,
     /// `None`: no shuffling (`shuffle=False`); `Some(seed)`: a new permutation per epoch.
     pub shuffle: Option<u64>,
-    /// Fraction of the data, taken from the end, held out for validation.
+    /// Fraction of the data, taken from the end, held out for validation (ignored when
+    /// validation data is given).
     pub validation_split: f32,
-    /// Metrics to report.
+    /// Metrics to report (`loss` always is).
     pub metrics: Vec<Metric>,
-    /// Print a line per epoch (and a progress bar on a terminal) to stderr.
+    /// Print progress to stderr as Keras does: a bar per epoch on a terminal, one line
+    /// per epoch elsewhere.
     pub verbose: bool,
     /// Seed of the training-mode randomness the step draws (Dropout masks in
     /// [`super::fit_model`]); the fixed default makes runs reproducible.
@@ -76,32 +95,62 @@ pub struct StepOutput {
     pub updates: Vec<(ParamId, ArrayD<f32>)>,
 }
 
-/// The closures [`fit`] calls.
-pub struct FitCallbacks<'c> {
-    /// `(params, x batch, y batch) → loss and gradients` at those params.
-    #[allow(clippy::type_complexity)]
-    pub step: &'c mut dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput>,
-    /// `(params, x) → predictions`, inference mode; needed for validation.
-    #[allow(clippy::type_complexity)]
-    pub predict: Option<&'c mut dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<ArrayD<f32>>>,
+/// `(params, x batch, y batch) → loss and gradients` at those params.
+pub type StepFn<'c> =
+    dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput> + 'c;
+
+/// `(params, x) → predictions`, inference mode.
+pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<ArrayD<f32>> + 'c;
+
+/// The functions [`fit`] calls: the trainer's side of the loop.
+pub struct StepFns<'c> {
+    /// The training step.
+    pub step: &'c mut StepFn<'c>,
+    /// Predictions for validation (needed when there is validation data).
+    pub predict: Option<&'c mut PredictFn<'c>>,
+    /// Writes the current weights to a file for callbacks ([`Control::save`]), when the
+    /// trainer knows the model they belong to.
+    pub save: Option<&'c mut SaveFn<'c>>,
 }
 
-/// Per-epoch results, as Keras's `History.history`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct History {
-    /// Training loss per epoch (regularization included).
-    pub loss: Vec<f64>,
-    /// Training metrics per epoch, by name.
-    pub metrics: Vec<(String, Vec<f64>)>,
-    /// Validation loss per epoch (empty without validation data).
-    pub val_loss: Vec<f64>,
-    /// Validation metrics per epoch.
-    pub val_metrics: Vec<(String, Vec<f64>)>,
-    /// Why training stopped early (a non-finite loss or weight), if it did.
-    pub stopped: Option<String>,
+/// The mutable state callbacks act on, lent to them as a [`Control`].
+struct Run<'r, 'c> {
+    params: &'r mut [ArrayD<f32>],
+    optimizer: &'r mut Optimizer,
+    save: Option<&'c mut SaveFn<'c>>,
+    stop: Option<String>,
+    warnings: Vec<String>,
+    fit_params: FitParams,
 }
 
-/// Trains `params` in place. `validation`, if given, overrides `validation_split`.
+impl Run<'_, '_> {
+    /// Calls `f` on every callback in order, each with a fresh [`Control`].
+    fn each(
+        &mut self,
+        callbacks: &mut [&mut dyn Callback],
+        mut f: impl FnMut(&mut dyn Callback, &mut Control<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for cb in callbacks.iter_mut() {
+            let mut ctl = Control {
+                weights: &mut *self.params,
+                optimizer: &mut *self.optimizer,
+                saver: match self.save {
+                    Some(ref mut s) => Some(&mut **s),
+                    None => None,
+                },
+                stop: &mut self.stop,
+                warnings: &mut self.warnings,
+                params: self.fit_params,
+            };
+            f(&mut **cb, &mut ctl)?;
+        }
+        Ok(())
+    }
+}
+
+/// Trains `params` in place and returns Keras's history. `validation`, if given,
+/// overrides `validation_split`. `callbacks` are called in order (see
+/// [`super::callbacks`]).
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     params: &mut [ArrayD<f32>],
@@ -112,8 +161,242 @@ pub fn fit(
     ys: &ArrayD<f32>,
     validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
     opts: &FitOptions,
-    cb: FitCallbacks,
+    fns: StepFns,
+    callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
+    let (train_n, split) = split_validation(xs, ys, validation, opts)?;
+    let val = validation.or(split.as_ref().map(|(a, b)| (a, b)));
+    if let Some((vx, vy)) = val {
+        check_validation(vx, vy)?;
+    }
+    let StepFns {
+        step,
+        mut predict,
+        save,
+    } = fns;
+    let steps = train_n.div_ceil(opts.batch_size);
+    let mut run = Run {
+        params,
+        optimizer,
+        save,
+        stop: None,
+        warnings: Vec::new(),
+        fit_params: FitParams {
+            epochs: opts.epochs,
+            steps,
+            verbose: opts.verbose,
+        },
+    };
+    let trainable = table.trainable();
+    let terminal = std::io::stderr().is_terminal();
+    let mut hist = History::new();
+    let mut rng = opts.shuffle.map(SplitMix);
+    let mut last = Logs::new();
+    run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
+    for epoch in 0..opts.epochs {
+        run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
+        if opts.verbose && opts.epochs > 1 {
+            eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
+        }
+        let mut bar = opts.verbose.then(|| Progbar::new(steps, terminal));
+        let order = epoch_order(train_n, rng.as_mut());
+        let batches = Batches {
+            xs,
+            ys,
+            order: &order,
+            size: opts.batch_size,
+        };
+        let epoch_run = EpochRun {
+            table,
+            trainable: &trainable,
+            opts,
+        };
+        let mut logs = epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut())?;
+        if let Some((vx, vy)) = val {
+            let pf = predict
+                .as_deref_mut()
+                .ok_or_else(|| Error::internal("validation needs a predict function"))?;
+            for (k, v) in validate(run.params, table, loss, vx, vy, opts, pf)?.iter() {
+                logs.set(&format!("val_{k}"), v);
+            }
+        }
+        run.each(callbacks, |cb, ctl| cb.on_epoch_end(epoch, &mut logs, ctl))?;
+        hist.record(epoch, &logs);
+        if let Some(b) = bar.as_mut() {
+            show(b.update(steps, &logs, true));
+        }
+        last = logs;
+        if run.stop.is_some() {
+            break;
+        }
+    }
+    run.each(callbacks, |cb, ctl| cb.on_train_end(&last, ctl))?;
+    hist.stopped = run.stop;
+    hist.warnings = run.warnings;
+    Ok(hist)
+}
+
+/// Prints a progress update, if any.
+fn show(text: Option<String>) {
+    if let Some(t) = text {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(t.as_bytes());
+        let _ = err.flush();
+    }
+}
+
+/// The training samples of one epoch, in batches.
+struct Batches<'d> {
+    xs: &'d ArrayD<f32>,
+    ys: &'d ArrayD<f32>,
+    order: &'d [usize],
+    size: usize,
+}
+
+impl Batches<'_> {
+    fn count(&self) -> usize {
+        self.order.len().div_ceil(self.size)
+    }
+
+    /// Batch `b`'s inputs and targets.
+    fn get(&self, b: usize) -> (ArrayD<f32>, ArrayD<f32>) {
+        let idx = &self.order[b * self.size..((b + 1) * self.size).min(self.order.len())];
+        (self.xs.select(Axis(0), idx), self.ys.select(Axis(0), idx))
+    }
+}
+
+/// What one epoch of training reads.
+struct EpochRun<'e> {
+    table: &'e ParamTable<'e>,
+    trainable: &'e [bool],
+    opts: &'e FitOptions,
+}
+
+impl EpochRun<'_> {
+    /// Runs every batch (until a callback stops training) and returns the epoch's logs:
+    /// the size-weighted mean loss and the metrics.
+    fn train(
+        &self,
+        run: &mut Run,
+        batches: &Batches,
+        step: &mut StepFn,
+        callbacks: &mut [&mut dyn Callback],
+        mut bar: Option<&mut Progbar>,
+    ) -> Result<Logs> {
+        let (mut lsum, mut lcount) = (0f64, 0f64);
+        let mut states: Vec<MetricState> = self.opts.metrics.iter().map(|m| m.state()).collect();
+        for b in 0..batches.count() {
+            run.each(callbacks, |cb, ctl| cb.on_train_batch_begin(b, ctl))?;
+            let (xb, yb) = batches.get(b);
+            let total = self.step(run, step, &xb, &yb, &mut states)?;
+            let n = xb.shape()[0] as f64;
+            lsum += total * n;
+            lcount += n;
+            let logs = self.logs(lsum / lcount, &states);
+            run.each(callbacks, |cb, ctl| cb.on_train_batch_end(b, &logs, ctl))?;
+            if let Some(p) = bar.as_deref_mut() {
+                show(p.update(b + 1, &logs, false));
+            }
+            if run.stop.is_some() {
+                break;
+            }
+        }
+        Ok(self.logs(lsum / lcount.max(1.0), &states))
+    }
+
+    /// `loss` then each metric, as Keras's logs.
+    fn logs(&self, loss: f64, states: &[MetricState]) -> Logs {
+        let mut logs = Logs::new();
+        logs.set("loss", loss);
+        for (m, st) in self.opts.metrics.iter().zip(states) {
+            logs.set(m.name(), st.result());
+        }
+        logs
+    }
+
+    /// One training step on a batch; returns its loss with regularization.
+    fn step(
+        &self,
+        run: &mut Run,
+        step: &mut StepFn,
+        xb: &ArrayD<f32>,
+        yb: &ArrayD<f32>,
+        states: &mut [MetricState],
+    ) -> Result<f64> {
+        let out = step(run.params, xb, yb)?;
+        let mut grads = out.grads;
+        if grads.len() != run.params.len() {
+            return Err(Error::internal(format!(
+                "gradient step returned {} gradients for {} parameters",
+                grads.len(),
+                run.params.len()
+            )));
+        }
+        check_updates(&out.updates, run.params, self.trainable)?;
+        let reg = self.table.regularize(run.params, Some(&mut grads))?;
+        if let Some(yp) = &out.y_pred {
+            for st in states.iter_mut() {
+                st.update(yb, yp)?;
+            }
+        }
+        match self.opts.update {
+            Some((engine, threads)) => {
+                run.optimizer
+                    .step_compiled(run.params, &grads, self.trainable, engine, threads)?
+            }
+            None => run.optimizer.step(run.params, &grads, self.trainable)?,
+        }
+        self.table.constrain(run.params)?;
+        for (pid, value) in out.updates {
+            run.params[pid] = value;
+        }
+        Ok(out.loss + reg)
+    }
+}
+
+/// `model.evaluate` on `(vx, vy)` in batches: `loss` (data loss plus regularization,
+/// size-weighted over batches) and each metric.
+fn validate(
+    params: &[ArrayD<f32>],
+    table: &ParamTable,
+    loss: &Loss,
+    vx: &ArrayD<f32>,
+    vy: &ArrayD<f32>,
+    opts: &FitOptions,
+    predict: &mut PredictFn,
+) -> Result<Logs> {
+    let reg = table.regularize(params, None)?;
+    let (mut vsum, mut vcount) = (0f64, 0f64);
+    let mut states: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
+    let vn = vx.shape()[0];
+    for s in (0..vn).step_by(opts.batch_size) {
+        let r = s..(s + opts.batch_size).min(vn);
+        let xb = vx.slice_axis(Axis(0), r.clone().into()).to_owned();
+        let yb = vy.slice_axis(Axis(0), r.clone().into()).to_owned();
+        let yp = predict(params, &xb)?;
+        vsum += (loss.value(&yb, &yp)? + reg) * r.len() as f64;
+        vcount += r.len() as f64;
+        for st in states.iter_mut() {
+            st.update(&yb, &yp)?;
+        }
+    }
+    let mut logs = Logs::new();
+    logs.set("loss", vsum / vcount);
+    for (m, st) in opts.metrics.iter().zip(&states) {
+        logs.set(m.name(), st.result());
+    }
+    Ok(logs)
+}
+
+/// Checks the options and data, and splits off `validation_split` when no validation
+/// data is given: the number of training samples and the split-off set.
+#[allow(clippy::type_complexity)]
+fn split_validation(
+    xs: &ArrayD<f32>,
+    ys: &ArrayD<f32>,
+    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
+    opts: &FitOptions,
+) -> Result<(usize, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
     let usage = |d: String| Error::Usage { detail: d };
     if opts.batch_size == 0 {
         return Err(usage("batch size must be at least 1".into()));
@@ -131,173 +414,48 @@ pub fn fit(
             opts.validation_split
         )));
     }
-    let (train_n, split_val) = if validation.is_none() && opts.validation_split > 0.0 {
-        // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
-        let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
-        let at = (n as f64 * (1.0 - split)).floor() as usize;
-        if at == 0 || at == n {
-            return Err(usage(format!(
-                "validation split {} of {n} samples leaves an empty training or validation set",
-                opts.validation_split
-            )));
-        }
-        let vx = xs.slice_axis(Axis(0), (at..n).into()).to_owned();
-        let vy = ys.slice_axis(Axis(0), (at..n).into()).to_owned();
-        (at, Some((vx, vy)))
-    } else {
-        (n, None)
-    };
-    let val: Option<(&ArrayD<f32>, &ArrayD<f32>)> =
-        validation.or(split_val.as_ref().map(|(a, b)| (a, b)));
-    let trainable = table.trainable();
-    let mut hist = History {
-        metrics: opts
-            .metrics
-            .iter()
-            .map(|m| (m.name().to_string(), Vec::new()))
-            .collect(),
-        val_metrics: opts
-            .metrics
-            .iter()
-            .map(|m| (format!("val_{}", m.name()), Vec::new()))
-            .collect(),
-        ..Default::default()
-    };
-    let mut rng = opts.shuffle.map(SplitMix);
-    let batches = train_n.div_ceil(opts.batch_size);
-    let bar = opts.verbose && std::io::stderr().is_terminal();
-    let FitCallbacks { step, mut predict } = cb;
-    'epochs: for epoch in 0..opts.epochs {
-        let mut order: Vec<usize> = (0..train_n).collect();
-        if let Some(r) = rng.as_mut() {
-            for i in (1..train_n).rev() {
-                let j = (r.next() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
-            }
-        }
-        let (mut lsum, mut lcount) = (0f64, 0f64);
-        let mut mstate: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
-        for b in 0..batches {
-            let idx = &order[b * opts.batch_size..((b + 1) * opts.batch_size).min(train_n)];
-            let xb = xs.select(Axis(0), idx);
-            let yb = ys.select(Axis(0), idx);
-            let out = step(params, &xb, &yb)?;
-            let mut grads = out.grads;
-            if grads.len() != params.len() {
-                return Err(Error::internal(format!(
-                    "gradient step returned {} gradients for {} parameters",
-                    grads.len(),
-                    params.len()
-                )));
-            }
-            check_updates(&out.updates, params, &trainable)?;
-            let reg = table.regularize(params, Some(&mut grads))?;
-            let total = out.loss + reg;
-            if let Some(yp) = &out.y_pred {
-                for st in mstate.iter_mut() {
-                    st.update(&yb, yp)?;
-                }
-            }
-            lsum += total * idx.len() as f64;
-            lcount += idx.len() as f64;
-            if !total.is_finite() {
-                hist.stopped = Some(format!(
-                    "epoch {}, batch {}: loss is {total}",
-                    epoch + 1,
-                    b + 1
-                ));
-                hist.loss.push(lsum / lcount);
-                break 'epochs;
-            }
-            let before = params.to_vec();
-            match opts.update {
-                Some((engine, threads)) => {
-                    optimizer.step_compiled(params, &grads, &trainable, engine, threads)?
-                }
-                None => optimizer.step(params, &grads, &trainable)?,
-            }
-            table.constrain(params)?;
-            for (pid, value) in out.updates {
-                params[pid] = value;
-            }
-            if params.iter().any(|p| p.iter().any(|v| !v.is_finite())) {
-                params.clone_from_slice(&before);
-                hist.stopped = Some(format!(
-                    "epoch {}, batch {}: update made a weight non-finite",
-                    epoch + 1,
-                    b + 1
-                ));
-                hist.loss.push(lsum / lcount);
-                break 'epochs;
-            }
-            if bar {
-                let w = 30 * (b + 1) / batches;
-                eprint!(
-                    "\rEpoch {}/{} [{}{}] {}/{} loss: {:.6}",
-                    epoch + 1,
-                    opts.epochs,
-                    "=".repeat(w),
-                    " ".repeat(30 - w),
-                    b + 1,
-                    batches,
-                    lsum / lcount
-                );
-                let _ = std::io::stderr().flush();
-            }
-        }
-        hist.loss.push(lsum / lcount);
-        for (k, st) in mstate.iter().enumerate() {
-            hist.metrics[k].1.push(st.result());
-        }
-        let mut line = format!(
-            "Epoch {}/{} - loss: {:.6}",
-            epoch + 1,
-            opts.epochs,
-            lsum / lcount
-        );
-        for (name, v) in &hist.metrics {
-            if let Some(x) = v.last() {
-                line += &format!(" - {name}: {x:.6}");
-            }
-        }
-        if let Some((vx, vy)) = val {
-            let pf = predict
-                .as_mut()
-                .ok_or_else(|| usage("validation needs a predict function".into()))?;
-            let (mut vsum, mut vcount) = (0f64, 0f64);
-            let mut vm: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
-            let vn = vx.shape().first().copied().unwrap_or(0);
-            let reg = table.regularize(params, None)?;
-            for s in (0..vn).step_by(opts.batch_size) {
-                let r = s..(s + opts.batch_size).min(vn);
-                let xb = vx.slice_axis(Axis(0), r.clone().into()).to_owned();
-                let yb = vy.slice_axis(Axis(0), r.clone().into()).to_owned();
-                let yp = pf(params, &xb)?;
-                vsum += (loss.value(&yb, &yp)? + reg) * r.len() as f64;
-                vcount += r.len() as f64;
-                for st in vm.iter_mut() {
-                    st.update(&yb, &yp)?;
-                }
-            }
-            hist.val_loss.push(vsum / vcount.max(1.0));
-            line += &format!(" - val_loss: {:.6}", vsum / vcount.max(1.0));
-            for (k, st) in vm.iter().enumerate() {
-                let v = st.result();
-                hist.val_metrics[k].1.push(v);
-                line += &format!(" - {}: {v:.6}", hist.val_metrics[k].0);
-            }
-        }
-        if opts.verbose {
-            if bar {
-                eprint!("\r\x1b[K");
-            }
-            eprintln!("{line}");
+    if validation.is_some() || opts.validation_split == 0.0 {
+        return Ok((n, None));
+    }
+    // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
+    let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
+    let at = (n as f64 * (1.0 - split)).floor() as usize;
+    if at == 0 || at == n {
+        return Err(usage(format!(
+            "validation split {} of {n} samples leaves an empty training or validation set",
+            opts.validation_split
+        )));
+    }
+    let vx = xs.slice_axis(Axis(0), (at..n).into()).to_owned();
+    let vy = ys.slice_axis(Axis(0), (at..n).into()).to_owned();
+    Ok((at, Some((vx, vy))))
+}
+
+/// Validation inputs and targets must hold the same non-zero number of samples.
+fn check_validation(vx: &ArrayD<f32>, vy: &ArrayD<f32>) -> Result<()> {
+    let n = vx.shape().first().copied().unwrap_or(0);
+    if vy.shape().first().copied() != Some(n) || n == 0 {
+        return Err(Error::Usage {
+            detail: format!(
+                "validation x has {n} samples, validation y has {:?}: need the same non-zero \
+                 number",
+                vy.shape().first()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The sample order of one epoch: `0..n`, shuffled when a generator is given.
+fn epoch_order(n: usize, rng: Option<&mut SplitMix>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if let Some(r) = rng {
+        for i in (1..n).rev() {
+            let j = (r.next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
         }
     }
-    if let (Some(why), true) = (&hist.stopped, opts.verbose) {
-        eprintln!("stopped: {why} (weights of the last finite step kept)");
-    }
-    Ok(hist)
+    order
 }
 
 /// Checks that every update of a step targets an existing non-trainable parameter with

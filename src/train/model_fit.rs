@@ -16,6 +16,7 @@
 //! (moving statistics, no Dropout). Not supported (a clear error, never a silent
 //! difference): multi-output models.
 
+use super::callbacks::Callback;
 use super::fit::{FitOptions, History};
 use super::loss::{Loss, OutputActivation};
 use super::optimizer::Optimizer;
@@ -97,18 +98,23 @@ pub(super) fn logits_graph(graph: &Graph) -> (OutputActivation, Graph) {
 /// `model.fit(xs, ys, …)` does in tf-keras; returns the history. The same trainer as the
 /// compiled engines ([`super::fit_compiled`]) with the reference engine's step: the naive
 /// training-mode forward and backward passes and the host optimizer update.
+#[allow(clippy::too_many_arguments)]
 pub fn fit_model(
     model: &mut Model,
     optimizer: &mut Optimizer,
     loss: &Loss,
     xs: &ArrayD<f32>,
     ys: &ArrayD<f32>,
+    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
     opts: &FitOptions,
+    callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     let compile = CompileOptions {
         engine: Engine::Reference,
         threads: 1,
         max_batch: opts.batch_size.max(1),
     };
-    super::fit_compiled(model, optimizer, loss, xs, ys, opts, &compile)
+    super::fit_compiled(
+        model, optimizer, loss, xs, ys, validation, opts, &compile, callbacks,
+    )
 }

@@ -70,6 +70,11 @@ pub(crate) fn slot_inits(alg: &Algorithm, flavor: Flavor) -> [Option<f32>; 3] {
             if centered { z } else { None },
             if momentum > 0.0 { z } else { None },
         ],
+        // Keras fills the accumulator with `initial_accumulator_value` in every flavour.
+        Algorithm::Ftrl {
+            initial_accumulator_value,
+            ..
+        } => [Some(initial_accumulator_value), z, None],
         Algorithm::Adagrad {
             initial_accumulator_value,
             ..
@@ -85,15 +90,27 @@ pub(crate) fn slot_inits(alg: &Algorithm, flavor: Flavor) -> [Option<f32>; 3] {
     }
 }
 
+/// Nadam's per-step scalars for one parameter: `u_t`, `u_{t+1}`, the running product
+/// `Π u` this parameter sees and `Π u · u_{t+1}`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct NadamScalars {
+    pub u_t: f32,
+    pub u_t1: f32,
+    pub up: f32,
+    pub up1: f32,
+}
+
 /// The scalars of one step, computed once on the host.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct StepScalars {
     /// Learning rate after schedule and legacy decay.
     pub lr: f32,
     /// `iterations + 1`.
     pub t: f32,
-    /// Nadam: `(u_t, u_{t+1}, Π u, Π u · u_{t+1})` (zeros for other rules).
-    pub nadam: (f32, f32, f32, f32),
+    /// Nadam: per trainable parameter (index `k`), in update order (empty for other
+    /// rules). The legacy flavours share one value per step; tf-keras's may differ per
+    /// parameter (see `Optimizer::set_keras_trace`).
+    pub nadam: Vec<NadamScalars>,
     /// Nadam's running product after this step (unchanged for other rules).
     pub u_product: f32,
 }
@@ -103,28 +120,39 @@ pub(crate) fn adam_alpha(lr: f32, t: f32, beta_1: f32, beta_2: f32) -> f32 {
     lr * (1.0 - beta_2.powf(t)).sqrt() / (1.0 - beta_1.powf(t))
 }
 
-/// `sqrt(Σ x²)` in iteration order.
-fn norm(g: &ArrayD<f32>) -> f32 {
-    g.iter().map(|&x| x * x).sum::<f32>().sqrt()
+/// Ftrl's L2 strength with β folded in, `l2 + β/(2·lr)` (tf-keras `update_step` and
+/// optimizer_v2 `_resource_apply_dense` alike).
+pub(crate) fn ftrl_l2(l2: f32, beta: f32, lr: f32) -> f32 {
+    l2 + beta / (2.0 * lr)
+}
+
+/// `sqrt(Σ x²)` in iteration order, of `x` clamped to `±pre` first when given.
+fn norm(g: &ArrayD<f32>, pre: Option<f32>) -> f32 {
+    sum_sq(g, pre).sqrt()
+}
+
+/// `Σ x²` in iteration order (of `x.clamp(−pre, pre)` when `pre` is given).
+fn sum_sq(g: &ArrayD<f32>, pre: Option<f32>) -> f32 {
+    match pre {
+        Some(c) => g
+            .iter()
+            .map(|&x| x.clamp(-c, c))
+            .map(|x| x * x)
+            .sum::<f32>(),
+        None => g.iter().map(|&x| x * x).sum::<f32>(),
+    }
 }
 
 /// `sqrt(Σ_tensors Σ x²)`: per-tensor sums in iteration order, then their sum.
-fn global_norm(gs: &[&ArrayD<f32>]) -> f32 {
-    gs.iter()
-        .map(|g| g.iter().map(|&x| x * x).sum::<f32>())
-        .sum::<f32>()
-        .sqrt()
+fn global_norm(gs: &[&ArrayD<f32>], pre: Option<f32>) -> f32 {
+    gs.iter().map(|g| sum_sq(g, pre)).sum::<f32>().sqrt()
 }
 
-/// How one step clips the gradients of the trainable parameters (index `k` counts
-/// trainable parameters only). Precedence: `clipnorm`, then `global_clipnorm`, then
-/// `clipvalue`; a setting ≤ 0 is off.
+/// The norm-based part of a clipping plan.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum ClipPlan {
-    /// No clipping.
+pub(crate) enum NormClip {
+    /// No norm clipping.
     None,
-    /// `x.clamp(−cv, cv)`.
-    Value(f32),
     /// `tf.clip_by_norm`: `x·cn / d[k]` with `d[k] = max(‖g_k‖, cn)`.
     PerTensor {
         /// `clipnorm`.
@@ -138,39 +166,81 @@ pub(crate) enum ClipPlan {
     Scale(f32),
 }
 
+/// How one step clips the gradients of the trainable parameters (index `k` counts
+/// trainable parameters only): an optional `clamp(−cv, cv)` before the norm clip, the
+/// norm clip, an optional clamp after it. A setting ≤ 0 is off. Which apply depends on
+/// the flavour:
+/// - tf-keras ≥ 2.11 applies exactly one, `clipnorm` before `global_clipnorm` before
+///   `clipvalue` (`tf_keras/src/optimizers/optimizer.py`, `_clip_gradients`);
+/// - `optimizer_v2` chains them: `clipvalue`, then `clipnorm`, then `global_clipnorm`
+///   (`legacy/optimizer_v2.py`, `_transform_unaggregated_gradients`: `_clipvalue_fn`,
+///   `_clipnorm_fn`, `_global_clipnorm_fn` in that order), so the norms are those of
+///   the value-clipped gradients;
+/// - multi-backend Keras 2 (`optimizers.py`, `get_gradients`) clips by the global norm
+///   first, then by value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClipPlan {
+    /// `clipvalue` applied before the norm clip.
+    pub pre: Option<f32>,
+    /// The norm clip.
+    pub norm: NormClip,
+    /// `clipvalue` applied after the norm clip.
+    pub post: Option<f32>,
+}
+
 impl ClipPlan {
     /// The plan of `config` for the gradients `gs` of the trainable parameters.
     pub fn new(config: &OptimizerConfig, gs: &[&ArrayD<f32>]) -> ClipPlan {
-        if let Some(cn) = config.clipnorm.filter(|&v| v > 0.0) {
+        let cn = config.clipnorm.filter(|&v| v > 0.0);
+        let gc = config.global_clipnorm.filter(|&v| v > 0.0);
+        let cv = config.clipvalue.filter(|&v| v > 0.0);
+        let (pre, post) = match config.flavor {
+            Flavor::TfKeras => (None, None),
+            Flavor::Legacy => (cv, None),
+            Flavor::MultiBackend => (None, cv),
+        };
+        let norm = if let Some(cn) = cn {
             if config.flavor == Flavor::MultiBackend {
-                let gn = global_norm(gs);
-                return ClipPlan::MultiBackend((gn >= cn).then_some((cn, gn)));
+                let gn = global_norm(gs, None);
+                NormClip::MultiBackend((gn >= cn).then_some((cn, gn)))
+            } else {
+                NormClip::PerTensor {
+                    cn,
+                    d: gs.iter().map(|g| norm(g, pre).max(cn)).collect(),
+                }
             }
-            return ClipPlan::PerTensor {
-                cn,
-                d: gs.iter().map(|g| norm(g).max(cn)).collect(),
-            };
+        } else if let Some(gc) = gc {
+            NormClip::Scale(gc / global_norm(gs, pre).max(gc))
+        } else {
+            NormClip::None
+        };
+        match (config.flavor, &norm) {
+            // One clip only: the value clip when no norm clip is set.
+            (Flavor::TfKeras, NormClip::None) => ClipPlan {
+                pre: cv,
+                norm,
+                post: None,
+            },
+            _ => ClipPlan { pre, norm, post },
         }
-        if let Some(gc) = config.global_clipnorm.filter(|&v| v > 0.0) {
-            return ClipPlan::Scale(gc / global_norm(gs).max(gc));
-        }
-        if let Some(cv) = config.clipvalue.filter(|&v| v > 0.0) {
-            return ClipPlan::Value(cv);
-        }
-        ClipPlan::None
     }
 
     /// Clips `g`, the gradient of trainable parameter `k`, in place.
     pub fn apply(&self, k: usize, g: &mut ArrayD<f32>) {
-        match self {
-            ClipPlan::None | ClipPlan::MultiBackend(None) => {}
-            ClipPlan::Value(cv) => g.mapv_inplace(|x| x.clamp(-cv, *cv)),
-            ClipPlan::PerTensor { cn, d } => {
+        if let Some(c) = self.pre {
+            g.mapv_inplace(|x| x.clamp(-c, c));
+        }
+        match &self.norm {
+            NormClip::None | NormClip::MultiBackend(None) => {}
+            NormClip::PerTensor { cn, d } => {
                 let d = d.get(k).copied().unwrap_or(*cn);
                 g.mapv_inplace(|x| x * cn / d);
             }
-            ClipPlan::MultiBackend(Some((cn, gn))) => g.mapv_inplace(|x| x * cn / gn),
-            ClipPlan::Scale(s) => g.mapv_inplace(|x| x * s),
+            NormClip::MultiBackend(Some((cn, gn))) => g.mapv_inplace(|x| x * cn / gn),
+            NormClip::Scale(s) => g.mapv_inplace(|x| x * s),
+        }
+        if let Some(c) = self.post {
+            g.mapv_inplace(|x| x.clamp(-c, c));
         }
     }
 }

@@ -2,25 +2,29 @@
 //!
 //! Three flavours ([`Flavor`]) differ in a few places:
 //! - [`Flavor::TfKeras`]: `keras.optimizers.*` of tf-keras ≥ 2.11 (`is_legacy_optimizer:
-//!   false`), `tf_keras/optimizers/{sgd,adam,rmsprop,…}.py`. Per step: learning rate from
-//!   the schedule at `iterations`; clip (`clipnorm` per tensor, else `global_clipnorm`,
-//!   else `clipvalue`); weight decay `w −= w·wd·lr`; `update_step` per variable;
-//!   `iterations += 1`; constraints (applied by the caller, in Keras layout).
-//! - [`Flavor::Legacy`]: `optimizer_v2` (`is_legacy_optimizer: true`, tf.keras ≤ 2.10):
-//!   same math except `lr / (1 + decay·iterations)`, Adagrad's `ε` outside the square
-//!   root, and Nadam's momentum schedule `0.96^(schedule_decay·t)`.
+//!   false`), `tf_keras/src/optimizers/{sgd,adam,rmsprop,…}.py`. Per step: learning rate
+//!   from the schedule at `iterations`; clip (`clipnorm` per tensor, else
+//!   `global_clipnorm`, else `clipvalue`); weight decay `w −= w·wd·lr`; `update_step`
+//!   per variable; `iterations += 1`; constraints (applied by the caller, in Keras
+//!   layout).
+//! - [`Flavor::Legacy`]: `optimizer_v2` (`keras.optimizers.legacy.*`; a saved config
+//!   without an `is_legacy_optimizer` key, or with `true`): `lr / (1 + decay·iterations)`,
+//!   clipping chained (`clipvalue`, then `clipnorm` or `global_clipnorm`), and the TF
+//!   kernels' formulas where the rule calls `training_ops.*`; it differs from tf-keras
+//!   in Adagrad's `ε` (outside the square root), RMSprop's `ε` with momentum 0 (outside)
+//!   and Nadam's momentum schedule `0.96^(schedule_decay·t)` (see `host.rs`).
 //! - [`Flavor::MultiBackend`]: Keras 1 / 2.0–2.3: as legacy, plus RMSprop's `ε` outside
-//!   the square root, Adagrad accumulators starting at 0, and `clipnorm` taken over the
-//!   global norm of all gradients.
+//!   the square root for any momentum, Adagrad accumulators starting at 0, and
+//!   `clipnorm` taken over the global norm of all gradients, before `clipvalue`.
 //!
 //! State is kept per parameter in canonical layout (every rule is elementwise).
 
-use super::opt_parts::{adam_alpha, slot, slot_inits, ClipPlan, Slots, StepScalars};
+use super::opt_parts::{slot_inits, ClipPlan, NadamScalars, Slots, StepScalars};
 use super::update::CompiledUpdate;
 use crate::error::{Error, Result};
 use crate::runtime::Engine;
 use crate::train::schedule::LearningRate;
-use ndarray::{ArrayD, Zip};
+use ndarray::ArrayD;
 use std::sync::Arc;
 
 /// Which Keras implementation's update rules to follow.
@@ -100,6 +104,22 @@ pub enum Algorithm {
         /// ε.
         epsilon: f32,
     },
+    /// FTRL-proximal (`Ftrl`).
+    Ftrl {
+        /// `learning_rate_power` p ≤ 0 (`n^(−p)` scales the step); the compiled update
+        /// supports −0.5 (Keras's default, a square root) and 0.
+        learning_rate_power: f32,
+        /// Initial accumulator value.
+        initial_accumulator_value: f32,
+        /// `l1_regularization_strength`.
+        l1: f32,
+        /// `l2_regularization_strength`.
+        l2: f32,
+        /// `l2_shrinkage_regularization_strength`.
+        l2_shrinkage: f32,
+        /// β (added to the L2 strength as `β / (2·lr)`).
+        beta: f32,
+    },
 }
 
 /// An optimizer's full configuration.
@@ -138,6 +158,9 @@ pub struct Optimizer {
     pub iterations: u64,
     slots: Vec<Slots>,
     u_product: f32,
+    /// tf-keras Nadam: which trace of Keras's train function runs the steps
+    /// ([`Optimizer::set_keras_trace`]).
+    keras_trace: u64,
     /// The compiled update of the last [`Optimizer::step_compiled`] (rebuilt when the
     /// engine, the rule or the parameter shapes change).
     compiled: Option<Arc<CompiledUpdate>>,
@@ -151,8 +174,31 @@ impl Optimizer {
             iterations: 0,
             slots: Vec::new(),
             u_product: 1.0,
+            keras_trace: 0,
             compiled: None,
         }
+    }
+
+    /// tf-keras ≥ 2.11 Nadam only: which trace of Keras's train function (0 = the first)
+    /// runs the next steps; the default 0 is what `load_model(file).fit(…)` does with
+    /// full batches.
+    ///
+    /// Why it matters: `tf_keras/src/optimizers/nadam.py`, `update_step`, caches the
+    /// running product `Π u` with a Python counter (`_u_product_counter`) compared with
+    /// `iterations + 2` inside `tf.cond`. In `fit` the update runs in a traced
+    /// `tf.function`, so the counter is read once per variable *while tracing* (and
+    /// incremented by tracing the `false_fn`): variable `k` of `N` trainable ones
+    /// (update order) compares with the constant `1 + N·trace + k`. At step `i` it
+    /// multiplies `Π u` by `u_t` again unless that constant equals `i + 2`, and every
+    /// variable uses the product as it stands after the previous variable's update.
+    /// `trace` counts the traces before the one that runs: 0 when the optimizer was
+    /// built before `fit` (`load_model` restores it), 1 when `fit` builds it (a trace
+    /// that creates variables is traced twice). A smaller last batch does not retrace
+    /// (Keras's dataset has an unknown batch dimension; measured with tf-keras 2.21: the
+    /// counter advances by `N` once per trace). Eager `apply_gradients` follows the
+    /// documented rule (one multiplication per step); no setting reproduces that.
+    pub fn set_keras_trace(&mut self, trace: u64) {
+        self.keras_trace = trace;
     }
 
     /// The learning rate the next step uses.
@@ -170,7 +216,8 @@ impl Optimizer {
 
     /// The slot arrays parameter `param` has so far (`a, b, c`; which ones a rule keeps:
     /// SGD momentum `a`; Adam `m, v, v̂`; Adamax `m, u`; Nadam `m, v`; RMSprop `v`,
-    /// centered mean `a`, momentum; Adagrad accumulator; Adadelta `E[g²], E[Δx²]`).
+    /// centered mean `a`, momentum; Adagrad accumulator; Adadelta `E[g²], E[Δx²]`; Ftrl
+    /// accumulator, linear).
     pub fn slots(&self, param: usize) -> [Option<&ArrayD<f32>>; 3] {
         self.slots.get(param).map(Slots::all).unwrap_or([None; 3])
     }
@@ -206,12 +253,11 @@ impl Optimizer {
         Ok((0..params.len()).filter(|&i| trainable[i]).collect())
     }
 
-    /// The scalars of the next step (nothing is committed).
-    fn scalars(&self) -> StepScalars {
+    /// The scalars of the next step for `n` trainable parameters (nothing is committed).
+    fn scalars(&self, n: usize) -> StepScalars {
         let lr = self.current_learning_rate();
         let t = self.iterations as f32 + 1.0;
-        // Nadam's running product of momentum-schedule factors, once per step.
-        let mut nadam = (0.0, 0.0, 0.0, 0.0);
+        let mut nadam = Vec::new();
         let mut u_product = self.u_product;
         if let Algorithm::Nadam {
             beta_1,
@@ -221,8 +267,31 @@ impl Optimizer {
         {
             let u_t = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * t));
             let u_t1 = beta_1 * (1.0 - 0.5 * 0.96f32.powf(schedule_decay * (t + 1.0)));
-            u_product *= u_t;
-            nadam = (u_t, u_t1, u_product, u_product * u_t1);
+            let at = |up: f32| NadamScalars {
+                u_t,
+                u_t1,
+                up,
+                up1: up * u_t1,
+            };
+            if self.config.flavor == Flavor::TfKeras {
+                // Keras's traced counter (see `set_keras_trace`): parameter k multiplies
+                // unless 1 + N·trace + k == iterations + 2.
+                let step = self.iterations.saturating_add(2);
+                let base = (n as u64)
+                    .saturating_mul(self.keras_trace)
+                    .saturating_add(1);
+                for k in 0..n as u64 {
+                    if base.saturating_add(k) != step {
+                        u_product *= u_t;
+                    }
+                    nadam.push(at(u_product));
+                }
+            } else {
+                // optimizer_v2 / Keras 2: `m_schedule_new = m_cache · m_t` once per step
+                // (legacy/nadam.py, `_prepare_local`).
+                u_product *= u_t;
+                nadam = vec![at(u_product); n];
+            }
         }
         StepScalars {
             lr,
@@ -246,7 +315,7 @@ impl Optimizer {
         trainable: &[bool],
     ) -> Result<()> {
         let idx = self.begin(params, grads, trainable)?;
-        let s = self.scalars();
+        let s = self.scalars(idx.len());
         let mut gs: Vec<ArrayD<f32>> = idx.iter().map(|&i| grads[i].clone()).collect();
         let plan = ClipPlan::new(&self.config, &gs.iter().collect::<Vec<_>>());
         for (k, g) in gs.iter_mut().enumerate() {
@@ -258,10 +327,11 @@ impl Optimizer {
             }
         }
         for (k, &i) in idx.iter().enumerate() {
-            update(
+            host::update(
                 &self.config.algorithm,
                 self.config.flavor,
                 &s,
+                k,
                 &mut params[i],
                 &gs[k],
                 &mut self.slots[i],
@@ -307,7 +377,7 @@ impl Optimizer {
         for &i in &idx {
             self.slots[i].ensure(inits, &grads[i]);
         }
-        let s = self.scalars();
+        let s = self.scalars(idx.len());
         let gs: Vec<&ArrayD<f32>> = idx.iter().map(|&i| &grads[i]).collect();
         let plan = ClipPlan::new(&self.config, &gs);
         let hyper = program.hyper(&self.config, &s, &plan)?;
@@ -317,159 +387,21 @@ impl Optimizer {
     }
 }
 
-fn update(
-    alg: &Algorithm,
-    flavor: Flavor,
-    s: &StepScalars,
-    w: &mut ArrayD<f32>,
-    g: &ArrayD<f32>,
-    slots: &mut Slots,
-) {
-    let (lr, t, nadam, s) = (s.lr, s.t, s.nadam, slots);
-    match *alg {
-        Algorithm::Sgd { momentum, nesterov } => {
-            if momentum == 0.0 && !nesterov {
-                Zip::from(w).and(g).for_each(|w, &g| *w += -g * lr);
-                return;
-            }
-            let m = slot(&mut s.a, g, 0.0);
-            Zip::from(w).and(m).and(g).for_each(|w, m, &g| {
-                *m = -g * lr + *m * momentum;
-                if nesterov {
-                    *w += -g * lr + *m * momentum;
-                } else {
-                    *w += *m;
-                }
-            });
-        }
-        Algorithm::Adam {
-            beta_1,
-            beta_2,
-            epsilon,
-            amsgrad,
-        } => {
-            let alpha = adam_alpha(lr, t, beta_1, beta_2);
-            let m = slot(&mut s.a, g, 0.0);
-            let v = slot(&mut s.b, g, 0.0);
-            Zip::from(&mut *m).and(&mut *v).and(g).for_each(|m, v, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *v += (g * g - *v) * (1.0 - beta_2);
-            });
-            if amsgrad {
-                let vh = slot(&mut s.c, g, 0.0);
-                Zip::from(&mut *vh)
-                    .and(&*v)
-                    .for_each(|vh, &v| *vh = vh.max(v));
-                Zip::from(w)
-                    .and(&*m)
-                    .and(&*vh)
-                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
-            } else {
-                Zip::from(w)
-                    .and(&*m)
-                    .and(&*v)
-                    .for_each(|w, &m, &v| *w -= (m * alpha) / (v.sqrt() + epsilon));
-            }
-        }
-        Algorithm::Adamax {
-            beta_1,
-            beta_2,
-            epsilon,
-        } => {
-            let b1p = beta_1.powf(t);
-            let m = slot(&mut s.a, g, 0.0);
-            let u = slot(&mut s.b, g, 0.0);
-            Zip::from(w).and(m).and(u).and(g).for_each(|w, m, u, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *u = (beta_2 * *u).max(g.abs());
-                *w -= (lr * *m) / ((1.0 - b1p) * (*u + epsilon));
-            });
-        }
-        Algorithm::Nadam {
-            beta_1,
-            beta_2,
-            epsilon,
-            ..
-        } => {
-            let (u_t, u_t1, up, up1) = nadam;
-            let b2p = beta_2.powf(t);
-            let m = slot(&mut s.a, g, 0.0);
-            let v = slot(&mut s.b, g, 0.0);
-            Zip::from(w).and(m).and(v).and(g).for_each(|w, m, v, &g| {
-                *m += (g - *m) * (1.0 - beta_1);
-                *v += (g * g - *v) * (1.0 - beta_2);
-                let m_hat = u_t1 * *m / (1.0 - up1) + (1.0 - u_t) * g / (1.0 - up);
-                let v_hat = *v / (1.0 - b2p);
-                *w -= (m_hat * lr) / (v_hat.sqrt() + epsilon);
-            });
-        }
-        Algorithm::RmsProp {
-            rho,
-            momentum,
-            epsilon,
-            centered,
-        } => {
-            let v = slot(&mut s.a, g, 0.0);
-            Zip::from(&mut *v)
-                .and(g)
-                .for_each(|v, &g| *v = rho * *v + (1.0 - rho) * (g * g));
-            let mut den = v.clone();
-            if centered {
-                let ag = slot(&mut s.b, g, 0.0);
-                Zip::from(&mut *ag)
-                    .and(g)
-                    .for_each(|a, &g| *a = rho * *a + (1.0 - rho) * g);
-                Zip::from(&mut den).and(&*ag).for_each(|d, &a| *d -= a * a);
-            }
-            // tf-keras / optimizer_v2: lr·g/sqrt(v + ε); Keras 2 multi-backend: lr·g/(sqrt(v) + ε).
-            let inc = |g: f32, d: f32| match flavor {
-                Flavor::MultiBackend => lr * g / (d.sqrt() + epsilon),
-                _ => lr * g / (d + epsilon).sqrt(),
-            };
-            if momentum > 0.0 {
-                let mo = slot(&mut s.c, g, 0.0);
-                Zip::from(w)
-                    .and(mo)
-                    .and(g)
-                    .and(&den)
-                    .for_each(|w, mo, &g, &d| {
-                        *mo = momentum * *mo + inc(g, d);
-                        *w -= *mo;
-                    });
-            } else {
-                Zip::from(w)
-                    .and(g)
-                    .and(&den)
-                    .for_each(|w, &g, &d| *w -= inc(g, d));
-            }
-        }
-        Algorithm::Adagrad {
-            initial_accumulator_value,
-            epsilon,
-        } => {
-            let init = slot_inits(alg, flavor)[0].unwrap_or(initial_accumulator_value);
-            let acc = slot(&mut s.a, g, init);
-            Zip::from(w).and(acc).and(g).for_each(|w, a, &g| {
-                *a += g * g;
-                *w -= match flavor {
-                    Flavor::TfKeras => lr * g / (*a + epsilon).sqrt(),
-                    _ => lr * g / (a.sqrt() + epsilon),
-                };
-            });
-        }
-        Algorithm::Adadelta { rho, epsilon } => {
-            let ag = slot(&mut s.a, g, 0.0);
-            let ad = slot(&mut s.b, g, 0.0);
-            Zip::from(w)
-                .and(ag)
-                .and(ad)
-                .and(g)
-                .for_each(|w, ag, ad, &g| {
-                    *ag = rho * *ag + (1.0 - rho) * g * g;
-                    let dv = -(*ad + epsilon).sqrt() * g / (*ag + epsilon).sqrt();
-                    *ad = rho * *ad + (1.0 - rho) * dv * dv;
-                    *w += lr * dv;
-                });
-        }
+/// Whether RMSprop adds `ε` outside the square root, `lr·g/(sqrt(d) + ε)`, rather than
+/// inside, `lr·g/sqrt(d + ε)` (`d` = `v`, or `v − ḡ²` when centered):
+/// - tf-keras ≥ 2.11: inside, always (`tf_keras/src/optimizers/rmsprop.py`,
+///   `update_step`: `denominator = velocity + self.epsilon`, `rsqrt(denominator)`);
+/// - `optimizer_v2` (`legacy/rmsprop.py`, `_resource_apply_dense`): with momentum > 0
+///   the TF kernels `ResourceApply(Centered)RMSProp` (`training_ops.cc`:
+///   `mom = mom·momentum + grad·lr / sqrt(ms [− mg²] + ε)`), inside; with momentum 0 the
+///   Python path `var − lr·g / (sqrt(denom_t) + ε)`, outside;
+/// - multi-backend Keras 2: outside (`lr * g / (K.sqrt(new_a) + self.epsilon)`).
+pub(crate) fn eps_outside_root(flavor: Flavor, momentum: f32) -> bool {
+    match flavor {
+        Flavor::TfKeras => false,
+        Flavor::Legacy => momentum <= 0.0,
+        Flavor::MultiBackend => true,
     }
 }
+
+mod host;

@@ -4,19 +4,21 @@
 //! its gradient `l1·sign(w) + 2·l2·w` are computed on the canonical tensor. That equals
 //! Keras's value on the Keras-layout tensor for every weight except the kernel of a
 //! LocallyConnected layer with `implementation=2`: Keras regularizes its whole dense
-//! masked kernel, masked (never connected) entries included, and tf-keras initializes
-//! those entries randomly. Our canonical layout has no masked entries, so their
-//! contribution is missing — a constant in the loss (they get no data gradient, but L2
-//! shrinks them, which changes nothing else). The reported loss therefore differs from
-//! Keras's by `reg(masked entries)` unless the file had zeros there; exact agreement for
-//! implementation 2 with a regularizer needs the raw Keras tensor kept beside the params.
+//! masked kernel, masked (never connected) entries included. A table built by
+//! [`super::off_mask::OffMaskParams`] lists those entries as extra parameters after the
+//! graph's, with the kernel's regularizer: the penalty is a sum, so the two parts add up
+//! to Keras's value and each gets its elementwise gradient.
 //!
 //! Constraints act on the Keras-layout tensor ([`ParamTable::constrain`] converts
-//! canonical → Keras, applies, converts back); `ε = 1e-7`.
+//! canonical → Keras, applies, converts back); `ε = 1e-7`. An implementation-2 kernel
+//! whose off-mask entries are in the table is constrained merged with them: the whole
+//! dense tensor, as Keras's constraint sees its variable.
 
 use super::loss::EPS;
 use crate::error::{Error, Result};
-use crate::graph::layout::{canonical_to_keras, keras_to_canonical};
+use crate::graph::layout::{
+    canonical_to_keras, canonical_to_keras_merged, keras_to_canonical, keras_to_canonical_split,
+};
 use crate::graph::ops::{Constraint, Regularizer};
 use crate::graph::{Graph, ParamSpec};
 use ndarray::{ArrayD, IxDyn};
@@ -226,13 +228,23 @@ impl<'g> ParamTable<'g> {
         Ok(total)
     }
 
-    /// Applies every trainable parameter's constraint, in Keras layout.
+    /// Applies every trainable parameter's constraint, in Keras layout. Entries past the
+    /// graph's parameters (off-mask entries, see [`super::off_mask`]) are constrained
+    /// together with their kernel.
     pub fn constrain(&self, params: &mut [ArrayD<f32>]) -> Result<()> {
         check_len(self.specs.len(), params.len())?;
-        for (i, spec) in self.specs.iter().enumerate() {
+        let graph_len = self
+            .graph
+            .map_or(self.specs.len(), |g| g.params.len().min(self.specs.len()));
+        for (i, spec) in self.specs.iter().enumerate().take(graph_len) {
             let (Some(c), true) = (&spec.constraint, spec.trainable) else {
                 continue;
             };
+            if let (Some(j), Some(g)) = (self.off_mask_entry(i, graph_len), self.graph) {
+                let (head, tail) = params.split_at_mut(graph_len);
+                constrain_merged(g, i, c, &mut head[i], &mut tail[j - graph_len])?;
+                continue;
+            }
             let w = &mut params[i];
             if matches!(c, Constraint::NonNeg) {
                 apply_constraint(c, w)?;
@@ -266,6 +278,39 @@ impl<'g> ParamTable<'g> {
         }
         Ok(())
     }
+}
+
+impl ParamTable<'_> {
+    /// The index of the off-mask entries of kernel `i` in this table, if listed: the
+    /// entry past the graph's parameters with the same layer and weight name.
+    fn off_mask_entry(&self, i: usize, graph_len: usize) -> Option<usize> {
+        let spec = &self.specs[i];
+        (graph_len..self.specs.len())
+            .find(|&j| self.specs[j].node == spec.node && self.specs[j].name == spec.name)
+    }
+}
+
+/// Constrains kernel `pid` merged with its off-mask entries `off` in the Keras layout of
+/// the implementation-2 kernel, then splits the result back into both.
+fn constrain_merged(
+    graph: &Graph,
+    pid: usize,
+    c: &Constraint,
+    w: &mut ArrayD<f32>,
+    off: &mut ArrayD<f32>,
+) -> Result<()> {
+    let off_std = off.as_standard_layout();
+    let off_slice = off_std
+        .as_slice()
+        .ok_or_else(|| Error::internal("off-mask entries are not contiguous"))?;
+    let mut k =
+        canonical_to_keras_merged(graph, pid, w, Some(off_slice)).map_err(Error::internal)?;
+    apply_constraint(c, &mut k)?;
+    let (canonical, new_off) = keras_to_canonical_split(graph, pid, k).map_err(Error::internal)?;
+    let new_off = new_off.ok_or_else(|| Error::internal("kernel lost its off-mask entries"))?;
+    *w = canonical;
+    *off = super::off_mask::flat_array(new_off)?;
+    Ok(())
 }
 
 fn check_len(specs: usize, params: usize) -> Result<()> {

@@ -22,11 +22,15 @@
 //! - `Input(0)`, `hyper`: the per-step scalars, filled on the host each step, so one
 //!   program serves every step: `[0]` the learning rate (after schedule and legacy
 //!   decay); then the rule's scalars (Adam: `α = lr·sqrt(1−β2^t)/(1−β1^t)`; Adamax:
-//!   `1 − β1^t`; Nadam: `u_{t+1}, 1 − Πu·u_{t+1}, 1 − u_t, 1 − Πu, 1 − β2^t`); then the
-//!   clipping scalars (`clipnorm`: `max(‖g_k‖, clipnorm)` per trainable tensor `k`;
+//!   `1 − β1^t`; Ftrl: `l2 + β/(2·lr)`; Nadam: `u_{t+1}, 1 − u_t, 1 − β2^t`, then per trainable parameter `k`
+//!   `1 − Πu_k·u_{t+1}, 1 − Πu_k`, since tf-keras's running product may differ between
+//!   parameters of one step, see `Optimizer::set_keras_trace`); then the clipping
+//!   scalars (`clipnorm`: `max(‖g_k‖, clipnorm)` per trainable tensor `k`;
 //!   multi-backend `clipnorm`: `(clipnorm, global norm)` when clipping, else `(1, 1)`;
-//!   `global_clipnorm`: the scale). `clipvalue`, the weight decay and the rule's
-//!   constant hyperparameters (`1 − β1`, `ρ`, `ε`…) are constants of the program.
+//!   `global_clipnorm`: the scale). `clipvalue` (a clamp before the norm clip for
+//!   `optimizer_v2`, after it for multi-backend Keras, alone for tf-keras), the weight
+//!   decay and the rule's constant hyperparameters (`1 − β1`, `ρ`, `ε`…) are constants
+//!   of the program.
 //! - Per trainable parameter, in parameter order: the weight (`Output(j)`, written in
 //!   place), its gradient (`Input(j)`, read-only) and the slot arrays the rule keeps, in
 //!   slot order (`Output(j)`, written in place). `Output` and `Input` indices count up
@@ -65,7 +69,7 @@ use std::borrow::Cow;
 
 use ndarray::ArrayD;
 
-use super::opt_parts::{adam_alpha, slot_inits, ClipPlan, Slots, StepScalars};
+use super::opt_parts::{adam_alpha, ftrl_l2, slot_inits, ClipPlan, NormClip, Slots, StepScalars};
 use super::optimizer::{Algorithm, Flavor, OptimizerConfig};
 use crate::backend::{BufArg, CodegenOptions, CompiledModule};
 use crate::error::{Error, Result};
@@ -82,12 +86,10 @@ const H_LR: usize = 0;
 /// Index of the rule's first scalar in the hyper buffer.
 const H_RULE: usize = 1;
 
-/// How the program clips gradients; the per-step values come from the hyper buffer.
+/// The norm clip of the program; the per-step values come from the hyper buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum ClipKind {
+enum NormKind {
     None,
-    /// `clamp(−cv, cv)`, a constant.
-    Value(f32),
     /// `g·cn / d_k` (`cn` constant, `d_k` per step).
     PerTensor(f32),
     /// `g·a / b` (per step).
@@ -96,40 +98,59 @@ enum ClipKind {
     Scale,
 }
 
+/// How the program clips gradients (the shape of `ClipPlan`): `clamp(−pre, pre)`, the
+/// norm clip, `clamp(−post, post)`; the clamp bounds are constants.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ClipKind {
+    pre: Option<f32>,
+    norm: NormKind,
+    post: Option<f32>,
+}
+
 impl ClipKind {
-    /// The kind `config` asks for (same precedence as `ClipPlan::new`).
+    /// The kind `config` asks for (the same rules as `ClipPlan::new`).
     fn of(config: &OptimizerConfig) -> ClipKind {
-        if let Some(cn) = config.clipnorm.filter(|&v| v > 0.0) {
-            if config.flavor == Flavor::MultiBackend {
-                return ClipKind::MultiBackend;
-            }
-            return ClipKind::PerTensor(cn);
-        }
-        if config.global_clipnorm.filter(|&v| v > 0.0).is_some() {
-            return ClipKind::Scale;
-        }
-        if let Some(cv) = config.clipvalue.filter(|&v| v > 0.0) {
-            return ClipKind::Value(cv);
-        }
-        ClipKind::None
+        let cn = config.clipnorm.filter(|&v| v > 0.0);
+        let gc = config.global_clipnorm.filter(|&v| v > 0.0);
+        let cv = config.clipvalue.filter(|&v| v > 0.0);
+        let norm = match (cn, gc) {
+            (Some(_), _) if config.flavor == Flavor::MultiBackend => NormKind::MultiBackend,
+            (Some(cn), _) => NormKind::PerTensor(cn),
+            (None, Some(_)) => NormKind::Scale,
+            (None, None) => NormKind::None,
+        };
+        let (pre, post) = match (config.flavor, norm) {
+            (Flavor::TfKeras, NormKind::None) => (cv, None),
+            (Flavor::TfKeras, _) => (None, None),
+            (Flavor::Legacy, _) => (cv, None),
+            (Flavor::MultiBackend, _) => (None, cv),
+        };
+        ClipKind { pre, norm, post }
     }
 
     /// Hyper-buffer entries for `trainable` trainable tensors.
     fn hyper_len(self, trainable: usize) -> usize {
-        match self {
-            ClipKind::None | ClipKind::Value(_) => 0,
-            ClipKind::PerTensor(_) => trainable,
-            ClipKind::MultiBackend => 2,
-            ClipKind::Scale => 1,
+        match self.norm {
+            NormKind::None => 0,
+            NormKind::PerTensor(_) => trainable,
+            NormKind::MultiBackend => 2,
+            NormKind::Scale => 1,
         }
+    }
+
+    /// Whether `plan` has this shape (the same clamp bounds, bit for bit).
+    fn fits(self, plan: &ClipPlan) -> bool {
+        let same = |a: Option<f32>, b: Option<f32>| a.map(f32::to_bits) == b.map(f32::to_bits);
+        same(self.pre, plan.pre) && same(self.post, plan.post)
     }
 }
 
-/// Hyper-buffer entries of the rule's per-step scalars.
-fn rule_hyper_len(alg: &Algorithm) -> usize {
+/// Hyper-buffer entries of the rule's per-step scalars for `trainable` trainable
+/// parameters.
+fn rule_hyper_len(alg: &Algorithm, trainable: usize) -> usize {
     match alg {
-        Algorithm::Adam { .. } | Algorithm::Adamax { .. } => 1,
-        Algorithm::Nadam { .. } => 5,
+        Algorithm::Adam { .. } | Algorithm::Adamax { .. } | Algorithm::Ftrl { .. } => 1,
+        Algorithm::Nadam { .. } => 3 + 2 * trainable,
         _ => 0,
     }
 }
@@ -144,6 +165,7 @@ fn slot_names(alg: &Algorithm) -> [&'static str; 3] {
         Algorithm::RmsProp { .. } => ["v", "mean_g", "momentum"],
         Algorithm::Adagrad { .. } => ["acc", "-", "-"],
         Algorithm::Adadelta { .. } => ["acc_g", "acc_dx", "-"],
+        Algorithm::Ftrl { .. } => ["accumulator", "linear", "-"],
     }
 }
 
@@ -275,32 +297,46 @@ impl CompiledUpdate {
                 put(H_RULE, adam_alpha(s.lr, s.t, beta_1, beta_2))?
             }
             Algorithm::Adamax { beta_1, .. } => put(H_RULE, 1.0 - beta_1.powf(s.t))?,
+            Algorithm::Ftrl { l2, beta, .. } => put(H_RULE, ftrl_l2(l2, beta, s.lr))?,
             Algorithm::Nadam { beta_2, .. } => {
-                let (u_t, u_t1, up, up1) = s.nadam;
-                let vals = [u_t1, 1.0 - up1, 1.0 - u_t, 1.0 - up, 1.0 - beta_2.powf(s.t)];
-                for (j, v) in vals.into_iter().enumerate() {
-                    put(H_RULE + j, v)?;
+                if s.nadam.len() != self.trainable {
+                    return Err(Error::internal(
+                        "compiled update: Nadam scalars for another parameter count",
+                    ));
+                }
+                if let Some(first) = s.nadam.first() {
+                    put(H_RULE, first.u_t1)?;
+                    put(H_RULE + 1, 1.0 - first.u_t)?;
+                }
+                put(H_RULE + 2, 1.0 - beta_2.powf(s.t))?;
+                for (k, n) in s.nadam.iter().enumerate() {
+                    put(H_RULE + 3 + 2 * k, 1.0 - n.up1)?;
+                    put(H_RULE + 4 + 2 * k, 1.0 - n.up)?;
                 }
             }
             _ => {}
         }
-        match (self.clip, plan) {
-            (ClipKind::None, ClipPlan::None) => {}
-            (ClipKind::Value(a), ClipPlan::Value(b)) if a.to_bits() == b.to_bits() => {}
-            (ClipKind::PerTensor(_), ClipPlan::PerTensor { d, .. })
+        match (self.clip.norm, &plan.norm) {
+            _ if !self.clip.fits(plan) => {
+                return Err(Error::internal(
+                    "compiled update: clipping plan does not match the program",
+                ))
+            }
+            (NormKind::None, NormClip::None) => {}
+            (NormKind::PerTensor(_), NormClip::PerTensor { d, .. })
                 if d.len() == self.trainable =>
             {
                 for (k, &v) in d.iter().enumerate() {
                     put(self.h_clip + k, v)?;
                 }
             }
-            (ClipKind::MultiBackend, ClipPlan::MultiBackend(p)) => {
+            (NormKind::MultiBackend, NormClip::MultiBackend(p)) => {
                 // No clipping this step: `g·1/1 = g` exactly.
                 let (a, b) = p.unwrap_or((1.0, 1.0));
                 put(self.h_clip, a)?;
                 put(self.h_clip + 1, b)?;
             }
-            (ClipKind::Scale, ClipPlan::Scale(v)) => put(self.h_clip, *v)?,
+            (NormKind::Scale, NormClip::Scale(v)) => put(self.h_clip, *v)?,
             _ => {
                 return Err(Error::internal(
                     "compiled update: clipping plan does not match the program",
@@ -403,7 +439,7 @@ fn flat(a: &ArrayD<f32>) -> Cow<'_, [f32]> {
 fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpdate> {
     let clip = ClipKind::of(config);
     let trainable = lens.iter().filter(|l| l.is_some()).count();
-    let h_clip = H_RULE + rule_hyper_len(&config.algorithm);
+    let h_clip = H_RULE + rule_hyper_len(&config.algorithm, trainable);
     let mut module = Module {
         name: format!("update.{}", config.name),
         buffers: vec![Buffer {
@@ -471,3 +507,6 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
 
 mod rule;
 use rule::Rule;
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,7 @@
 //! parent module's docs).
 
 use super::*;
+use crate::train::optimizer::eps_outside_root;
 
 /// Builds the element program of one parameter.
 pub(super) struct Rule<'a> {
@@ -162,22 +163,27 @@ impl Rule<'_> {
         };
         let pb = self.pb;
         let lr = Self::h(H_LR);
-        let g0 = e.buf(pb.g);
-        let g = match self.clip {
-            ClipKind::None => g0,
-            ClipKind::Value(cv) => {
-                let c = clamp(&mut e, g0, cv);
-                e.let_("g", c)
+        // Clipping in `ClipPlan::apply`'s order: clamp, norm clip, clamp.
+        let mut g = e.buf(pb.g);
+        if let Some(cv) = self.clip.pre {
+            let c = clamp(&mut e, g, cv);
+            g = e.let_("g_pre", c);
+        }
+        g = match self.clip.norm {
+            NormKind::None => g,
+            NormKind::PerTensor(cn) => {
+                e.let_("g", div(mul(g, k(cn)), Self::h(self.h_clip + self.k)))
             }
-            ClipKind::PerTensor(cn) => {
-                e.let_("g", div(mul(g0, k(cn)), Self::h(self.h_clip + self.k)))
-            }
-            ClipKind::MultiBackend => e.let_(
+            NormKind::MultiBackend => e.let_(
                 "g",
-                div(mul(g0, Self::h(self.h_clip)), Self::h(self.h_clip + 1)),
+                div(mul(g, Self::h(self.h_clip)), Self::h(self.h_clip + 1)),
             ),
-            ClipKind::Scale => e.let_("g", mul(g0, Self::h(self.h_clip))),
+            NormKind::Scale => e.let_("g", mul(g, Self::h(self.h_clip))),
         };
+        if let Some(cv) = self.clip.post {
+            let c = clamp(&mut e, g, cv);
+            g = e.let_("g_post", c);
+        }
         let w0 = e.buf(pb.w);
         let w = match (self.config.weight_decay, self.config.flavor) {
             // w − w·wd·lr
@@ -278,16 +284,17 @@ impl Rule<'_> {
                 );
                 e.store(mb, m.clone());
                 e.store(vb, v.clone());
-                // u_{t+1}·m/(1 − Πu·u_{t+1}) + (1 − u_t)·g/(1 − Πu)
+                // u_{t+1}·m/(1 − Πu_k·u_{t+1}) + (1 − u_t)·g/(1 − Πu_k)
+                let own = H_RULE + 3 + 2 * self.k;
                 let m_hat = e.let_(
                     "m_hat",
                     add(
-                        div(mul(Self::h(H_RULE), m), Self::h(H_RULE + 1)),
-                        div(mul(Self::h(H_RULE + 2), g), Self::h(H_RULE + 3)),
+                        div(mul(Self::h(H_RULE), m), Self::h(own)),
+                        div(mul(Self::h(H_RULE + 1), g), Self::h(own + 1)),
                     ),
                 );
                 // v/(1 − β2^t)
-                let v_hat = div(v, Self::h(H_RULE + 4));
+                let v_hat = div(v, Self::h(H_RULE + 2));
                 // w − (m̂·lr)/(sqrt(v̂) + ε)
                 sub(w, div(mul(m_hat, lr), add(sqrt(v_hat), k(epsilon))))
             }
@@ -318,11 +325,13 @@ impl Rule<'_> {
                 } else {
                     v
                 };
-                let inc = match self.config.flavor {
+                // Where ε goes: `eps_outside_root` (cites the Keras sources).
+                let inc = if eps_outside_root(self.config.flavor, momentum) {
                     // lr·g/(sqrt(d) + ε)
-                    Flavor::MultiBackend => div(mul(lr, g), add(sqrt(den), k(epsilon))),
+                    div(mul(lr, g), add(sqrt(den), k(epsilon)))
+                } else {
                     // lr·g/sqrt(d + ε)
-                    _ => div(mul(lr, g), sqrt(add(den, k(epsilon)))),
+                    div(mul(lr, g), sqrt(add(den, k(epsilon))))
                 };
                 if momentum > 0.0 {
                     let ob = self.slot(2)?;
@@ -344,6 +353,50 @@ impl Rule<'_> {
                         _ => div(mul(lr, g), add(sqrt(a), k(epsilon))),
                     },
                 )
+            }
+            Algorithm::Ftrl {
+                learning_rate_power: p,
+                l1,
+                l2_shrinkage,
+                ..
+            } => {
+                let (ab, zb) = (self.slot(0)?, self.slot(1)?);
+                // n^(−p) as `host::ftrl_root` (no pow in the loop IR).
+                let root = |x: Expr| -> Result<Expr> {
+                    if p == -0.5 {
+                        Ok(sqrt(x))
+                    } else if p == 0.0 {
+                        Ok(k(1.0))
+                    } else {
+                        Err(Error::Usage {
+                            detail: format!(
+                                "the compiled Ftrl update supports learning_rate_power \
+                                 -0.5 and 0, not {p} (use the host update)"
+                            ),
+                        })
+                    }
+                };
+                // g + (2·l2_shrinkage)·w
+                let gs = if l2_shrinkage > 0.0 {
+                    e.let_(
+                        "g_shrunk",
+                        add(g.clone(), mul(k(2.0 * l2_shrinkage), w.clone())),
+                    )
+                } else {
+                    g.clone()
+                };
+                let na = e.let_("accum_new", add(e.buf(ab), mul(g.clone(), g)));
+                let rn = e.let_("root_new", root(na.clone())?);
+                // z + (gs − ((root(n') − root(n))/lr)·w)
+                let step = div(sub(rn.clone(), root(e.buf(ab))?), lr.clone());
+                let z = e.let_("linear", add(e.buf(zb), sub(gs, mul(step, w))));
+                // root(n')/lr + 2·(l2 + β/(2·lr))
+                let q = e.let_("quadratic", add(div(rn, lr), mul(k(2.0), Self::h(H_RULE))));
+                let c = clamp(&mut e, z.clone(), l1);
+                e.store(ab, na);
+                e.store(zb, z.clone());
+                // (clamp(z, −l1, l1) − z)/q
+                div(sub(c, z), q)
             }
             Algorithm::Adadelta { rho, epsilon } => {
                 let (gb, db) = (self.slot(0)?, self.slot(1)?);

@@ -1,0 +1,89 @@
+//! The `lcjit bench --json` line, built with serde: field names and nesting are a
+//! contract (scripts and tests parse them), so they are spelled out here as types rather
+//! than derived from [`BenchReport`]'s own layout. Missing measurements are `null`.
+
+use super::BenchReport;
+
+/// The whole line.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    model: &'a str,
+    batch: usize,
+    threads: usize,
+    params: usize,
+    weight_bytes: u64,
+    flops: JsonFlops,
+    compile_ms: JsonPasses,
+    forward_ms: JsonEngines,
+    train_step_ms: JsonEngines,
+    gbps: Option<f64>,
+    gflops: Option<f64>,
+    roofline: JsonRoofline,
+}
+
+#[derive(serde::Serialize)]
+struct JsonFlops {
+    forward: u64,
+    train_step: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonPasses {
+    forward: Option<f64>,
+    backward: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonEngines {
+    jit: Option<f64>,
+    interp: Option<f64>,
+    reference: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonRoofline {
+    read_gbps: Option<f64>,
+    fma_gflops: Option<f64>,
+}
+
+/// A measurement as printed: four decimals (timer noise is far larger), `null` when
+/// missing or not finite (JSON has no NaN or infinity).
+fn json_num(v: Option<f64>) -> Option<f64> {
+    v.filter(|x| x.is_finite()).map(|x| (x * 1e4).round() / 1e4)
+}
+
+/// The report as one JSON line.
+pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
+    use crate::Engine as E;
+    let engines = |f: &dyn Fn(E) -> Option<f64>| JsonEngines {
+        jit: json_num(f(E::Jit)),
+        interp: json_num(f(E::Interp)),
+        reference: json_num(f(E::Reference)),
+    };
+    let report = JsonReport {
+        model: &r.model,
+        batch: r.batch,
+        threads: r.threads,
+        params: r.params,
+        weight_bytes: r.weight_bytes,
+        flops: JsonFlops {
+            forward: r.forward_flops,
+            train_step: r.train_flops,
+        },
+        compile_ms: JsonPasses {
+            forward: json_num(r.compile_ms_forward),
+            backward: json_num(r.compile_ms_backward),
+        },
+        forward_ms: engines(&|e| r.engine_ms(e)),
+        train_step_ms: engines(&|e| r.train_engine_ms(e)),
+        gbps: json_num(r.gbps()),
+        gflops: json_num(r.gflops()),
+        roofline: JsonRoofline {
+            read_gbps: json_num(r.roofline.map(|r| r.read_gbps)),
+            fma_gflops: json_num(r.roofline.map(|r| r.fma_gflops)),
+        },
+    };
+    // Plain numbers, strings and options always serialize: a failure is a bug.
+    serde_json::to_string(&report)
+        .map_err(|e| crate::Error::internal(format!("bench report as JSON: {e}")))
+}
