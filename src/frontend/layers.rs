@@ -14,8 +14,8 @@ use super::Dialect;
 use crate::error::{Error, Result};
 use crate::graph::infer::resolve_keras_axis;
 use crate::graph::{
-    BatchNorm, Conv, DataFormat, Dense, Distribution, FanMode, Initializer, LocallyConnected,
-    MergeKind, Op, Padding, Pool, PoolKind, WeightOptions,
+    BatchNorm, ComputeDtype, Conv, DataFormat, Dense, Distribution, DtypePolicy, FanMode,
+    Initializer, LocallyConnected, MergeKind, Op, Padding, Pool, PoolKind, WeightOptions,
 };
 
 /// Keras's default kernel initializer, `glorot_uniform`.
@@ -27,29 +27,44 @@ fn glorot_uniform() -> Initializer {
     }
 }
 
-/// Checks a layer's `dtype` (and Keras 1 `input_dtype`): lcjit computes in float32, so
-/// `"float32"` and mixed-precision policies `float32` / `mixed_float16` (whose variables
-/// are float32) are accepted; anything else is an error.
-pub fn check_dtype(cfg: &Cfg) -> Result<()> {
+/// A layer's `dtype` (and Keras 1 `input_dtype`): `"float32"` or a float32-variable
+/// mixed-precision policy (`mixed_float16`, `mixed_bfloat16`), as a name or a tf-keras
+/// `Policy` object; anything else (float64, float16 variables…) is an error. The last
+/// key present wins (`input_dtype` only appears in Keras 1 configs, which have no
+/// policies).
+pub fn check_dtype(cfg: &Cfg) -> Result<DtypePolicy> {
+    let mut policy = DtypePolicy::default();
     for key in ["dtype", "input_dtype"] {
         let Some(v) = cfg.get(key) else { continue };
-        let name = match v {
-            Value::String(s) => s.as_str(),
-            Value::Object(o) => o
-                .get("config")
-                .and_then(|c| c.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| cfg.err(key, format!("unrecognized dtype policy {}", show(v))))?,
+        let (name, as_object) = match v {
+            Value::String(s) => (s.as_str(), false),
+            Value::Object(o) => (
+                o.get("config")
+                    .and_then(|c| c.get("name"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        cfg.err(key, format!("unrecognized dtype policy {}", show(v)))
+                    })?,
+                true,
+            ),
             _ => return Err(cfg.err(key, format!("unrecognized dtype {}", show(v)))),
         };
-        if !matches!(name, "float32" | "mixed_float16") {
-            return Err(cfg.err(
-                key,
-                format!("dtype '{name}' is not supported (lcjit computes in float32)"),
-            ));
-        }
+        let compute = match name {
+            "float32" => ComputeDtype::Float32,
+            "mixed_float16" => ComputeDtype::Float16,
+            "mixed_bfloat16" => ComputeDtype::BFloat16,
+            _ => {
+                return Err(cfg.err(
+                    key,
+                    format!(
+                        "dtype '{name}' is not supported (lcjit has float32 variables: float32, mixed_float16 or mixed_bfloat16)"
+                    ),
+                ))
+            }
+        };
+        policy = DtypePolicy { compute, as_object };
     }
-    Ok(())
+    Ok(policy)
 }
 
 /// `data_format` / Keras 1 `dim_ordering`; `null` or absent → channels_last.

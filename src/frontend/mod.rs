@@ -11,10 +11,11 @@
 //! Unknown keys are ignored everywhere. Every unsupported value is an error naming the
 //! source, the layer and the field; nothing panics on user data.
 //!
-//! `dtype`: lcjit computes in float32. Layers may declare `"float32"` or a mixed-precision
-//! policy object named `float32` or `mixed_float16` (variables are float32 under that
-//! policy, so weights load unchanged; activations are computed in float32 instead of
-//! float16, which is more precise than Keras). Any other dtype is rejected.
+//! `dtype`: layers may declare `"float32"` or the mixed-precision policies
+//! `mixed_float16` / `mixed_bfloat16` (a name or a `Policy` object): variables are float32
+//! under those policies, so weights load unchanged, and the layer computes as Keras does
+//! in the policy's compute dtype (the node's [`crate::graph::DtypePolicy`]; the lowering
+//! and the reference round to it). Any other dtype is rejected.
 //!
 //! Dialect detection: `keras_version` `1.x` → [`Dialect::Keras1`]; `2.0`–`2.3` without a
 //! `-tf` suffix → [`Dialect::Keras2`] (multi-backend Keras); everything else (`x.y.z-tf`,
@@ -417,6 +418,8 @@ mod tests;
 /// `id` non-trainable: `fit` leaves them alone, `lcjit grad` omits them, and a frozen
 /// BatchNorm runs in inference mode during training ([`Graph::is_frozen`]).
 fn apply_trainable(graph: &mut Graph, id: NodeId, cfg: &Cfg) -> Result<()> {
+    // The dtype policy travels with the same per-layer keys.
+    graph.nodes[id].policy = layers::check_dtype(cfg)?;
     if !cfg.bool_or(&["trainable"], true)? {
         let params = graph.nodes[id].params.clone();
         for p in params {

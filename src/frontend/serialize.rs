@@ -19,8 +19,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::graph::{
-    Activation, BatchNorm, Constraint, Conv, DataFormat, Dense, Distribution, FanMode, Graph,
-    Initializer, LocallyConnected, Node, Op, Pool, Regularizer, WeightOptions,
+    Activation, BatchNorm, Constraint, Conv, DataFormat, Dense, Distribution, DtypePolicy, FanMode,
+    Graph, Initializer, LocallyConnected, Node, Op, Pool, Regularizer, WeightOptions,
 };
 
 /// `keras_version` of the written envelope.
@@ -243,12 +243,23 @@ fn activation(a: &Activation) -> Value {
     }
 }
 
-/// `name`, `trainable` and `dtype`, the keys every layer config starts with.
-fn base(name: &str) -> Map<String, Value> {
+/// `name`, `trainable` and `dtype`, the keys every layer config starts with. The dtype
+/// policy is written as it was read: a name, or tf-keras 2.21's `Policy` object.
+fn base(name: &str, policy: DtypePolicy) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("name".into(), json!(name));
     m.insert("trainable".into(), json!(true));
-    m.insert("dtype".into(), json!("float32"));
+    let dtype = if policy.as_object {
+        json!({
+            "module": "keras.mixed_precision",
+            "class_name": "Policy",
+            "config": {"name": policy.name()},
+            "registered_name": null,
+        })
+    } else {
+        json!(policy.name())
+    };
+    m.insert("dtype".into(), dtype);
     m
 }
 
@@ -379,7 +390,7 @@ fn pairs(rank: usize, p: &[(usize, usize)]) -> Value {
 
 /// The Keras class name and layer config of a non-input node.
 fn layer(node: &Node) -> (String, Map<String, Value>) {
-    let m = base(&node.name);
+    let m = base(&node.name, node.policy);
     let class = node.op.kind_name();
     let config = match &node.op {
         Op::Input => m,

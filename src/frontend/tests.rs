@@ -234,6 +234,14 @@ fn tf_keras_lc_options() {
         })
     );
     assert_eq!(m.graph.nodes[m.graph.outputs[0]].shape, vec![8, 8, 2]);
+    let id = m.graph.node_by_name("lc").expect("node");
+    assert_eq!(
+        m.graph.nodes[id].policy,
+        crate::graph::DtypePolicy {
+            compute: crate::graph::ComputeDtype::Float16,
+            as_object: true
+        }
+    );
 }
 
 #[test]
@@ -563,9 +571,9 @@ fn bad_enums() {
         ),
         (json!({"dtype": "float64"}), "dtype", "float64"),
         (
-            json!({"dtype": {"class_name": "Policy", "config": {"name": "mixed_bfloat16"}}}),
+            json!({"dtype": {"class_name": "Policy", "config": {"name": "float16"}}}),
             "dtype",
-            "mixed_bfloat16",
+            "float16",
         ),
         (json!({"use_bias": "yes"}), "use_bias", "true or false"),
     ] {

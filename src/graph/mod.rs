@@ -55,6 +55,8 @@ pub struct Node {
     pub shape: Vec<usize>,
     /// Parameters, in Keras weight order.
     pub params: Vec<ParamId>,
+    /// The layer's dtype policy (float32 unless the configuration says otherwise).
+    pub policy: DtypePolicy,
 }
 
 /// Description of one weight.
@@ -142,6 +144,7 @@ impl Graph {
             inputs: Vec::new(),
             shape,
             params: Vec::new(),
+            policy: DtypePolicy::default(),
         });
         self.inputs.push(id);
         Ok(id)
@@ -191,6 +194,7 @@ impl Graph {
             inputs: inputs.to_vec(),
             shape: inferred.shape,
             params,
+            policy: DtypePolicy::default(),
         });
         Ok(id)
     }

@@ -186,6 +186,47 @@ pub enum Distribution {
     Uniform,
 }
 
+/// The dtype in which a layer computes under its Keras dtype policy. Variables are
+/// float32 under every supported policy; `mixed_float16` / `mixed_bfloat16` compute in
+/// half precision / bfloat16: the layer casts its inputs and weights to that dtype, and
+/// each op's result is rounded to it (see the README, "Mixed precision").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ComputeDtype {
+    /// `float32` (the default policy).
+    #[default]
+    Float32,
+    /// `mixed_float16`.
+    Float16,
+    /// `mixed_bfloat16`.
+    BFloat16,
+}
+
+/// A layer's Keras dtype policy, as the configuration gave it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DtypePolicy {
+    /// The compute dtype.
+    pub compute: ComputeDtype,
+    /// Whether the configuration wrote the policy as a `Policy` object (tf-keras 2.x
+    /// `get_config`) rather than a name string; saving writes it back the same way.
+    pub as_object: bool,
+}
+
+impl DtypePolicy {
+    /// The Keras policy name (`float32`, `mixed_float16`, `mixed_bfloat16`).
+    pub fn name(&self) -> &'static str {
+        match self.compute {
+            ComputeDtype::Float32 => "float32",
+            ComputeDtype::Float16 => "mixed_float16",
+            ComputeDtype::BFloat16 => "mixed_bfloat16",
+        }
+    }
+
+    /// Whether the layer computes in a narrower dtype than float32.
+    pub fn is_mixed(&self) -> bool {
+        self.compute != ComputeDtype::Float32
+    }
+}
+
 /// A weight or activity regularizer: `l1·Σ|x| + l2·Σx²`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Regularizer {
@@ -464,6 +505,27 @@ pub enum Op {
 }
 
 impl Op {
+    /// The layer's `activity_regularizer` (penalty on its post-activation output), for
+    /// the layers that have one.
+    pub fn activity_regularizer(&self) -> Option<Regularizer> {
+        match self {
+            Op::LocallyConnected(l) => l.options.activity_regularizer,
+            Op::Dense(d) => d.options.activity_regularizer,
+            Op::Conv(c) => c.options.activity_regularizer,
+            _ => None,
+        }
+    }
+
+    /// The slot of [`Self::activity_regularizer`], for the layers that have one.
+    pub fn activity_regularizer_mut(&mut self) -> Option<&mut Option<Regularizer>> {
+        match self {
+            Op::LocallyConnected(l) => Some(&mut l.options.activity_regularizer),
+            Op::Dense(d) => Some(&mut d.options.activity_regularizer),
+            Op::Conv(c) => Some(&mut c.options.activity_regularizer),
+            _ => None,
+        }
+    }
+
     /// Short name used by printers and summaries (the Keras class name).
     pub fn kind_name(&self) -> String {
         match self {

@@ -57,6 +57,8 @@ fn eval(e: &Expr, f: &Frame, bufs: &[Vec<f32>]) -> Result<f32> {
                 UnOp::Tanh => math::tanh(a),
                 UnOp::Sigmoid => math::sigmoid(a),
                 UnOp::Erf => math::erf(a),
+                UnOp::RoundF16 => math::round_f16(a),
+                UnOp::RoundBf16 => math::round_bf16(a),
             }
         }
         Expr::Binary(op, a, b) => {

@@ -8,6 +8,50 @@
 //! `sigmoid` ≤ 2e-7 absolute error, `erf` ≤ 5e-7 (relative error grows only where the result is tiny,
 //! which the 1e-4·max(1, |ref|) tolerance of the golden tests absorbs).
 
+/// Smallest positive normal half, `2^-14`: below it halves are multiples of `2^-24`.
+pub const F16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+/// Magnitudes from here round to ±∞ in half precision (halfway between the largest
+/// half, 65504, and 65536).
+pub const F16_OVERFLOW: f32 = 65520.0;
+
+/// `x as f16 as f32` with round to nearest even (what TF's `Cast` to `float16` does):
+/// normal halves by rounding away the 13 low mantissa bits of the f32 (`+ 0xFFF + lsb`,
+/// the carry moving into the exponent when the mantissa overflows); half subnormals,
+/// multiples of `2^-24`, by `(|x| + 0.75) − 0.75` (in `[0.75, 1)` the f32 spacing is
+/// exactly `2^-24`, so that sum rounds `|x|` to nearest even); `|x| ≥ 65520` to ±∞;
+/// NaN unchanged. The JIT emits the same operations lane-wise, as selects.
+pub fn round_f16(x: f32) -> f32 {
+    let u = x.to_bits();
+    let sign = u & 0x8000_0000;
+    let a = x.abs();
+    let normal = u.wrapping_add(0x0FFF + ((u >> 13) & 1)) & !0x1FFF;
+    let sub = ((a + 0.75) - 0.75).to_bits() | sign;
+    let r = if a < F16_MIN_NORMAL { sub } else { normal };
+    let r = if a >= F16_OVERFLOW {
+        0x7F80_0000 | sign
+    } else {
+        r
+    };
+    if x.is_nan() {
+        x
+    } else {
+        f32::from_bits(r)
+    }
+}
+
+/// `x as bf16 as f32` with round to nearest even (Eigen's `bfloat16` conversion): the
+/// 16 low mantissa bits rounded away (`+ 0x7FFF + lsb`; near the f32 maximum the carry
+/// gives ±∞, as the conversion does); NaN unchanged.
+pub fn round_bf16(x: f32) -> f32 {
+    let u = x.to_bits();
+    let r = u.wrapping_add(0x7FFF + ((u >> 16) & 1)) & 0xFFFF_0000;
+    if x.is_nan() {
+        x
+    } else {
+        f32::from_bits(r)
+    }
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -123,6 +167,44 @@ pub fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bit patterns covering every exponent, mantissa edges (ties, carries) and specials.
+    fn patterns() -> impl Iterator<Item = f32> {
+        (0u32..=0xFFFF)
+            .flat_map(|hi| {
+                [
+                    0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x3000, 0x7FFF, 0x8000, 0x8001, 0xFFFF,
+                ]
+                .into_iter()
+                .map(move |lo| (hi << 16) | lo)
+            })
+            .map(f32::from_bits)
+    }
+
+    #[test]
+    fn round_f16_is_the_half_conversion() {
+        for x in patterns() {
+            let want = half::f16::from_f32(x).to_f32();
+            let got = round_f16(x);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{x:e} ({:#x}): {got:e} vs {want:e}",
+                x.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn round_bf16_is_the_bfloat16_conversion() {
+        for x in patterns() {
+            let want = half::bf16::from_f32(x).to_f32();
+            let got = round_bf16(x);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{x:e}: {got:e} vs {want:e}"
+            );
+        }
+    }
 
     fn ulp_diff(a: f32, b: f64) -> f64 {
         let b32 = b as f32;

@@ -137,6 +137,9 @@ pub enum BufRole {
     /// Training programs: per-call data computed on the host, read-only (e.g. the
     /// dropout mask of the `i`-th Dropout layer, drawn from the step's seeded generator).
     Aux(usize),
+    /// Gradient programs: a forward value the host reads between phase 1 and phase 2
+    /// (the output of the `i`-th activity-regularized layer); written, never shared.
+    Kept(usize),
 }
 
 impl BufRole {
@@ -207,6 +210,13 @@ pub enum UnOp {
     Sigmoid,
     /// `erf(x)` (polynomial).
     Erf,
+    /// `x` rounded to IEEE half precision and back (round to nearest even, half
+    /// subnormals kept, overflow to ±∞, NaN unchanged): the `float16` compute dtype of a
+    /// mixed-precision layer (see [`math::round_f16`]).
+    RoundF16,
+    /// `x` rounded to bfloat16 and back (round to nearest even, NaN unchanged): the
+    /// `mixed_bfloat16` compute dtype (see [`math::round_bf16`]).
+    RoundBf16,
 }
 
 /// Binary operations.

@@ -58,6 +58,8 @@ fn expr_text(e: &Expr, m: &Module, k: &Kernel) -> String {
                 UnOp::Tanh => "tanh",
                 UnOp::Sigmoid => "sigmoid",
                 UnOp::Erf => "erf",
+                UnOp::RoundF16 => "round_f16",
+                UnOp::RoundBf16 => "round_bf16",
             };
             format!("{f}({})", expr_text(a, m, k))
         }
@@ -199,6 +201,7 @@ pub fn module_text(m: &Module) -> String {
             BufRole::GradInput(i) => format!("grad input {i}"),
             BufRole::GradParam(i) => format!("grad param {i}"),
             BufRole::Aux(i) => format!("aux {i}"),
+            BufRole::Kept(i) => format!("kept {i}"),
         };
         let _ = writeln!(s, "  buffer %{i} {}: f32[{}] {role}", b.name, b.len);
     }

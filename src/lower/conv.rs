@@ -40,7 +40,7 @@
 
 mod geom;
 
-use super::activation::{apply, is_elementwise, softmax_kernel};
+use super::activation::{is_elementwise, softmax_kernel};
 use super::dense::bias_backward;
 use super::Cx;
 use crate::error::{Error, Result};
@@ -182,12 +182,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, cv: &Conv) -> Result<()> {
         );
         let chans = vec![for_(clv, cg as u64, LoopKind::Serial, vec![update])];
         let taps = gm.guarded(cv, &t, &cv.kernel, &o, &t, chans);
-        let mut zval = load_local(acc, acc_at(bb_s, ff_s));
-        if let Some(bias) = bias {
-            zval = bin(BinOp::Add, zval, load(bias, f_of(ff_s)));
-        }
-        let value =
-            apply(&act, zval).ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        let value = super::mixed::epilogue(
+            cx.compute,
+            load_local(acc, acc_at(bb_s, ff_s)),
+            bias.map(|b| load(b, f_of(ff_s))),
+            &act,
+        )
+        .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
         let store = tile(
             bb_s,
             ff_s,

@@ -12,7 +12,7 @@
 //! tile (fresh variables). Bias and elementwise activations are fused into the store;
 //! softmax-like activations store into a temporary and run [`softmax_kernel`].
 
-use super::activation::{apply, is_elementwise, softmax_kernel};
+use super::activation::{is_elementwise, softmax_kernel};
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Dense, NodeId};
@@ -50,6 +50,8 @@ struct Plan {
     ukind: LoopKind,
     acc: LocalId,
     act: Activation,
+    /// Compute dtype the stores round to (see [`super::mixed`]).
+    compute: crate::graph::ComputeDtype,
 }
 
 impl Plan {
@@ -107,12 +109,13 @@ impl Plan {
                 ),
             },
         );
-        let mut z = load_local(self.acc, acc_at(r_s, u_s));
-        if let Some(bias) = self.bias {
-            z = bin(BinOp::Add, z, load(bias, unit(u_s)));
-        }
-        let value = apply(&self.act, z)
-            .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        let value = super::mixed::epilogue(
+            self.compute,
+            load_local(self.acc, acc_at(r_s, u_s)),
+            self.bias.map(|b| load(b, unit(u_s))),
+            &self.act,
+        )
+        .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
         let store = rows(
             r_s,
             u_s,
@@ -337,14 +340,13 @@ fn gemv(
         Stmt::Store {
             buf: z,
             index: Affine::var(pr).scale(units as i64).plus_term(pu, 1),
-            value: {
-                let mut v = load_local(acc, z0.clone());
-                if let Some(b) = bias {
-                    v = bin(BinOp::Add, v, load(b, Affine::var(pu)));
-                }
-                apply(act, v)
-                    .ok_or_else(|| Error::internal("softmax fused into a matrix-vector kernel"))?
-            },
+            value: super::mixed::epilogue(
+                cx.compute,
+                load_local(acc, z0.clone()),
+                bias.map(|b| load(b, Affine::var(pu))),
+                act,
+            )
+            .ok_or_else(|| Error::internal("softmax fused into a matrix-vector kernel"))?,
         },
     ];
     let _ = u;
@@ -392,6 +394,7 @@ fn tiled(
             LoopKind::Unroll(ut as u32)
         },
         acc: kb.local("acc", rt * ut),
+        compute: cx.compute,
         act: if elementwise {
             d.activation.clone()
         } else {

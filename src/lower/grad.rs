@@ -64,10 +64,28 @@ pub struct LoweredGrad {
     /// Training mode: `(node, batch mean, batch variance)` of each BatchNorm, in node
     /// order, written by phase 1.
     pub batch_stats: Vec<(NodeId, BufId, BufId)>,
+    /// Training mode: each activity-regularized layer, in node order (see
+    /// [`ActivityBufs`]).
+    pub activity: Vec<ActivityBufs>,
     /// The mode the program was lowered in.
     pub mode: Mode,
     /// Batch size the program is specialised to.
     pub batch: usize,
+}
+
+/// How a training program exposes an activity-regularized layer to the host: phase 1
+/// leaves the layer's post-activation output in `value` (its own buffer, role
+/// [`BufRole::Kept`], or the model output's); the host computes the penalty's gradient
+/// and binds it as cotangent `cotangent_index`, which phase 2 sums into the layer's
+/// output gradient with the consumers' contributions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityBufs {
+    /// The layer.
+    pub node: NodeId,
+    /// Its forward value after phase 1.
+    pub value: BufId,
+    /// The cotangent role index (`BufRole::Cotangent(cotangent_index)`, 1 and up).
+    pub cotangent_index: usize,
 }
 
 impl Cx<'_> {
@@ -251,12 +269,21 @@ pub fn lower_gradients_in(
     for (id, slot) in preact.iter_mut().enumerate() {
         match split_activation(&graph.nodes[id].op) {
             Some((linear, act)) => {
-                lower_linear(&mut cx, id, &linear)?;
+                super::mixed::with_policy(&mut cx, id, true, |cx| lower_linear(cx, id, &linear))?;
                 let z = cx.value(id)?;
                 let y = cx.output(id);
                 let n = &graph.nodes[id];
                 let name = format!("{}.activation", n.name);
-                activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, y);
+                match super::mixed::round_op(n.policy.compute) {
+                    // Mixed precision: the activation's result is rounded too.
+                    Some(op) => {
+                        let a = cx.temp(cot_len_of(&cx, id));
+                        activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, a);
+                        let len = cot_len_of(&cx, id);
+                        super::mixed::round_into(&mut cx, a, y, len, op, &format!("{name}.round"));
+                    }
+                    _ => activation::layer_kernel(&mut cx, &name, &act, &n.shape, z, y),
+                }
                 *slot = Some((z, act));
             }
             None => match (&graph.nodes[id].op, mode) {
@@ -268,7 +295,7 @@ pub fn lower_gradients_in(
                     let (mean, var) = norm_train::forward(&mut cx, id, bn)?;
                     batch_stats.push((id, mean, var));
                 }
-                _ => forward_node(&mut cx, id)?,
+                _ => super::mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?,
             },
         }
     }
@@ -280,6 +307,11 @@ pub fn lower_gradients_in(
     let cot_len = batch * graph.nodes[out].shape.iter().product::<usize>();
     let cot = cx.temp(cot_len);
     cx.grad_parts[out].push((cot - TENSOR_BASE) as TensorId);
+    let activity_parts = if mode == Mode::Training {
+        activity_cotangents(&mut cx)?
+    } else {
+        Vec::new()
+    };
     for id in (0..graph.nodes.len()).rev() {
         let node = &graph.nodes[id];
         if matches!(node.op, Op::Input) {
@@ -288,11 +320,29 @@ pub fn lower_gradients_in(
         let Some(mut dy) = cx.finish_grad(id) else {
             continue;
         };
+        let mixed = super::mixed::backward_round(&cx, id);
+        if let Some(op) = mixed {
+            // The cast of the gradient arriving from a consumer (idempotent when the
+            // consumer computes in the same dtype).
+            let len = cot_len_of(&cx, id);
+            dy = super::mixed::rounded_copy(&mut cx, dy, len, op, &node.name);
+        }
         if let Some((z, act)) = &preact[id] {
             let dz = cx.temp(cot_len_of(&cx, id));
             let y = cx.value(id)?;
             activation::backward_kernel(&mut cx, &node.name, act, &node.shape, *z, y, dy, dz);
             dy = dz;
+            if let Some(op) = mixed {
+                let len = cot_len_of(&cx, id);
+                super::mixed::round_into(
+                    &mut cx,
+                    dz,
+                    dz,
+                    len,
+                    op,
+                    &format!("{}.dz.round", node.name),
+                );
+            }
         }
         match &node.op {
             Op::Dropout { .. } if !cx.saved[id].is_empty() => {
@@ -301,11 +351,32 @@ pub fn lower_gradients_in(
             Op::BatchNorm(bn) if !cx.saved[id].is_empty() => {
                 norm_train::backward(&mut cx, id, bn, dy)?
             }
-            _ => backward_node(&mut cx, id, dy)?,
+            _ => super::mixed::with_policy_dz(&mut cx, id, false, Some(dy), |cx| {
+                backward_node(cx, id, dy)
+            })?,
         }
     }
     // Gradients of the inputs: their own buffers (a copy when the tensor is shared).
     let mut extra = vec![((cot - TENSOR_BASE) as TensorId, BufRole::Cotangent(0))];
+    // Activity penalties: the value the host reads (unless it is a model output) and
+    // the cotangent it binds.
+    let mut activity_slots = Vec::new(); // (node, index in `extra` or output k, cot index)
+    for (k, &(id, value, c)) in activity_parts.iter().enumerate() {
+        let output = graph
+            .outputs
+            .iter()
+            .position(|&o| cx.node_tensor[o] == Some(value));
+        let at = match output {
+            Some(o) => Err(o),
+            None => {
+                extra.push((value, BufRole::Kept(k)));
+                Ok(extra.len() - 1)
+            }
+        };
+        extra.push((c, BufRole::Cotangent(k + 1)));
+        activity_slots.push((id, at, k + 1));
+    }
+    let n_fixed = extra.len();
     for (i, &n) in graph.inputs.iter().enumerate() {
         let len = batch * graph.nodes[n].shape.iter().product::<usize>();
         let owned = match cx.grad_parts[n].as_slice() {
@@ -333,6 +404,22 @@ pub fn lower_gradients_in(
     }
     let dparam_bufs: Vec<BufId> = cx.dparam_bufs.iter().map(|d| d.0).collect();
     let (lowered, bufs) = plan(cx, &extra)?;
+    let activity = activity_slots
+        .into_iter()
+        .map(|(node, at, cotangent_index)| {
+            let value = match at {
+                Ok(i) => bufs.get(i).copied(),
+                Err(o) => lowered.output_bufs.get(o).copied(),
+            };
+            value
+                .map(|value| ActivityBufs {
+                    node,
+                    value,
+                    cotangent_index,
+                })
+                .ok_or_else(|| Error::internal("activity buffer missing"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut forward = lowered.module;
     let mut backward = forward.clone();
     backward.kernels = forward.kernels.split_off(n_forward);
@@ -344,13 +431,33 @@ pub fn lower_gradients_in(
         output_bufs: lowered.output_bufs,
         param_bufs: lowered.param_bufs,
         cotangent_buf: bufs[0],
-        dinput_bufs: bufs[1..].to_vec(),
+        dinput_bufs: bufs[n_fixed..].to_vec(),
         dparam_bufs,
         dropout_masks,
         batch_stats,
+        activity,
         mode,
         batch,
     })
+}
+
+/// For every activity-regularized layer: a cotangent tensor pushed first into the
+/// layer's output-gradient parts. Returns `(node, value tensor, cotangent tensor)`.
+fn activity_cotangents(cx: &mut Cx) -> Result<Vec<(NodeId, TensorId, TensorId)>> {
+    let graph = cx.graph;
+    let mut parts = Vec::new();
+    for (id, node) in graph.nodes.iter().enumerate() {
+        if node.op.activity_regularizer().is_none() {
+            continue;
+        }
+        let value = cx.node_tensor[id]
+            .ok_or_else(|| Error::internal(format!("node {id} has no forward value")))?;
+        let c = cx.temp(cot_len_of(cx, id));
+        let t = (c - TENSOR_BASE) as TensorId;
+        cx.grad_parts[id].push(t);
+        parts.push((id, value, t));
+    }
+    Ok(parts)
 }
 
 fn cot_len_of(cx: &Cx, node: NodeId) -> usize {

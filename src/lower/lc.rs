@@ -13,7 +13,7 @@
 //! The backward pass lives in `lc_backward.rs` (re-exported here as [`backward`]) and
 //! shares this file's geometry (`Geo`, `tap_pos`, `tap_loops`).
 
-use super::activation::{apply, is_elementwise, softmax_kernel};
+use super::activation::{is_elementwise, softmax_kernel};
 pub use super::lc_backward::backward;
 use super::Cx;
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ use crate::graph::geometry::lc_window_start;
 use crate::graph::infer::split_channels;
 use crate::graph::{DataFormat, LocallyConnected, NodeId, Padding};
 use crate::loop_ir::{
-    bin, fma, for_, load, load_local, Affine, BinOp, Expr, KernelBuilder, LoopKind, Stmt, Var,
+    fma, for_, load, load_local, Affine, Expr, KernelBuilder, LoopKind, Stmt, Var,
 };
 
 /// Products of the trailing sizes: `strides(v)[a] = Π v[a+1..]`.
@@ -347,12 +347,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                 f_of(ff_s).scale(g.p as i64).plus_affine(&p_aff),
             )
         };
-        let mut zval = load_local(acc, acc_at(bb_s, ff_s));
-        if let Some(bias) = bias {
-            zval = bin(BinOp::Add, zval, load(bias, bias_at.clone()));
-        }
-        let value =
-            apply(&act, zval).ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        let value = super::mixed::epilogue(
+            cx.compute,
+            load_local(acc, acc_at(bb_s, ff_s)),
+            bias.map(|b| load(b, bias_at.clone())),
+            &act,
+        )
+        .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
         let store = for_(
             bb_s,
             tb as u64,
@@ -480,12 +481,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
                 vec![for_(fb, (g.f / ft) as u64, LoopKind::Serial, per_tile)],
             )];
             let red = tap_loops(l, &g, &o, &t, g.rank, red);
-            let mut zv = load(z, with(&y_at, fo, bb_s, ff_s));
-            if let Some(bias) = bias {
-                zv = bin(BinOp::Add, zv, load(bias, with(&bias_at, fo, bb_s, ff_s)));
-            }
-            let fin = apply(&act, zv)
-                .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+            let fin = super::mixed::epilogue(
+                cx.compute,
+                load(z, with(&y_at, fo, bb_s, ff_s)),
+                bias.map(|b| load(b, with(&bias_at, fo, bb_s, ff_s))),
+                &act,
+            )
+            .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
             let finish = for_(
                 fo,
                 (g.f / ft) as u64,

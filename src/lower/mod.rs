@@ -21,6 +21,7 @@ pub mod grad;
 pub mod lc;
 mod lc_backward;
 pub mod merge;
+pub mod mixed;
 pub mod norm;
 pub mod norm_train;
 pub mod pool;
@@ -72,6 +73,11 @@ pub struct Cx<'g> {
     /// Training programs: gradients of the model inputs are not needed (nothing learns
     /// them), so layers reading a model input skip their `dx`.
     skip_input_grads: bool,
+    /// The compute dtype of the layer being lowered forward (see [`mixed`]): the dtype
+    /// its stores round to.
+    compute: crate::graph::ComputeDtype,
+    /// Rounded copies made by [`mixed::with_policy`]: `(source buffer, op, tensor)`.
+    rounded: Vec<(BufId, crate::loop_ir::UnOp, TensorId)>,
 }
 
 /// How a lowered layer refers to a tensor before slots are assigned: tensor ids are
@@ -147,7 +153,7 @@ impl<'g> Cx<'g> {
 pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
     let mut cx = Cx::new(graph, batch)?;
     for id in 0..graph.nodes.len() {
-        forward_node(&mut cx, id)?;
+        mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
     }
     let (lowered, _) = plan(cx, &[])?;
     Ok(lowered)
@@ -184,6 +190,8 @@ impl<'g> Cx<'g> {
             dparam_bufs: Vec::new(),
             saved: vec![Vec::new(); graph.nodes.len()],
             skip_input_grads: false,
+            compute: crate::graph::ComputeDtype::Float32,
+            rounded: Vec::new(),
         })
     }
 }
@@ -277,6 +285,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
                     BufRole::Input(i) => format!("x{i}"),
                     BufRole::Cotangent(i) => format!("dy{i}"),
                     BufRole::GradInput(i) => format!("dx{i}"),
+                    BufRole::Kept(i) => format!("kept{i}"),
                     _ => format!("y{}", output_bufs.len()),
                 },
                 len: tensor_len[t],

@@ -52,7 +52,7 @@ pub fn gradients(
     let values = forward_values(graph, batch, inputs, &mut |_, node, xs| {
         run_node(graph, params, node, xs)
     })?;
-    reverse(graph, params, &values, &[], dy)
+    reverse(graph, params, &values, &[], dy, &[])
 }
 
 /// How [`forward_values`] computes a non-input node: `(id, node, its inputs' values)` →
@@ -100,13 +100,16 @@ pub(super) fn forward_values(
 /// The reverse sweep from `dy` (the gradient of the first output) given every node's
 /// forward value; `recorded[id]` (missing entries: nothing) is what a training-mode
 /// forward pass kept for node `id` (batch statistics, a Dropout mask). Returns
-/// `(d inputs, d params)` as [`gradients`].
+/// `(d inputs, d params)` as [`gradients`]. `extra` adds further gradients of node
+/// outputs (activity-regularization penalties, see [`super::activity`]): each is summed
+/// into its node's output gradient before the consumers' contributions.
 pub(super) fn reverse(
     graph: &Graph,
     params: &[ArrayD<f32>],
     values: &[ArrayD<f32>],
     recorded: &[Recorded],
     dy: &ArrayD<f32>,
+    extra: &[(NodeId, ArrayD<f32>)],
 ) -> Result<Gradients> {
     let &out = graph.outputs.first().ok_or_else(|| Error::Input {
         detail: "the model has no outputs".into(),
@@ -125,7 +128,21 @@ pub(super) fn reverse(
     }
 
     let mut grads: Vec<Option<ArrayD<f32>>> = vec![None; graph.nodes.len()];
-    grads[out] = Some(dy.as_standard_layout().into_owned());
+    for (id, g) in extra {
+        let node = graph
+            .nodes
+            .get(*id)
+            .ok_or_else(|| Error::internal(format!("extra gradient of unknown node {id}")))?;
+        if values.get(*id).map(|v| v.shape()) != Some(g.shape()) {
+            return Err(internal(node, "extra output gradient has a wrong shape"));
+        }
+        accumulate(&mut grads[*id], g.clone(), node)?;
+    }
+    accumulate(
+        &mut grads[out],
+        dy.as_standard_layout().into_owned(),
+        &graph.nodes[out],
+    )?;
     let mut dparams: Vec<ArrayD<f32>> = graph
         .params
         .iter()

@@ -19,6 +19,7 @@
 
 pub mod activation;
 pub mod activation_grad;
+pub mod activity;
 pub mod backward;
 mod conv;
 mod conv_grad;

@@ -14,17 +14,24 @@
 //! Every other layer runs as in [`super::forward`]. [`forward_training`] keeps every
 //! node's output and what those two layers need, so that [`TrainingPass::gradients`]
 //! runs the shared reverse sweep of [`super::backward`] once the loss gradient is known.
+//! Activity regularizers: [`TrainingPass::activity_penalties`] gives the step's penalty
+//! and each regularized layer's output gradient ([`super::activity`]), which
+//! [`TrainingPass::gradients_with`] sums into the sweep.
 //! The moving-statistic updates are returned, not applied: they are non-trainable
 //! parameters that the caller assigns after the optimizer step.
 
+use super::activity::{penalty_array, regularized_nodes, ActivityScale};
 use super::backward::{forward_values, param_id, reverse, Gradients};
 use super::dropout::dropout_mask;
 use super::norm::{moments, moving_averages, normalize, uses_fused_kernel, Moments};
 use super::{check_graph, check_inputs, check_params, internal, param, run_node};
 use crate::error::Result;
-use crate::graph::{Graph, Node, Op, ParamId};
+use crate::graph::{Graph, Node, NodeId, Op, ParamId};
 use crate::init::Rng;
 use ndarray::ArrayD;
+
+/// `(node, d loss / d node output)` pairs summed into a reverse sweep.
+pub type OutputGrads = Vec<(NodeId, ArrayD<f32>)>;
 
 /// What a training-mode forward pass keeps for a node's backward pass.
 #[derive(Clone, Debug)]
@@ -99,7 +106,49 @@ impl TrainingPass<'_> {
     ///
     /// Errors: [`Error::Input`](crate::Error::Input) when `dy` does not have the shape of the first output.
     pub fn gradients(&self, dy: &ArrayD<f32>) -> Result<Gradients> {
-        reverse(self.graph, self.params, &self.values, &self.recorded, dy)
+        self.gradients_with(dy, &[])
+    }
+
+    /// [`Self::gradients`] with further gradients of node outputs summed into the
+    /// sweep: `extra` holds `(node, d loss / d output)` pairs, e.g. the activity
+    /// penalties of [`Self::activity_penalties`].
+    pub fn gradients_with(
+        &self,
+        dy: &ArrayD<f32>,
+        extra: &[(NodeId, ArrayD<f32>)],
+    ) -> Result<Gradients> {
+        reverse(
+            self.graph,
+            self.params,
+            &self.values,
+            &self.recorded,
+            dy,
+            extra,
+        )
+    }
+
+    /// The training-mode output of node `id`.
+    pub fn value(&self, id: NodeId) -> Option<&ArrayD<f32>> {
+        self.values.get(id)
+    }
+
+    /// The activity-regularization penalty of this pass (the sum over every layer with
+    /// an `activity_regularizer`, on its post-activation output, scaled as `scale` says)
+    /// and each such layer's output gradient, for [`Self::gradients_with`].
+    pub fn activity_penalties(&self, scale: ActivityScale) -> Result<(f64, OutputGrads)> {
+        let mut total = 0.0;
+        let mut grads = Vec::new();
+        for (id, reg) in regularized_nodes(self.graph) {
+            let y = self
+                .values
+                .get(id)
+                .ok_or_else(|| crate::Error::internal(format!("node {id} was not computed")))?;
+            let batch = y.shape().first().copied().unwrap_or(0);
+            let (v, g) = penalty_array(reg, y, scale.divisor(batch));
+            total += v;
+            grads.push((id, g));
+        }
+        Ok((total, grads))
     }
 
     /// The new values of the non-trainable parameters this step updates (BatchNorm

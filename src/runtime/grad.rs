@@ -43,6 +43,11 @@ pub struct GradRun {
     /// Training mode: new values of non-trainable parameters (BatchNorm moving
     /// statistics), in node order; empty in inference mode.
     pub updates: Vec<(crate::graph::ParamId, ArrayD<f32>)>,
+    /// Training mode: the activity-regularization penalty of the step (every layer's
+    /// `activity_regularizer` on its output, scaled by the model's dialect, see
+    /// [`reference::activity`]), whose gradient the backward pass included; 0 in
+    /// inference mode.
+    pub activity_loss: f64,
 }
 
 impl CompiledModel {
@@ -212,6 +217,7 @@ impl CompiledModel {
             }
             Ok(())
         };
+        let scale = reference::activity::ActivityScale::of(self.model.dialect());
         if self.opts.engine == Engine::Reference {
             if let Some(rng) = rng {
                 let pass = reference::train::forward_training(graph, params, inputs, rng)?;
@@ -220,12 +226,14 @@ impl CompiledModel {
                     .collect();
                 let dy = cotangent(&outputs)?;
                 check_dy(&dy)?;
-                let (dinputs, dparams) = pass.gradients(&dy)?;
+                let (activity_loss, extra) = pass.activity_penalties(scale)?;
+                let (dinputs, dparams) = pass.gradients_with(&dy, &extra)?;
                 return Ok(GradRun {
                     outputs,
                     dinputs,
                     dparams,
                     updates: pass.into_updates(),
+                    activity_loss,
                 });
             }
             let outputs = reference::forward(graph, params, inputs)?;
@@ -237,6 +245,7 @@ impl CompiledModel {
                 dinputs,
                 dparams,
                 updates: Vec::new(),
+                activity_loss: 0.0,
             });
         }
         let mode = if rng.is_some() {
@@ -265,13 +274,13 @@ impl CompiledModel {
                 .ok_or_else(|| Error::internal("gradient buffer missing"))?;
             ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::internal(e.to_string()))
         };
-        // Phase 1 does not read the cotangent; its buffer is bound to zeros.
-        let cot_len = l.forward.buffers[l.cotangent_buf as usize].len;
-        let unused = vec![0.0f32; cot_len];
+        // Phase 1 does not read the cotangents; their buffers are bound to zeros.
+        let unused = unused_cotangents(&l.forward);
+        let unused_refs: Vec<&[f32]> = unused.iter().map(Vec::as_slice).collect();
         let bind = Bind {
             inputs: &inputs_flat,
             params: &params_flat,
-            cotangents: &[&unused],
+            cotangents: &unused_refs,
             aux: &aux,
         };
         execute(native_f, &l.forward, &bind, &mut owned, self.opts.threads)?;
@@ -285,7 +294,29 @@ impl CompiledModel {
         let dy = cotangent(&outputs)?;
         check_dy(&dy)?;
         let dy_flat = flat(&dy);
-        let cot = [&*dy_flat];
+        let mut activity_loss = 0.0;
+        let mut penalties = Vec::with_capacity(l.activity.len());
+        for a in &l.activity {
+            let y = owned
+                .get(writable_index(&l.forward, a.value))
+                .ok_or_else(|| Error::internal("activity value buffer missing"))?;
+            let reg = graph.nodes[a.node]
+                .op
+                .activity_regularizer()
+                .ok_or_else(|| Error::internal("activity buffers of an unregularized layer"))?;
+            let n = batch * graph.nodes[a.node].shape.iter().product::<usize>();
+            let (v, g) =
+                reference::activity::penalty(reg, y.get(..n).unwrap_or(y), scale.divisor(batch));
+            activity_loss += v;
+            penalties.push((a.cotangent_index, g));
+        }
+        let mut cot: Vec<&[f32]> = vec![&*dy_flat];
+        for (k, g) in &penalties {
+            if *k != cot.len() {
+                return Err(Error::internal("activity cotangents out of order"));
+            }
+            cot.push(g);
+        }
         let bind = Bind {
             inputs: &inputs_flat,
             params: &params_flat,
@@ -320,8 +351,23 @@ impl CompiledModel {
             dinputs,
             dparams,
             updates,
+            activity_loss,
         })
     }
+}
+
+/// Zeros for every cotangent buffer of `m`, by cotangent index (phase 1 reads none).
+fn unused_cotangents(m: &crate::loop_ir::Module) -> Vec<Vec<f32>> {
+    let mut out: Vec<Vec<f32>> = Vec::new();
+    for b in &m.buffers {
+        if let crate::loop_ir::BufRole::Cotangent(i) = b.role {
+            if out.len() <= i {
+                out.resize(i + 1, Vec::new());
+            }
+            out[i] = vec![0.0; b.len];
+        }
+    }
+    out
 }
 
 /// The dropout masks of a training step, drawn node by node from `rng` exactly as

@@ -9,7 +9,11 @@
 //! compiled once per batch size (the last partial batch of an epoch gets its own), in
 //! training mode: Dropout masks come from the same seeded generator, drawn in the same
 //! order, as the reference trainer's, and BatchNorm normalizes with batch statistics
-//! whose moving averages the step returns as updates.
+//! whose moving averages the step returns as updates. Activity penalties (see
+//! [`crate::reference::activity`]) are added to the step's loss by the gradient run,
+//! except the output layer's when the loss is computed from logits: that one is on the
+//! activated output, so the loss closure adds it and its gradient through the
+//! activation.
 
 use super::callbacks::Callback;
 use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
@@ -43,10 +47,20 @@ pub fn fit_compiled(
     let graph = model.graph().clone();
     check_trainable(&graph)?;
     let (kind, logits) = logits_graph(&graph);
-    let (step_graph, step_loss, on_logits) = match loss.for_output_activation(kind) {
+    let (mut step_graph, step_loss, on_logits) = match loss.for_output_activation(kind) {
         Some(l) => (logits, l, true),
         None => (graph.clone(), loss.clone(), false),
     };
+    // The step graph's output is the logits; an activity penalty of the output layer is
+    // on its activated output, so the loss closure adds it (`output_activity`).
+    let output_activity = match (on_logits, graph.outputs.first()) {
+        (true, Some(&out)) => step_graph.nodes[out]
+            .op
+            .activity_regularizer_mut()
+            .and_then(Option::take),
+        _ => None,
+    };
+    let scale = crate::reference::activity::ActivityScale::of(model.dialect());
     let want_metrics = !opts.metrics.is_empty();
     let copts = CompileOptions {
         max_batch: opts.batch_size.max(1),
@@ -69,13 +83,23 @@ pub fn fit_compiled(
             let z = outs
                 .first()
                 .ok_or_else(|| Error::internal("model produced no output"))?;
-            let (v, dz) = step_loss.value_and_grad(y, z)?;
+            let (v, mut dz) = step_loss.value_and_grad(y, z)?;
             value = v;
-            y_pred = want_metrics.then(|| predictions(kind, on_logits, z));
+            let yp = (want_metrics || output_activity.is_some())
+                .then(|| predictions(kind, on_logits, z));
+            if let (Some(reg), Some(yp)) = (output_activity, &yp) {
+                use crate::reference::activity::{penalty_array, through_output_activation};
+                let b = z.shape().first().copied().unwrap_or(0);
+                let (pv, gy) = penalty_array(reg, yp, scale.divisor(b));
+                let softmax = kind == super::loss::OutputActivation::Softmax;
+                dz = dz + through_output_activation(softmax, yp, &gy);
+                value += pv;
+            }
+            y_pred = if want_metrics { yp } else { None };
             Ok(dz)
         })?;
         Ok(StepOutput {
-            loss: value,
+            loss: value + run.activity_loss,
             grads: extended.grads(run.dparams),
             y_pred,
             updates: run.updates,

@@ -14,7 +14,7 @@
 //! mask, but Keras's own masks (TF's Philox streams) are not reproduced. The history loss
 //! is the training-mode loss, as Keras's; validation and predictions run in inference mode
 //! (moving statistics, no Dropout). Not supported (a clear error, never a silent
-//! difference): activity regularizers and multi-output models.
+//! difference): multi-output models.
 
 use super::callbacks::Callback;
 use super::fit::{FitOptions, History};
@@ -26,32 +26,14 @@ use crate::model::Model;
 use crate::runtime::{CompileOptions, Engine};
 use ndarray::ArrayD;
 
-fn unsupported(layer: &str, what: &str) -> Error {
-    Error::Usage {
-        detail: format!(
-            "layer '{layer}': training with {what} is not supported yet (inference, gradients and conversion are)"
-        ),
-    }
-}
-
 /// Checks that the reference training step can train `graph` as Keras would (exactly,
-/// except for Dropout masks: same distribution, another random stream).
+/// except for Dropout masks: same distribution, another random stream). Activity
+/// regularizers train on every engine (see [`crate::reference::activity`]).
 pub fn check_trainable(graph: &Graph) -> Result<()> {
     if graph.inputs.len() != 1 || graph.outputs.len() != 1 {
         return Err(Error::Usage {
             detail: "training needs a model with one input and one output".into(),
         });
-    }
-    for n in &graph.nodes {
-        let activity = match &n.op {
-            Op::LocallyConnected(l) => l.options.activity_regularizer.is_some(),
-            Op::Dense(d) => d.options.activity_regularizer.is_some(),
-            Op::Conv(c) => c.options.activity_regularizer.is_some(),
-            _ => false,
-        };
-        if activity {
-            return Err(unsupported(&n.name, "an activity regularizer"));
-        }
     }
     Ok(())
 }

@@ -47,6 +47,8 @@ impl<'f> Emitter<'_, 'f> {
                     UnOp::Tanh => fx.tanh(a),
                     UnOp::Sigmoid => fx.sigmoid(a),
                     UnOp::Erf => fx.erf(a),
+                    UnOp::RoundF16 => fx.round_f16(a),
+                    UnOp::RoundBf16 => fx.round_bf16(a),
                 }
             }
             Expr::Binary(op, a, b) => {

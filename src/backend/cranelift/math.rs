@@ -287,6 +287,64 @@ impl Fx<'_, '_> {
         self.sel(FloatCC::LessThan, x, zero, nt, t)
     }
 
+    /// The i32 bits of a float value (lane-wise for vectors).
+    fn bits(&mut self, x: Value) -> Value {
+        let ity = self.ity();
+        self.b.ins().bitcast(ity, MemFlagsData::new(), x)
+    }
+
+    /// The float whose bits are `u`.
+    fn float_of_bits(&mut self, u: Value) -> Value {
+        let fty = self.fty();
+        self.b.ins().bitcast(fty, MemFlagsData::new(), u)
+    }
+
+    /// `u + add + ((u >> shift) & 1)` with the low `shift` bits cleared: round to
+    /// nearest even on the bit pattern (wrapping, as the Rust code).
+    fn round_bits(&mut self, u: Value, shift: i64, add: i32) -> Value {
+        let s = self.sh(shift);
+        let lsb = self.b.ins().ushr(u, s);
+        let one = self.ik(1);
+        let lsb = self.b.ins().band(lsb, one);
+        let k = self.ik(add);
+        let t = self.b.ins().iadd(u, k);
+        let t = self.b.ins().iadd(t, lsb);
+        let mask = self.ik(!((1i32 << shift) - 1));
+        self.b.ins().band(t, mask)
+    }
+
+    /// `loop_ir::math::round_f16`, the branches as selects.
+    pub fn round_f16(&mut self, x: Value) -> Value {
+        let u = self.bits(x);
+        let sign_mask = self.ik(i32::MIN);
+        let sign = self.b.ins().band(u, sign_mask);
+        let a = self.abs(x);
+        let normal = self.round_bits(u, 13, 0x0FFF);
+        let normal = self.float_of_bits(normal);
+        let k = self.k(0.75);
+        let t = self.add(a, k);
+        let t = self.sub(t, k);
+        let tb = self.bits(t);
+        let sub = self.b.ins().bor(tb, sign);
+        let sub = self.float_of_bits(sub);
+        let min_normal = self.k(crate::loop_ir::math::F16_MIN_NORMAL);
+        let r = self.sel(FloatCC::LessThan, a, min_normal, sub, normal);
+        let inf = self.ik(0x7F80_0000);
+        let inf = self.b.ins().bor(inf, sign);
+        let inf = self.float_of_bits(inf);
+        let big = self.k(crate::loop_ir::math::F16_OVERFLOW);
+        let r = self.sel(FloatCC::GreaterThanOrEqual, a, big, inf, r);
+        self.sel(FloatCC::Unordered, x, x, x, r)
+    }
+
+    /// `loop_ir::math::round_bf16`.
+    pub fn round_bf16(&mut self, x: Value) -> Value {
+        let u = self.bits(x);
+        let r = self.round_bits(u, 16, 0x7FFF);
+        let r = self.float_of_bits(r);
+        self.sel(FloatCC::Unordered, x, x, x, r)
+    }
+
     /// `loop_ir::math::sigmoid`.
     pub fn sigmoid(&mut self, x: Value) -> Value {
         let nx = self.neg(x);

@@ -455,6 +455,8 @@ fn every_op_scalar_and_vector() {
         UnOp::Tanh,
         UnOp::Sigmoid,
         UnOp::Erf,
+        UnOp::RoundF16,
+        UnOp::RoundBf16,
     ];
     let binops = [
         BinOp::Add,
