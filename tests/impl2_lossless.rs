@@ -391,7 +391,11 @@ fn impl2_regularized_constrained_training_matches_tf_keras() {
             let mut model = loaded.clone();
             let h = train(&mut model, &case, 3, 4, engine);
             let he = history_error(&case, &h.loss());
-            assert!(he <= 1e-4, "{what}: history off by {he:.2e}: {:?}", h.loss());
+            assert!(
+                he <= 1e-4,
+                "{what}: history off by {he:.2e}: {:?}",
+                h.loss()
+            );
             let (we, key) = weight_error(&model, &case.join("after.npz"));
             assert!(we <= 1e-3, "{what}: {key} off by {we:.2e}");
             eprintln!("{what}: history {he:.2e}, weights {we:.2e} ({key})");

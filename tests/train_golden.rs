@@ -18,6 +18,7 @@
 //! case with Dropout is then held to the band).
 
 use lcjit::graph::Op;
+use lcjit::model::canonical_weight_name;
 use lcjit::train::{fit_compiled, parse_training_config, FitOptions, History, Optimizer};
 use lcjit::{io, CompileOptions, Engine, Model};
 use std::path::{Path, PathBuf};
@@ -46,11 +47,22 @@ fn bundled_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-golden")
 }
 
-/// The bundled cases, or `LCJIT_GOLDEN_DIR` (another set of the same kind).
-fn golden_root() -> PathBuf {
-    std::env::var_os("LCJIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(bundled_root)
+/// Whether `LCJIT_GOLDEN_DIR` replaces the bundled sets.
+fn overridden() -> bool {
+    std::env::var_os("LCJIT_GOLDEN_DIR").is_some()
+}
+
+/// The bundled sets (`keras-golden`, and `keras-grid`: models built as tf-keras's own
+/// unit tests build these layers), or `LCJIT_GOLDEN_DIR` (another set of the same kind).
+fn golden_roots() -> Vec<PathBuf> {
+    match std::env::var_os("LCJIT_GOLDEN_DIR") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => vec![bundled_root(), grid_root()],
+    }
+}
+
+fn grid_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-grid")
 }
 
 fn opts(seed: u64) -> FitOptions {
@@ -112,9 +124,9 @@ struct Errors {
     moving: f64,
 }
 
-/// The errors of a trained case; weights are compared in canonical layout
-/// (implementation-2 kernels carry masked entries that Keras stores, random and never
-/// updated, and lcjit does not have).
+/// The errors of a trained case; weights are compared in the Keras layout of the file
+/// (implementation-2 kernels with their masked entries, which Keras's regularizers and
+/// constraints change and lcjit keeps beside the canonical kernel).
 fn errors(case: &Path, model: &Model, history: &History) -> Errors {
     let want_h = io::read_npy(&case.join("history.npy")).expect("history");
     let scale = want_h.iter().fold(1f64, |m, &v| m.max((v as f64).abs()));
@@ -134,28 +146,40 @@ fn errors(case: &Path, model: &Model, history: &History) -> Errors {
             .fold(0f64, f64::max)
     };
     let after = io::read_weights_npz(&case.join("after.npz")).expect("after.npz");
-    let mut expected = model.clone();
-    expected
-        .set_keras_weights(&after, "after.npz")
-        .expect("after.npz fits the model");
+    let ours = model.keras_weights().expect("keras weights");
     let mut err = Errors {
         history: h_err,
         ..Errors::default()
     };
-    for (pid, (g, w)) in model.params().iter().zip(expected.params()).enumerate() {
-        let s = w.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let e = g
-            .iter()
-            .zip(w.iter())
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let e = f64::from(e / s);
-        if model.graph().params[pid].name.starts_with("moving_") {
-            err.moving = err.moving.max(e);
-        }
-        if e > err.weights || e.is_nan() {
-            let spec = &model.graph().params[pid];
-            let layer = &model.graph().nodes[spec.node].name;
-            (err.weights, err.worst) = (e, format!("{layer}/{}", spec.name));
+    for layer in &ours.layers {
+        for (wname, g) in &layer.weights {
+            let want = after
+                .layers
+                .iter()
+                .find(|l| l.layer == layer.layer)
+                .and_then(|l| {
+                    l.weights
+                        .iter()
+                        .find(|(n, _)| canonical_weight_name(n, &l.layer) == *wname)
+                });
+            let key = format!("{}/{wname}", layer.layer);
+            let e = match want {
+                Some((_, w)) if w.shape() == g.shape() => {
+                    let s = w.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    let e = g
+                        .iter()
+                        .zip(w.iter())
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    f64::from(e / s)
+                }
+                _ => f64::INFINITY, // missing from after.npz or another shape
+            };
+            if wname.starts_with("moving_") {
+                err.moving = err.moving.max(e);
+            }
+            if e > err.weights || e.is_nan() {
+                (err.weights, err.worst) = (e, key);
+            }
         }
     }
     err
@@ -171,9 +195,9 @@ fn has_dropout(model: &Model) -> bool {
 
 #[test]
 fn golden_training_cases_match_keras() {
-    let root = golden_root();
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .expect("golden dir")
+    let mut cases: Vec<_> = golden_roots()
+        .iter()
+        .flat_map(|r| std::fs::read_dir(r).expect("golden dir"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("compiled.h5").exists())
         .collect();
@@ -202,8 +226,7 @@ fn golden_training_cases_match_keras() {
             e.history, e.weights, e.worst, e.moving
         );
         let dropout = has_dropout(&model);
-        if golden_root() == bundled_root() && dropout != DROPOUT_CASES.contains(&case_name.as_str())
-        {
+        if !overridden() && dropout != DROPOUT_CASES.contains(&case_name.as_str()) {
             failures.push(format!(
                 "{name}: Dropout in the model and DROPOUT_CASES disagree"
             ));
@@ -233,7 +256,7 @@ fn golden_training_cases_match_keras() {
         failures.join("\n")
     );
     assert_eq!(passed.len() + banded.len(), cases.len() * ENGINES.len());
-    if golden_root() == bundled_root() {
+    if !overridden() {
         assert_eq!(banded.len(), DROPOUT_CASES.len() * ENGINES.len());
         for bn in ["model_mini_genomics", "model_mini_jet"] {
             let n = passed.iter().filter(|l| l.starts_with(bn)).count();
@@ -279,19 +302,27 @@ fn dropout_training_is_deterministic_per_seed() {
 /// files and read back.
 #[test]
 fn golden_training_through_lcjit_fit() {
-    let root = bundled_root();
     let tmp = std::env::temp_dir().join(format!("lcjit-fit-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
     let mut checked = 0;
     let mut failures = Vec::new();
-    for name in [
-        "case_0000",
-        "case_0015",
-        "case_0105",
-        "model_mini_deepface",
-        "model_gpnet_like",
-        "model_mini_jet",
-    ] {
+    let (golden, grid) = (bundled_root(), grid_root());
+    let chosen = [
+        (&golden, "case_0000"),
+        (&golden, "case_0015"),
+        (&golden, "case_0105"),
+        (&golden, "model_mini_deepface"),
+        (&golden, "model_gpnet_like"),
+        (&golden, "model_mini_jet"),
+        // Built as tf-keras's unit tests build LC layers: implementation 2 with l2
+        // kernel, bias and activity regularizers; max_norm constraints; the
+        // implementation-equivalence model trained with RMSprop from logits.
+        (&grid, "lc1d_cl_valid_i2_reg"),
+        (&grid, "lc2d_cf_same_i2_reg"),
+        (&grid, "lc1d_cf_same_i2_maxnorm"),
+        (&grid, "impl_w6_cf_i2"),
+    ];
+    for (root, name) in chosen {
         let case = root.join(name);
         let (h, w) = (
             tmp.join(format!("{name}-h.npy")),
@@ -333,27 +364,35 @@ fn golden_training_through_lcjit_fit() {
         {
             failures.push(format!("{name}: history {got:?} vs {want:?}"));
         }
-        let mut ours = Model::load(case.join("compiled.h5")).expect("model");
-        ours.load_weights(&w).expect("our weights");
-        let mut keras = ours.clone();
-        keras
-            .load_weights(case.join("after.npz"))
-            .expect("after.npz");
-        for (a, b) in ours.params().iter().zip(keras.params()) {
+        // Every stored tensor in Keras layout (implementation-2 masked entries included).
+        let ours = io::read_npz(&w).expect("our weights");
+        let keras = io::read_npz(&case.join("after.npz")).expect("after.npz");
+        if ours.len() != keras.len() {
+            failures.push(format!(
+                "{name}: {} tensors, Keras has {}",
+                ours.len(),
+                keras.len()
+            ));
+        }
+        for (k, b) in &keras {
             let s = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            if a.iter()
-                .zip(b.iter())
-                .any(|(x, y)| (x - y).abs() > 1e-3 * s)
-            {
-                failures.push(format!("{name}: weights differ from after.npz"));
-                break;
+            match ours.iter().find(|(n, _)| n == k) {
+                Some((_, a)) if a.shape() == b.shape() => {
+                    if a.iter()
+                        .zip(b.iter())
+                        .any(|(x, y)| (x - y).abs() > 1e-3 * s)
+                    {
+                        failures.push(format!("{name}: {k} differs from after.npz"));
+                    }
+                }
+                _ => failures.push(format!("{name}: {k} missing or of another shape")),
             }
         }
         checked += 1;
     }
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(checked, 6);
+    assert_eq!(checked, chosen.len());
 }
 
 /// A model trained on the JIT and saved as `.h5` and `.keras` reloads in lcjit with the
