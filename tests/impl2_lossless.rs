@@ -390,7 +390,7 @@ fn impl2_regularized_constrained_training_matches_tf_keras() {
             let what = format!("{} ({})", name(&case), engine.name());
             let mut model = loaded.clone();
             let h = train(&mut model, &case, 3, 4, engine);
-            let he = history_error(&case, &h.loss());
+            let he = history_error(&case, h.loss());
             assert!(
                 he <= 1e-4,
                 "{what}: history off by {he:.2e}: {:?}",
