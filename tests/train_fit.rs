@@ -98,6 +98,7 @@ fn run_with(
             step: &mut step,
             predict: Some(&mut pred),
             save: None,
+            recycle: None,
         },
         callbacks,
     )
@@ -239,6 +240,7 @@ fn step_updates_assign_non_trainable_parameters() {
             step: &mut step,
             predict: None,
             save: None,
+            recycle: None,
         };
         fit(
             &mut params,

@@ -112,6 +112,12 @@ pub fn fit_compiled(
             .next()
             .ok_or_else(|| Error::internal("model produced no output"))
     };
+    // The gradient program's weight-sized outputs go back to its pool after the update
+    // (the off-mask gradients appended by `extended.grads` are dropped).
+    let mut recycle = |batch: usize, mut grads: Vec<ArrayD<f32>>| {
+        grads.truncate(n);
+        step_model.recycle_gradients(batch, grads);
+    };
     // The update runs compiled on the same engine (bitwise the host's result).
     let opts = &FitOptions {
         update: Some((compile.engine, compile.threads)),
@@ -139,6 +145,7 @@ pub fn fit_compiled(
             step: &mut step,
             predict: Some(&mut predict),
             save: Some(&mut save),
+            recycle: Some(&mut recycle),
         },
         callbacks,
     )?;

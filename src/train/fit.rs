@@ -111,7 +111,14 @@ pub struct StepFns<'c> {
     /// Writes the current weights to a file for callbacks ([`Control::save`]), when the
     /// trainer knows the model they belong to.
     pub save: Option<&'c mut SaveFn<'c>>,
+    /// Takes back a step's gradients once the update has used them, so the trainer can
+    /// reuse their weight-sized storage for the next step instead of allocating it anew
+    /// (e.g. [`crate::CompiledModel::recycle_gradients`]); `None` drops them.
+    pub recycle: Option<&'c mut RecycleFn<'c>>,
 }
+
+/// `(batch size, gradients)`: storage handed back after the optimizer step.
+pub type RecycleFn<'c> = dyn FnMut(usize, Vec<ArrayD<f32>>) + 'c;
 
 /// The mutable state callbacks act on, lent to them as a [`Control`].
 struct Run<'r, 'c> {
@@ -173,6 +180,7 @@ pub fn fit(
         step,
         mut predict,
         save,
+        mut recycle,
     } = fns;
     let steps = train_n.div_ceil(opts.batch_size);
     let mut run = Run {
@@ -206,10 +214,11 @@ pub fn fit(
             order: &order,
             size: opts.batch_size,
         };
-        let epoch_run = EpochRun {
+        let mut epoch_run = EpochRun {
             table,
             trainable: &trainable,
             opts,
+            recycle: recycle.as_deref_mut(),
         };
         let mut logs = epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut())?;
         if let Some((vx, vy)) = val {
@@ -266,17 +275,18 @@ impl Batches<'_> {
 }
 
 /// What one epoch of training reads.
-struct EpochRun<'e> {
+struct EpochRun<'e, 'c> {
     table: &'e ParamTable<'e>,
     trainable: &'e [bool],
     opts: &'e FitOptions,
+    recycle: Option<&'e mut RecycleFn<'c>>,
 }
 
-impl EpochRun<'_> {
+impl EpochRun<'_, '_> {
     /// Runs every batch (until a callback stops training) and returns the epoch's logs:
     /// the size-weighted mean loss and the metrics.
     fn train(
-        &self,
+        &mut self,
         run: &mut Run,
         batches: &Batches,
         step: &mut StepFn,
@@ -316,7 +326,7 @@ impl EpochRun<'_> {
 
     /// One training step on a batch; returns its loss with regularization.
     fn step(
-        &self,
+        &mut self,
         run: &mut Run,
         step: &mut StepFn,
         xb: &ArrayD<f32>,
@@ -350,12 +360,15 @@ impl EpochRun<'_> {
         for (pid, value) in out.updates {
             run.params[pid] = value;
         }
+        if let Some(r) = self.recycle.as_deref_mut() {
+            r(xb.shape()[0], grads);
+        }
         Ok(out.loss + reg)
     }
 }
 
-/// `model.evaluate` on `(vx, vy)` in batches: `loss` (data loss plus regularization,
-/// size-weighted over batches) and each metric.
+/// `model.evaluate` on `(vx, vy)` in batches ([`super::evaluate::evaluate_batches`]):
+/// `loss` (data loss plus regularization, size-weighted over batches) and each metric.
 fn validate(
     params: &[ArrayD<f32>],
     table: &ParamTable,
@@ -366,24 +379,19 @@ fn validate(
     predict: &mut PredictFn,
 ) -> Result<Logs> {
     let reg = table.regularize(params, None)?;
-    let (mut vsum, mut vcount) = (0f64, 0f64);
-    let mut states: Vec<MetricState> = opts.metrics.iter().map(|m| m.state()).collect();
-    let vn = vx.shape()[0];
-    for s in (0..vn).step_by(opts.batch_size) {
-        let r = s..(s + opts.batch_size).min(vn);
-        let xb = vx.slice_axis(Axis(0), r.clone().into()).to_owned();
-        let yb = vy.slice_axis(Axis(0), r.clone().into()).to_owned();
-        let yp = predict(params, &xb)?;
-        vsum += (loss.value(&yb, &yp)? + reg) * r.len() as f64;
-        vcount += r.len() as f64;
-        for st in states.iter_mut() {
-            st.update(&yb, &yp)?;
-        }
-    }
+    let mut at_params = |xb: &ArrayD<f32>| predict(params, xb);
+    let found = super::evaluate::evaluate_batches(
+        &mut at_params,
+        loss,
+        &opts.metrics,
+        vx,
+        vy,
+        opts.batch_size,
+        reg,
+    )?;
     let mut logs = Logs::new();
-    logs.set("loss", vsum / vcount);
-    for (m, st) in opts.metrics.iter().zip(&states) {
-        logs.set(m.name(), st.result());
+    for (k, v) in &found.0 {
+        logs.set(k, *v);
     }
     Ok(logs)
 }
