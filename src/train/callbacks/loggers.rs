@@ -191,31 +191,17 @@ mod tests {
 
     #[test]
     fn terminate_on_nan_looks_at_the_loss() {
-        let mut weights = vec![ndarray::ArrayD::zeros(ndarray::IxDyn(&[1]))];
-        let mut opt = super::super::test_util::sgd(0.1);
-        let (mut stop, mut warnings) = (None, Vec::new());
-        let params = super::super::FitParams {
-            epochs: 1,
-            steps: 3,
-            verbose: false,
-        };
-        let mut ctl = Control::new(
-            &mut weights,
-            &mut opt,
-            None,
-            &mut stop,
-            &mut warnings,
-            params,
-        );
-        let mut cb = TerminateOnNaN::new();
-        let mut logs = Logs::new();
-        logs.set("loss", 1.0);
-        logs.set("mae", f64::NAN);
-        cb.on_train_batch_end(0, &logs, &mut ctl).expect("batch");
-        assert!(!ctl.stop_requested(), "a NaN metric is not looked at");
-        logs.set("loss", f64::INFINITY);
-        cb.on_train_batch_end(1, &logs, &mut ctl).expect("batch");
-        assert!(ctl.stop_requested());
+        let stop = super::super::test_util::with_control(3, |ctl| {
+            let mut cb = TerminateOnNaN::new();
+            let mut logs = Logs::new();
+            logs.set("loss", 1.0);
+            logs.set("mae", f64::NAN);
+            cb.on_train_batch_end(0, &logs, ctl).expect("batch");
+            assert!(!ctl.stop_requested(), "a NaN metric is not looked at");
+            logs.set("loss", f64::INFINITY);
+            cb.on_train_batch_end(1, &logs, ctl).expect("batch");
+            assert!(ctl.stop_requested());
+        });
         assert!(stop.is_some_and(|s| s.contains("inf") && s.contains("batch 1")));
     }
 }

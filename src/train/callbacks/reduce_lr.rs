@@ -297,22 +297,8 @@ mod tests {
         let got: Vec<f64> = d.lrs.into_iter().map(|l| l.expect("lr")).collect();
         assert_eq!(got, vec![F, F, H, Q]);
         let mut bad = LearningRateScheduler::new(|_, _| f64::NAN);
-        let mut weights = vec![ndarray::ArrayD::zeros(ndarray::IxDyn(&[1]))];
-        let mut opt = super::super::test_util::sgd(0.1);
-        let (mut stop, mut warnings) = (None, Vec::new());
-        let params = super::super::FitParams {
-            epochs: 1,
-            steps: 1,
-            verbose: false,
-        };
-        let mut ctl = Control::new(
-            &mut weights,
-            &mut opt,
-            None,
-            &mut stop,
-            &mut warnings,
-            params,
-        );
-        assert!(bad.on_epoch_begin(0, &mut ctl).is_err());
+        super::super::test_util::with_control(1, |ctl| {
+            assert!(bad.on_epoch_begin(0, ctl).is_err());
+        });
     }
 }

@@ -84,3 +84,26 @@ pub(crate) fn drive(cb: &mut dyn Callback, key: &str, values: &[f64]) -> Driven 
         lrs,
     }
 }
+
+/// Calls `f` with a [`Control`] over a one-element weight and [`sgd`]`(0.1)`, for
+/// `steps` batches in one epoch; returns the stop reason `f` left, if any.
+pub(crate) fn with_control(steps: usize, f: impl FnOnce(&mut Control<'_>)) -> Option<String> {
+    let mut weights = vec![ArrayD::zeros(IxDyn(&[1]))];
+    let mut opt = sgd(0.1);
+    let (mut stop, mut warnings) = (None, Vec::new());
+    let params = FitParams {
+        epochs: 1,
+        steps,
+        verbose: false,
+    };
+    let mut ctl = Control::new(
+        &mut weights,
+        &mut opt,
+        None,
+        &mut stop,
+        &mut warnings,
+        params,
+    );
+    f(&mut ctl);
+    stop
+}
