@@ -76,7 +76,13 @@ fn run_with(
             updates: Vec::new(),
         })
     };
-    let mut pred = |p: &[ArrayD<f32>], x: &ArrayD<f32>| Ok(predict(p, x));
+    let mut pred = |p: &[ArrayD<f32>], x: &ArrayD<f32>| {
+        Ok(BatchOutput {
+            y_pred: predict(p, x),
+            logits: None,
+            activity_loss: 0.0,
+        })
+    };
     let opts = FitOptions {
         epochs,
         batch_size: batch,

@@ -16,6 +16,7 @@
 //! activation.
 
 use super::callbacks::Callback;
+use super::evaluate::{BatchOutput, Evaluator};
 use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
 use super::loss::Loss;
 use super::model_fit::{check_trainable, logits_graph, predictions};
@@ -67,7 +68,8 @@ pub fn fit_compiled(
         ..compile.clone()
     };
     let step_model = CompiledModel::new(Arc::new(model.with_graph(step_graph)?), copts.clone())?;
-    let predict_model = CompiledModel::new(Arc::new(model.clone()), copts)?;
+    // Validation as `evaluate` runs it: logits for cross-entropies, activity penalties.
+    let evaluator = Evaluator::new(model, &copts)?;
     // Graph parameters, then the off-mask entries training changes (see `off_mask`).
     let extended = OffMaskParams::new(model, &optimizer.config)?;
     let n = extended.graph_len();
@@ -105,13 +107,8 @@ pub fn fit_compiled(
             updates: run.updates,
         })
     };
-    let mut predict = |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<ArrayD<f32>> {
-        predict_model
-            .predict_with(&p[..n], std::slice::from_ref(x))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::internal("model produced no output"))
-    };
+    let mut predict =
+        |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<BatchOutput> { evaluator.batch(&p[..n], x) };
     // The gradient program's weight-sized outputs go back to its pool after the update
     // (the off-mask gradients appended by `extended.grads` are dropped).
     let mut recycle = |batch: usize, mut grads: Vec<ArrayD<f32>>| {

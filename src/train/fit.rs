@@ -28,6 +28,7 @@
 
 use super::callbacks::progbar::Progbar;
 use super::callbacks::{Callback, Control, FitParams, Logs, SaveFn};
+use super::evaluate::BatchOutput;
 use super::loss::Loss;
 use super::metrics::{Metric, MetricState};
 use super::optimizer::Optimizer;
@@ -99,8 +100,10 @@ pub struct StepOutput {
 pub type StepFn<'c> =
     dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput> + 'c;
 
-/// `(params, x) → predictions`, inference mode.
-pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<ArrayD<f32>> + 'c;
+/// `(params, x) → predictions` in inference mode, with the logits of a softmax/sigmoid
+/// output and the batch's activity penalty when the trainer has them (Keras's
+/// `test_step` computes cross-entropies from the logits and adds the activity losses).
+pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<BatchOutput> + 'c;
 
 /// The functions [`fit`] calls: the trainer's side of the loop.
 pub struct StepFns<'c> {
@@ -367,7 +370,7 @@ impl EpochRun<'_, '_> {
     }
 }
 
-/// `model.evaluate` on `(vx, vy)` in batches ([`super::evaluate::evaluate_batches`]):
+/// `model.evaluate` on `(vx, vy)` in batches ([`super::evaluate::evaluate_batches_with`]):
 /// `loss` (data loss plus regularization, size-weighted over batches) and each metric.
 fn validate(
     params: &[ArrayD<f32>],
@@ -380,7 +383,7 @@ fn validate(
 ) -> Result<Logs> {
     let reg = table.regularize(params, None)?;
     let mut at_params = |xb: &ArrayD<f32>| predict(params, xb);
-    let found = super::evaluate::evaluate_batches(
+    let found = super::evaluate::evaluate_batches_with(
         &mut at_params,
         loss,
         &opts.metrics,
