@@ -140,6 +140,13 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The user interrupted a run (Ctrl-C between training steps, seen by a callback);
+    /// `fit` keeps the weights of the last finished step.
+    #[error("interrupted: {detail}")]
+    Interrupted {
+        /// Where the run stopped.
+        detail: String,
+    },
 
     // ---- lcjit bugs ----------------------------------------------------------------------
     /// An internal invariant failed: a bug in lcjit, not in the input.

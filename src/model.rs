@@ -379,6 +379,13 @@ impl Model {
         self.training_config.as_ref()
     }
 
+    /// Replaces the training configuration (`training_config` of an `.h5`, the
+    /// `compile_config` of a `.keras`), e.g. after a `compile` that chose optimizer, loss
+    /// and metrics; `None` removes it.
+    pub fn set_training_config(&mut self, config: Option<serde_json::Value>) {
+        self.training_config = config;
+    }
+
     /// Which Keras dialect the configuration was written in.
     pub fn dialect(&self) -> Dialect {
         self.dialect

@@ -164,6 +164,20 @@ impl CompiledModel {
         self.stream(self.model.params(), inputs, layers, batch_size, sink)
     }
 
+    /// [`CompiledModel::predict_into`] with other values of the model's parameters
+    /// (canonical layout, one array per graph parameter): one compiled model serves a
+    /// model whose weights change (training, `set_weights`) without recompiling.
+    pub fn predict_into_with(
+        &self,
+        params: &[ArrayD<f32>],
+        inputs: &[ArrayViewD<'_, f32>],
+        layers: &[&str],
+        batch_size: usize,
+        sink: &mut dyn FnMut(&OutputBatch<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.stream(params, inputs, layers, batch_size, sink)
+    }
+
     /// Names and per-sample shapes of what [`CompiledModel::predict_outputs`] returns
     /// for `layers` (the model's outputs when empty), without running anything.
     pub fn output_shapes(&self, layers: &[&str]) -> Result<Vec<(String, Vec<usize>)>> {

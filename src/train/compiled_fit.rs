@@ -19,15 +19,14 @@ use super::callbacks::Callback;
 use super::evaluate::{BatchOutput, Evaluator};
 use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
 use super::loss::Loss;
-use super::model_fit::{check_trainable, logits_graph, predictions};
+use super::model_fit::check_trainable;
 use super::off_mask::OffMaskParams;
 use super::optimizer::Optimizer;
+use super::step::StepModel;
 use crate::error::{Error, Result};
-use crate::init::Rng;
 use crate::model::Model;
-use crate::runtime::{CompileOptions, CompiledModel};
+use crate::runtime::CompileOptions;
 use ndarray::ArrayD;
-use std::sync::Arc;
 
 /// Trains `model` in place as `model.fit(xs, ys, validation_data=validation,
 /// callbacks=callbacks, …)` does in tf-keras, on the engine of `compile` (the reference
@@ -45,67 +44,25 @@ pub fn fit_compiled(
     compile: &CompileOptions,
     callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
-    let graph = model.graph().clone();
-    check_trainable(&graph)?;
-    let (kind, logits) = logits_graph(&graph);
-    let (mut step_graph, step_loss, on_logits) = match loss.for_output_activation(kind) {
-        Some(l) => (logits, l, true),
-        None => (graph.clone(), loss.clone(), false),
-    };
-    // The step graph's output is the logits; an activity penalty of the output layer is
-    // on its activated output, so the loss closure adds it (`output_activity`).
-    let output_activity = match (on_logits, graph.outputs.first()) {
-        (true, Some(&out)) => step_graph.nodes[out]
-            .op
-            .activity_regularizer_mut()
-            .and_then(Option::take),
-        _ => None,
-    };
-    let scale = crate::reference::activity::ActivityScale::of(model.dialect());
-    let want_metrics = !opts.metrics.is_empty();
+    check_trainable(model.graph())?;
     let copts = CompileOptions {
         max_batch: opts.batch_size.max(1),
         ..compile.clone()
     };
-    let step_model = CompiledModel::new(Arc::new(model.with_graph(step_graph)?), copts.clone())?;
+    let mut step_model = StepModel::new(model, loss, &copts, opts.seed, !opts.metrics.is_empty())?;
     // Validation as `evaluate` runs it: logits for cross-entropies, activity penalties.
     let evaluator = Evaluator::new(model, &copts)?;
     // Graph parameters, then the off-mask entries training changes (see `off_mask`).
     let extended = OffMaskParams::new(model, &optimizer.config)?;
     let n = extended.graph_len();
     let mut params: Vec<ArrayD<f32>> = extended.params(model)?;
+    let graph = model.graph().clone();
     let table = extended.table(&graph);
-    // One generator for the whole fit, as the reference trainer: the same masks.
-    let mut rng = Rng::new(opts.seed);
+    let step_cell = std::cell::RefCell::new(&mut step_model);
     let mut step = |p: &[ArrayD<f32>], x: &ArrayD<f32>, y: &ArrayD<f32>| -> Result<StepOutput> {
-        let mut value = 0.0;
-        let mut y_pred = None;
-        let inputs = std::slice::from_ref(x);
-        let run = step_model.run_gradients_in(&p[..n], inputs, Some(&mut rng), &mut |outs| {
-            let z = outs
-                .first()
-                .ok_or_else(|| Error::internal("model produced no output"))?;
-            let (v, mut dz) = step_loss.value_and_grad(y, z)?;
-            value = v;
-            let yp = (want_metrics || output_activity.is_some())
-                .then(|| predictions(kind, on_logits, z));
-            if let (Some(reg), Some(yp)) = (output_activity, &yp) {
-                use crate::reference::activity::{penalty_array, through_output_activation};
-                let b = z.shape().first().copied().unwrap_or(0);
-                let (pv, gy) = penalty_array(reg, yp, scale.divisor(b));
-                let softmax = kind == super::loss::OutputActivation::Softmax;
-                dz = dz + through_output_activation(softmax, yp, &gy);
-                value += pv;
-            }
-            y_pred = if want_metrics { yp } else { None };
-            Ok(dz)
-        })?;
-        Ok(StepOutput {
-            loss: value + run.activity_loss,
-            grads: extended.grads(run.dparams),
-            y_pred,
-            updates: run.updates,
-        })
+        let mut out = step_cell.borrow_mut().step(&p[..n], x, y)?;
+        out.grads = extended.grads(std::mem::take(&mut out.grads));
+        Ok(out)
     };
     let mut predict =
         |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<BatchOutput> { evaluator.batch(&p[..n], x) };
@@ -113,23 +70,24 @@ pub fn fit_compiled(
     // (the off-mask gradients appended by `extended.grads` are dropped).
     let mut recycle = |batch: usize, mut grads: Vec<ArrayD<f32>>| {
         grads.truncate(n);
-        step_model.recycle_gradients(batch, grads);
+        step_cell.borrow().recycle(batch, grads);
     };
     // The update runs compiled on the same engine (bitwise the host's result).
     let opts = &FitOptions {
         update: Some((compile.engine, compile.threads)),
         ..opts.clone()
     };
-    let target = &mut *model;
+    let target = std::cell::RefCell::new(&mut *model);
     let mut save = |p: &[ArrayD<f32>], path: &std::path::Path, weights_only: bool| {
-        target.set_params(p.to_vec())?;
+        let mut target = target.borrow_mut();
+        target.set_params(p[..n].to_vec())?;
         if weights_only {
             target.save_weights(path)
         } else {
             target.save(path)
         }
     };
-    let history = fit(
+    let result = fit(
         &mut params,
         &table,
         optimizer,
@@ -145,7 +103,10 @@ pub fn fit_compiled(
             recycle: Some(&mut recycle),
         },
         callbacks,
-    )?;
-    extended.store(model, params)?;
-    Ok(history)
+    );
+    // An interruption comes between steps: keep the weights of the last finished one.
+    if matches!(result, Ok(_) | Err(Error::Interrupted { .. })) {
+        extended.store(&mut target.borrow_mut(), params)?;
+    }
+    result
 }

@@ -57,6 +57,9 @@ pub struct FitOptions {
     /// Print progress to stderr as Keras does: a bar per epoch on a terminal, one line
     /// per epoch elsewhere.
     pub verbose: bool,
+    /// With `verbose`: one line per epoch even on a terminal (Keras's `verbose=2`);
+    /// otherwise a redrawn bar on a terminal and one line per epoch elsewhere.
+    pub one_line: bool,
     /// Seed of the training-mode randomness the step draws (Dropout masks in
     /// [`super::fit_model`]); the fixed default makes runs reproducible.
     pub seed: u64,
@@ -75,6 +78,7 @@ impl Default for FitOptions {
             validation_split: 0.0,
             metrics: Vec::new(),
             verbose: false,
+            one_line: false,
             seed: 0,
             update: None,
         }
@@ -199,7 +203,7 @@ pub fn fit(
         },
     };
     let trainable = table.trainable();
-    let terminal = std::io::stderr().is_terminal();
+    let terminal = std::io::stderr().is_terminal() && !opts.one_line;
     let mut hist = History::new();
     let mut rng = opts.shuffle.map(SplitMix);
     let mut last = Logs::new();
@@ -455,6 +459,14 @@ fn check_validation(vx: &ArrayD<f32>, vy: &ArrayD<f32>) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The sample order of each of `epochs` epochs over `n` training samples, exactly as
+/// [`fit`] draws them with `shuffle: seed` (`None`: `0..n` every epoch): for custom and
+/// data-parallel loops that must see the batches `fit` sees.
+pub fn epoch_orders(n: usize, epochs: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
+    let mut rng = seed.map(SplitMix);
+    (0..epochs).map(|_| epoch_order(n, rng.as_mut())).collect()
 }
 
 /// The sample order of one epoch: `0..n`, shuffled when a generator is given.

@@ -26,6 +26,7 @@ mod opt_parts;
 pub mod optimizer;
 pub mod regularize;
 pub mod schedule;
+pub mod step;
 pub mod update;
 
 pub use callbacks::{
@@ -50,3 +51,4 @@ pub use off_mask::{regularization_loss, OffMaskParams};
 pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
 pub use regularize::{apply_constraint, regularization, ParamTable};
 pub use schedule::LearningRate;
+pub use step::{StepModel, Trainer};
