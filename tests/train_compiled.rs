@@ -45,6 +45,7 @@ fn train(
         validation_split: 0.2,
         metrics: Vec::new(),
         verbose: false,
+        one_line: false,
         seed: 0,
         update: None,
     };

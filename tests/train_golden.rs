@@ -73,6 +73,7 @@ fn opts(seed: u64) -> FitOptions {
         validation_split: 0.0,
         metrics: Vec::new(),
         verbose: false,
+        one_line: false,
         seed,
         update: None,
     }

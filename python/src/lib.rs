@@ -87,7 +87,7 @@ pub(crate) fn f32_array<'py>(
                 detail: format!("{what} is not convertible to a float32 array: {e}"),
             })
         })?;
-    Ok(converted.extract::<PyReadonlyArrayDyn<'py, f32>>()?)
+    converted.extract::<PyReadonlyArrayDyn<'py, f32>>()
 }
 
 /// An owned copy of an array-like as float32 (for data the trainer keeps).
