@@ -84,9 +84,11 @@ def test_two_threads_predict_concurrently(deepface):
             th.join()
         return time.perf_counter() - t
 
-    ratios = []
+    ratios, others = [], []
     for _ in range(3):
+        before = _busy()
         t1, t2 = one(), two()
+        others.append(_other_cores(before, _busy()))
         ratios.append(t2 / t1)
         (a0, a1, ya), (b0, b1, yb) = spans[0], spans[1]
         overlap = min(a1, b1) - max(a0, b0)
@@ -94,10 +96,25 @@ def test_two_threads_predict_concurrently(deepface):
         assert np.array_equal(ya, yb)
         if min(ratios) < 1.6:
             return
-    load = os.getloadavg()[0]
-    if load > 2.5:  # our two threads count for 2: someone else is using the cores
-        pytest.skip(f"machine busy (load {load:.1f}); wall-time ratios {ratios}")
-    pytest.fail(f"two threads took {min(ratios):.2f}x one thread's wall time (load {load:.1f})")
+    # The overlap above already shows the GIL is released; the wall-time bound needs
+    # both cores, so it is only enforced when no other process used them meanwhile.
+    if min(others) > 0.25:
+        pytest.skip(f"other processes used {min(others):.2f} cores; wall-time ratios {ratios}")
+    pytest.fail(f"two threads took {min(ratios):.2f}x one thread's wall time (others {others})")
+
+
+def _busy():
+    """(busy CPU seconds of the whole machine, of this process, wall time)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.perf_counter()
+
+
+def _other_cores(a, b):
+    """Cores used on average by other processes between two _busy() readings."""
+    return max(0.0, (b[0] - a[0]) - (b[1] - a[1])) / (b[2] - a[2])
 
 
 def test_fit_releases_the_gil():
