@@ -227,13 +227,23 @@ impl Model {
             .filter(|l| !l.weights.is_empty())
             .collect();
         // `.keras` archives name layer groups after their classes (`dense`, `dense_1`, …
-        // in model order), not after the layers; when no layer name matches, match by
-        // those class-derived keys, and as a last resort by order.
-        let by_name = file_layers
-            .iter()
-            .any(|l| self.graph.node_by_name(&l.layer).is_some());
+        // in model order), not after the layers, and their weights by index. An archive
+        // whose groups are all class-derived keys of this model is matched by those keys
+        // (a layer that happens to be called `dense` must not switch it to names: its
+        // other groups would then be "unknown layers"); otherwise groups are matched by
+        // layer name, and as a last resort by order.
         let class_keys = crate::save::archive_keys(&self.graph);
-        let by_class = !by_name && file_layers.iter().all(|l| class_keys.contains(&l.layer));
+        let archive = file_layers.iter().all(|l| {
+            l.weights
+                .iter()
+                .all(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        });
+        let all_class = file_layers.iter().all(|l| class_keys.contains(&l.layer));
+        let by_name = !(archive && all_class)
+            && file_layers
+                .iter()
+                .any(|l| self.graph.node_by_name(&l.layer).is_some());
+        let by_class = !by_name && all_class;
         for l in &file_layers {
             if by_name && self.graph.node_by_name(&l.layer).is_none() {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");

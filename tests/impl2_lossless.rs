@@ -186,7 +186,7 @@ fn fit_opts(epochs: usize, batch_size: usize) -> FitOptions {
         validation_split: 0.0,
         metrics: Vec::new(),
         verbose: false,
-        one_line: false,
+        progress: None,
         seed: 0,
         update: None,
     }

@@ -45,7 +45,7 @@ fn train(
         validation_split: 0.2,
         metrics: Vec::new(),
         verbose: false,
-        one_line: false,
+        progress: None,
         seed: 0,
         update: None,
     };

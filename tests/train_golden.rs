@@ -73,7 +73,7 @@ fn opts(seed: u64) -> FitOptions {
         validation_split: 0.0,
         metrics: Vec::new(),
         verbose: false,
-        one_line: false,
+        progress: None,
         seed,
         update: None,
     }

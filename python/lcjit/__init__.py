@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -104,6 +105,19 @@ def _serializable(value: Any, what: str) -> Any:
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__
     raise TypeError(f"{what} must be a Keras name or config dict, not {value!r}")
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _write_stdout(text: str) -> None:
+    """Where ``fit``'s progress display goes (looked up per call: redirections work)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 class History:
@@ -371,6 +385,9 @@ class Model(_NativeModel):
                 raise UsageError("validation_data: sample weights are not supported")
             vd = (validation_data[0], validation_data[1])
         self.stop_training = False
+        # Progress goes to sys.stdout as Keras prints it (a notebook shows it); a bar
+        # redrawn in place on a console or in a notebook, one line per epoch otherwise.
+        dynamic = level == 1 and (_isatty(sys.stdout) or "ipykernel" in sys.modules)
         items, epoch, warnings, stopped = self.fit_native(
             self,
             x,
@@ -383,6 +400,7 @@ class Model(_NativeModel):
             vd,
             bool(shuffle),
             None if seed is None else int(seed),
+            (_write_stdout, dynamic),
         )
         n = len(x) if hasattr(x, "__len__") else 0
         bs = 32 if batch_size is None else int(batch_size)

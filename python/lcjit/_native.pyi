@@ -87,6 +87,7 @@ class NativeModel:
         validation_data: Optional[Tuple[Any, Any]],
         shuffle: bool,
         seed: Optional[int],
+        progress: Optional[Tuple[Any, bool]] = None,
     ) -> Tuple[List[Tuple[str, List[float]]], List[int], List[str], Optional[str]]:
         """Keras's ``fit``: history items, epochs, warnings, stop reason."""
     def evaluate_native(self, x: Any, y: Any, batch_size: int = 32) -> List[Tuple[str, float]]:

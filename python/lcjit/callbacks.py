@@ -11,7 +11,7 @@ tf-keras's ``callbacks.py``), so they cost nothing per batch. :class:`Callback` 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "Callback",
@@ -96,6 +96,41 @@ class LambdaCallback(Callback):
         ]:
             if fn is not None:
                 setattr(self, name, fn)
+
+
+_HOOKS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_batch_begin",
+    "on_batch_end",
+)
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+def _overrides(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has its own ``name`` rather than :class:`Callback`'s no-op."""
+    return name in vars(obj) or getattr(type(obj), name, None) is not getattr(Callback, name)
+
+
+def _active_hooks(obj: Any) -> List[str]:
+    """The hook methods of ``obj`` that do something (``fit`` calls only those, so a
+    callback without batch hooks costs nothing per batch): every callable hook of a
+    plain object; a :class:`Callback`'s overridden ones, with ``on_train_batch_*``
+    active when their ``on_batch_*`` alias is overridden."""
+    out = []
+    for name in _HOOKS:
+        if not callable(getattr(obj, name, None)):
+            continue
+        if isinstance(obj, Callback) and not _overrides(obj, name):
+            alias = _ALIASES.get(name)
+            if alias is None or not _overrides(obj, alias):
+                continue
+        out.append(name)
+    return out
 
 
 class _Native:

@@ -8,11 +8,11 @@
 //! (a pending `KeyboardInterrupt`) and `model.stop_training = True` into a stop between
 //! batches.
 //!
-//! What a Python callback sees of the model: at the epoch-level hooks (train begin and
-//! end, epoch begin and end) the trained weights are published into the model object
-//! first, so `self.model.get_weights()`, `predict` and `save` see the weights of the
-//! moment; batch hooks see the weights of the last epoch-level hook (publishing copies
-//! every weight, too costly per batch). A callback that calls `set_weights` changes the
+//! What a Python callback sees of the model: before each hook it implements, the trained
+//! weights are published into the model object, so `self.model.get_weights()`,
+//! `predict` and `save` see the weights of the moment, as in Keras. Publishing copies
+//! every weight, so only hooks the object implements are called (a callback without
+//! batch hooks costs nothing per batch). A callback that calls `set_weights` changes the
 //! weights training continues from. An exception raised by a callback stops `fit`
 //! between steps and is raised by `fit`, the weights of the last finished step kept.
 
@@ -103,10 +103,16 @@ pub(crate) fn build(
         if obj.hasattr("set_params")? {
             obj.call_method1("set_params", (fit_params.clone(),))?;
         }
+        let active: Vec<String> = py
+            .import("lcjit.callbacks")?
+            .getattr("_active_hooks")?
+            .call1((obj,))?
+            .extract()?;
         out.push(Box::new(PyCallback {
             obj: obj.clone().unbind(),
             ctx: ctx.clone(),
             published: None,
+            active,
         }));
     }
     out.push(Box::new(Interrupt { ctx: ctx.clone() }));
@@ -275,6 +281,9 @@ struct PyCallback {
     ctx: Context,
     /// The state's weight version after our last publication (to see `set_weights`).
     published: Option<u64>,
+    /// The hooks the object implements (see `lcjit.callbacks._active_hooks`); only
+    /// these are called, each after publishing the weights.
+    active: Vec<String>,
 }
 
 /// Which of a hook's arguments Keras passes.
@@ -311,22 +320,18 @@ impl PyCallback {
         ctl.set_weights(&w)
     }
 
-    fn call(
-        &mut self,
-        ctl: &mut Control<'_>,
-        names: &[&str],
-        args: Args<'_>,
-        publish: bool,
-    ) -> lcjit::Result<()> {
-        if publish {
-            self.publish(ctl)?;
-        }
+    fn call(&mut self, ctl: &mut Control<'_>, names: &[&str], args: Args<'_>) -> lcjit::Result<()> {
+        let Some(name) = names
+            .iter()
+            .find(|n| self.active.iter().any(|a| a == **n))
+            .copied()
+        else {
+            return Ok(());
+        };
+        self.publish(ctl)?;
         let raised = self.ctx.raised.clone();
         Python::attach(|py| -> lcjit::Result<()> {
             let obj = self.obj.bind(py);
-            let Some(name) = names.iter().find(|n| obj.hasattr(**n).unwrap_or(false)) else {
-                return Ok(());
-            };
             let run = || -> PyResult<()> {
                 let dict = PyDict::new(py);
                 let (index, logs): (Option<usize>, &Logs) = match &args {
@@ -338,8 +343,8 @@ impl PyCallback {
                     dict.set_item(k, v)?;
                 }
                 match index {
-                    Some(i) => obj.call_method1(*name, (i, dict.clone()))?,
-                    None => obj.call_method1(*name, (dict.clone(),))?,
+                    Some(i) => obj.call_method1(name, (i, dict.clone()))?,
+                    None => obj.call_method1(name, (dict.clone(),))?,
                 };
                 if let Args::Returned(_, logs) = args {
                     for (k, v) in dict.iter() {
@@ -367,18 +372,18 @@ fn lock_state(state: &Mutex<State>) -> lcjit::Result<std::sync::MutexGuard<'_, S
 impl Callback for PyCallback {
     fn on_train_begin(&mut self, ctl: &mut Control<'_>) -> lcjit::Result<()> {
         let logs = Logs::new();
-        self.call(ctl, &["on_train_begin"], Args::Logs(&logs), true)
+        self.call(ctl, &["on_train_begin"], Args::Logs(&logs))
     }
 
     fn on_epoch_begin(&mut self, epoch: usize, ctl: &mut Control<'_>) -> lcjit::Result<()> {
         let logs = Logs::new();
-        self.call(ctl, &["on_epoch_begin"], Args::Indexed(epoch, &logs), true)
+        self.call(ctl, &["on_epoch_begin"], Args::Indexed(epoch, &logs))
     }
 
     fn on_train_batch_begin(&mut self, batch: usize, ctl: &mut Control<'_>) -> lcjit::Result<()> {
         let logs = Logs::new();
         let names = ["on_train_batch_begin", "on_batch_begin"];
-        self.call(ctl, &names, Args::Indexed(batch, &logs), false)
+        self.call(ctl, &names, Args::Indexed(batch, &logs))
     }
 
     fn on_train_batch_end(
@@ -388,7 +393,7 @@ impl Callback for PyCallback {
         ctl: &mut Control<'_>,
     ) -> lcjit::Result<()> {
         let names = ["on_train_batch_end", "on_batch_end"];
-        self.call(ctl, &names, Args::Indexed(batch, logs), false)
+        self.call(ctl, &names, Args::Indexed(batch, logs))
     }
 
     fn on_epoch_end(
@@ -397,11 +402,11 @@ impl Callback for PyCallback {
         logs: &mut Logs,
         ctl: &mut Control<'_>,
     ) -> lcjit::Result<()> {
-        self.call(ctl, &["on_epoch_end"], Args::Returned(epoch, logs), true)
+        self.call(ctl, &["on_epoch_end"], Args::Returned(epoch, logs))
     }
 
     fn on_train_end(&mut self, logs: &Logs, ctl: &mut Control<'_>) -> lcjit::Result<()> {
-        self.call(ctl, &["on_train_end"], Args::Logs(logs), true)
+        self.call(ctl, &["on_train_end"], Args::Logs(logs))
     }
 }
 

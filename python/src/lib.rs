@@ -150,8 +150,9 @@ fn bench_json(
     .py()
 }
 
-/// The sample order `fit` uses in `epoch` (0-based) with `shuffle` seeded by `seed`
-/// (`None`: unshuffled), for loops that must see the same batches as `fit`.
+/// The sample order of each of `epochs` epochs over `n` samples, as `fit` draws them
+/// with `shuffle=True, seed=seed` (`None`: unshuffled, `0..n` every epoch): for loops
+/// that must see the same batches as `fit`.
 #[pyfunction]
 #[pyo3(signature = (n, epochs, seed = None))]
 fn epoch_orders(n: usize, epochs: usize, seed: Option<u64>) -> Vec<Vec<usize>> {

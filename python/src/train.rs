@@ -12,7 +12,8 @@ use crate::model::{lock, NativeModel};
 use crate::{f32_owned, to_numpy, to_py, IntoPy};
 use lcjit::graph::layout::{canonical_to_keras_merged, keras_to_canonical_split};
 use lcjit::train::{
-    Callback, FitOptions, Loss, Metric, Optimizer, OptimizerConfig, Trainer, TrainingSetup,
+    Callback, FitOptions, Loss, Metric, Optimizer, OptimizerConfig, ProgressSink, Trainer,
+    TrainingSetup,
 };
 use lcjit::Model;
 use ndarray::{ArrayD, IxDyn};
@@ -196,6 +197,19 @@ fn unnamed(
     Ok(grads)
 }
 
+/// Progress text to a Python callable (`sys.stdout.write`, so a notebook shows it).
+fn sink(write: Py<PyAny>, dynamic: bool) -> ProgressSink {
+    ProgressSink {
+        write: Arc::new(move |text: &str| {
+            Python::attach(|py| {
+                // A failing stream must not stop training: the text is dropped.
+                let _ = write.bind(py).call1((text,));
+            })
+        }),
+        dynamic,
+    }
+}
+
 type NamedArrays<'py> = Vec<(String, Bound<'py, PyArrayDyn<f32>>)>;
 
 #[pymethods]
@@ -232,7 +246,7 @@ impl NativeModel {
     }
 
     /// Keras's `fit`; returns `(history items, epochs, warnings, stop reason)`.
-    #[pyo3(signature = (model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle, seed))]
+    #[pyo3(signature = (model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle, seed, progress = None))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn fit_native(
         &self,
@@ -248,6 +262,7 @@ impl NativeModel {
         validation_data: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
         shuffle: bool,
         seed: Option<u64>,
+        progress: Option<(Py<PyAny>, bool)>,
     ) -> PyResult<(
         Vec<(String, Vec<f64>)>,
         Vec<usize>,
@@ -292,7 +307,7 @@ impl NativeModel {
             validation_split,
             metrics: training.metrics.clone(),
             verbose: verbose > 0,
-            one_line: verbose == 2,
+            progress: progress.map(|(write, dynamic)| sink(write, dynamic)),
             seed,
             update: None,
         };

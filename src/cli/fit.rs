@@ -393,7 +393,7 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         validation_split: a.validation_split,
         metrics: chosen.unwrap_or_else(|| from_file.map(|s| s.metrics).unwrap_or_default()),
         verbose: !a.quiet,
-        one_line: false,
+        progress: None,
         seed: a.seed,
         update: None,
     };

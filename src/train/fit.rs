@@ -57,9 +57,11 @@ pub struct FitOptions {
     /// Print progress to stderr as Keras does: a bar per epoch on a terminal, one line
     /// per epoch elsewhere.
     pub verbose: bool,
-    /// With `verbose`: one line per epoch even on a terminal (Keras's `verbose=2`);
-    /// otherwise a redrawn bar on a terminal and one line per epoch elsewhere.
-    pub one_line: bool,
+    /// Where progress goes with `verbose`: `None` to stderr (a redrawn bar on a
+    /// terminal, one line per epoch elsewhere); `Some` to that sink, a bar when it says
+    /// it is dynamic (Keras's `verbose=1` on a console) and one line per epoch otherwise
+    /// (`verbose=2`).
+    pub progress: Option<ProgressSink>,
     /// Seed of the training-mode randomness the step draws (Dropout masks in
     /// [`super::fit_model`]); the fixed default makes runs reproducible.
     pub seed: u64,
@@ -78,10 +80,35 @@ impl Default for FitOptions {
             validation_split: 0.0,
             metrics: Vec::new(),
             verbose: false,
-            one_line: false,
+            progress: None,
             seed: 0,
             update: None,
         }
+    }
+}
+
+/// A destination for `fit`'s progress display (e.g. Python's `sys.stdout`, where a
+/// notebook shows it): `write` receives each piece of text as Keras would print it
+/// (`\r` redraws included); `dynamic` asks for the redrawn bar.
+#[derive(Clone)]
+pub struct ProgressSink {
+    /// Writes one piece of progress text.
+    pub write: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
+    /// Redraw a bar in place (a console) rather than one line per epoch.
+    pub dynamic: bool,
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressSink")
+            .field("dynamic", &self.dynamic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ProgressSink {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.write, &other.write) && self.dynamic == other.dynamic
     }
 }
 
@@ -203,7 +230,11 @@ pub fn fit(
         },
     };
     let trainable = table.trainable();
-    let terminal = std::io::stderr().is_terminal() && !opts.one_line;
+    let terminal = match &opts.progress {
+        Some(sink) => sink.dynamic,
+        None => std::io::stderr().is_terminal(),
+    };
+    let sink = opts.progress.as_ref();
     let mut hist = History::new();
     let mut rng = opts.shuffle.map(SplitMix);
     let mut last = Logs::new();
@@ -211,7 +242,7 @@ pub fn fit(
     for epoch in 0..opts.epochs {
         run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
         if opts.verbose && opts.epochs > 1 {
-            eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
+            show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
         }
         let mut bar = opts.verbose.then(|| Progbar::new(steps, terminal));
         let order = epoch_order(train_n, rng.as_mut());
@@ -239,7 +270,7 @@ pub fn fit(
         run.each(callbacks, |cb, ctl| cb.on_epoch_end(epoch, &mut logs, ctl))?;
         hist.record(epoch, &logs);
         if let Some(b) = bar.as_mut() {
-            show(b.update(steps, &logs, true));
+            show(sink, b.update(steps, &logs, true));
         }
         last = logs;
         if run.stop.is_some() {
@@ -252,8 +283,12 @@ pub fn fit(
     Ok(hist)
 }
 
-/// Prints a progress update, if any.
-fn show(text: Option<String>) {
+/// Prints a progress update, if any, to `sink` or stderr.
+fn show(sink: Option<&ProgressSink>, text: Option<String>) {
+    if let (Some(s), Some(t)) = (sink, &text) {
+        (s.write)(t);
+        return;
+    }
     if let Some(t) = text {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(t.as_bytes());
@@ -312,7 +347,7 @@ impl EpochRun<'_, '_> {
             let logs = self.logs(lsum / lcount, &states);
             run.each(callbacks, |cb, ctl| cb.on_train_batch_end(b, &logs, ctl))?;
             if let Some(p) = bar.as_deref_mut() {
-                show(p.update(b + 1, &logs, false));
+                show(self.opts.progress.as_ref(), p.update(b + 1, &logs, false));
             }
             if run.stop.is_some() {
                 break;
@@ -419,8 +454,8 @@ fn split_validation(
     let n = xs.shape().first().copied().unwrap_or(0);
     if ys.shape().first().copied() != Some(n) || n == 0 {
         return Err(usage(format!(
-            "x has {n} samples, y has {:?}: need the same non-zero number",
-            ys.shape().first()
+            "x has {n} samples, y has {}: need the same non-zero number",
+            samples(ys)
         )));
     }
     if !(0.0..1.0).contains(&opts.validation_split) {
@@ -446,15 +481,23 @@ fn split_validation(
     Ok((at, Some((vx, vy))))
 }
 
+/// The number of samples of `a` in words (a 0-d array has none).
+fn samples(a: &ArrayD<f32>) -> String {
+    match a.shape().first() {
+        Some(n) => n.to_string(),
+        None => "no sample axis (a scalar)".into(),
+    }
+}
+
 /// Validation inputs and targets must hold the same non-zero number of samples.
 fn check_validation(vx: &ArrayD<f32>, vy: &ArrayD<f32>) -> Result<()> {
     let n = vx.shape().first().copied().unwrap_or(0);
     if vy.shape().first().copied() != Some(n) || n == 0 {
         return Err(Error::Usage {
             detail: format!(
-                "validation x has {n} samples, validation y has {:?}: need the same non-zero \
+                "validation x has {n} samples, validation y has {}: need the same non-zero \
                  number",
-                vy.shape().first()
+                samples(vy)
             ),
         });
     }

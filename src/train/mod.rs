@@ -43,7 +43,7 @@ pub use evaluate::{
     evaluate, evaluate_batches, evaluate_batches_with, evaluate_compiled, BatchOutput,
     EvaluateOptions, Evaluator, Logs,
 };
-pub use fit::{epoch_orders, fit, FitOptions, History, StepFns, StepOutput};
+pub use fit::{epoch_orders, fit, FitOptions, History, ProgressSink, StepFns, StepOutput};
 pub use loss::{Loss, OutputActivation};
 pub use metrics::{Metric, MetricKind, MetricState};
 pub use model_fit::{check_trainable, fit_model};

@@ -274,11 +274,6 @@ def test_callbacks_see_the_weights_at_epoch_end():
         assert _dist(s, steps[(e + 1) * per_epoch - 1]) <= 1e-6, f"epoch {e}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: inside fit, model.get_weights() in on_train_batch_end returns the "
-    "weights as of the start of the current epoch, not those after the batch's update",
-)
 def test_callbacks_see_the_weights_after_each_batch():
     xs, ys, steps = _steps()
     m = lcjit.load(CB / "compiled.h5")

@@ -365,11 +365,6 @@ def test_training_errors():
     assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), w0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: fit's sample-count error prints Rust's Option Debug form: "
-    "'x has 4 samples, y has Some(1): need the same non-zero number'",
-)
 def test_fit_sample_count_message_is_plain():
     m = lcjit.load(CASE / "model.h5")
     m.compile("adam", loss="mse")

@@ -269,28 +269,10 @@ def test_save_and_reload_round_trip(case, tmp_path):
         assert_close(saved[k], ref[k], 0.0, k)
 
 
-# Package bug: a .keras archive names its weight groups after the layer classes
-# (locally_connected1d, locally_connected1d_1, dense); when only some of those keys happen
-# to equal a layer name ('dense' here, beside locally_connected1d_30/_31), the loader
-# matches by layer name and rejects the rest (src/model.rs set_keras_weights, `by_name`).
-KERAS_RELOAD_BUG = {"impl_w1_cf_i1"}
-KERAS_PARAMS = [
-    pytest.param(
-        case,
-        id=case_id(case),
-        marks=[
-            pytest.mark.xfail(
-                strict=True,
-                raises=lcjit.WeightsError,
-                reason="lcjit.load of its own .keras save: WeightsError 'layer "
-                "locally_connected1d: weight 0: the model has no layer of this name'",
-            )
-        ]
-        if case.name in KERAS_RELOAD_BUG
-        else [],
-    )
-    for case in CASES
-]
+# A .keras archive names its weight groups after the layer classes; impl_w1_cf_i1 has a
+# layer called `dense` beside locally_connected1d_30/_31, which once made the loader
+# match by layer name and reject the other groups (kept as a regression case).
+KERAS_PARAMS = [pytest.param(case, id=case_id(case)) for case in CASES]
 
 
 @pytest.mark.parametrize("case", KERAS_PARAMS)
