@@ -8,7 +8,7 @@
 
 mod json;
 
-use crate::backend::{CodegenOptions, CompiledModule};
+use crate::backend::{self, Backend, BufArg, CodegenOptions};
 use crate::error::Result;
 use crate::graph::{Graph, Op};
 use crate::loop_ir::{
@@ -272,17 +272,21 @@ fn fma_probe(iters: u64) -> Module {
 pub fn roofline(threads: usize) -> Result<Roofline> {
     let opts = CodegenOptions::default();
     let len = 128 << 20; // 512 MiB of f32, far beyond any cache
-    let stream = CompiledModule::compile(&stream_probe(len), &opts)?;
+    let stream = backend::prepare(Backend::Jit, &stream_probe(len), &opts)?;
     let mut x = vec![1.0f32; len];
     let mut y = vec![0.0f32; CHUNKS * 16];
-    let ms = median_ms(5, || stream.run(&mut [&mut x, &mut y], threads))?;
+    let ms = median_ms(5, || {
+        stream.run(&mut [BufArg::Write(&mut x), BufArg::Write(&mut y)], threads)
+    })?;
     let read_gbps = (4 * len) as f64 / (ms * 1e-3) / 1e9;
     drop(x);
     let iters = 200_000u64;
-    let fmas = CompiledModule::compile(&fma_probe(iters), &opts)?;
+    let fmas = backend::prepare(Backend::Jit, &fma_probe(iters), &opts)?;
     let mut c = vec![0.999_999f32, 1e-7];
     let mut y = vec![0.0f32; CHUNKS * 48];
-    let ms = median_ms(5, || fmas.run(&mut [&mut c, &mut y], threads))?;
+    let ms = median_ms(5, || {
+        fmas.run(&mut [BufArg::Write(&mut c), BufArg::Write(&mut y)], threads)
+    })?;
     let flops = CHUNKS as f64 * iters as f64 * 48.0 * 2.0;
     Ok(Roofline {
         read_gbps,

@@ -501,12 +501,9 @@ pub(crate) fn ir(m: &Model, stage: &str, batch: usize, backward: bool) -> lcjit:
                 keep_text: true,
                 ..Default::default()
             };
-            let native = lcjit::backend::CompiledModule::compile(&program()?, &opts)?;
-            if stage == "clif" {
-                native.clif_text().to_string()
-            } else {
-                native.asm_text().to_string()
-            }
+            let program =
+                lcjit::backend::prepare(lcjit::backend::Backend::Jit, &program()?, &opts)?;
+            program.listing(stage == "clif").to_string()
         }
         other => {
             return Err(lcjit::Error::Usage {

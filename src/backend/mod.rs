@@ -1,14 +1,91 @@
-//! Native back ends for the loop IR.
+//! The execution seam: [`Program`], a verified loop-IR module prepared to run over a
+//! buffer table ([`BufArg`], one entry per module buffer), by the interpreter or by
+//! Cranelift-compiled native code, behind one type and one [`Program::run`].
 //!
-//! Today there is one: [`cranelift`], which compiles every kernel of a verified
-//! [`crate::loop_ir::Module`] to machine code with Cranelift's JIT and runs the kernels
-//! multi-threaded. The main types are re-exported here so callers write
-//! `backend::CompiledModule`.
+//! Every caller that runs loop IR (the runtime's forward and gradient programs, the
+//! compiled optimizer update, the roofline probes) goes through [`prepare`]; which
+//! executor an engine name means is decided once, in [`crate::runtime::Engine::backend`].
+//! Nothing outside this module names the interpreter or the JIT.
 //!
-//! Invariant: only verified loop-IR modules reach code generation
-//! ([`CompiledModule::compile`] runs the verifier itself), because the generated code does
-//! no bounds checks.
+//! Invariant: only verified loop-IR modules are prepared ([`prepare`] runs the verifier
+//! for both executors), because the generated code does no bounds checks; the interpreter
+//! checks every access anyway and is the definition the JIT is tested against.
 
 pub mod cranelift;
 
-pub use self::cranelift::{host_has_fma, BufArg, CodegenOptions, CompiledModule, OptLevel};
+pub use self::cranelift::{host_has_fma, CodegenOptions, CompiledModule, OptLevel};
+use crate::error::Result;
+pub use crate::loop_ir::BufArg;
+use crate::loop_ir::{interp, verify::verify, Module};
+
+/// Which executor runs a loop-IR program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The checked loop-IR interpreter.
+    Interp,
+    /// Native code compiled by Cranelift (f32x4, threads).
+    Jit,
+}
+
+/// A loop-IR module ready to run (see the module docs).
+pub struct Program {
+    module: Module,
+    native: Option<CompiledModule>,
+}
+
+/// Prepares `module` for `backend`: verifies it, and for the JIT compiles every kernel
+/// with `opts`.
+pub fn prepare(backend: Backend, module: &Module, opts: &CodegenOptions) -> Result<Program> {
+    let native = match backend {
+        Backend::Jit => Some(CompiledModule::compile(module, opts)?),
+        Backend::Interp => {
+            verify(module)?;
+            None
+        }
+    };
+    Ok(Program {
+        module: module.clone(),
+        native,
+    })
+}
+
+impl Program {
+    /// Runs every kernel in order over `bufs` (one per module buffer, each exactly as long
+    /// as the module says; read-only buffers may be shared slices), on up to `threads`
+    /// threads for native code. Results are bitwise identical for any thread count, and
+    /// equal to the interpreter's when the JIT fuses multiply-adds.
+    pub fn run(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
+        match &self.native {
+            Some(native) => native.run_args(bufs, threads),
+            None => interp::run(&self.module, bufs),
+        }
+    }
+
+    /// The program's module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Which executor runs it.
+    pub fn backend(&self) -> Backend {
+        match self.native {
+            Some(_) => Backend::Jit,
+            None => Backend::Interp,
+        }
+    }
+
+    /// Code generation time in milliseconds (0 for the interpreter).
+    pub fn compile_ms(&self) -> f64 {
+        self.native.as_ref().map_or(0.0, CompiledModule::compile_ms)
+    }
+
+    /// The optimised CLIF (`clif: true`) or the machine-code listing of every kernel,
+    /// for native programs prepared with `keep_text` (empty otherwise).
+    pub fn listing(&self, clif: bool) -> &str {
+        match (&self.native, clif) {
+            (Some(n), true) => n.clif_text(),
+            (Some(n), false) => n.asm_text(),
+            (None, _) => "",
+        }
+    }
+}

@@ -111,11 +111,9 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
                 keep_text: true,
                 ..Default::default()
             };
-            let native = lcjit::backend::CompiledModule::compile(&program()?, &opts)?;
-            match stage {
-                Stage::Clif => print!("{}", native.clif_text()),
-                _ => print!("{}", native.asm_text()),
-            }
+            let program =
+                lcjit::backend::prepare(lcjit::backend::Backend::Jit, &program()?, &opts)?;
+            print!("{}", program.listing(matches!(stage, Stage::Clif)));
         }
     }
     Ok(())

@@ -5,8 +5,55 @@
 //! out-of-bounds access as an internal error instead of trusting the verifier.
 //! Transcendentals use [`super::math`], the same sequences the JIT emits.
 
-use super::{math, BinOp, CmpOp, Expr, Kernel, Module, Stmt, UnOp};
+use super::{math, BinOp, BufArg, CmpOp, Expr, Kernel, Module, Stmt, UnOp};
 use crate::error::{Error, Result};
+
+/// A buffer table the interpreter can run over: owned vectors (tests, tools) or the
+/// [`BufArg`] table every executor takes.
+pub trait Buffers {
+    /// Buffer `i` for reading.
+    fn buf(&self, i: usize) -> Option<&[f32]>;
+    /// Buffer `i` for writing (`None` when absent or bound read-only).
+    fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]>;
+    /// Number of buffers.
+    fn count(&self) -> usize;
+}
+
+impl Buffers for [Vec<f32>] {
+    fn buf(&self, i: usize) -> Option<&[f32]> {
+        self.get(i).map(Vec::as_slice)
+    }
+    fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.get_mut(i).map(Vec::as_mut_slice)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Buffers for Vec<Vec<f32>> {
+    fn buf(&self, i: usize) -> Option<&[f32]> {
+        self.as_slice().buf(i)
+    }
+    fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.as_mut_slice().buf_mut(i)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Buffers for [BufArg<'_>] {
+    fn buf(&self, i: usize) -> Option<&[f32]> {
+        self.get(i).map(BufArg::as_slice)
+    }
+    fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.get_mut(i).and_then(BufArg::as_mut_slice)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
 
 struct Frame<'a> {
     kernel: &'a Kernel,
@@ -22,12 +69,12 @@ fn oob(kernel: &Kernel, what: &str, idx: i64, len: usize) -> Error {
 }
 
 /// Evaluates one expression.
-fn eval(e: &Expr, f: &Frame, bufs: &[Vec<f32>]) -> Result<f32> {
+fn eval<B: Buffers + ?Sized>(e: &Expr, f: &Frame, bufs: &B) -> Result<f32> {
     Ok(match e {
         Expr::Const(c) => *c,
         Expr::Load { buf, index } => {
             let i = index.eval(&f.vars);
-            let b = bufs.get(*buf as usize).ok_or_else(|| {
+            let b = bufs.buf(*buf as usize).ok_or_else(|| {
                 Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
             })?;
             *usize::try_from(i)
@@ -123,7 +170,7 @@ pub fn min(a: f32, b: f32) -> f32 {
     }
 }
 
-fn exec(stmts: &[Stmt], f: &mut Frame, bufs: &mut [Vec<f32>]) -> Result<()> {
+fn exec<B: Buffers + ?Sized>(stmts: &[Stmt], f: &mut Frame, bufs: &mut B) -> Result<()> {
     for s in stmts {
         match s {
             Stmt::For {
@@ -148,8 +195,11 @@ fn exec(stmts: &[Stmt], f: &mut Frame, bufs: &mut [Vec<f32>]) -> Result<()> {
             Stmt::Store { buf, index, value } => {
                 let v = eval(value, f, bufs)?;
                 let i = index.eval(&f.vars);
-                let b = bufs.get_mut(*buf as usize).ok_or_else(|| {
-                    Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
+                let b = bufs.buf_mut(*buf as usize).ok_or_else(|| {
+                    Error::internal(format!(
+                        "kernel {}: no writable buffer {buf}",
+                        f.kernel.name
+                    ))
                 })?;
                 let len = b.len();
                 *usize::try_from(i)
@@ -180,7 +230,7 @@ fn exec(stmts: &[Stmt], f: &mut Frame, bufs: &mut [Vec<f32>]) -> Result<()> {
 }
 
 /// Runs one kernel over `bufs` (indexed by [`super::BufId`]).
-pub fn run_kernel(kernel: &Kernel, bufs: &mut [Vec<f32>]) -> Result<()> {
+pub fn run_kernel<B: Buffers + ?Sized>(kernel: &Kernel, bufs: &mut B) -> Result<()> {
     let mut frame = Frame {
         kernel,
         vars: vec![0; kernel.vars as usize],
@@ -190,13 +240,14 @@ pub fn run_kernel(kernel: &Kernel, bufs: &mut [Vec<f32>]) -> Result<()> {
 }
 
 /// Runs every kernel of `module` in order. `bufs[i]` must have `module.buffers[i].len`
-/// elements.
-pub fn run(module: &Module, bufs: &mut [Vec<f32>]) -> Result<()> {
-    if bufs.len() != module.buffers.len()
-        || bufs
+/// elements; read-only bindings ([`BufArg::Read`]) are read in place, never copied.
+pub fn run<B: Buffers + ?Sized>(module: &Module, bufs: &mut B) -> Result<()> {
+    if bufs.count() != module.buffers.len()
+        || module
+            .buffers
             .iter()
-            .zip(&module.buffers)
-            .any(|(b, d)| b.len() != d.len)
+            .enumerate()
+            .any(|(i, d)| bufs.buf(i).map(<[f32]>::len) != Some(d.len))
     {
         return Err(Error::internal(
             "interpreter: buffers do not match the module",

@@ -26,6 +26,36 @@ pub mod math;
 pub mod print;
 pub mod verify;
 
+/// One buffer of a module's buffer table as a run binds it: every executor (the
+/// interpreter, the JIT, compiled object code) takes the same table, one entry per
+/// [`Module::buffers`] entry, in order.
+#[derive(Debug)]
+pub enum BufArg<'a> {
+    /// A buffer the module only reads (inputs, parameters, constants): shared, never
+    /// copied.
+    Read(&'a [f32]),
+    /// A buffer the module may write.
+    Write(&'a mut [f32]),
+}
+
+impl BufArg<'_> {
+    /// The buffer's contents.
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            BufArg::Read(r) => r,
+            BufArg::Write(w) => w,
+        }
+    }
+
+    /// The buffer's contents for writing (`None` for a read-only binding).
+    pub fn as_mut_slice(&mut self) -> Option<&mut [f32]> {
+        match self {
+            BufArg::Read(_) => None,
+            BufArg::Write(w) => Some(w),
+        }
+    }
+}
+
 /// A loop variable (index into the kernel's variables).
 pub type Var = u32;
 /// A buffer of the module.

@@ -8,8 +8,9 @@
 //! split into `max_batch` chunks: a batch is one program, so parameter gradients are one
 //! sum in a fixed order and identical for any thread count.
 
-use super::{execute, flat, fresh_buffers, writable_index, Bind, CompiledModel, Engine};
-use crate::backend::{CodegenOptions, CompiledModule as Native};
+use super::cache::{CacheKey, Cached};
+use super::{execute, flat, fresh_buffers, writable_index, Bind, CompiledModel};
+use crate::backend::Program;
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::lower::grad::{lower_gradients_in, LoweredGrad, Mode};
@@ -25,8 +26,8 @@ pub type CotangentFn<'a> = dyn FnMut(&[ArrayD<f32>]) -> Result<ArrayD<f32>> + 'a
 pub struct PreparedGrad {
     /// The lowered program.
     pub lowered: LoweredGrad,
-    /// Native code of phase 1 and phase 2 (JIT engine only).
-    pub native: Option<(Native, Native)>,
+    /// Phase 1 (forward) and phase 2 (backward), prepared for the engine.
+    pub programs: (Program, Program),
     /// Lowering plus code generation time in milliseconds.
     pub compile_ms: f64,
 }
@@ -59,32 +60,21 @@ impl CompiledModel {
 
     /// The gradient program for `batch` rows in `mode` (cached).
     pub fn prepared_grad_in(&self, batch: usize, mode: Mode) -> Result<Arc<PreparedGrad>> {
-        let mut cache = self
-            .grad_cache
-            .lock()
-            .map_err(|_| Error::internal("gradient cache poisoned"))?;
-        if let Some(p) = cache.get(&(batch, mode)) {
-            return Ok(p.clone());
-        }
-        let t = std::time::Instant::now();
-        let lowered = lower_gradients_in(self.model.graph(), batch, mode)?;
-        let native = match self.opts.engine {
-            Engine::Jit => {
-                let opts = CodegenOptions::default();
-                Some((
-                    Native::compile(&lowered.forward, &opts)?,
-                    Native::compile(&lowered.backward, &opts)?,
-                ))
-            }
-            _ => None,
-        };
-        let p = Arc::new(PreparedGrad {
-            lowered,
-            native,
-            compile_ms: t.elapsed().as_secs_f64() * 1e3,
-        });
-        cache.insert((batch, mode), p.clone());
-        Ok(p)
+        let engine = self.opts.engine;
+        let graph = self.model.graph();
+        self.programs.gradient(CacheKey::Gradient(batch, mode), || {
+            let t = std::time::Instant::now();
+            let lowered = lower_gradients_in(graph, batch, mode)?;
+            let programs = (
+                engine.prepare(&lowered.forward)?,
+                engine.prepare(&lowered.backward)?,
+            );
+            Ok(PreparedGrad {
+                lowered,
+                programs,
+                compile_ms: t.elapsed().as_secs_f64() * 1e3,
+            })
+        })
     }
 
     /// Gradients of `sum(y₀ · dy)` in inference mode with respect to every input and
@@ -103,24 +93,18 @@ impl CompiledModel {
     /// batch size, so that steady-state training steps allocate (and page-fault) nothing
     /// as large as the weights. Arrays that do not fit are dropped.
     pub fn recycle_gradients(&self, batch: usize, dparams: Vec<ArrayD<f32>>) {
-        if self.opts.engine == Engine::Reference {
+        if self.opts.engine.is_reference() {
             return;
         }
-        let Ok(mut pool) = self.grad_pool.lock() else {
+        let Some(mut pool) = self.programs.pool() else {
             return;
         };
-        let Some((key, owned)) = pool
-            .iter_mut()
-            .find(|(k, o)| k.0 == batch && o.iter().any(Vec::is_empty))
-        else {
+        let Some((key, owned)) = pool.iter_mut().find(|(k, o)| {
+            matches!(k, CacheKey::Gradient(b, _) if *b == batch) && o.iter().any(Vec::is_empty)
+        }) else {
             return;
         };
-        let Some(prepared) = self
-            .grad_cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(key).cloned())
-        else {
+        let Some(Cached::Gradient(prepared)) = self.programs.get(key) else {
             return;
         };
         let l = &prepared.lowered;
@@ -137,13 +121,13 @@ impl CompiledModel {
 
     /// Storage for a gradient run: pooled buffers (any moved-out one re-allocated) or
     /// fresh ones.
-    fn take_grad_buffers(&self, key: (usize, Mode), m: &crate::loop_ir::Module) -> Vec<Vec<f32>> {
-        let pooled = self.grad_pool.lock().ok().and_then(|mut pool| {
+    fn take_grad_buffers(&self, key: &CacheKey, m: &crate::loop_ir::Module) -> Vec<Vec<f32>> {
+        let pooled = self.programs.pool().and_then(|mut pool| {
             // Prefer an entry without holes.
             let i = pool
                 .iter()
-                .position(|(k, o)| *k == key && o.iter().all(|v| !v.is_empty()))
-                .or_else(|| pool.iter().position(|(k, _)| *k == key))?;
+                .position(|(k, o)| k == key && o.iter().all(|v| !v.is_empty()))
+                .or_else(|| pool.iter().position(|(k, _)| k == key))?;
             Some(pool.swap_remove(i).1)
         });
         let Some(mut owned) = pooled else {
@@ -218,7 +202,7 @@ impl CompiledModel {
             Ok(())
         };
         let scale = reference::activity::ActivityScale::of(self.model.dialect());
-        if self.opts.engine == Engine::Reference {
+        if self.opts.engine.is_reference() {
             if let Some(rng) = rng {
                 let pass = reference::train::forward_training(graph, params, inputs, rng)?;
                 let outputs: Vec<ArrayD<f32>> = (0..graph.outputs.len())
@@ -262,11 +246,9 @@ impl CompiledModel {
         let aux: Vec<&[f32]> = masks.iter().map(|m| m.as_slice()).collect();
         let inputs_flat: Vec<std::borrow::Cow<[f32]>> = inputs.iter().map(flat).collect();
         let params_flat: Vec<std::borrow::Cow<[f32]>> = params.iter().map(flat).collect();
-        let mut owned = self.take_grad_buffers((batch, mode), &l.forward);
-        let (native_f, native_b) = match &prepared.native {
-            Some((f, b)) => (Some(f), Some(b)),
-            None => (None, None),
-        };
+        let key = CacheKey::Gradient(batch, mode);
+        let mut owned = self.take_grad_buffers(&key, &l.forward);
+        let (phase1, phase2) = &prepared.programs;
         let take = |owned: &[Vec<f32>], buf: u32, shape: Vec<usize>| -> Result<ArrayD<f32>> {
             let data = owned
                 .get(writable_index(&l.forward, buf))
@@ -283,7 +265,7 @@ impl CompiledModel {
             cotangents: &unused_refs,
             aux: &aux,
         };
-        execute(native_f, &l.forward, &bind, &mut owned, self.opts.threads)?;
+        execute(phase1, &bind, &mut owned, self.opts.threads)?;
         let outputs = l
             .output_bufs
             .iter()
@@ -323,7 +305,7 @@ impl CompiledModel {
             cotangents: &cot,
             aux: &aux,
         };
-        execute(native_b, &l.backward, &bind, &mut owned, self.opts.threads)?;
+        execute(phase2, &bind, &mut owned, self.opts.threads)?;
         let dinputs = l
             .dinput_bufs
             .iter()
@@ -343,9 +325,7 @@ impl CompiledModel {
                     .map_err(|e| Error::internal(e.to_string()))?,
             );
         }
-        if let Ok(mut pool) = self.grad_pool.lock() {
-            pool.push(((batch, mode), owned));
-        }
+        self.programs.give_back(key, owned);
         Ok(GradRun {
             outputs,
             dinputs,

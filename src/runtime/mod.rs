@@ -12,19 +12,21 @@
 //! Invariant: a cached program is never evicted, so its id (`Prepared::id`) names it
 //! for the buffer pool for the model's whole life.
 
-use crate::backend::{BufArg, CodegenOptions, CompiledModule as Native};
+use crate::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use crate::error::{Error, Result};
-use crate::loop_ir::{interp, BufRole, Module};
+use crate::loop_ir::{BufRole, Module};
 use crate::lower::{lower_forward, Lowered};
 use crate::model::Model;
 use ndarray::{ArrayD, IxDyn};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod cache;
 pub mod grad;
 pub mod predict;
+
+use cache::{CacheKey, Programs};
 
 pub use predict::{Collector, OutputBatch};
 
@@ -54,6 +56,29 @@ impl Engine {
                 detail: format!("unknown engine '{other}' (expected jit, interp or reference)"),
             }),
         }
+    }
+
+    /// The loop-IR executor of this engine: `None` for the reference engine, which runs
+    /// the graph layer by layer instead of a loop-IR program. The one place an engine is
+    /// mapped to an executor (see [`crate::backend`]).
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            Engine::Reference => None,
+            Engine::Interp => Some(Backend::Interp),
+            Engine::Jit => Some(Backend::Jit),
+        }
+    }
+
+    /// Whether this is the reference engine (no loop-IR program runs).
+    pub fn is_reference(self) -> bool {
+        self.backend().is_none()
+    }
+
+    /// A loop-IR program of this engine: prepared for its executor (the reference
+    /// engine's programs are only inspected, so they get the interpreter).
+    pub fn prepare(self, module: &Module) -> Result<Program> {
+        let b = self.backend().unwrap_or(Backend::Interp);
+        backend::prepare(b, module, &CodegenOptions::default())
     }
 
     /// The engine's name on the command line.
@@ -87,35 +112,27 @@ impl Default for CompileOptions {
     }
 }
 
-/// A program for one batch size: the loop IR and, for the JIT, its native code.
+/// A program for one batch size: the loop IR and its executor.
 pub struct Prepared {
     /// The lowered program.
     pub lowered: Lowered,
-    /// Native code (JIT engine only).
-    pub native: Option<Native>,
+    /// The prepared module (see [`crate::backend::Program`]).
+    pub program: Program,
     /// Lowering plus code generation time in milliseconds.
     pub compile_ms: f64,
-    /// Unique among the programs of one [`CompiledModel`]: keys its buffer pool.
-    id: u64,
+    /// Its key in the program cache (which also keys its pooled buffers).
+    key: CacheKey,
 }
 
 /// A model prepared for one engine.
 pub struct CompiledModel {
     model: Arc<Model>,
     opts: CompileOptions,
-    cache: Mutex<HashMap<(ProgramKey, usize), Arc<Prepared>>>,
+    /// Forward and gradient programs, and the buffers of finished runs, reused so that
+    /// steady-state calls allocate nothing but their outputs (see [`cache`]).
+    programs: Programs,
     /// Graphs cut at inner layers, by their output nodes (see [`predict`]).
     cuts: Mutex<HashMap<Vec<crate::graph::NodeId>, Arc<crate::graph::cut::Cut>>>,
-    /// Source of [`Prepared::id`].
-    next_id: AtomicU64,
-    /// Activation buffers of finished calls, by program id, reused so that steady-state
-    /// calls allocate nothing but their outputs.
-    pool: Mutex<Vec<(u64, Vec<Vec<f32>>)>>,
-    /// Gradient programs per batch size (see [`grad`]).
-    grad_cache: Mutex<HashMap<(usize, crate::lower::grad::Mode), Arc<grad::PreparedGrad>>>,
-    /// Buffers of finished gradient runs (see [`CompiledModel::recycle_gradients`]).
-    #[allow(clippy::type_complexity)]
-    grad_pool: Mutex<Vec<((usize, crate::lower::grad::Mode), Vec<Vec<f32>>)>>,
 }
 
 impl CompiledModel {
@@ -130,14 +147,10 @@ impl CompiledModel {
         let cm = CompiledModel {
             model,
             opts,
-            cache: Mutex::new(HashMap::new()),
+            programs: Programs::default(),
             cuts: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            pool: Mutex::new(Vec::new()),
-            grad_cache: Mutex::new(HashMap::new()),
-            grad_pool: Mutex::new(Vec::new()),
         };
-        if cm.opts.engine != Engine::Reference {
+        if !cm.opts.engine.is_reference() {
             cm.prepared(cm.opts.max_batch)?;
         }
         Ok(cm)
@@ -156,30 +169,19 @@ impl CompiledModel {
         graph: &crate::graph::Graph,
         batch: usize,
     ) -> Result<Arc<Prepared>> {
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| Error::internal("compiled-model cache poisoned"))?;
-        if let Some(l) = cache.get(&(key.clone(), batch)) {
-            return Ok(l.clone());
-        }
-        let t = std::time::Instant::now();
-        let lowered = lower_forward(graph, batch)?;
-        let native = match self.opts.engine {
-            Engine::Jit => Some(Native::compile(
-                &lowered.module,
-                &CodegenOptions::default(),
-            )?),
-            _ => None,
-        };
-        let p = Arc::new(Prepared {
-            lowered,
-            native,
-            compile_ms: t.elapsed().as_secs_f64() * 1e3,
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-        });
-        cache.insert((key.clone(), batch), p.clone());
-        Ok(p)
+        let engine = self.opts.engine;
+        let key = CacheKey::Forward(key.clone(), batch);
+        self.programs.forward(key.clone(), || {
+            let t = std::time::Instant::now();
+            let lowered = lower_forward(graph, batch)?;
+            let program = engine.prepare(&lowered.module)?;
+            Ok(Prepared {
+                lowered,
+                program,
+                compile_ms: t.elapsed().as_secs_f64() * 1e3,
+                key,
+            })
+        })
     }
 
     /// The lowered program for `batch` rows (cached).
@@ -220,7 +222,7 @@ impl CompiledModel {
     ) -> Result<Vec<ArrayD<f32>>> {
         self.model.check_inputs(inputs)?;
         self.check_params(params)?;
-        if self.opts.engine == Engine::Reference {
+        if self.opts.engine.is_reference() {
             return crate::reference::forward(self.model.graph(), params, inputs);
         }
         let batch = inputs.first().map(|x| x.shape()[0]).unwrap_or(0);
@@ -285,20 +287,14 @@ impl CompiledModel {
     ) -> Result<R> {
         let m = &prepared.lowered.module;
         // Writable buffers (outputs and slots), reused across calls.
-        let mut owned = self.take_buffers(prepared.id, m);
+        let mut owned = self.take_buffers(&prepared.key, m);
         let read = Bind {
             inputs,
             params,
             cotangents: &[],
             aux: &[],
         };
-        execute(
-            prepared.native.as_ref(),
-            m,
-            &read,
-            &mut owned,
-            self.opts.threads,
-        )?;
+        execute(&prepared.program, &read, &mut owned, self.opts.threads)?;
         let result = prepared
             .lowered
             .output_bufs
@@ -312,15 +308,13 @@ impl CompiledModel {
             })
             .collect::<Result<Vec<&[f32]>>>()
             .and_then(|outs| f(&outs));
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.push((prepared.id, owned));
-        }
+        self.programs.give_back(prepared.key.clone(), owned);
         result
     }
 
-    fn take_buffers(&self, program: u64, m: &Module) -> Vec<Vec<f32>> {
-        if let Ok(mut pool) = self.pool.lock() {
-            if let Some(i) = pool.iter().position(|(p, _)| *p == program) {
+    fn take_buffers(&self, key: &CacheKey, m: &Module) -> Vec<Vec<f32>> {
+        if let Some(mut pool) = self.programs.pool() {
+            if let Some(i) = pool.iter().position(|(k, _)| k == key) {
                 return pool.swap_remove(i).1;
             }
         }
@@ -366,58 +360,33 @@ impl<'a> Bind<'a> {
     }
 }
 
-/// Runs `m` with native code when given, else with the interpreter. Read-only buffers
-/// come from `read` (by role); writable ones are `owned`, in buffer order (see
-/// [`fresh_buffers`]), and keep their contents for the caller.
-fn execute<'a>(
-    native: Option<&Native>,
-    m: &'a Module,
-    read: &Bind<'a>,
-    owned: &mut Vec<Vec<f32>>,
+/// Runs `program` over its buffer table: read-only buffers from `read` (by role, shared,
+/// never copied), writable ones from `owned`, in buffer order (see [`fresh_buffers`]),
+/// which keep their contents for the caller.
+fn execute(
+    program: &Program,
+    read: &Bind<'_>,
+    owned: &mut [Vec<f32>],
     threads: usize,
 ) -> Result<()> {
+    let m = program.module();
     let missing = |b: &crate::loop_ir::Buffer| {
         Error::internal(format!("no data bound to read-only buffer {}", b.name))
     };
-    match native {
-        Some(native) => {
-            let mut args = Vec::with_capacity(m.buffers.len());
-            let mut writable = owned.iter_mut();
-            for b in &m.buffers {
-                args.push(if b.role.is_read_only() {
-                    BufArg::Read(read.get(&b.role).ok_or_else(|| missing(b))?)
-                } else {
-                    BufArg::Write(
-                        writable
-                            .next()
-                            .ok_or_else(|| Error::internal("buffer pool mismatch"))?,
-                    )
-                });
-            }
-            native.run_args(&mut args, threads)
-        }
-        None => {
-            // The interpreter owns its buffers; read-only ones are copied.
-            let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(m.buffers.len());
-            let mut writable = std::mem::take(owned).into_iter();
-            for b in &m.buffers {
-                bufs.push(if b.role.is_read_only() {
-                    read.get(&b.role).ok_or_else(|| missing(b))?.to_vec()
-                } else {
-                    writable.next().unwrap_or_default()
-                });
-            }
-            let result = interp::run(m, &mut bufs);
-            *owned = m
-                .buffers
-                .iter()
-                .zip(bufs)
-                .filter(|(b, _)| !b.role.is_read_only())
-                .map(|(_, v)| v)
-                .collect();
-            result
-        }
+    let mut args = Vec::with_capacity(m.buffers.len());
+    let mut writable = owned.iter_mut();
+    for b in &m.buffers {
+        args.push(if b.role.is_read_only() {
+            BufArg::Read(read.get(&b.role).ok_or_else(|| missing(b))?)
+        } else {
+            BufArg::Write(
+                writable
+                    .next()
+                    .ok_or_else(|| Error::internal("buffer pool mismatch"))?,
+            )
+        });
     }
+    program.run(&mut args, threads)
 }
 
 /// A contiguous row-major view of an array, copied only if it is not standard layout.

@@ -20,7 +20,7 @@
 //! weights by index (`Cut::param_map`), without copying them. A requested model input is
 //! answered from the input itself.
 
-use super::{flat, CompiledModel, Engine};
+use super::{flat, CompiledModel};
 use crate::error::{Error, Result};
 use crate::graph::cut::{self, Cut};
 use crate::graph::{Graph, NodeId, Op};
@@ -204,7 +204,7 @@ impl CompiledModel {
         let target = self.target(layers)?;
         // The reference engine takes whole arrays: pick the cut's weights once per call.
         let ref_params: Option<Cow<[ArrayD<f32>]>> = match (&target.cut, self.opts.engine) {
-            (_, e) if e != Engine::Reference => None,
+            (_, e) if !e.is_reference() => None,
             (None, _) => Some(Cow::Borrowed(params)),
             (Some(c), _) => Some(Cow::Owned(c.select_params(params)?)),
         };

@@ -356,7 +356,7 @@ impl Optimizer {
         engine: Engine,
         threads: usize,
     ) -> Result<()> {
-        if engine == Engine::Reference {
+        if engine.is_reference() {
             return self.step(params, grads, trainable);
         }
         let idx = self.begin(params, grads, trainable)?;

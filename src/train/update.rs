@@ -71,11 +71,11 @@ use ndarray::ArrayD;
 
 use super::opt_parts::{adam_alpha, ftrl_l2, slot_inits, ClipPlan, NormClip, Slots, StepScalars};
 use super::optimizer::{Algorithm, Flavor, OptimizerConfig};
-use crate::backend::{BufArg, CodegenOptions, CompiledModule};
+use crate::backend::{BufArg, Program};
 use crate::error::{Error, Result};
 use crate::loop_ir::{
-    bin, for_, interp, load, load_local, un, verify::verify, Affine, BinOp, BufId, BufRole, Buffer,
-    CmpOp, Expr, KernelBuilder, LoopKind, Module, Stmt, UnOp,
+    bin, for_, load, load_local, un, Affine, BinOp, BufId, BufRole, Buffer, CmpOp, Expr,
+    KernelBuilder, LoopKind, Module, Stmt, UnOp,
 };
 use crate::runtime::Engine;
 
@@ -211,7 +211,9 @@ struct ParamBufs {
 pub struct CompiledUpdate {
     key: Key,
     module: Module,
-    native: Option<CompiledModule>,
+    /// The prepared program (`None` only while lowering, before [`CompiledUpdate::build`]
+    /// prepares it).
+    program: Option<Program>,
     /// Per parameter: its buffers, when it is trainable and not empty.
     params: Vec<Option<ParamBufs>>,
     clip: ClipKind,
@@ -239,21 +241,14 @@ impl CompiledUpdate {
         lens: &[Option<usize>],
         engine: Engine,
     ) -> Result<CompiledUpdate> {
-        if engine == Engine::Reference {
+        if engine.is_reference() {
             return Err(Error::Usage {
                 detail: "the reference engine updates on the host (Optimizer::step)".into(),
             });
         }
         let mut up = lower(config, lens)?;
         up.key = Key::new(config, lens, engine);
-        if engine == Engine::Jit {
-            up.native = Some(CompiledModule::compile(
-                &up.module,
-                &CodegenOptions::default(),
-            )?);
-        } else {
-            verify(&up.module)?;
-        }
+        up.program = Some(engine.prepare(&up.module)?);
         Ok(up)
     }
 
@@ -402,28 +397,10 @@ impl CompiledUpdate {
                 args.push(BufArg::Write(arr.as_slice_mut().ok_or_else(not_flat)?));
             }
         }
-        match &self.native {
-            Some(native) => native.run_args(&mut args, threads),
-            None => {
-                // The interpreter owns its buffers: copy in, run, copy the written back.
-                let mut bufs: Vec<Vec<f32>> = args
-                    .iter()
-                    .map(|a| match a {
-                        BufArg::Read(r) => r.to_vec(),
-                        BufArg::Write(w) => w.to_vec(),
-                    })
-                    .collect();
-                interp::run(&self.module, &mut bufs)?;
-                for (a, b) in args.iter_mut().zip(&bufs) {
-                    if let BufArg::Write(w) = a {
-                        for (d, s) in w.iter_mut().zip(b) {
-                            *d = *s;
-                        }
-                    }
-                }
-                Ok(())
-            }
-        }
+        self.program
+            .as_ref()
+            .ok_or_else(|| Error::internal("compiled update: program not prepared"))?
+            .run(&mut args, threads)
     }
 }
 
@@ -497,7 +474,7 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
     Ok(CompiledUpdate {
         key: Key::new(config, lens, Engine::Interp),
         module,
-        native: None,
+        program: None,
         params,
         clip,
         h_clip,

@@ -24,8 +24,9 @@ mod math;
 mod prescan;
 mod runtime;
 
+pub use crate::loop_ir::BufArg;
 pub use isa::{host_has_fma, CodegenOptions, OptLevel};
-pub use runtime::{BufArg, CompiledModule};
+pub use runtime::CompiledModule;
 
 #[cfg(test)]
 mod tests;

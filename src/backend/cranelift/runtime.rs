@@ -18,7 +18,7 @@ use cranelift_module::{default_libcall_names, Linkage, Module as _};
 use super::emit::{classify, emit_kernel, KernelShape};
 use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
-use crate::loop_ir::{verify::verify, Module};
+use crate::loop_ir::{verify::verify, BufArg, Module};
 
 /// The kernel ABI (see the module docs of [`super`]).
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
@@ -296,14 +296,6 @@ impl CompiledModule {
     pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
         self.kernels.iter().map(|k| k.name.as_str())
     }
-}
-
-/// One buffer handed to [`CompiledModule::run_args`].
-pub enum BufArg<'a> {
-    /// A buffer the module only reads.
-    Read(&'a [f32]),
-    /// A buffer the module may write.
-    Write(&'a mut [f32]),
 }
 
 /// The buffer base-pointer array handed to kernels on every thread.
