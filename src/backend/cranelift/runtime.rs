@@ -20,8 +20,7 @@ use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
 use crate::loop_ir::{verify::verify, Module};
 
-/// The kernel ABI (see the module docs of [`super`]).
-type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+use super::pool::{chunk, BufPtrs, KernelFn, Lease};
 
 /// Owns the JIT memory and frees it when dropped.
 ///
@@ -234,11 +233,15 @@ impl CompiledModule {
         }
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
+        let (min_work, use_pool) = experiment();
+        // Checked out at the first kernel that needs helpers, returned when `lease` drops
+        // at the end of this call (after every dispatch has finished).
+        let mut lease: Option<Lease> = None;
         for k in &self.kernels {
             match k.shape {
                 KernelShape::Serial => ptrs.call(k.func, 0, 1),
                 KernelShape::Parallel(extent) => {
-                    let n = if k.work < PARALLEL_MIN_WORK {
+                    let n = if k.work < min_work {
                         1
                     } else {
                         (threads as u64).min(extent).max(1)
@@ -247,26 +250,23 @@ impl CompiledModule {
                         ptrs.call(k.func, 0, extent as i64); // extent ≤ i64::MAX (classify)
                         continue;
                     }
-                    // Contiguous chunks [t·E/n, (t+1)·E/n): each non-empty since n ≤ E.
-                    let chunk =
-                        |t: u64| (u128::from(t) * u128::from(extent) / u128::from(n)) as i64;
-                    std::thread::scope(|s| {
-                        for t in 1..n {
-                            let (start, end) = (chunk(t), chunk(t + 1));
-                            let p = &ptrs;
-                            let spawned = std::thread::Builder::new()
-                                .spawn_scoped(s, move || p.call(k.func, start, end));
-                            if spawned.is_err() {
-                                // No thread available: run the chunk here. The result is
-                                // the same (iterations are independent), only slower.
-                                ptrs.call(k.func, start, end);
+                    if !use_pool {
+                        scoped(k.func, ptrs, extent, n);
+                        continue;
+                    }
+                    let lease = lease.get_or_insert_with(|| Lease::get(threads - 1));
+                    match lease.team() {
+                        Some(team) => team.run(k.func, ptrs, extent, n),
+                        None => {
+                            for t in 0..n {
+                                ptrs.call(k.func, chunk(t, extent, n), chunk(t + 1, extent, n));
                             }
                         }
-                        ptrs.call(k.func, chunk(0), chunk(1));
-                    });
+                    }
                 }
             }
         }
+        drop(lease);
         Ok(())
     }
 
@@ -306,27 +306,30 @@ pub enum BufArg<'a> {
     Write(&'a mut [f32]),
 }
 
-/// The buffer base-pointer array handed to kernels on every thread.
-struct BufPtrs(*const *mut f32);
+// EXPERIMENT (removed before merge): LCJIT_PAR_MIN, LCJIT_POOL=0 (scoped threads).
+fn experiment() -> (u64, bool) {
+    static S: std::sync::OnceLock<(u64, bool)> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        let min = std::env::var("LCJIT_PAR_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PARALLEL_MIN_WORK);
+        let pool = std::env::var("LCJIT_POOL").map_or(true, |v| v != "0");
+        (min, pool)
+    })
+}
 
-// SAFETY: the pointer array outlives every thread (threads are scoped inside `run`, which
-// owns the array), and the kernels called on different threads write disjoint elements
-// (a parallel loop's iterations write disjoint elements: the loop-IR contract) and only
-// read elements no concurrent iteration writes.
-unsafe impl Send for BufPtrs {}
-unsafe impl Sync for BufPtrs {}
-
-impl BufPtrs {
-    fn call(&self, f: KernelFn, start: i64, end: i64) {
-        // # Safety
-        // `run` checked that buffer `i` has exactly `module.buffers[i].len` elements, and
-        // the loop-IR verifier (run by `compile`) proved every load and store of every
-        // kernel in bounds for those lengths, for every iteration of every loop,
-        // including `start..end ⊆ 0..extent` of the parallel loop (serial kernels ignore
-        // the bounds). The `&mut` slices are exclusive and the shared slices are never
-        // written (no store to a read-only buffer passes the verifier), so no Rust code
-        // observes a write during the call, and `f` is a finalized function of the still-alive JIT
-        // module (`&self` on `CompiledModule` is borrowed for the whole `run`).
-        unsafe { f(self.0, start, end) }
-    }
+fn scoped(func: KernelFn, ptrs: BufPtrs, extent: u64, n: u64) {
+    std::thread::scope(|s| {
+        for t in 1..n {
+            let (start, end) = (chunk(t, extent, n), chunk(t + 1, extent, n));
+            let p = &ptrs;
+            let spawned =
+                std::thread::Builder::new().spawn_scoped(s, move || p.call(func, start, end));
+            if spawned.is_err() {
+                ptrs.call(func, start, end);
+            }
+        }
+        ptrs.call(func, chunk(0, extent, n), chunk(1, extent, n));
+    });
 }
