@@ -1,11 +1,14 @@
 //! [`CompiledModule`]: compiles every kernel of a verified loop-IR module into one
 //! `JITModule`, owns that JIT memory (freed on drop), and runs the kernels in order,
-//! splitting each parallel kernel's loop into contiguous chunks across scoped threads.
+//! splitting each parallel kernel's loop into contiguous chunks across the persistent
+//! worker threads of [`super::pool`] (no thread is started per call once warmed up).
 //!
-//! Invariants: the kernel function pointers never leave this struct (so freeing the JIT
-//! memory in `Drop` cannot leave a dangling pointer callable); the only `unsafe` blocks
-//! are the pointer cast after finalisation, the kernel calls in `run` (bounds proved by the
-//! verifier for the buffer lengths `run` checks) and `free_memory` in `Drop`.
+//! Invariants: the kernel function pointers never leave this struct except for the
+//! duration of a `run_args` call, which hands them to pool workers and waits for every
+//! chunk before returning (so freeing the JIT memory in `Drop` cannot leave a dangling
+//! pointer callable); the only `unsafe` blocks are the pointer cast after finalisation,
+//! the kernel calls in `pool::BufPtrs::call` (bounds proved by the verifier for the buffer
+//! lengths `run_args` checks) and `free_memory` in `Drop`.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -35,8 +38,8 @@ impl Drop for JitOwner {
             // SAFETY: `free_memory` requires that no function of the module is running or
             // called afterwards. The function pointers live only inside the
             // `CompiledModule` that owns this `JitOwner` (or nowhere yet, when compilation
-            // failed); `run` borrows the module and joins its scoped threads before
-            // returning, so once we are being dropped no call is in flight and none can
+            // failed); `run_args` borrows the module and waits for every chunk it handed
+            // to pool workers before returning, so once we are being dropped no call is in flight and none can
             // start.
             unsafe { m.free_memory() }
         }
@@ -52,15 +55,22 @@ struct CompiledKernel {
     work: u64,
 }
 
-/// Below this many statement executions a parallel kernel runs on the calling thread:
-/// starting a thread costs tens of microseconds on a quiet machine and milliseconds on a
-/// loaded one (measured: `mortality_smoother`, 25 k multiply-adds, took 0.05 ms on one
-/// thread and 4 ms on two while the other core was busy).
-const PARALLEL_MIN_WORK: u64 = 1 << 18;
+/// Below this many statement executions a parallel kernel runs on the calling thread.
+///
+/// With scoped threads (one `spawn` per chunk per call) this was `1 << 18`: starting a
+/// thread cost tens of microseconds on a quiet machine and milliseconds on a loaded one
+/// (`mortality_smoother`, 25 k multiply-adds, took 0.05 ms on one thread and 4 ms on two
+/// while the other core was busy). With the persistent pool a split costs one wake-up of a
+/// parked worker, so the threshold is 4× lower; it still pays: splitting every kernel
+/// (threshold 0) made `mortality_smoother` at batch 1 slower on the loaded 2-core test
+/// machine (median 0.056 ms against 0.039 ms over 11 runs, though its best run was
+/// faster), while thresholds from `1 << 14` to `1 << 18` measured the same within noise
+/// on the `snp_lc1d` and `mortality_smoother` workloads.
+pub(super) const PARALLEL_MIN_WORK: u64 = 1 << 16;
 
 /// Statement executions of one call of `kernel`: every store or local update weighted by
 /// the trip counts of its enclosing loops (guards counted as always taken).
-fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
+pub(super) fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
     fn walk(stmts: &[crate::loop_ir::Stmt], trips: u64) -> u64 {
         use crate::loop_ir::Stmt;
         stmts
@@ -86,6 +96,10 @@ pub struct CompiledModule {
     /// Buffers no kernel stores to (inputs, parameters, constants: the verifier rejects
     /// stores to them), which may therefore be passed as shared slices.
     read_only: Vec<bool>,
+    /// Largest extent of a parallel kernel that is split across threads (work at least
+    /// [`PARALLEL_MIN_WORK`]); sizes the worker team, so asking for more threads than any
+    /// kernel can use starts no idle workers.
+    split_extent: u64,
     use_fma: bool,
     clif: String,
     asm: String,
@@ -173,7 +187,17 @@ impl CompiledModule {
                 work: work_of(kernel),
             });
         }
+        let split_extent = kernels
+            .iter()
+            .filter(|k| k.work >= PARALLEL_MIN_WORK)
+            .filter_map(|k| match k.shape {
+                KernelShape::Parallel(extent) => Some(extent),
+                KernelShape::Serial => None,
+            })
+            .max()
+            .unwrap_or(1);
         Ok(CompiledModule {
+            split_extent,
             kernels,
             buf_lens: module.buffers.iter().map(|b| b.len).collect(),
             read_only: module
@@ -233,7 +257,6 @@ impl CompiledModule {
         }
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
-        let (min_work, use_pool) = experiment();
         // Checked out at the first kernel that needs helpers, returned when `lease` drops
         // at the end of this call (after every dispatch has finished).
         let mut lease: Option<Lease> = None;
@@ -241,7 +264,7 @@ impl CompiledModule {
             match k.shape {
                 KernelShape::Serial => ptrs.call(k.func, 0, 1),
                 KernelShape::Parallel(extent) => {
-                    let n = if k.work < min_work {
+                    let n = if k.work < PARALLEL_MIN_WORK {
                         1
                     } else {
                         (threads as u64).min(extent).max(1)
@@ -250,11 +273,10 @@ impl CompiledModule {
                         ptrs.call(k.func, 0, extent as i64); // extent ≤ i64::MAX (classify)
                         continue;
                     }
-                    if !use_pool {
-                        scoped(k.func, ptrs, extent, n);
-                        continue;
-                    }
-                    let lease = lease.get_or_insert_with(|| Lease::get(threads - 1));
+                    // Enough workers for the widest split of this module (n ≤ that).
+                    let widest = (threads as u64).min(self.split_extent).max(n);
+                    let lease =
+                        lease.get_or_insert_with(|| Lease::get(widest.saturating_sub(1) as usize));
                     match lease.team() {
                         Some(team) => team.run(k.func, ptrs, extent, n),
                         None => {
@@ -304,32 +326,4 @@ pub enum BufArg<'a> {
     Read(&'a [f32]),
     /// A buffer the module may write.
     Write(&'a mut [f32]),
-}
-
-// EXPERIMENT (removed before merge): LCJIT_PAR_MIN, LCJIT_POOL=0 (scoped threads).
-fn experiment() -> (u64, bool) {
-    static S: std::sync::OnceLock<(u64, bool)> = std::sync::OnceLock::new();
-    *S.get_or_init(|| {
-        let min = std::env::var("LCJIT_PAR_MIN")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(PARALLEL_MIN_WORK);
-        let pool = std::env::var("LCJIT_POOL").map_or(true, |v| v != "0");
-        (min, pool)
-    })
-}
-
-fn scoped(func: KernelFn, ptrs: BufPtrs, extent: u64, n: u64) {
-    std::thread::scope(|s| {
-        for t in 1..n {
-            let (start, end) = (chunk(t, extent, n), chunk(t + 1, extent, n));
-            let p = &ptrs;
-            let spawned =
-                std::thread::Builder::new().spawn_scoped(s, move || p.call(func, start, end));
-            if spawned.is_err() {
-                ptrs.call(func, start, end);
-            }
-        }
-        ptrs.call(func, chunk(0, extent, n), chunk(1, extent, n));
-    });
 }
