@@ -7,7 +7,9 @@
 //! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
 //! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
 //! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
-//! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split.
+//! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split;
+//! - `pool.rs`: the persistent worker threads (process-wide cache of teams) that run the
+//!   chunks of parallel kernels.
 //!
 //! Kernel ABI (one for all kernels): `extern "C" fn(bufs: *const *mut f32, start: i64,
 //! end: i64)`. `bufs[i]` is the base of module buffer `i`. A *parallel* kernel's body is
@@ -21,6 +23,7 @@ mod emit;
 mod expr;
 mod isa;
 mod math;
+mod pool;
 mod prescan;
 mod runtime;
 

@@ -1,11 +1,14 @@
 //! [`CompiledModule`]: compiles every kernel of a verified loop-IR module into one
 //! `JITModule`, owns that JIT memory (freed on drop), and runs the kernels in order,
-//! splitting each parallel kernel's loop into contiguous chunks across scoped threads.
+//! splitting each parallel kernel's loop into contiguous chunks across the persistent
+//! worker threads of [`super::pool`] (no thread is started per call once warmed up).
 //!
-//! Invariants: the kernel function pointers never leave this struct (so freeing the JIT
-//! memory in `Drop` cannot leave a dangling pointer callable); the only `unsafe` blocks
-//! are the pointer cast after finalisation, the kernel calls in `run` (bounds proved by the
-//! verifier for the buffer lengths `run` checks) and `free_memory` in `Drop`.
+//! Invariants: the kernel function pointers never leave this struct except for the
+//! duration of a `run_args` call, which hands them to pool workers and waits for every
+//! chunk before returning (so freeing the JIT memory in `Drop` cannot leave a dangling
+//! pointer callable); the only `unsafe` blocks are the pointer cast after finalisation,
+//! the kernel calls in `pool::BufPtrs::call` (bounds proved by the verifier for the buffer
+//! lengths `run_args` checks) and `free_memory` in `Drop`.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -20,8 +23,7 @@ use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
 use crate::loop_ir::{verify::verify, BufArg, Module};
 
-/// The kernel ABI (see the module docs of [`super`]).
-type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+use super::pool::{chunk, BufPtrs, KernelFn, Lease};
 
 /// Owns the JIT memory and frees it when dropped.
 ///
@@ -36,8 +38,8 @@ impl Drop for JitOwner {
             // SAFETY: `free_memory` requires that no function of the module is running or
             // called afterwards. The function pointers live only inside the
             // `CompiledModule` that owns this `JitOwner` (or nowhere yet, when compilation
-            // failed); `run` borrows the module and joins its scoped threads before
-            // returning, so once we are being dropped no call is in flight and none can
+            // failed); `run_args` borrows the module and waits for every chunk it handed
+            // to pool workers before returning, so once we are being dropped no call is in flight and none can
             // start.
             unsafe { m.free_memory() }
         }
@@ -53,15 +55,22 @@ struct CompiledKernel {
     work: u64,
 }
 
-/// Below this many statement executions a parallel kernel runs on the calling thread:
-/// starting a thread costs tens of microseconds on a quiet machine and milliseconds on a
-/// loaded one (measured: `mortality_smoother`, 25 k multiply-adds, took 0.05 ms on one
-/// thread and 4 ms on two while the other core was busy).
-const PARALLEL_MIN_WORK: u64 = 1 << 18;
+/// Below this many statement executions a parallel kernel runs on the calling thread.
+///
+/// With scoped threads (one `spawn` per chunk per call) this was `1 << 18`: starting a
+/// thread cost tens of microseconds on a quiet machine and milliseconds on a loaded one
+/// (`mortality_smoother`, 25 k multiply-adds, took 0.05 ms on one thread and 4 ms on two
+/// while the other core was busy). With the persistent pool a split costs one wake-up of a
+/// parked worker, so the threshold is 4× lower; it still pays: splitting every kernel
+/// (threshold 0) made `mortality_smoother` at batch 1 slower on the loaded 2-core test
+/// machine (median 0.056 ms against 0.039 ms over 11 runs, though its best run was
+/// faster), while thresholds from `1 << 14` to `1 << 18` measured the same within noise
+/// on the `snp_lc1d` and `mortality_smoother` workloads.
+pub(super) const PARALLEL_MIN_WORK: u64 = 1 << 16;
 
 /// Statement executions of one call of `kernel`: every store or local update weighted by
 /// the trip counts of its enclosing loops (guards counted as always taken).
-fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
+pub(super) fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
     fn walk(stmts: &[crate::loop_ir::Stmt], trips: u64) -> u64 {
         use crate::loop_ir::Stmt;
         stmts
@@ -87,6 +96,10 @@ pub struct CompiledModule {
     /// Buffers no kernel stores to (inputs, parameters, constants: the verifier rejects
     /// stores to them), which may therefore be passed as shared slices.
     read_only: Vec<bool>,
+    /// Largest extent of a parallel kernel that is split across threads (work at least
+    /// [`PARALLEL_MIN_WORK`]); sizes the worker team, so asking for more threads than any
+    /// kernel can use starts no idle workers.
+    split_extent: u64,
     use_fma: bool,
     clif: String,
     asm: String,
@@ -174,7 +187,17 @@ impl CompiledModule {
                 work: work_of(kernel),
             });
         }
+        let split_extent = kernels
+            .iter()
+            .filter(|k| k.work >= PARALLEL_MIN_WORK)
+            .filter_map(|k| match k.shape {
+                KernelShape::Parallel(extent) => Some(extent),
+                KernelShape::Serial => None,
+            })
+            .max()
+            .unwrap_or(1);
         Ok(CompiledModule {
+            split_extent,
             kernels,
             buf_lens: module.buffers.iter().map(|b| b.len).collect(),
             read_only: module
@@ -234,6 +257,9 @@ impl CompiledModule {
         }
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
+        // Checked out at the first kernel that needs helpers, returned when `lease` drops
+        // at the end of this call (after every dispatch has finished).
+        let mut lease: Option<Lease> = None;
         for k in &self.kernels {
             match k.shape {
                 KernelShape::Serial => ptrs.call(k.func, 0, 1),
@@ -247,26 +273,22 @@ impl CompiledModule {
                         ptrs.call(k.func, 0, extent as i64); // extent ≤ i64::MAX (classify)
                         continue;
                     }
-                    // Contiguous chunks [t·E/n, (t+1)·E/n): each non-empty since n ≤ E.
-                    let chunk =
-                        |t: u64| (u128::from(t) * u128::from(extent) / u128::from(n)) as i64;
-                    std::thread::scope(|s| {
-                        for t in 1..n {
-                            let (start, end) = (chunk(t), chunk(t + 1));
-                            let p = &ptrs;
-                            let spawned = std::thread::Builder::new()
-                                .spawn_scoped(s, move || p.call(k.func, start, end));
-                            if spawned.is_err() {
-                                // No thread available: run the chunk here. The result is
-                                // the same (iterations are independent), only slower.
-                                ptrs.call(k.func, start, end);
+                    // Enough workers for the widest split of this module (n ≤ that).
+                    let widest = (threads as u64).min(self.split_extent).max(n);
+                    let lease =
+                        lease.get_or_insert_with(|| Lease::get(widest.saturating_sub(1) as usize));
+                    match lease.team() {
+                        Some(team) => team.run(k.func, ptrs, extent, n),
+                        None => {
+                            for t in 0..n {
+                                ptrs.call(k.func, chunk(t, extent, n), chunk(t + 1, extent, n));
                             }
                         }
-                        ptrs.call(k.func, chunk(0), chunk(1));
-                    });
+                    }
                 }
             }
         }
+        drop(lease);
         Ok(())
     }
 
@@ -295,30 +317,5 @@ impl CompiledModule {
     /// Names of the compiled kernels, in run order.
     pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
         self.kernels.iter().map(|k| k.name.as_str())
-    }
-}
-
-/// The buffer base-pointer array handed to kernels on every thread.
-struct BufPtrs(*const *mut f32);
-
-// SAFETY: the pointer array outlives every thread (threads are scoped inside `run`, which
-// owns the array), and the kernels called on different threads write disjoint elements
-// (a parallel loop's iterations write disjoint elements: the loop-IR contract) and only
-// read elements no concurrent iteration writes.
-unsafe impl Send for BufPtrs {}
-unsafe impl Sync for BufPtrs {}
-
-impl BufPtrs {
-    fn call(&self, f: KernelFn, start: i64, end: i64) {
-        // # Safety
-        // `run` checked that buffer `i` has exactly `module.buffers[i].len` elements, and
-        // the loop-IR verifier (run by `compile`) proved every load and store of every
-        // kernel in bounds for those lengths, for every iteration of every loop,
-        // including `start..end ⊆ 0..extent` of the parallel loop (serial kernels ignore
-        // the bounds). The `&mut` slices are exclusive and the shared slices are never
-        // written (no store to a read-only buffer passes the verifier), so no Rust code
-        // observes a write during the call, and `f` is a finalized function of the still-alive JIT
-        // module (`&self` on `CompiledModule` is borrowed for the whole `run`).
-        unsafe { f(self.0, start, end) }
     }
 }

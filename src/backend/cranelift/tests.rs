@@ -611,3 +611,124 @@ fn fma_choice_is_observable() {
     let fused = CompiledModule::compile(&m, &CodegenOptions::default()).expect("compile");
     assert_eq!(fused.uses_fma(), super::isa::host_has_fma());
 }
+
+/// An LC kernel large enough (work ≥ `PARALLEL_MIN_WORK`) that `run` really splits it.
+fn big_lc_module(p: u64, bt: u64, f: u64, kc: u64) -> Module {
+    let m = lc_module(p, bt, f, kc);
+    assert!(super::runtime::work_of(&m.kernels[0]) >= super::runtime::PARALLEL_MIN_WORK);
+    m
+}
+
+#[test]
+fn split_lc_kernel_matches_for_every_thread_count() {
+    let m = big_lc_module(257, 3, 16, 24);
+    check(&m, &lc_init(&m), &[1, 2, 3, 5, 8, 16, 300]);
+}
+
+/// Runs `cm` on `init` with `threads` threads and returns the buffers.
+fn run_once(cm: &CompiledModule, init: &[Vec<f32>], threads: usize) -> Vec<Vec<f32>> {
+    let mut got = init.to_vec();
+    let mut s: Vec<&mut [f32]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
+    cm.run(&mut s, threads).expect("run");
+    got
+}
+
+fn bits(b: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    b.iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn concurrent_runs_on_two_modules_both_progress() {
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+    let mods = [big_lc_module(257, 3, 16, 24), big_lc_module(301, 2, 16, 40)];
+    let mut jobs = Vec::new();
+    for m in &mods {
+        let cm = Arc::new(CompiledModule::compile(m, &CodegenOptions::default()).expect("compile"));
+        let init = Arc::new(lc_init(m));
+        let want = Arc::new(bits(&run_once(&cm, &init, 1)));
+        jobs.push((cm, init, want));
+    }
+    // Two callers per module (one pair on each module at the same time, and two callers
+    // sharing one module), with different thread counts.
+    let (tx, rx) = mpsc::channel();
+    let plan = [(0, 2), (1, 2), (0, 3), (1, 5)];
+    for (caller, &(which, threads)) in plan.iter().enumerate() {
+        let (cm, init, want) = jobs[which].clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut ok = true;
+            for _ in 0..60 {
+                ok &= bits(&run_once(&cm, &init, threads)) == *want;
+            }
+            let _ = tx.send((caller, ok));
+        });
+    }
+    drop(tx);
+    let mut done = vec![false; plan.len()];
+    for _ in 0..plan.len() {
+        // A deadlock (or one caller starving the others) fails here instead of hanging.
+        let (caller, ok) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every concurrent caller finishes");
+        assert!(ok, "caller {caller}: results differ from one thread");
+        done[caller] = true;
+    }
+    assert!(done.iter().all(|&d| d));
+}
+
+#[test]
+fn calls_reuse_the_pool_threads() {
+    let m = big_lc_module(257, 3, 16, 24);
+    let cm = CompiledModule::compile(&m, &CodegenOptions::default()).expect("compile");
+    let init = lc_init(&m);
+    let want = bits(&run_once(&cm, &init, 2));
+    let before = super::pool::workers_started();
+    for _ in 0..100 {
+        assert_eq!(bits(&run_once(&cm, &init, 2)), want);
+    }
+    // Scoped threads would have started 100; other tests running at the same time may
+    // start a few teams of their own.
+    let started = super::pool::workers_started() - before;
+    assert!(
+        started < 40,
+        "{started} worker threads started for 100 calls"
+    );
+}
+
+/// A kernel in Rust with the JIT kernels' ABI: stores `start` (the first iteration of the
+/// chunk) into every element `start..end` of buffer 0, so the buffer shows the partition.
+unsafe extern "C" fn mark_chunks(bufs: *const *mut f32, start: i64, end: i64) {
+    // SAFETY: the test passes one buffer of `extent` elements and `Team::run` calls with
+    // `0 ≤ start < end ≤ extent`; chunks are disjoint, so no two threads write one element.
+    unsafe {
+        let y = *bufs;
+        for i in start..end {
+            *y.add(i as usize) = start as f32;
+        }
+    }
+}
+
+#[test]
+fn partition_is_fixed_even_when_workers_fail_to_start() {
+    use super::pool::{chunk, BufPtrs, Team};
+    for (wanted, started) in [(3, 3), (3, 1), (3, 0), (7, 2), (1, 1)] {
+        let team = Team::start(wanted, started);
+        for n in 1..=9u64 {
+            for extent in [n, n + 1, 10, 97, 1000] {
+                let mut y = vec![-1.0f32; extent as usize];
+                let ptrs = [y.as_mut_ptr()];
+                team.run(mark_chunks, BufPtrs(ptrs.as_ptr()), extent, n);
+                for t in 0..n {
+                    let (a, b) = (chunk(t, extent, n), chunk(t + 1, extent, n));
+                    assert!(
+                        y[a as usize..b as usize].iter().all(|&v| v == a as f32),
+                        "workers {wanted} (started {started}), n {n}, extent {extent}: chunk {t}"
+                    );
+                }
+            }
+        }
+    }
+}
