@@ -2,7 +2,7 @@
 //!
 //! Today there is one: [`cranelift`], which compiles every kernel of a verified
 //! [`crate::loop_ir::Module`] to machine code with Cranelift's JIT and runs the kernels
-//! multi-threaded. The main types are re-exported here so callers write
+//! multi-threaded, or ahead of time into an object file with a C driver ([`aot`]). The main types are re-exported here so callers write
 //! `backend::CompiledModule`.
 //!
 //! Invariant: only verified loop-IR modules reach code generation
@@ -11,4 +11,5 @@
 
 pub mod cranelift;
 
+pub use self::cranelift::aot;
 pub use self::cranelift::{host_has_fma, BufArg, CodegenOptions, CompiledModule, OptLevel};
