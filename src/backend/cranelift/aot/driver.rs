@@ -17,7 +17,11 @@
 //! - `predict` binds the input buffer to the caller's rows for each full chunk of the
 //!   compiled batch and to the padded copy for the last partial chunk, runs every kernel
 //!   once over its whole extent (one thread), and copies only valid output rows out.
-//!   Rows are computed independently, so the results equal the JIT's bit for bit;
+//!   Rows are computed independently and the JIT's results do not depend on its thread
+//!   count, so every row equals what the JIT computes for it in a batch of the compiled
+//!   size, bit for bit (lcjit's own `predict` runs a final partial batch with a program
+//!   for that size, whose schedule, e.g. a batch-1 Dense's matrix-vector form, may round
+//!   differently);
 //! - failures write a NUL-terminated reason into a static 512-byte buffer returned by
 //!   `NAME_last_error` (shared by all handles; not thread-safe).
 //!
@@ -124,6 +128,9 @@ const MESSAGES: [(Msg, &str); 10] = [
     (Msg::Trailing, "unexpected data after the parameters"),
     (Msg::Null, "predict: null handle, input or output pointer"),
 ];
+
+/// The body builder of one driver function (module, builder, the function's arguments).
+type Body<'a, M> = dyn Fn(&mut M, &mut FunctionBuilder, &[Value]) -> Result<()> + 'a;
 
 /// Symbols shared by the driver's functions.
 struct Env {
@@ -286,7 +293,7 @@ pub(super) fn emit_driver<M: ClifModule>(
                       name: String,
                       params: &[Type],
                       ret: Option<Type>,
-                      body: &dyn Fn(&mut M, &mut FunctionBuilder, &[Value]) -> Result<()>|
+                      body: &Body<'_, M>|
      -> Result<()> {
         m.clear_context(&mut ctx);
         ctx.func.signature = sig(m, params, ret);

@@ -83,8 +83,9 @@ typedef struct {n}_s {n}_t;
  * Predicts `batch` samples: x holds batch * {n}_input_len() floats, y receives
  * batch * {n}_output_len() floats (both row-major, one sample after another).
  * Any batch size works: samples run in chunks of the compiled batch ({batch}); a final
- * partial chunk is zero-padded and only its valid rows are written to y. batch == 0
- * does nothing (x and y may then be NULL).
+ * partial chunk is zero-padded and only its valid rows are written to y. Every sample
+ * is computed by the compiled-batch program, bit for bit what lcjit's JIT computes for it
+ * in a batch of {batch}. batch == 0 does nothing (x and y may then be NULL).
  *
  * Returns 0 on success, -1 on error (NULL handle, x or y); see {n}_last_error.
  */

@@ -346,11 +346,13 @@ fn link_shared(art: &AotArtifact, output: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&obj);
     let out = match status {
         Ok(o) => o,
-        Err(e) => return Err(usage(format!(
+        Err(e) => {
+            return Err(usage(format!(
             "{}: linking a .so needs a C compiler as linker, but '{cc}' could not be run ({e}); \
                  install one (e.g. gcc) or write a .o/.a instead",
             output.display()
-        ))),
+        )))
+        }
     };
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
