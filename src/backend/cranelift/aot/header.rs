@@ -31,11 +31,11 @@ pub(super) fn header(h: &HeaderSpec) -> String {
     let in_len: usize = h.in_shape.iter().product();
     let out_len: usize = h.out_shape.iter().product();
     let weights = if h.embedded {
-        "The weights are embedded in the library: pass NULL to use them, or the path of\n \
-         * a weights file written by `lcjit aot --weights-file` for the same model."
+        "the weights are embedded in the library: pass NULL to use them, or the\n \
+         *   path of a weights file written by `lcjit aot --weights-file` for the same model."
     } else {
-        "The weights are NOT embedded: pass the path of the weights file written by\n \
-         * `lcjit aot --weights-file` together with this library (NULL fails)."
+        "the weights are NOT embedded: pass the path of the weights file written by\n \
+         *   `lcjit aot --weights-file` together with this library (NULL fails)."
     };
     format!(
         r#"/*
@@ -68,7 +68,8 @@ typedef struct {n}_s {n}_t;
  * Creates a predictor. Returns NULL on failure; the reason is then available from
  * {n}_last_error(NULL).
  *
- * weights_path_or_NULL: {weights}
+ * weights_path_or_NULL:
+ *   {weights}
  *   A weights file is checked (magic, version, parameter count and sizes, exact file
  *   size) before use.
  * threads: reserved; must be >= 1. Predictions run on the calling thread and are bitwise

@@ -1,8 +1,9 @@
 //! Ahead-of-time compilation (`lcjit aot`): the forward program of a model, compiled for
 //! one batch size, written as a relocatable object together with a generated C-ABI
 //! driver (`driver.rs`) and a C header (`header.rs`), so that C, C++, Rust or Go programs
-//! predict with no lcjit at run time. `.a` wraps the object in a GNU/BSD `ar` archive
-//! with a symbol index (`archive.rs`); `.so` links it with the system `cc -shared`.
+//! predict with no lcjit at run time. `.a` wraps the object in an `ar` archive with a
+//! symbol index (System V/GNU format, `archive.rs`); `.so` links it with the system
+//! `cc -shared`.
 //!
 //! Invariants:
 //! - the kernels are the JIT's (`codegen::define_kernels` on the same verified module);
