@@ -5,7 +5,9 @@
 //! Every caller that runs loop IR (the runtime's forward and gradient programs, the
 //! compiled optimizer update, the roofline probes) goes through [`prepare`]; which
 //! executor an engine name means is decided once, in [`crate::runtime::Engine::backend`].
-//! Nothing outside this module names the interpreter or the JIT.
+//! Nothing outside this module names the interpreter or the JIT. The third way to run a
+//! program, ahead-of-time object code with a C driver ([`aot`], `lcjit aot`), runs the
+//! same kernels outside lcjit; its tests check it against [`Program`].
 //!
 //! Invariant: only verified loop-IR modules are prepared ([`prepare`] runs the verifier
 //! for both executors), because the generated code does no bounds checks; the interpreter
@@ -13,6 +15,7 @@
 
 pub mod cranelift;
 
+pub use self::cranelift::aot;
 pub use self::cranelift::{host_has_fma, CodegenOptions, CompiledModule, OptLevel};
 use crate::error::Result;
 pub use crate::loop_ir::BufArg;

@@ -2,6 +2,7 @@
 //! with its `Args` struct and the function that runs it) and the dispatch. Everything
 //! here is glue over the library; no model logic lives in the tool.
 
+mod aot;
 mod bench;
 mod evaluate;
 mod fit;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Loss and metrics of a model over a dataset, as Keras's evaluate; loss and metrics
     /// default to the file's training_config.
     Evaluate(evaluate::EvaluateArgs),
+    /// Compile a model ahead of time into a C library (.o, .a or .so) and header: predict
+    /// from C, C++, Rust or Go with no lcjit at run time.
+    Aot(aot::AotArgs),
 }
 
 /// Programs shown by `lcjit ir`.
@@ -133,5 +137,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Grad(a)) => grad::grad(a, budget),
         Some(Command::Fit(a)) => fit::fit(*a, budget),
         Some(Command::Evaluate(a)) => evaluate::evaluate(a, budget),
+        Some(Command::Aot(a)) => aot::aot(a, budget),
     }
 }

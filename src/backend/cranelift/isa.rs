@@ -85,13 +85,17 @@ fn flag_err(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("cranelift: cannot configure the ISA: {e}"))
 }
 
-/// The host ISA with every detected feature, configured from `opts`.
-pub fn host_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa> {
+/// The shared Cranelift flags for `opts`; `is_pic` is `false` for the JIT (cranelift-jit
+/// 0.135 asserts it) and `true` for relocatable objects (`aot`), which changes only how
+/// symbols are addressed, never the arithmetic.
+pub(super) fn shared_flags(opts: &CodegenOptions, is_pic: bool) -> Result<settings::Flags> {
     let mut flags = settings::builder();
     flags
         .set("opt_level", opts.opt_level.flag())
         .map_err(flag_err)?;
-    flags.set("is_pic", "false").map_err(flag_err)?;
+    flags
+        .set("is_pic", if is_pic { "true" } else { "false" })
+        .map_err(flag_err)?;
     flags
         .set("use_colocated_libcalls", "false")
         .map_err(flag_err)?;
@@ -107,8 +111,13 @@ pub fn host_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa> {
             },
         )
         .map_err(flag_err)?;
+    Ok(settings::Flags::new(flags))
+}
+
+/// The host ISA with every detected feature, configured from `opts`.
+pub fn host_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa> {
     let isa = cranelift_native::builder()
         .map_err(|e| Error::internal(format!("cranelift: unsupported host: {e}")))?;
-    isa.finish(settings::Flags::new(flags))
+    isa.finish(shared_flags(opts, false)?)
         .map_err(|e| Error::internal(format!("cranelift: cannot build the host ISA: {e}")))
 }

@@ -7,9 +7,11 @@
 //! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
 //! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
 //! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
+//! - `codegen.rs`: every kernel of a module into any Cranelift module (JIT or object);
 //! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split;
 //! - `pool.rs`: the persistent worker threads (process-wide cache of teams) that run the
-//!   chunks of parallel kernels.
+//!   chunks of parallel kernels;
+//! - `aot/`: ahead-of-time objects with a generated C-ABI driver (`lcjit aot`).
 //!
 //! Kernel ABI (one for all kernels): `extern "C" fn(bufs: *const *mut f32, start: i64,
 //! end: i64)`. `bufs[i]` is the base of module buffer `i`. A *parallel* kernel's body is
@@ -19,6 +21,8 @@
 //! top-level statements are rejected with [`crate::Error::Internal`].
 
 mod addr;
+pub mod aot;
+mod codegen;
 mod emit;
 mod expr;
 mod isa;

@@ -13,12 +13,11 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cranelift_codegen::ir::UserFuncName;
-use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module as _};
+use cranelift_module::{default_libcall_names, Linkage};
 
-use super::emit::{classify, emit_kernel, KernelShape};
+use super::codegen::define_kernels;
+use super::emit::KernelShape;
 use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
 use crate::loop_ir::{verify::verify, BufArg, Module};
@@ -128,46 +127,13 @@ impl CompiledModule {
             .0
             .as_mut()
             .ok_or_else(|| Error::internal("cranelift: JIT module missing"))?;
-        let mut ctx = jit.make_context();
-        let mut fbc = FunctionBuilderContext::new();
-        let (mut clif, mut asm) = (String::new(), String::new());
-        let mut declared = Vec::with_capacity(module.kernels.len());
-        for (i, kernel) in module.kernels.iter().enumerate() {
-            let shape = classify(kernel)?;
-            jit.clear_context(&mut ctx);
-            emit_kernel(
-                &mut ctx.func,
-                &mut fbc,
-                module,
-                kernel,
-                shape,
-                use_fma,
-                jit.target_config(),
-            )?;
-            let id = jit
-                .declare_function(&format!("k{i}"), Linkage::Local, &ctx.func.signature)
-                .map_err(|e| jit_err(&kernel.name, "declare", e))?;
-            ctx.func.name = UserFuncName::user(0, id.as_u32());
-            ctx.set_disasm(opts.keep_text);
-            jit.define_function(id, &mut ctx)
-                .map_err(|e| jit_err(&kernel.name, "compile", e))?;
-            if opts.keep_text {
-                // After `define_function`, `ctx.func` holds the optimised CLIF.
-                clif.push_str(&format!(
-                    "; kernel {}\n{}\n",
-                    kernel.name,
-                    ctx.func.display()
-                ));
-                let vcode = ctx.compiled_code().and_then(|c| c.vcode.clone());
-                asm.push_str(&format!(
-                    "; kernel {}\n{}\n",
-                    kernel.name,
-                    vcode.unwrap_or_default()
-                ));
-            }
-            declared.push((id, shape, kernel.name.clone()));
-        }
-        jit.clear_context(&mut ctx);
+        let defined = define_kernels(jit, module, use_fma, opts.keep_text, "k", Linkage::Local)?;
+        let (clif, asm) = (defined.clif, defined.asm);
+        let declared: Vec<_> = defined
+            .kernels
+            .into_iter()
+            .map(|k| (k.id, k.shape, k.name))
+            .collect();
         jit.finalize_definitions()
             .map_err(|e| jit_err(&module.name, "finalize", e))?;
         let mut kernels = Vec::with_capacity(declared.len());

@@ -1,0 +1,370 @@
+//! Ahead-of-time compilation (`lcjit aot`): the forward program of a model, compiled for
+//! one batch size, written as a relocatable object together with a generated C-ABI
+//! driver (`driver.rs`) and a C header (`header.rs`), so that C, C++, Rust or Go programs
+//! predict with no lcjit at run time. `.a` wraps the object in an `ar` archive with a
+//! symbol index (System V/GNU format, `archive.rs`); `.so` links it with the system
+//! `cc -shared`.
+//!
+//! Invariants:
+//! - the kernels are the JIT's (`codegen::define_kernels` on the same verified module);
+//!   for `--target host` the ISA flags and FMA decision are the JIT's, so predictions
+//!   equal `CompiledModel` with `Engine::Jit` bit for bit;
+//! - only `NAME_*` symbols are global: kernels and data are `Linkage::Local`; libc
+//!   functions (`calloc`, `malloc`, `free`, `memcpy`, `memset`, `memcmp`, `fopen`,
+//!   `fread`, `fclose`, `strncat`) are imports;
+//! - the model has exactly one input and one output (the C API takes one `x` and one `y`);
+//! - every file is written atomically (a temporary name in the same directory, then
+//!   `rename`).
+
+mod archive;
+mod driver;
+mod header;
+mod target;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use cranelift_module::{default_libcall_names, Linkage};
+use cranelift_object::{ObjectBuilder, ObjectModule};
+
+use super::codegen::define_kernels;
+use super::isa::{CodegenOptions, OptLevel};
+use crate::error::{Error, Result};
+use crate::loop_ir::{verify::verify, BufRole};
+use crate::model::Model;
+
+pub use header::MAX_RANK;
+
+/// Where the library's weights live.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum WeightsMode {
+    /// In the object's read-only data (`NAME_create(NULL, …)` uses them).
+    #[default]
+    Embedded,
+    /// In a separate weights file ([`weights`] format) passed to `NAME_create`.
+    File,
+}
+
+/// Options of [`compile_object`].
+#[derive(Clone, Debug)]
+pub struct AotOptions {
+    /// Symbol prefix: a C identifier (`NAME_create`, …).
+    pub name: String,
+    /// The compiled batch (≥ 1); `NAME_predict` takes any batch in chunks of it.
+    pub batch: usize,
+    /// `host`, `x86_64[-v2|-v3|-v4]` or a target triple (e.g.
+    /// `aarch64-unknown-linux-gnu`).
+    pub target: String,
+    /// Embedded weights or a weights file.
+    pub weights: WeightsMode,
+    /// Cranelift optimisation level (the JIT's default unless changed).
+    pub opt_level: OptLevel,
+    /// A label for the header's comment (usually the model file).
+    pub model_label: String,
+}
+
+impl Default for AotOptions {
+    fn default() -> Self {
+        AotOptions {
+            name: "model".into(),
+            batch: 1,
+            target: "host".into(),
+            weights: WeightsMode::Embedded,
+            opt_level: OptLevel::default(),
+            model_label: "a model".into(),
+        }
+    }
+}
+
+/// The result of [`compile_object`].
+#[derive(Clone, Debug)]
+pub struct AotArtifact {
+    /// The relocatable object file.
+    pub object: Vec<u8>,
+    /// The C header.
+    pub header: String,
+    /// The weights file ([`WeightsMode::File`] only).
+    pub weights_file: Option<Vec<u8>>,
+    /// The symbol prefix.
+    pub name: String,
+    /// The target triple of the object.
+    pub triple: String,
+    /// The names of the global symbols the object defines.
+    pub exports: Vec<String>,
+}
+
+fn usage(detail: impl Into<String>) -> Error {
+    Error::Usage {
+        detail: detail.into(),
+    }
+}
+
+/// Whether `name` is a C identifier usable as a symbol prefix.
+fn valid_name(name: &str) -> bool {
+    let mut c = name.chars();
+    matches!(c.next(), Some(ch) if ch == '_' || ch.is_ascii_alphabetic())
+        && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
+}
+
+/// The functions every library exports, without the `NAME_` prefix.
+pub const EXPORTS: [&str; 9] = [
+    "create",
+    "predict",
+    "destroy",
+    "input_len",
+    "output_len",
+    "batch",
+    "input_shape",
+    "output_shape",
+    "last_error",
+];
+
+/// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
+/// driver, plus its header (and weights file).
+pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
+    if !valid_name(&opts.name) {
+        return Err(usage(format!(
+            "--name '{}': not a C identifier (letters, digits and _, not starting with a digit)",
+            opts.name
+        )));
+    }
+    if opts.batch == 0 {
+        return Err(usage("--batch must be at least 1"));
+    }
+    let graph = model.graph();
+    if graph.inputs.len() != 1 || graph.outputs.len() != 1 {
+        return Err(usage(format!(
+            "aot needs a model with one input and one output (this one has {} and {})",
+            graph.inputs.len(),
+            graph.outputs.len()
+        )));
+    }
+    let in_shape = graph.nodes[graph.inputs[0]].shape.clone();
+    let out_shape = graph.nodes[graph.outputs[0]].shape.clone();
+    if in_shape.len() > MAX_RANK || out_shape.len() > MAX_RANK {
+        return Err(usage(format!(
+            "aot supports per-sample ranks up to {MAX_RANK}"
+        )));
+    }
+    let lowered = crate::lower::lower_forward(graph, opts.batch)?;
+    let module = &lowered.module;
+    verify(module)?;
+    let in_len: usize = in_shape.iter().product();
+    let out_len: usize = out_shape.iter().product();
+    let input_buf = lowered.input_bufs[0] as usize;
+    let output_buf = lowered.output_bufs[0] as usize;
+    let blen = |b: usize| module.buffers.get(b).map_or(usize::MAX, |x| x.len);
+    if blen(input_buf) != opts.batch * in_len || blen(output_buf) != opts.batch * out_len {
+        return Err(Error::internal(
+            "aot: input/output buffer lengths differ from batch × sample length",
+        ));
+    }
+
+    // Parameters, canonical layout, back to back.
+    let params: Vec<Vec<f32>> = model
+        .params()
+        .iter()
+        .map(|a| a.iter().copied().collect())
+        .collect();
+    let lens: Vec<usize> = params.iter().map(Vec::len).collect();
+    let mut offsets = Vec::with_capacity(lens.len());
+    let mut total = 0usize;
+    for &l in &lens {
+        offsets.push(total);
+        total += 4 * l;
+    }
+    let mut writable = Vec::new();
+    let mut param_bufs = Vec::new();
+    let mut consts = Vec::new();
+    for (i, b) in module.buffers.iter().enumerate() {
+        match &b.role {
+            BufRole::Input(0) => {}
+            BufRole::Param(k) => {
+                if lens.get(*k) != Some(&b.len) {
+                    return Err(Error::internal(format!(
+                        "aot: parameter buffer {} has {} floats, parameter {k} has {:?}",
+                        b.name,
+                        b.len,
+                        lens.get(*k)
+                    )));
+                }
+                param_bufs.push((i, offsets[*k]));
+            }
+            BufRole::Const(v) => consts.push((i, v.as_slice())),
+            r if !r.is_read_only() => writable.push((i, b.len)),
+            r => {
+                return Err(Error::internal(format!(
+                    "aot: forward program has an unexpected read-only buffer {} ({r:?})",
+                    b.name
+                )))
+            }
+        }
+    }
+
+    let target = target::target_isa(
+        &opts.target,
+        &CodegenOptions {
+            opt_level: opts.opt_level,
+            use_fma: None,
+            keep_text: false,
+        },
+    )?;
+    let triple = target.isa.triple().to_string();
+    let builder = ObjectBuilder::new(target.isa, opts.name.as_bytes(), default_libcall_names())
+        .map_err(|e| Error::internal(format!("aot: object builder: {e}")))?;
+    let mut obj = ObjectModule::new(builder);
+    let defined = define_kernels(
+        &mut obj,
+        module,
+        target.use_fma,
+        false,
+        &format!("{}__k", opts.name),
+        Linkage::Local,
+    )?;
+    let embedded = (opts.weights == WeightsMode::Embedded).then(|| {
+        let mut w = Vec::with_capacity(total);
+        for v in params.iter().flatten() {
+            w.extend_from_slice(&v.to_le_bytes());
+        }
+        w
+    });
+    let spec = driver::DriverSpec {
+        name: &opts.name,
+        nbuf: module.buffers.len(),
+        writable,
+        params: param_bufs,
+        consts,
+        input_buf,
+        output_buf,
+        batch: opts.batch,
+        in_len,
+        out_len,
+        in_shape: &in_shape,
+        out_shape: &out_shape,
+        embedded,
+        weight_bytes: total,
+        weights_header: weights::expected_header(&lens),
+    };
+    driver::emit_driver(&mut obj, &spec, &defined.kernels)?;
+    let object = obj
+        .finish()
+        .emit()
+        .map_err(|e| Error::internal(format!("aot: cannot write the object: {e}")))?;
+    let header = header::header(&header::HeaderSpec {
+        name: &opts.name,
+        model: &opts.model_label.replace("*/", "* /"),
+        target: &triple,
+        batch: opts.batch,
+        in_shape: &in_shape,
+        out_shape: &out_shape,
+        embedded: opts.weights == WeightsMode::Embedded,
+    });
+    Ok(AotArtifact {
+        object,
+        header,
+        weights_file: (opts.weights == WeightsMode::File).then(|| weights::encode(&params)),
+        name: opts.name.clone(),
+        triple,
+        exports: EXPORTS
+            .iter()
+            .map(|e| format!("{}_{e}", opts.name))
+            .collect(),
+    })
+}
+
+/// The kind of library file, from the output's extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// `.o`: the object itself.
+    Object,
+    /// `.a`: a static archive holding the object.
+    Static,
+    /// `.so`: a shared library linked by the system `cc`.
+    Shared,
+}
+
+impl OutputKind {
+    /// The kind named by `path`'s extension.
+    pub fn of(path: &Path) -> Result<OutputKind> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("o") => Ok(OutputKind::Object),
+            Some("a") => Ok(OutputKind::Static),
+            Some("so") => Ok(OutputKind::Shared),
+            _ => Err(Error::UnsupportedFile {
+                path: path.to_path_buf(),
+                expected: ".o, .a or .so",
+            }),
+        }
+    }
+}
+
+/// A temporary file next to `path` (same directory, so `rename` is atomic).
+fn temp_next_to(path: &Path, tag: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{tag}.{}.tmp", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_next_to(path, "lcjit");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Writes the library (`.o`, `.a` or `.so` by `output`'s extension) and the header, each
+/// atomically. `.so` needs the system C compiler `cc` (or `$CC`) as linker.
+pub fn write_library(art: &AotArtifact, output: &Path, header_path: &Path) -> Result<()> {
+    match OutputKind::of(output)? {
+        OutputKind::Object => write_atomic(output, &art.object)?,
+        OutputKind::Static => {
+            let member = format!("{}.o", art.name);
+            let bytes = archive::archive(&member, &art.object, &art.exports);
+            write_atomic(output, &bytes)?;
+        }
+        OutputKind::Shared => link_shared(art, output)?,
+    }
+    write_atomic(header_path, art.header.as_bytes())
+}
+
+/// Links the object into a shared library with `cc -shared`.
+fn link_shared(art: &AotArtifact, output: &Path) -> Result<()> {
+    let obj = temp_next_to(output, "o");
+    std::fs::write(&obj, &art.object).map_err(|e| Error::io(&obj, e))?;
+    let tmp = temp_next_to(output, "so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = std::process::Command::new(&cc)
+        .arg("-shared")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&obj)
+        .output();
+    let _ = std::fs::remove_file(&obj);
+    let out = match status {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(usage(format!(
+            "{}: linking a .so needs a C compiler as linker, but '{cc}' could not be run ({e}); \
+                 install one (e.g. gcc) or write a .o/.a instead",
+            output.display()
+        )))
+        }
+    };
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(usage(format!(
+            "{}: '{cc} -shared' failed: {}",
+            output.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&tmp, output).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(output, e)
+    })
+}

@@ -1,0 +1,775 @@
+//! `lcjit aot`: objects built for the host, linked with a small C driver (compiled with
+//! `cc` here, run as a subprocess over raw f32 files), predict bit for bit what the JIT
+//! (`CompiledModel`, `Engine::Jit`) predicts, on every Keras golden case and every
+//! workload but the two largest (deepface, yolo_local: 134–138 M parameters, over 500 MB
+//! of weights each), for a compiled batch of 1 and for 3 rows through a compiled batch of
+//! 2 (a zero-padded partial chunk). Also: the weights-file mode and its validation,
+//! `.a` and `.so` outputs, exported symbols, CLI errors, x86-64 level targets and, with
+//! `aarch64-linux-gnu-gcc` and `qemu-aarch64` on PATH, aarch64 objects run under qemu
+//! (golden tolerance). Without the cross tools that test prints a note and passes,
+//! unless `LCJIT_REQUIRE_CROSS=1`.
+
+use lcjit::backend::aot::{self, AotOptions, WeightsMode};
+use lcjit::{io, CompileOptions, CompiledModel, Engine, LoadOptions, Model};
+use ndarray::{ArrayD, Axis, IxDyn};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The C test driver: `drv x.f32 y.f32 rows [weights|-]` → exit 0 and y, or exit 3 with
+/// `create failed: <reason>` on stderr.
+const DRIVER_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model.h"
+int main(int argc, char **argv) {
+  if (argc < 4) return 2;
+  const char *w = (argc > 4 && strcmp(argv[4], "-") != 0) ? argv[4] : NULL;
+  size_t n = strtoul(argv[3], NULL, 10);
+  model_t *h = model_create(w, 1);
+  if (!h) { fprintf(stderr, "create failed: %s\n", model_last_error(NULL)); return 3; }
+  size_t il = model_input_len(), ol = model_output_len();
+  float *x = malloc(n * il * 4 + 4), *y = malloc(n * ol * 4 + 4);
+  FILE *f = fopen(argv[1], "rb");
+  if (!f || fread(x, 4, n * il, f) != n * il) { fprintf(stderr, "cannot read x\n"); return 4; }
+  fclose(f);
+  if (model_predict(h, x, n, y) != 0) {
+    fprintf(stderr, "predict failed: %s\n", model_last_error(h)); return 5;
+  }
+  if (model_predict(NULL, x, n, y) != -1) { fprintf(stderr, "NULL handle accepted\n"); return 6; }
+  size_t d[MODEL_MAX_RANK];
+  int r = model_input_shape(d);
+  size_t p = 1;
+  for (int i = 0; i < r; i++) p *= d[i];
+  if (p != il) { fprintf(stderr, "input shape does not multiply to input_len\n"); return 7; }
+  r = model_output_shape(d);
+  p = 1;
+  for (int i = 0; i < r; i++) p *= d[i];
+  if (p != ol) { fprintf(stderr, "output shape does not multiply to output_len\n"); return 7; }
+  f = fopen(argv[2], "wb");
+  if (!f || fwrite(y, 4, n * ol, f) != n * ol) { fprintf(stderr, "cannot write y\n"); return 4; }
+  fclose(f);
+  model_destroy(h);
+  model_destroy(NULL);
+  free(x); free(y);
+  return 0;
+}
+"#;
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+/// A fresh scratch directory (removed by `Drop`).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "lcjit-aot-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn write_f32(path: &Path, v: impl Iterator<Item = f32>) {
+    let bytes: Vec<u8> = v.flat_map(f32::to_le_bytes).collect();
+    std::fs::write(path, bytes).expect("write f32");
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .expect("read f32")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Compiles the C driver in `dir` (next to `model.h`) with `lib` (object, archive or
+/// shared library) into `dir/drv`, with `cc` (or another C compiler).
+fn link_driver(dir: &Scratch, lib: &Path, cc: &str) -> PathBuf {
+    let src = dir.path("drv.c");
+    std::fs::write(&src, DRIVER_C).expect("driver source");
+    let exe = dir.path("drv");
+    let mut cmd = Command::new(cc);
+    cmd.arg("-O1")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg(lib);
+    if lib.extension().is_some_and(|e| e == "so") {
+        cmd.arg(format!("-Wl,-rpath,{}", dir.0.display()));
+    }
+    cmd.arg("-lm");
+    run_ok(&mut cmd, &format!("{cc} driver"));
+    exe
+}
+
+/// Runs `exe` (optionally under `runner`) on `x`'s rows; returns the output floats.
+fn run_driver(
+    dir: &Scratch,
+    exe: &Path,
+    runner: &[&str],
+    x: &ArrayD<f32>,
+    weights: Option<&Path>,
+) -> Vec<f32> {
+    let (xp, yp) = (dir.path("x.f32"), dir.path("y.f32"));
+    write_f32(&xp, x.iter().copied());
+    let mut cmd = match runner.split_first() {
+        Some((r, rest)) => {
+            let mut c = Command::new(r);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.arg(&xp).arg(&yp).arg(x.shape()[0].to_string());
+    cmd.arg(weights.map_or_else(|| "-".into(), |w| w.display().to_string()));
+    run_ok(&mut cmd, &format!("driver {}", exe.display()));
+    read_f32(&yp)
+}
+
+/// Writes `opts`' library for `model` as `dir/model.o` + `dir/model.h` (and the weights
+/// file `dir/model.lcw` in file mode); returns the object path.
+fn build_object(dir: &Scratch, model: &Model, opts: &AotOptions) -> PathBuf {
+    let art = aot::compile_object(model, opts).expect("compile_object");
+    let obj = dir.path("model.o");
+    aot::write_library(&art, &obj, &dir.path("model.h")).expect("write library");
+    if let Some(w) = &art.weights_file {
+        aot::write_atomic(&dir.path("model.lcw"), w).expect("weights file");
+    }
+    obj
+}
+
+fn jit(model: &Model, batch: usize, x: &ArrayD<f32>) -> ArrayD<f32> {
+    let cm = CompiledModel::new(
+        Arc::new(model.clone()),
+        CompileOptions {
+            engine: Engine::Jit,
+            threads: 1,
+            max_batch: batch,
+        },
+    )
+    .expect("jit");
+    cm.predict(x).expect("jit predict")
+}
+
+/// The first `rows` rows of `x`, cycling when `x` has fewer.
+fn rows(x: &ArrayD<f32>, rows: usize) -> ArrayD<f32> {
+    let n = x.shape()[0];
+    let idx: Vec<usize> = (0..rows).map(|i| i % n).collect();
+    x.select(Axis(0), &idx)
+}
+
+fn bits_equal(a: &[f32], b: &ArrayD<f32>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+}
+
+/// Host object vs JIT, compiled batch 1 over all of `x` and compiled batch 2 over 3
+/// rows; `file` selects the weights-file mode. Panics on a difference.
+fn check_bitwise(label: &str, model: &Model, x: &ArrayD<f32>, file: bool) {
+    for (batch, n) in [(1usize, x.shape()[0]), (2, 3)] {
+        let dir = Scratch::new("case");
+        let xs = rows(x, n);
+        let opts = AotOptions {
+            batch,
+            weights: if file {
+                WeightsMode::File
+            } else {
+                WeightsMode::Embedded
+            },
+            ..AotOptions::default()
+        };
+        let obj = build_object(&dir, model, &opts);
+        let exe = link_driver(&dir, &obj, "cc");
+        let w = file.then(|| dir.path("model.lcw"));
+        let got = run_driver(&dir, &exe, &[], &xs, w.as_deref());
+        // Every row goes through the batch-`batch` program (a partial chunk padded with
+        // zero rows), so compare with the JIT running the same padded chunks.
+        let want = jit(model, batch, &pad_rows(&xs, batch));
+        let want: Vec<f32> = want.iter().copied().collect();
+        let out_len: usize = want.len() / n.div_ceil(batch).max(1) / batch;
+        assert_eq!(got.len(), n * out_len, "{label}: output length");
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{label}: compiled batch {batch}, {n} rows: the object's output differs from the JIT's"
+        );
+        // lcjit's own predict runs a final partial chunk with a program for its size
+        // (whose Dense schedule may differ, e.g. gemv at batch 1): equal within the
+        // golden tolerance.
+        let own = jit(model, batch, &xs);
+        let scale = own.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(own.iter())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-4 * scale,
+            "{label}: {err} from the JIT's own predict"
+        );
+    }
+}
+
+/// `x` with zero rows appended up to a multiple of `batch`.
+fn pad_rows(x: &ArrayD<f32>, batch: usize) -> ArrayD<f32> {
+    let n = x.shape()[0];
+    let padded = n.div_ceil(batch) * batch;
+    let mut shape = x.shape().to_vec();
+    shape[0] = padded;
+    let mut v: Vec<f32> = x.iter().copied().collect();
+    v.resize(x.len() / n.max(1) * padded, 0.0);
+    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("pad")
+}
+
+fn golden_cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data("keras-golden"))
+        .expect("golden dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.h5").exists() && p.join("x.npy").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 40, "golden cases missing");
+    v
+}
+
+fn cc_or_skip() -> bool {
+    if have("cc") {
+        return true;
+    }
+    assert!(
+        std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
+        "cc is required"
+    );
+    eprintln!("note: no cc on PATH; aot link tests skipped");
+    false
+}
+
+#[test]
+fn golden_cases_equal_the_jit_bit_for_bit() {
+    if !cc_or_skip() {
+        return;
+    }
+    let cases = golden_cases();
+    for case in &cases {
+        let label = case.file_name().unwrap().to_string_lossy().to_string();
+        let model = Model::load(case.join("model.h5")).expect("load");
+        let x = io::read_npy(&case.join("x.npy")).expect("x");
+        check_bitwise(&label, &model, &x, false);
+    }
+    eprintln!(
+        "aot: {} golden cases bitwise equal to the JIT (compiled batch 1 and 2)",
+        cases.len()
+    );
+}
+
+/// Workloads by parameter count; the two largest are skipped (see the module docs).
+#[test]
+fn workloads_equal_the_jit_bit_for_bit() {
+    if !cc_or_skip() {
+        return;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(data("workloads"))
+        .expect("workloads")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let mut models: Vec<(String, Model, usize)> = names
+        .into_iter()
+        .map(|n| {
+            let m = Model::load_with(data("workloads").join(&n), &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{n}: {e}"));
+            let p = m.params().iter().map(|a| a.len()).sum();
+            (n, m, p)
+        })
+        .collect();
+    models.sort_by_key(|(_, _, p)| *p);
+    let skipped: Vec<String> = models
+        .drain(models.len() - 2..)
+        .map(|(n, _, _)| n)
+        .collect();
+    eprintln!("aot: skipping the two largest workloads {skipped:?}");
+    let count = models.len();
+    for (name, model, params) in models {
+        let mut shape = vec![2];
+        shape.extend_from_slice(model.input_shape());
+        let n: usize = shape.iter().product();
+        let x = ArrayD::from_shape_vec(
+            IxDyn(&shape),
+            (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0)
+                .collect(),
+        )
+        .expect("x");
+        // Large weights go to a file instead of a 300 MB object.
+        check_bitwise(&name, &model, &x, params > 10_000_000);
+    }
+    eprintln!("aot: {count} workloads bitwise equal to the JIT");
+}
+
+#[test]
+fn weights_file_mode_and_its_validation() {
+    if !cc_or_skip() {
+        return;
+    }
+    let case = data("keras-golden/case_0001");
+    let model = Model::load(case.join("model.h5")).expect("load");
+    let x = io::read_npy(&case.join("x.npy")).expect("x");
+    check_bitwise("case_0001 (weights file)", &model, &x, true);
+
+    let dir = Scratch::new("wfile");
+    let opts = AotOptions {
+        batch: 2,
+        weights: WeightsMode::File,
+        ..AotOptions::default()
+    };
+    let obj = build_object(&dir, &model, &opts);
+    let exe = link_driver(&dir, &obj, "cc");
+    let good = std::fs::read(dir.path("model.lcw")).expect("weights");
+    // The Rust reader round-trips the file.
+    let params = aot::weights::read(&dir.path("model.lcw")).expect("read weights");
+    assert_eq!(params.len(), model.params().len());
+    for (p, a) in params.iter().zip(model.params()) {
+        assert!(p
+            .iter()
+            .zip(a.iter())
+            .all(|(u, v)| u.to_bits() == v.to_bits()));
+    }
+    let fails = |bytes: Option<&[u8]>, expect: &str| {
+        let path = dir.path("bad.lcw");
+        let _ = std::fs::remove_file(&path);
+        if let Some(b) = bytes {
+            std::fs::write(&path, b).expect("write bad");
+        }
+        std::fs::write(
+            dir.path("x.f32"),
+            vec![0u8; 4 * model.input_shape().iter().product::<usize>()],
+        )
+        .expect("x");
+        let mut cmd = Command::new(&exe);
+        cmd.arg(dir.path("x.f32")).arg(dir.path("y.f32")).arg("1");
+        cmd.arg(if expect.contains("no embedded") {
+            "-".to_string()
+        } else {
+            path.display().to_string()
+        });
+        let out = cmd.output().expect("run driver");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{expect}: {err}");
+        assert!(err.contains(expect), "expected '{expect}' in: {err}");
+        if bytes.is_some() || expect.contains("cannot open") {
+            assert!(err.contains("bad.lcw: "), "the path is named: {err}");
+        }
+    };
+    fails(None, "no embedded weights");
+    fails(None, "cannot open the weights file");
+    fails(Some(b"short"), "bad magic");
+    let mut b = good.clone();
+    b[0] = b'X';
+    fails(Some(&b), "bad magic");
+    let mut b = good.clone();
+    b[8] = 2;
+    fails(Some(&b), "version");
+    let mut b = good.clone();
+    b[16] ^= 1;
+    fails(Some(&b), "do not match this model");
+    fails(Some(&good[..good.len() - 4]), "truncated");
+    let mut b = good.clone();
+    b.push(0);
+    fails(Some(&b), "unexpected data after the parameters");
+    // Another model's weights file.
+    let other = Model::load(data("keras-golden/case_0002/model.h5")).expect("load");
+    let ow: Vec<Vec<f32>> = other
+        .params()
+        .iter()
+        .map(|a| a.iter().copied().collect())
+        .collect();
+    fails(Some(&aot::weights::encode(&ow)), "do not match this model");
+
+    // An embedded library also accepts a weights file (here with every weight halved).
+    let dir2 = Scratch::new("override");
+    let obj = build_object(&dir2, &model, &AotOptions::default());
+    let exe = link_driver(&dir2, &obj, "cc");
+    let halved: Vec<Vec<f32>> = model
+        .params()
+        .iter()
+        .map(|a| a.iter().map(|v| v * 0.5).collect())
+        .collect();
+    let wpath = dir2.path("half.lcw");
+    std::fs::write(&wpath, aot::weights::encode(&halved)).expect("write");
+    let got = run_driver(&dir2, &exe, &[], &x, Some(&wpath));
+    let mut m2 = model.clone();
+    m2.set_params(model.params().iter().map(|a| a.mapv(|v| v * 0.5)).collect())
+        .expect("set params");
+    assert!(bits_equal(&got, &jit(&m2, 1, &x)), "weights file override");
+}
+
+fn lcjit_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lcjit"))
+}
+
+#[test]
+fn static_and_shared_libraries_and_exported_symbols() {
+    if !cc_or_skip() {
+        return;
+    }
+    let case = data("keras-golden/case_0005");
+    let model = Model::load(case.join("model.h5")).expect("load");
+    let x = io::read_npy(&case.join("x.npy")).expect("x");
+    let want = jit(&model, 2, &x);
+    for ext in ["a", "so"] {
+        let dir = Scratch::new(ext);
+        let lib = dir.path(&format!("libmodel.{ext}"));
+        run_ok(
+            lcjit_bin()
+                .arg("aot")
+                .arg(case.join("model.h5"))
+                .arg("--output")
+                .arg(&lib)
+                .arg("--header")
+                .arg(dir.path("model.h"))
+                .arg("--batch")
+                .arg("2"),
+            &format!("lcjit aot .{ext}"),
+        );
+        let exe = link_driver(&dir, &lib, "cc");
+        let got = run_driver(&dir, &exe, &[], &x, None);
+        assert!(bits_equal(&got, &want), ".{ext}: differs from the JIT");
+        if ext == "so" && have("nm") {
+            let out = run_ok(
+                Command::new("nm").arg("-D").arg("--defined-only").arg(&lib),
+                "nm -D",
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let funcs: Vec<&str> = text
+                .lines()
+                .filter(|l| l.split_whitespace().nth(1) == Some("T"))
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .collect();
+            assert!(!funcs.is_empty(), "{text}");
+            assert!(
+                funcs.iter().all(|s| s.starts_with("model_")),
+                ".so exports more than model_*: {funcs:?}"
+            );
+        }
+        if have("c++") {
+            // The header is valid C++ too (extern "C").
+            let cpp = dir.path("t.cpp");
+            std::fs::write(
+                &cpp,
+                "#include \"model.h\"\nint main() { return (int)model_input_len() * 0; }\n",
+            )
+            .expect("cpp");
+            run_ok(
+                Command::new("c++")
+                    .arg("-o")
+                    .arg(dir.path("tcpp"))
+                    .arg(&cpp)
+                    .arg(&lib)
+                    .arg(format!("-Wl,-rpath,{}", dir.0.display())),
+                "c++ with the header",
+            );
+        }
+    }
+}
+
+#[test]
+fn only_name_symbols_are_global() {
+    if !have("nm") {
+        assert!(
+            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
+            "nm required"
+        );
+        eprintln!("note: no nm on PATH; symbol test skipped");
+        return;
+    }
+    let model = Model::load(data("keras-golden/case_0003/model.h5")).expect("load");
+    let dir = Scratch::new("nm");
+    let opts = AotOptions {
+        name: "net7".into(),
+        ..AotOptions::default()
+    };
+    let art = aot::compile_object(&model, &opts).expect("compile");
+    let obj = dir.path("net.o");
+    aot::write_library(&art, &obj, &dir.path("net.h")).expect("write");
+    let out = run_ok(
+        Command::new("nm").arg("-g").arg("--defined-only").arg(&obj),
+        "nm",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let syms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let mut sorted = syms.clone();
+    sorted.sort();
+    let mut expect: Vec<String> = aot::EXPORTS.iter().map(|e| format!("net7_{e}")).collect();
+    expect.sort();
+    assert_eq!(sorted, expect, "global defined symbols:\n{text}");
+    let header = std::fs::read_to_string(dir.path("net.h")).expect("header");
+    for e in &expect {
+        assert!(
+            header.contains(&format!(" {e}(")) || header.contains(&format!("*{e}(")),
+            "{e} undocumented"
+        );
+    }
+    assert!(header.contains("#ifndef NET7_LCJIT_H") && header.contains("extern \"C\""));
+}
+
+#[test]
+fn cli_errors_exit_2_and_name_the_problem() {
+    let dir = Scratch::new("cli");
+    let model = data("keras-golden/case_0000/model.h5");
+    let h = dir.path("m.h");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--output".into(), dir.path("m.txt").display().to_string()],
+            "m.txt",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--name".into(),
+                "9bad".into(),
+            ],
+            "--name",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--batch".into(),
+                "0".into(),
+            ],
+            "--batch",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--target".into(),
+                "nonsense-cpu".into(),
+            ],
+            "--target",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--target".into(),
+                "riscv32-unknown-linux-gnu".into(),
+            ],
+            "64-bit",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--gradients".into(),
+            ],
+            "not implemented",
+        ),
+        (
+            vec![
+                "--output".into(),
+                dir.path("m.o").display().to_string(),
+                "--embed-weights".into(),
+                "--weights-file".into(),
+                dir.path("w").display().to_string(),
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = lcjit_bin()
+            .arg("aot")
+            .arg(&model)
+            .arg("--header")
+            .arg(&h)
+            .args(&args)
+            .output()
+            .expect("lcjit");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+    // A missing model file is named.
+    let out = lcjit_bin()
+        .arg("aot")
+        .arg(dir.path("nope.h5"))
+        .arg("--output")
+        .arg(dir.path("m.o"))
+        .arg("--header")
+        .arg(&h)
+        .output()
+        .expect("lcjit");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.h5"));
+    // Nothing was written by the failing runs.
+    assert!(!dir.path("m.o").exists() && !h.exists());
+    // Success writes exactly the requested files (no temporaries left behind).
+    run_ok(
+        lcjit_bin()
+            .arg("aot")
+            .arg(&model)
+            .arg("--output")
+            .arg(dir.path("m.o"))
+            .arg("--header")
+            .arg(&h)
+            .arg("--weights-file")
+            .arg(dir.path("m.lcw")),
+        "lcjit aot",
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["m.h", "m.lcw", "m.o"]);
+}
+
+fn golden_ok(label: &str, got: &[f32], want: &ArrayD<f32>) -> f32 {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-4 * scale,
+        "{label}: max error {err} (scale {scale})"
+    );
+    err
+}
+
+#[test]
+fn x86_64_levels_run_on_the_host() {
+    if !cfg!(target_arch = "x86_64") || !cc_or_skip() {
+        return;
+    }
+    let case = data("keras-golden/case_0007");
+    let model = Model::load(case.join("model.h5")).expect("load");
+    let x = io::read_npy(&case.join("x.npy")).expect("x");
+    let y = io::read_npy(&case.join("y.npy")).expect("y");
+    let mut levels = vec!["x86_64", "x86_64-v2"];
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        levels.push("x86_64-v3");
+    }
+    for level in levels {
+        let dir = Scratch::new("level");
+        let opts = AotOptions {
+            target: level.into(),
+            ..AotOptions::default()
+        };
+        let obj = build_object(&dir, &model, &opts);
+        let exe = link_driver(&dir, &obj, "cc");
+        let got = run_driver(&dir, &exe, &[], &x, None);
+        golden_ok(level, &got, &y);
+    }
+}
+
+#[test]
+fn aarch64_objects_under_qemu() {
+    let tools = have("aarch64-linux-gnu-gcc") && have("qemu-aarch64");
+    if !tools {
+        assert!(
+            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
+            "LCJIT_REQUIRE_CROSS=1 but aarch64-linux-gnu-gcc or qemu-aarch64 is missing"
+        );
+        eprintln!("note: aarch64-linux-gnu-gcc or qemu-aarch64 missing; aarch64 aot test skipped");
+        return;
+    }
+    let cases = golden_cases();
+    // Every fourth case: ≥ 10 cases spread over the set.
+    let sample: Vec<&PathBuf> = cases.iter().step_by(4).collect();
+    assert!(sample.len() >= 10);
+    let mut worst = 0f32;
+    for case in &sample {
+        let label = case.file_name().unwrap().to_string_lossy().to_string();
+        let model = Model::load(case.join("model.h5")).expect("load");
+        let x = io::read_npy(&case.join("x.npy")).expect("x");
+        let y = io::read_npy(&case.join("y.npy")).expect("y");
+        for (batch, file) in [(1usize, false), (2, true)] {
+            let dir = Scratch::new("arm");
+            let opts = AotOptions {
+                target: "aarch64-unknown-linux-gnu".into(),
+                batch,
+                weights: if file {
+                    WeightsMode::File
+                } else {
+                    WeightsMode::Embedded
+                },
+                ..AotOptions::default()
+            };
+            let obj = build_object(&dir, &model, &opts);
+            let exe = link_driver(&dir, &obj, "aarch64-linux-gnu-gcc");
+            let w = file.then(|| dir.path("model.lcw"));
+            let got = run_driver(
+                &dir,
+                &exe,
+                &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                &x,
+                w.as_deref(),
+            );
+            let scale = y.iter().fold(1f32, |m, v| m.max(v.abs()));
+            worst =
+                worst.max(golden_ok(&format!("{label} aarch64 batch {batch}"), &got, &y) / scale);
+        }
+    }
+    eprintln!(
+        "aot: {} golden cases on aarch64 under qemu within tolerance; max relative error {worst:e}",
+        sample.len()
+    );
+}
