@@ -470,7 +470,7 @@ pub fn bench_model(
                 max_batch: batch,
             },
         )?;
-        if engine == crate::Engine::Jit {
+        if engine.backend() == Some(Backend::Jit) {
             compile_ms_forward = Some(compiled.prepared(batch)?.compile_ms);
         }
         let ms = adaptive_median_ms(|| compiled.predict(&x).map(|_| ()))?;
@@ -478,7 +478,7 @@ pub fn bench_model(
         if train {
             let (ms, compile) = train_step_ms(&compiled, &x)?;
             train_ms.push((engine, ms));
-            if engine == crate::Engine::Jit {
+            if engine.backend() == Some(Backend::Jit) {
                 compile_ms_backward = compile;
             }
         }
@@ -549,8 +549,8 @@ fn train_step_ms(
         compiled.recycle_gradients(x.shape()[0], run.dparams);
         Ok(())
     })?;
-    let compile = match compiled.options().engine {
-        crate::Engine::Jit => {
+    let compile = match compiled.options().engine.backend() {
+        Some(Backend::Jit) => {
             let lens: Vec<Option<usize>> = graph
                 .params
                 .iter()

@@ -99,7 +99,7 @@ pub fn evaluate(a: EvaluateArgs, budget: u64) -> Result<()> {
     m.check_inputs(std::slice::from_ref(&xs))?;
     let eval_opts = EvaluateOptions {
         batch_size: a.batch_size,
-        engine: a.engine.lib(),
+        engine: a.engine,
         threads: a.threads,
     };
     let logs = train::evaluate(&m, &loss, &metrics, &xs, &ys, &eval_opts)?;

@@ -399,7 +399,7 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
     };
     let mut opt = lcjit::train::Optimizer::new(opt_cfg);
     let compile = lcjit::CompileOptions {
-        engine: a.engine.lib(),
+        engine: a.engine,
         threads: a.threads,
         max_batch: a.batch_size,
     };

@@ -67,7 +67,7 @@ pub fn grad(a: GradArgs, budget: u64) -> Result<()> {
     let compiled = lcjit::CompiledModel::new(
         std::sync::Arc::new(m),
         lcjit::CompileOptions {
-            engine: engine.lib(),
+            engine,
             threads,
             max_batch: 1,
         },

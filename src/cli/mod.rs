@@ -60,26 +60,9 @@ pub enum Pass {
     Backward,
 }
 
-/// Execution engines.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-pub enum Engine {
-    /// The naive per-layer reference path (the oracle).
-    Reference,
-    /// Cranelift-compiled native code.
-    Jit,
-    /// The loop-IR interpreter.
-    Interp,
-}
-
-impl Engine {
-    pub fn lib(self) -> lcjit::Engine {
-        match self {
-            Engine::Reference => lcjit::Engine::Reference,
-            Engine::Interp => lcjit::Engine::Interp,
-            Engine::Jit => lcjit::Engine::Jit,
-        }
-    }
-}
+/// Execution engines: the library's own type (its names and help are defined once, in
+/// [`lcjit::Engine`]).
+pub use lcjit::Engine;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Stage {

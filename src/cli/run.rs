@@ -74,7 +74,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
     let compiled = lcjit::CompiledModel::new(
         std::sync::Arc::new(m),
         lcjit::CompileOptions {
-            engine: a.engine.lib(),
+            engine: a.engine,
             threads: a.threads,
             max_batch: a.batch_size,
         },
@@ -120,7 +120,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
             "in memory"
         },
         a.batch_size,
-        a.engine.lib().name(),
+        a.engine.name(),
         a.output.display(),
         written.join(", ")
     );

@@ -81,6 +81,15 @@ impl Engine {
         backend::prepare(b, module, &CodegenOptions::default())
     }
 
+    /// One line of help per engine, for the command line.
+    pub fn help(self) -> &'static str {
+        match self.backend() {
+            None => "the naive per-layer reference path (the oracle)",
+            Some(Backend::Jit) => "Cranelift-compiled native code",
+            Some(Backend::Interp) => "the loop-IR interpreter",
+        }
+    }
+
     /// The engine's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -88,6 +97,17 @@ impl Engine {
             Engine::Interp => "interp",
             Engine::Jit => "jit",
         }
+    }
+}
+
+/// `--engine jit|interp|reference` on the command line.
+impl clap::ValueEnum for Engine {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Engine::Reference, Engine::Jit, Engine::Interp]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
     }
 }
 
