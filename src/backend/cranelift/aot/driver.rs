@@ -382,6 +382,7 @@ pub(super) fn emit_driver<M: ClifModule>(
         gbase,
         garena_bytes,
         grad_writable: &grad_writable,
+        const_offs: &const_offs,
         grad_const_offs: &grad_const_offs,
         zero_off,
     };
@@ -465,7 +466,7 @@ pub(super) fn emit_driver<M: ClifModule>(
     })?;
     // NAME_t *NAME_create(const char *weights_path_or_NULL, int threads)
     define(m, format!("{n}_create"), &[p, i32t], Some(p), &|m, b, a| {
-        emit_create(m, b, &env, spec, a, &writable, &const_offs, &layout)
+        emit_create(m, b, &env, spec, a, &writable, &layout)
     })?;
     // int NAME_predict(NAME_t *, const float *x, size_t batch, float *y)
     define(
@@ -562,6 +563,8 @@ struct Layout<'a> {
     garena_bytes: usize,
     /// Gradient program's writable buffers: (buffer, offset in its arena).
     grad_writable: &'a [(usize, usize)],
+    /// Forward program's constant buffers: (buffer, offset in the constants block).
+    const_offs: &'a [(usize, usize)],
     /// Gradient program's constant buffers: (buffer, offset in the constants block).
     grad_const_offs: &'a [(usize, usize)],
     /// Offset of the zero cotangent in the gradient arena.
@@ -637,7 +640,6 @@ fn emit_create<M: ClifModule>(
     spec: &DriverSpec,
     a: &[Value],
     writable: &[(usize, usize)],
-    const_offs: &[(usize, usize)],
     layout: &Layout,
 ) -> Result<()> {
     let p = env.ptr;
@@ -796,7 +798,7 @@ fn emit_create<M: ClifModule>(
     }
     if let Some(c) = env.consts {
         let cb = gv(m, b, env, c);
-        for &(buf, off) in const_offs {
+        for &(buf, off) in layout.const_offs {
             let q = b.ins().iadd_imm_s(cb, off as i64);
             b.ins().store(fl, q, h, (8 * buf) as i32);
         }
