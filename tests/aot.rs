@@ -7,7 +7,9 @@
 //! `.a` and `.so` outputs, exported symbols, CLI errors, x86-64 level targets and, with
 //! `aarch64-linux-gnu-gcc` and `qemu-aarch64` on PATH, aarch64 objects run under qemu
 //! (golden tolerance). Without the cross tools that test prints a note and passes,
-//! unless `LCJIT_REQUIRE_CROSS=1`.
+//! unless `LCJIT_REQUIRE_CROSS=1`. Libraries built with gradients: `NAME_gradients`
+//! equals `CompiledModel::gradients` (JIT) bit for bit and Keras's `grads.npz` within
+//! the golden tolerance on a sample of golden cases, with the parameter queries.
 
 use lcjit::backend::aot::{self, AotOptions, WeightsMode};
 use lcjit::{io, CompileOptions, CompiledModel, Engine, LoadOptions, Model};
@@ -613,14 +615,6 @@ fn cli_errors_exit_2_and_name_the_problem() {
             vec![
                 "--output".into(),
                 dir.path("m.o").display().to_string(),
-                "--gradients".into(),
-            ],
-            "not implemented",
-        ),
-        (
-            vec![
-                "--output".into(),
-                dir.path("m.o").display().to_string(),
                 "--embed-weights".into(),
                 "--weights-file".into(),
                 dir.path("w").display().to_string(),
@@ -772,4 +766,256 @@ fn aarch64_objects_under_qemu() {
         "aot: {} golden cases on aarch64 under qemu within tolerance; max relative error {worst:e}",
         sample.len()
     );
+}
+
+/// The C gradient driver: `gdrv x.f32 dy.f32 batch dx.f32 dparams.f32 names.txt` → exit 0,
+/// `dx`, the flat `dparams` and one `name<TAB>len` line per parameter; checks the error
+/// paths (other batch, NULL pointer) and that a second call gives the same bits.
+const GRAD_DRIVER_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model.h"
+static float *readf(const char *p, size_t n) {
+  float *v = malloc(n * 4 + 4);
+  FILE *f = fopen(p, "rb");
+  if (!v || !f || fread(v, 4, n, f) != n) { fprintf(stderr, "cannot read %s\n", p); exit(4); }
+  fclose(f);
+  return v;
+}
+static void writef(const char *p, const float *v, size_t n) {
+  FILE *f = fopen(p, "wb");
+  if (!f || fwrite(v, 4, n, f) != n) { fprintf(stderr, "cannot write %s\n", p); exit(4); }
+  fclose(f);
+}
+int main(int argc, char **argv) {
+  if (argc < 7) return 2;
+  size_t n = strtoul(argv[3], NULL, 10);
+  model_t *h = model_create(NULL, 1);
+  if (!h) { fprintf(stderr, "create failed: %s\n", model_last_error(NULL)); return 3; }
+  size_t il = model_input_len(), ol = model_output_len(), np = model_param_count();
+  size_t total = 0;
+  FILE *nf = fopen(argv[6], "w");
+  if (!nf) return 4;
+  for (size_t i = 0; i < np; i++) {
+    if (!model_param_name(i)) { fprintf(stderr, "NULL name %zu\n", i); return 8; }
+    fprintf(nf, "%s\t%zu\n", model_param_name(i), model_param_len(i));
+    total += model_param_len(i);
+  }
+  fclose(nf);
+  if (model_param_name(np) != NULL || model_param_len(np) != 0) {
+    fprintf(stderr, "out-of-range parameter queries\n"); return 8;
+  }
+  float *x = readf(argv[1], n * il), *dy = readf(argv[2], n * ol);
+  float *dx = malloc(n * il * 4 + 4), *dp = malloc(total * 4 + 4);
+  float *dx2 = malloc(n * il * 4 + 4), *dp2 = malloc(total * 4 + 4);
+  if (model_gradients(h, x, dy, n + 1, dx, dp) != -1 ||
+      !strstr(model_last_error(NULL), "compiled batch")) {
+    fprintf(stderr, "other batch accepted: %s\n", model_last_error(NULL)); return 9;
+  }
+  if (model_gradients(h, x, NULL, n, dx, dp) != -1 || model_gradients(NULL, x, dy, n, dx, dp) != -1) {
+    fprintf(stderr, "NULL accepted\n"); return 9;
+  }
+  if (model_gradients(h, x, dy, n, dx, dp) != 0) {
+    fprintf(stderr, "gradients failed: %s\n", model_last_error(h)); return 5;
+  }
+  /* A predict in between must not disturb the gradient program's buffers. */
+  float *y = malloc(n * ol * 4 + 4);
+  if (model_predict(h, x, n, y) != 0) return 5;
+  if (model_gradients(h, x, dy, n, dx2, dp2) != 0) return 5;
+  if (memcmp(dx, dx2, n * il * 4) != 0 || memcmp(dp, dp2, total * 4) != 0) {
+    fprintf(stderr, "a second call differs\n"); return 10;
+  }
+  writef(argv[4], dx, n * il);
+  writef(argv[5], dp, total);
+  model_destroy(h);
+  free(x); free(dy); free(dx); free(dp); free(dx2); free(dp2); free(y);
+  return 0;
+}
+"#;
+
+/// Golden cases with Keras gradients, every `len / 12`-th (at least 10 of them).
+fn gradient_sample() -> Vec<PathBuf> {
+    let all: Vec<PathBuf> = golden_cases()
+        .into_iter()
+        .filter(|c| c.join("grads.npz").exists() && c.join("dy.npy").exists())
+        .collect();
+    let step = (all.len() / 12).max(1);
+    let v: Vec<PathBuf> = all.into_iter().step_by(step).collect();
+    assert!(v.len() >= 10, "too few golden cases with gradients");
+    v
+}
+
+/// Builds `case`'s library with gradients (at the batch of `x.npy`; through the CLI as
+/// a `.a` when `cli`), runs the gradient driver and checks it against the JIT (bitwise)
+/// and Keras (golden tolerance). Returns the number of gradients compared.
+fn check_gradients(case: &Path, cli: bool) -> usize {
+    let label = case.file_name().unwrap().to_string_lossy().to_string();
+    let model = Model::load(case.join("model.h5")).expect("load");
+    let x = io::read_npy(&case.join("x.npy")).expect("x");
+    let dy = io::read_npy(&case.join("dy.npy")).expect("dy");
+    let batch = x.shape()[0];
+    let dir = Scratch::new("grad");
+    let lib = if cli {
+        let lib = dir.path("libmodel.a");
+        run_ok(
+            lcjit_bin()
+                .arg("aot")
+                .arg(case.join("model.h5"))
+                .arg("--gradients")
+                .arg("--output")
+                .arg(&lib)
+                .arg("--header")
+                .arg(dir.path("model.h"))
+                .arg("--batch")
+                .arg(batch.to_string()),
+            &format!("{label}: lcjit aot --gradients"),
+        );
+        lib
+    } else {
+        let opts = AotOptions {
+            batch,
+            gradients: true,
+            ..AotOptions::default()
+        };
+        build_object(&dir, &model, &opts)
+    };
+    let header = std::fs::read_to_string(dir.path("model.h")).expect("header");
+    assert!(header.contains("int model_gradients(model_t *h"), "{label}");
+    let src = dir.path("gdrv.c");
+    std::fs::write(&src, GRAD_DRIVER_C).expect("driver source");
+    let exe = dir.path("gdrv");
+    run_ok(
+        Command::new("cc")
+            .args(["-O1", "-Wall", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .arg(&lib)
+            .arg("-lm"),
+        "cc gradient driver",
+    );
+    let (xp, dyp, dxp, dpp, np) = (
+        dir.path("x.f32"),
+        dir.path("dy.f32"),
+        dir.path("dx.f32"),
+        dir.path("dp.f32"),
+        dir.path("names.txt"),
+    );
+    write_f32(&xp, x.iter().copied());
+    write_f32(&dyp, dy.iter().copied());
+    run_ok(
+        Command::new(&exe)
+            .arg(&xp)
+            .arg(&dyp)
+            .arg(batch.to_string())
+            .arg(&dxp)
+            .arg(&dpp)
+            .arg(&np),
+        &format!("{label}: gradient driver"),
+    );
+    let dx = read_f32(&dxp);
+    let dp = read_f32(&dpp);
+    let names = std::fs::read_to_string(&np).expect("names");
+
+    let cm = CompiledModel::new(
+        Arc::new(model.clone()),
+        CompileOptions {
+            engine: Engine::Jit,
+            threads: 1,
+            max_batch: batch,
+        },
+    )
+    .expect("jit");
+    let (jdx, jdp) = cm
+        .gradients(std::slice::from_ref(&x), &dy)
+        .unwrap_or_else(|e| panic!("{label}: jit gradients: {e}"));
+    assert!(
+        bits_equal(&dx, &jdx[0]),
+        "{label}: dx differs from the JIT's"
+    );
+    let graph = model.graph();
+    let lines: Vec<&str> = names.lines().collect();
+    assert_eq!(lines.len(), graph.params.len(), "{label}: param_count");
+    let refs = io::read_npz(&case.join("grads.npz")).expect("grads.npz");
+    let refs: std::collections::BTreeMap<String, ArrayD<f32>> = refs
+        .into_iter()
+        .map(|(k, v)| (k.trim_end_matches(".npy").to_string(), v))
+        .collect();
+    let keras_ok = |key: &str, g: &ArrayD<f32>| {
+        let r = refs
+            .get(key)
+            .unwrap_or_else(|| panic!("{label}: grads.npz has no '{key}'"));
+        assert_eq!(g.shape(), r.shape(), "{label} {key}: shape");
+        let scale = r.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = g
+            .iter()
+            .zip(r.iter())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-4 * scale,
+            "{label} {key}: max error {err} from Keras (scale {scale})"
+        );
+    };
+    let dxa = ArrayD::from_shape_vec(IxDyn(x.shape()), dx).expect("dx");
+    keras_ok("x", &dxa);
+    let mut compared = 1;
+    let mut off = 0;
+    for (pid, (spec, line)) in graph.params.iter().zip(&lines).enumerate() {
+        let key = format!("{}/{}", graph.nodes[spec.node].name, spec.name);
+        let (name, len) = line.rsplit_once('\t').expect("name line");
+        assert_eq!(name, key, "{label}: param_name({pid})");
+        let len: usize = len.parse().expect("len");
+        assert_eq!(len, spec.len(), "{label}: param_len({pid})");
+        let g = &dp[off..off + len];
+        off += len;
+        assert!(
+            bits_equal(g, &jdp[pid]),
+            "{label} {key}: gradient differs from the JIT's"
+        );
+        if !spec.trainable {
+            assert!(g.iter().all(|v| *v == 0.0), "{label} {key}: not zeros");
+            continue;
+        }
+        let canon = ArrayD::from_shape_vec(IxDyn(&spec.shape), g.to_vec()).expect("shape");
+        let keras = lcjit::graph::layout::canonical_to_keras(graph, pid, &canon)
+            .unwrap_or_else(|e| panic!("{label} {key}: {e}"));
+        keras_ok(&key, &keras);
+        compared += 1;
+    }
+    assert_eq!(off, dp.len(), "{label}: dparams length");
+    compared
+}
+
+#[test]
+fn gradients_equal_the_jit_bit_for_bit_and_keras() {
+    if !cc_or_skip() {
+        return;
+    }
+    let cases = gradient_sample();
+    let mut n = 0;
+    for (i, case) in cases.iter().enumerate() {
+        n += check_gradients(case, i == 0);
+    }
+    eprintln!(
+        "aot: {} golden cases, {n} gradients bitwise equal to the JIT and within tolerance of Keras",
+        cases.len()
+    );
+
+    // Exports: the gradient entry point only when asked for.
+    let model = Model::load(cases[0].join("model.h5")).expect("load");
+    for gradients in [false, true] {
+        let opts = AotOptions {
+            gradients,
+            ..AotOptions::default()
+        };
+        let art = aot::compile_object(&model, &opts).expect("compile");
+        let want = aot::EXPORTS.len() + usize::from(gradients);
+        assert_eq!(art.exports.len(), want);
+        assert_eq!(
+            art.exports.contains(&"model_gradients".to_string()),
+            gradients
+        );
+        assert_eq!(art.header.contains("model_gradients("), gradients);
+        assert!(art.header.contains("model_param_name("));
+    }
 }

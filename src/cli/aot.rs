@@ -38,7 +38,9 @@ pub struct AotArgs {
     /// Write the weights to this file instead of embedding them; NAME_create takes its path.
     #[arg(long, value_name = "PATH")]
     pub weights_file: Option<PathBuf>,
-    /// Also export NAME_gradients (not implemented yet).
+    /// Also compile the inference-mode gradient program and export NAME_gradients: the
+    /// gradient of sum(y·dy) w.r.t. the input and every parameter (canonical layout,
+    /// see NAME_param_name), for exactly the compiled batch.
     #[arg(long)]
     pub gradients: bool,
     /// Seed of the initializers when no weights are given.
@@ -48,13 +50,6 @@ pub struct AotArgs {
 
 /// Runs `lcjit aot`.
 pub fn aot(a: AotArgs, budget: u64) -> Result<()> {
-    if a.gradients {
-        return Err(Error::Usage {
-            detail:
-                "--gradients is not implemented yet: lcjit aot exports the forward program only"
-                    .into(),
-        });
-    }
     if a.batch == 0 {
         return Err(Error::Usage {
             detail: "--batch must be at least 1".into(),
@@ -79,6 +74,7 @@ pub fn aot(a: AotArgs, budget: u64) -> Result<()> {
             .model
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().to_string()),
+        gradients: a.gradients,
         ..AotOptions::default()
     };
     let art = aot::compile_object(&m, &aopts)?;

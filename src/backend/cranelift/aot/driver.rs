@@ -1,12 +1,15 @@
 //! The generated C-ABI driver of an ahead-of-time library, written in CLIF next to the
 //! kernels: `NAME_create`, `NAME_predict`, `NAME_destroy`, `NAME_last_error`, the length,
-//! shape and batch queries (the header, `header.rs`, documents them for C callers).
+//! shape, batch and parameter queries, and `NAME_gradients` in a library built with
+//! gradients (the header, `header.rs`, documents them for C callers).
 //!
 //! Memory plan (invariants the functions rely on):
-//! - a handle is one `calloc`'d array of `nbuf + 2` pointer words: words `0..nbuf` are
+//! - a handle is one `calloc`'d array of `nbuf + 2` pointer words (plus `gnbuf + 1` with
+//!   gradients, below): words `0..nbuf` are
 //!   the kernel ABI's buffer table (`bufs[i]` = base of loop-IR buffer `i`), word `nbuf`
 //!   the arena, word `nbuf + 1` the weights block loaded from a file (NULL when the
-//!   embedded weights are used); `destroy` frees exactly these three blocks;
+//!   embedded weights are used); `destroy` frees exactly these three blocks (four with
+//!   gradients);
 //! - the arena holds every writable buffer (activations, outputs; each at a 64-byte
 //!   aligned offset) and a zero-padded input buffer for a final partial chunk; it is
 //!   allocated once in `create` and reused by every `predict` (the JIT's buffer pool does
@@ -22,6 +25,18 @@
 //!   size, bit for bit (lcjit's own `predict` runs a final partial batch with a program
 //!   for that size, whose schedule, e.g. a batch-1 Dense's matrix-vector form, may round
 //!   differently);
+//! - with gradients (`GradSpec`), words `nbuf + 2 .. nbuf + 2 + gnbuf` are the buffer
+//!   table of the gradient program and word `nbuf + 2 + gnbuf` its arena (every writable
+//!   buffer of the gradient program, then `batch × out_len` zeros bound to the cotangent
+//!   during phase 1, which does not read it — the runtime binds zeros too); `create`
+//!   allocates it only for such a library, `destroy` frees it as well. The gradient
+//!   program's parameters and constants share the forward program's blocks;
+//! - `gradients` binds the input buffer to `x`, runs phase 1's kernels, binds the
+//!   cotangent to `dy`, runs phase 2's kernels (each once over its whole extent, one
+//!   thread, as the JIT's result does not depend on the thread count) and copies the
+//!   input gradient and every parameter gradient (graph order, canonical layout, back to
+//!   back) out; it requires the compiled batch, since parameter gradients are sums over
+//!   the batch;
 //! - failures write a NUL-terminated reason into a static 512-byte buffer returned by
 //!   `NAME_last_error` (shared by all handles; not thread-safe).
 //!
@@ -75,6 +90,37 @@ pub(super) struct DriverSpec<'a> {
     pub weight_bytes: usize,
     /// The exact header a weights file must start with.
     pub weights_header: Vec<u8>,
+    /// Floats of each parameter (graph order).
+    pub param_lens: &'a [usize],
+    /// `layer/weight` of each parameter (graph order).
+    pub param_names: &'a [String],
+    /// The gradient program, when the library exports `NAME_gradients`.
+    pub grad: Option<GradSpec<'a>>,
+}
+
+/// The inference-mode gradient program of a library built with gradients (its own
+/// buffer table; see the module docs).
+pub(super) struct GradSpec<'a> {
+    /// Number of loop-IR buffers (phase 1 and phase 2 share them).
+    pub nbuf: usize,
+    /// Writable buffers: (buffer index, length in floats).
+    pub writable: Vec<(usize, usize)>,
+    /// Parameter buffers: (buffer index, byte offset in the weights block).
+    pub params: Vec<(usize, usize)>,
+    /// Constant buffers: (buffer index, contents).
+    pub consts: Vec<(usize, &'a [f32])>,
+    /// The input buffer (bound to `x`).
+    pub input_buf: usize,
+    /// The cotangent of the output (bound to `dy` in phase 2).
+    pub cotangent_buf: usize,
+    /// The gradient of the input.
+    pub dinput_buf: usize,
+    /// The gradient of each parameter (graph order, canonical layout).
+    pub dparam_bufs: Vec<usize>,
+    /// Phase 1's kernels, in run order.
+    pub forward: &'a [DefinedKernel],
+    /// Phase 2's kernels, in run order.
+    pub backward: &'a [DefinedKernel],
 }
 
 fn module_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -108,9 +154,11 @@ enum Msg {
     Truncated,
     Trailing,
     Null,
+    GradNull,
+    GradBatch,
 }
 
-const MESSAGES: [(Msg, &str); 10] = [
+const MESSAGES: [(Msg, &str); 12] = [
     (Msg::Threads, "threads must be at least 1"),
     (Msg::Oom, "out of memory"),
     (
@@ -127,6 +175,14 @@ const MESSAGES: [(Msg, &str); 10] = [
     (Msg::Truncated, "truncated weights file"),
     (Msg::Trailing, "unexpected data after the parameters"),
     (Msg::Null, "predict: null handle, input or output pointer"),
+    (
+        Msg::GradNull,
+        "gradients: null handle, x, dy, dx or dparams pointer",
+    ),
+    (
+        Msg::GradBatch,
+        "gradients: batch must equal the compiled batch (NAME_batch())",
+    ),
 ];
 
 /// The body builder of one driver function (module, builder, the function's arguments).
@@ -233,16 +289,23 @@ pub(super) fn emit_driver<M: ClifModule>(
     };
     let mut const_bytes = Vec::new();
     let mut const_offs = Vec::new();
-    for (buf, vals) in &spec.consts {
-        while const_bytes.len() % 64 != 0 {
-            const_bytes.push(0);
-        }
-        const_offs.push((*buf, const_bytes.len()));
-        for v in vals.iter() {
-            const_bytes.extend_from_slice(&v.to_le_bytes());
+    let mut grad_const_offs = Vec::new();
+    let grad_consts = spec.grad.as_ref().map_or(&[][..], |g| &g.consts[..]);
+    for (list, offs) in [
+        (&spec.consts[..], &mut const_offs),
+        (grad_consts, &mut grad_const_offs),
+    ] {
+        for (buf, vals) in list {
+            while const_bytes.len() % 64 != 0 {
+                const_bytes.push(0);
+            }
+            offs.push((*buf, const_bytes.len()));
+            for v in vals.iter() {
+                const_bytes.extend_from_slice(&v.to_le_bytes());
+            }
         }
     }
-    let consts = if spec.consts.is_empty() {
+    let consts = if const_bytes.is_empty() {
         None
     } else {
         Some(data(
@@ -256,11 +319,16 @@ pub(super) fn emit_driver<M: ClifModule>(
     };
     let mut msgs = Vec::with_capacity(MESSAGES.len());
     for (i, (_, text)) in MESSAGES.iter().enumerate() {
+        let text = text.replace("NAME_", &format!("{n}_"));
+        let text = text.replace(
+            "compiled batch (",
+            &format!("compiled batch {} (", spec.batch),
+        );
         msgs.push(data(
             m,
             &format!("{n}__msg{i}"),
             false,
-            Some(cstr(text)),
+            Some(cstr(&text)),
             0,
             1,
         )?);
@@ -288,6 +356,36 @@ pub(super) fn emit_driver<M: ClifModule>(
         arena = align64(arena + 4 * len);
     }
     let pad_off = arena;
+    // The handle's words (see the module docs).
+    let nbuf = spec.nbuf;
+    let gbase = nbuf + 2;
+    let gnbuf = spec.grad.as_ref().map_or(0, |g| g.nbuf);
+    let mut free_words = vec![nbuf, nbuf + 1];
+    if spec.grad.is_some() {
+        free_words.push(gbase + gnbuf);
+    }
+    let words = gbase + spec.grad.as_ref().map_or(0, |g| g.nbuf + 1);
+    // Layout of the gradient arena: writable buffers, then the zero cotangent.
+    let mut grad_writable = Vec::new();
+    let mut garena = 0usize;
+    if let Some(g) = &spec.grad {
+        for &(buf, len) in &g.writable {
+            grad_writable.push((buf, garena));
+            garena = align64(garena + 4 * len);
+        }
+    }
+    let zero_off = garena;
+    let garena_bytes = align64(zero_off + 4 * spec.batch * spec.out_len).max(64);
+    let layout = Layout {
+        words,
+        free_words: &free_words,
+        gbase,
+        garena_bytes,
+        grad_writable: &grad_writable,
+        const_offs: &const_offs,
+        grad_const_offs: &grad_const_offs,
+        zero_off,
+    };
 
     let mut define = |m: &mut M,
                       name: String,
@@ -356,12 +454,11 @@ pub(super) fn emit_driver<M: ClifModule>(
         Ok(())
     })?;
     // void NAME_destroy(NAME_t *)
-    let nbuf = spec.nbuf;
     define(m, format!("{n}_destroy"), &[p], None, &|m, b, a| {
         let (free, done) = (b.create_block(), b.create_block());
         b.ins().brif(a[0], free, &[], done, &[]);
         b.switch_to_block(free);
-        free_handle(m, b, &env, a[0], nbuf);
+        free_handle(m, b, &env, a[0], &free_words);
         b.ins().jump(done, &[]);
         b.switch_to_block(done);
         b.ins().return_(&[]);
@@ -369,7 +466,7 @@ pub(super) fn emit_driver<M: ClifModule>(
     })?;
     // NAME_t *NAME_create(const char *weights_path_or_NULL, int threads)
     define(m, format!("{n}_create"), &[p, i32t], Some(p), &|m, b, a| {
-        emit_create(m, b, &env, spec, a, &writable, &const_offs)
+        emit_create(m, b, &env, spec, a, &writable, &layout)
     })?;
     // int NAME_predict(NAME_t *, const float *x, size_t batch, float *y)
     define(
@@ -379,7 +476,99 @@ pub(super) fn emit_driver<M: ClifModule>(
         Some(i32t),
         &|m, b, a| emit_predict(m, b, &env, spec, a, kernels, pad_off),
     )?;
+    // size_t NAME_param_count(void)
+    let count = spec.param_lens.len();
+    define(m, format!("{n}_param_count"), &[], Some(p), &|_, b, _| {
+        let v = b.ins().iconst(p, count as i64);
+        b.ins().return_(&[v]);
+        Ok(())
+    })?;
+    // size_t NAME_param_len(size_t i): 0 when i is out of range.
+    let mut len_table = Vec::with_capacity(8 * count.max(1));
+    for &l in spec.param_lens {
+        len_table.extend_from_slice(&(l as u64).to_le_bytes());
+    }
+    len_table.resize(len_table.len().max(8), 0);
+    let lens_id = data(m, &format!("{n}__param_lens"), false, Some(len_table), 0, 8)?;
+    // const char *NAME_param_name(size_t i): NULL when i is out of range.
+    let mut names = Vec::new();
+    let mut name_offs = Vec::with_capacity(8 * count.max(1));
+    for s in spec.param_names {
+        name_offs.extend_from_slice(&(names.len() as u64).to_le_bytes());
+        names.extend_from_slice(&cstr(&s.replace('\0', "")));
+    }
+    names.resize(names.len().max(1), 0);
+    name_offs.resize(name_offs.len().max(8), 0);
+    let names_id = data(m, &format!("{n}__param_names"), false, Some(names), 0, 1)?;
+    let name_offs_id = data(
+        m,
+        &format!("{n}__param_name_offs"),
+        false,
+        Some(name_offs),
+        0,
+        8,
+    )?;
+    for (suffix, table, add_base) in [
+        ("param_len", lens_id, None),
+        ("param_name", name_offs_id, Some(names_id)),
+    ] {
+        define(m, format!("{n}_{suffix}"), &[p], Some(p), &|m, b, a| {
+            let (inside, outside) = (b.create_block(), b.create_block());
+            let ok = b
+                .ins()
+                .icmp_imm_s(IntCC::UnsignedLessThan, a[0], count as i64);
+            b.ins().brif(ok, inside, &[], outside, &[]);
+            b.switch_to_block(outside);
+            let z = b.ins().iconst(p, 0);
+            b.ins().return_(&[z]);
+            b.switch_to_block(inside);
+            let t = gv(m, b, &env, table);
+            let o = b.ins().imul_imm_s(a[0], 8);
+            let at = b.ins().iadd(t, o);
+            let v = b.ins().load(p, MemFlagsData::trusted(), at, 0);
+            let v = match add_base {
+                Some(base) => {
+                    let base = gv(m, b, &env, base);
+                    b.ins().iadd(base, v)
+                }
+                None => v,
+            };
+            b.ins().return_(&[v]);
+            Ok(())
+        })?;
+    }
+    // int NAME_gradients(NAME_t *, const float *x, const float *dy, size_t batch,
+    //                    float *dx, float *dparams)
+    if let Some(g) = &spec.grad {
+        define(
+            m,
+            format!("{n}_gradients"),
+            &[p, p, p, p, p, p],
+            Some(i32t),
+            &|m, b, a| emit_gradients(m, b, &env, spec, g, a, &layout),
+        )?;
+    }
     Ok(())
+}
+
+/// Where the handle keeps what (see the module docs).
+struct Layout<'a> {
+    /// Pointer words of a handle.
+    words: usize,
+    /// The words `destroy` frees.
+    free_words: &'a [usize],
+    /// First word of the gradient program's buffer table (its arena follows it).
+    gbase: usize,
+    /// Bytes of the gradient arena.
+    garena_bytes: usize,
+    /// Gradient program's writable buffers: (buffer, offset in its arena).
+    grad_writable: &'a [(usize, usize)],
+    /// Forward program's constant buffers: (buffer, offset in the constants block).
+    const_offs: &'a [(usize, usize)],
+    /// Gradient program's constant buffers: (buffer, offset in the constants block).
+    grad_const_offs: &'a [(usize, usize)],
+    /// Offset of the zero cotangent in the gradient arena.
+    zero_off: usize,
 }
 
 /// The address of data object `id`.
@@ -410,10 +599,10 @@ fn free_handle<M: ClifModule>(
     b: &mut FunctionBuilder,
     env: &Env,
     h: Value,
-    nbuf: usize,
+    words: &[usize],
 ) {
     let fl = MemFlagsData::trusted();
-    for w in [nbuf, nbuf + 1] {
+    for &w in words {
         let q = b.ins().load(env.ptr, fl, h, (8 * w) as i32);
         call(m, b, env.imp.free, &[q]);
     }
@@ -451,7 +640,7 @@ fn emit_create<M: ClifModule>(
     spec: &DriverSpec,
     a: &[Value],
     writable: &[(usize, usize)],
-    const_offs: &[(usize, usize)],
+    layout: &Layout,
 ) -> Result<()> {
     let p = env.ptr;
     let fl = MemFlagsData::trusted();
@@ -485,7 +674,7 @@ fn emit_create<M: ClifModule>(
         .ins()
         .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, threads, 1);
     check(m, b, ok, Msg::Threads, false);
-    let words = b.ins().iconst(p, (nbuf + 2) as i64);
+    let words = b.ins().iconst(p, layout.words as i64);
     let eight = b.ins().iconst(p, 8);
     let h = res(call(m, b, env.imp.calloc, &[words, eight]))?;
     b.def_var(vh, h);
@@ -499,6 +688,18 @@ fn emit_create<M: ClifModule>(
     for &(buf, off) in writable {
         let q = b.ins().iadd_imm_s(arena, off as i64);
         b.ins().store(fl, q, h, (8 * buf) as i32);
+    }
+    if let Some(g) = &spec.grad {
+        let ab = b.ins().iconst(p, layout.garena_bytes as i64);
+        let one = b.ins().iconst(p, 1);
+        let garena = res(call(m, b, env.imp.calloc, &[ab, one]))?;
+        b.ins()
+            .store(fl, garena, h, (8 * (layout.gbase + g.nbuf)) as i32);
+        check(m, b, garena, Msg::Oom, false);
+        for &(buf, off) in layout.grad_writable {
+            let q = b.ins().iadd_imm_s(garena, off as i64);
+            b.ins().store(fl, q, h, (8 * (layout.gbase + buf)) as i32);
+        }
     }
     let bind = b.create_block();
     b.append_block_param(bind, p);
@@ -589,11 +790,21 @@ fn emit_create<M: ClifModule>(
         let q = b.ins().iadd_imm_s(base, off as i64);
         b.ins().store(fl, q, h, (8 * buf) as i32);
     }
+    if let Some(g) = &spec.grad {
+        for &(buf, off) in &g.params {
+            let q = b.ins().iadd_imm_s(base, off as i64);
+            b.ins().store(fl, q, h, (8 * (layout.gbase + buf)) as i32);
+        }
+    }
     if let Some(c) = env.consts {
         let cb = gv(m, b, env, c);
-        for &(buf, off) in const_offs {
+        for &(buf, off) in layout.const_offs {
             let q = b.ins().iadd_imm_s(cb, off as i64);
             b.ins().store(fl, q, h, (8 * buf) as i32);
+        }
+        for &(buf, off) in layout.grad_const_offs {
+            let q = b.ins().iadd_imm_s(cb, off as i64);
+            b.ins().store(fl, q, h, (8 * (layout.gbase + buf)) as i32);
         }
     }
     b.ins().return_(&[h]);
@@ -622,7 +833,7 @@ fn emit_create<M: ClifModule>(
     let h = b.use_var(vh);
     b.ins().brif(h, free, &[], done, &[]);
     b.switch_to_block(free);
-    free_handle(m, b, env, h, nbuf);
+    free_handle(m, b, env, h, layout.free_words);
     b.ins().jump(done, &[]);
     b.switch_to_block(done);
     let null = b.ins().iconst(p, 0);
@@ -732,5 +943,86 @@ fn emit_predict<M: ClifModule>(
     call(m, b, env.imp.memcpy, &[yout, outp, bytes]);
     let next = b.ins().iadd(done, rows);
     b.ins().jump(header, &[BlockArg::Value(next)]);
+    Ok(())
+}
+
+/// `gradients`: one run of the gradient program at the compiled batch; see the module
+/// docs.
+fn emit_gradients<M: ClifModule>(
+    m: &mut M,
+    b: &mut FunctionBuilder,
+    env: &Env,
+    spec: &DriverSpec,
+    g: &GradSpec,
+    a: &[Value],
+    layout: &Layout,
+) -> Result<()> {
+    let p = env.ptr;
+    let fl = MemFlagsData::trusted();
+    let (h, x, dy, n, dx, dp) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+    let fail = b.create_block();
+    b.append_block_param(fail, p);
+    // Null pointers.
+    let mut any0 = b.ins().icmp_imm_s(IntCC::Equal, h, 0);
+    for v in [x, dy, dx, dp] {
+        let z = b.ins().icmp_imm_s(IntCC::Equal, v, 0);
+        any0 = b.ins().bor(any0, z);
+    }
+    let (bad, next) = (b.create_block(), b.create_block());
+    b.ins().brif(any0, bad, &[], next, &[]);
+    b.switch_to_block(bad);
+    let mv = gv(m, b, env, env.msgs[Msg::GradNull as usize]);
+    b.ins().jump(fail, &[BlockArg::Value(mv)]);
+    b.switch_to_block(next);
+    // The batch.
+    let (bad, run) = (b.create_block(), b.create_block());
+    let wrong = b.ins().icmp_imm_s(IntCC::NotEqual, n, spec.batch as i64);
+    b.ins().brif(wrong, bad, &[], run, &[]);
+    b.switch_to_block(bad);
+    let mv = gv(m, b, env, env.msgs[Msg::GradBatch as usize]);
+    b.ins().jump(fail, &[BlockArg::Value(mv)]);
+
+    b.switch_to_block(fail);
+    let msg = b.block_params(fail)[0];
+    set_error(m, b, env, None, msg);
+    let r = b.ins().iconst(types::I32, -1);
+    b.ins().return_(&[r]);
+
+    b.switch_to_block(run);
+    let gword = |buf: usize| (8 * (layout.gbase + buf)) as i32;
+    let garena = b.ins().load(p, fl, h, gword(g.nbuf));
+    let zeros = b.ins().iadd_imm_s(garena, layout.zero_off as i64);
+    b.ins().store(fl, x, h, gword(g.input_buf));
+    b.ins().store(fl, zeros, h, gword(g.cotangent_buf));
+    let table = b.ins().iadd_imm_s(h, (8 * layout.gbase) as i64);
+    let run_all = |m: &mut M, b: &mut FunctionBuilder, kernels: &[DefinedKernel]| {
+        for k in kernels {
+            let end = match k.shape {
+                KernelShape::Serial => 1,
+                KernelShape::Parallel(e) => e as i64, // ≤ i64::MAX (classify)
+            };
+            let s = b.ins().iconst(types::I64, 0);
+            let e = b.ins().iconst(types::I64, end);
+            call(m, b, k.id, &[table, s, e]);
+        }
+    };
+    run_all(m, b, g.forward);
+    b.ins().store(fl, dy, h, gword(g.cotangent_buf));
+    run_all(m, b, g.backward);
+    let src = b.ins().load(p, fl, h, gword(g.dinput_buf));
+    let bytes = b.ins().iconst(p, (4 * spec.batch * spec.in_len) as i64);
+    call(m, b, env.imp.memcpy, &[dx, src, bytes]);
+    let mut off = 0usize;
+    for (&buf, &len) in g.dparam_bufs.iter().zip(spec.param_lens) {
+        if len > 0 {
+            let src = b.ins().load(p, fl, h, gword(buf));
+            let dst = b.ins().iadd_imm_s(dp, (4 * off) as i64);
+            let bytes = b.ins().iconst(p, (4 * len) as i64);
+            call(m, b, env.imp.memcpy, &[dst, src, bytes]);
+        }
+        off += len;
+    }
+    let r = b.ins().iconst(types::I32, 0);
+    b.ins().return_(&[r]);
     Ok(())
 }

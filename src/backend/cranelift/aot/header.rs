@@ -17,11 +17,52 @@ pub(super) struct HeaderSpec<'a> {
     pub in_shape: &'a [usize],
     pub out_shape: &'a [usize],
     pub embedded: bool,
+    /// Whether `NAME_gradients` is exported.
+    pub gradients: bool,
+    /// Number of parameters.
+    pub params: usize,
 }
 
 fn dims(s: &[usize]) -> String {
     let v: Vec<String> = s.iter().map(usize::to_string).collect();
     format!("({})", v.join(", "))
+}
+
+/// The declarations of `NAME_gradients` (libraries built with gradients only).
+fn gradients_decl(h: &HeaderSpec) -> String {
+    if !h.gradients {
+        return String::new();
+    }
+    let n = h.name;
+    format!(
+        r#"
+/*
+ * Inference-mode gradients (this library was built with `lcjit aot --gradients`):
+ * the gradient of sum(y * dy) over the whole batch with respect to the input and every
+ * parameter, where y = the model's output for x (Dropout is the identity, BatchNorm uses
+ * its moving statistics; nothing in the handle's weights changes).
+ *
+ * x:       batch * {n}_input_len() floats (as for predict);
+ * dy:      batch * {n}_output_len() floats, the cotangent of the output;
+ * dx:      receives batch * {n}_input_len() floats, the gradient w.r.t. x (x's layout);
+ * dparams: receives {n}_param_count() gradients back to back, one flat array of
+ *          sum of {n}_param_len(i) floats: parameter i = {n}_param_name(i) in the
+ *          canonical layout, starting right after parameter i - 1. Non-trainable
+ *          parameters (e.g. BatchNorm moving statistics) get zeros.
+ *
+ * batch must equal the compiled batch ({batch}): parameter gradients are sums over the
+ * batch. To use fewer samples, pad x with any finite rows and dy with zero rows: those
+ * rows then add nothing to the parameter gradients.
+ * Runs on the calling thread; the results equal lcjit's JIT (CompiledModel::gradients at
+ * batch {batch}) bit for bit on the build host with --target host.
+ *
+ * Returns 0 on success, -1 on error (NULL pointer, other batch); see {n}_last_error.
+ */
+int {n}_gradients({n}_t *h, const float *x, const float *dy, size_t batch, float *dx,
+                  float *dparams);
+"#,
+        batch = h.batch,
+    )
 }
 
 /// The header text.
@@ -119,7 +160,28 @@ int {n}_input_shape(size_t *dims);
 int {n}_output_shape(size_t *dims);
 
 /*
- * The reason of the most recent failure of {n}_create or {n}_predict in this process
+ * The number of parameters ({params}), in graph order (the order of the weights file and
+ * of {n}_gradients' dparams).
+ */
+size_t {n}_param_count(void);
+
+/*
+ * Floats of parameter i (the product of its canonical shape); 0 if i is out of range.
+ */
+size_t {n}_param_len(size_t i);
+
+/*
+ * The name of parameter i, "layer/weight" (as in Keras weight files, e.g.
+ * "dense_1/kernel"), as a static NUL-terminated string; NULL if i is out of range.
+ * Values are in lcjit's canonical layout: the Keras layout of the weight, except for
+ * LocallyConnected layers (implementation-2/3 kernels hold only connected entries;
+ * channels_first biases are reshaped), see lcjit::graph::layout.
+ */
+const char *{n}_param_name(size_t i);
+{gradients}
+/*
+ * The reason of the most recent failure of {n}_create, {n}_predict or
+ * {n}_gradients in this process
  * (an empty string if none), as a NUL-terminated string in a static buffer shared by
  * all handles. h is ignored and may be NULL.
  */
@@ -139,5 +201,7 @@ const char *{n}_last_error({n}_t *h);
         in_rank = h.in_shape.len(),
         out_rank = h.out_shape.len(),
         max_rank = MAX_RANK,
+        params = h.params,
+        gradients = gradients_decl(h),
     )
 }

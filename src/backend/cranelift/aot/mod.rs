@@ -13,6 +13,10 @@
 //!   functions (`calloc`, `malloc`, `free`, `memcpy`, `memset`, `memcmp`, `fopen`,
 //!   `fread`, `fclose`, `strncat`) are imports;
 //! - the model has exactly one input and one output (the C API takes one `x` and one `y`);
+//! - with [`AotOptions::gradients`] the object also holds the inference-mode gradient
+//!   program (`lower::grad::lower_gradients` for the compiled batch: phase 1 and phase 2
+//!   over its own buffer table, kernels the JIT's as above) behind `NAME_gradients`,
+//!   whose results equal `CompiledModel::gradients` on the JIT bit for bit on the host;
 //! - every file is written atomically (a temporary name in the same directory, then
 //!   `rename`).
 
@@ -61,6 +65,8 @@ pub struct AotOptions {
     pub opt_level: OptLevel,
     /// A label for the header's comment (usually the model file).
     pub model_label: String,
+    /// Also compile the inference-mode gradient program and export `NAME_gradients`.
+    pub gradients: bool,
 }
 
 impl Default for AotOptions {
@@ -72,6 +78,7 @@ impl Default for AotOptions {
             weights: WeightsMode::Embedded,
             opt_level: OptLevel::default(),
             model_label: "a model".into(),
+            gradients: false,
         }
     }
 }
@@ -107,7 +114,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The functions every library exports, without the `NAME_` prefix.
-pub const EXPORTS: [&str; 9] = [
+pub const EXPORTS: [&str; 12] = [
     "create",
     "predict",
     "destroy",
@@ -117,7 +124,66 @@ pub const EXPORTS: [&str; 9] = [
     "input_shape",
     "output_shape",
     "last_error",
+    "param_count",
+    "param_len",
+    "param_name",
 ];
+
+/// The functions a library built with [`AotOptions::gradients`] exports in addition to
+/// [`EXPORTS`], without the `NAME_` prefix.
+pub const GRADIENT_EXPORTS: [&str; 1] = ["gradients"];
+
+/// How the driver binds the buffer table of one loop-IR program: writable buffers (in
+/// an arena), parameters (into the weights block), constants.
+struct Binding<'a> {
+    writable: Vec<(usize, usize)>,
+    params: Vec<(usize, usize)>,
+    consts: Vec<(usize, &'a [f32])>,
+    /// `Cotangent(0)` (gradient programs only).
+    cotangent: Option<usize>,
+}
+
+/// Classifies the buffers of `module` (see [`Binding`]); `what` names the program in
+/// errors. `Input(0)` is bound per call; any other read-only role is an error.
+fn classify_buffers<'a>(
+    module: &'a crate::loop_ir::Module,
+    lens: &[usize],
+    offsets: &[usize],
+    what: &str,
+) -> Result<Binding<'a>> {
+    let mut out = Binding {
+        writable: Vec::new(),
+        params: Vec::new(),
+        consts: Vec::new(),
+        cotangent: None,
+    };
+    for (i, b) in module.buffers.iter().enumerate() {
+        match &b.role {
+            BufRole::Input(0) => {}
+            BufRole::Param(k) => {
+                if lens.get(*k) != Some(&b.len) {
+                    return Err(Error::internal(format!(
+                        "aot: parameter buffer {} has {} floats, parameter {k} has {:?}",
+                        b.name,
+                        b.len,
+                        lens.get(*k)
+                    )));
+                }
+                out.params.push((i, offsets[*k]));
+            }
+            BufRole::Const(v) => out.consts.push((i, v.as_slice())),
+            BufRole::Cotangent(0) if out.cotangent.is_none() => out.cotangent = Some(i),
+            r if !r.is_read_only() => out.writable.push((i, b.len)),
+            r => {
+                return Err(Error::internal(format!(
+                    "aot: {what} has an unexpected read-only buffer {} ({r:?})",
+                    b.name
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
 /// driver, plus its header (and weights file).
@@ -173,33 +239,52 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         offsets.push(total);
         total += 4 * l;
     }
-    let mut writable = Vec::new();
-    let mut param_bufs = Vec::new();
-    let mut consts = Vec::new();
-    for (i, b) in module.buffers.iter().enumerate() {
-        match &b.role {
-            BufRole::Input(0) => {}
-            BufRole::Param(k) => {
-                if lens.get(*k) != Some(&b.len) {
-                    return Err(Error::internal(format!(
-                        "aot: parameter buffer {} has {} floats, parameter {k} has {:?}",
-                        b.name,
-                        b.len,
-                        lens.get(*k)
-                    )));
-                }
-                param_bufs.push((i, offsets[*k]));
-            }
-            BufRole::Const(v) => consts.push((i, v.as_slice())),
-            r if !r.is_read_only() => writable.push((i, b.len)),
-            r => {
-                return Err(Error::internal(format!(
-                    "aot: forward program has an unexpected read-only buffer {} ({r:?})",
-                    b.name
-                )))
-            }
-        }
+    let fwd = classify_buffers(module, &lens, &offsets, "the forward program")?;
+    if fwd.cotangent.is_some() {
+        return Err(Error::internal(
+            "aot: the forward program reads a cotangent",
+        ));
     }
+
+    // The gradient program (inference mode), over its own buffer table.
+    let grad = if opts.gradients {
+        let g = crate::lower::grad::lower_gradients(graph, opts.batch)?;
+        verify(&g.forward)?;
+        verify(&g.backward)?;
+        Some(g)
+    } else {
+        None
+    };
+    let grad_binding = match &grad {
+        Some(g) => {
+            let bind = classify_buffers(&g.forward, &lens, &offsets, "the gradient program")?;
+            let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
+            let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
+            let (Some(gin), Some(cot), Some(dx)) =
+                (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
+            else {
+                return Err(Error::internal(
+                    "aot: the gradient program lacks its input, cotangent or input gradient",
+                ));
+            };
+            if glen(gin) != opts.batch * in_len
+                || glen(cot) != opts.batch * out_len
+                || glen(dx) != opts.batch * in_len
+                || g.dparam_bufs.len() != lens.len()
+                || g.dparam_bufs
+                    .iter()
+                    .zip(&lens)
+                    .any(|(&b, &l)| glen(b as usize) != l)
+                || g.backward.buffers.len() != g.forward.buffers.len()
+            {
+                return Err(Error::internal(
+                    "aot: gradient buffer lengths differ from the model's",
+                ));
+            }
+            Some((bind, gin, cot, dx))
+        }
+        None => None,
+    };
 
     let target = target::target_isa(
         &opts.target,
@@ -221,6 +306,34 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         &format!("{}__k", opts.name),
         Linkage::Local,
     )?;
+    let grad_kernels = match &grad {
+        Some(g) => Some((
+            define_kernels(
+                &mut obj,
+                &g.forward,
+                target.use_fma,
+                false,
+                &format!("{}__gf", opts.name),
+                Linkage::Local,
+            )?
+            .kernels,
+            define_kernels(
+                &mut obj,
+                &g.backward,
+                target.use_fma,
+                false,
+                &format!("{}__gb", opts.name),
+                Linkage::Local,
+            )?
+            .kernels,
+        )),
+        None => None,
+    };
+    let param_names: Vec<String> = graph
+        .params
+        .iter()
+        .map(|p| format!("{}/{}", graph.nodes[p.node].name, p.name))
+        .collect();
     let embedded = (opts.weights == WeightsMode::Embedded).then(|| {
         let mut w = Vec::with_capacity(total);
         for v in params.iter().flatten() {
@@ -231,9 +344,9 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     let spec = driver::DriverSpec {
         name: &opts.name,
         nbuf: module.buffers.len(),
-        writable,
-        params: param_bufs,
-        consts,
+        writable: fwd.writable,
+        params: fwd.params,
+        consts: fwd.consts,
         input_buf,
         output_buf,
         batch: opts.batch,
@@ -244,6 +357,25 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         embedded,
         weight_bytes: total,
         weights_header: weights::expected_header(&lens),
+        param_lens: &lens,
+        param_names: &param_names,
+        grad: match (&grad, grad_binding, &grad_kernels) {
+            (Some(g), Some((bind, input_buf, cotangent_buf, dinput_buf)), Some((gf, gb))) => {
+                Some(driver::GradSpec {
+                    nbuf: g.forward.buffers.len(),
+                    writable: bind.writable,
+                    params: bind.params,
+                    consts: bind.consts,
+                    input_buf,
+                    cotangent_buf,
+                    dinput_buf,
+                    dparam_bufs: g.dparam_bufs.iter().map(|&b| b as usize).collect(),
+                    forward: gf,
+                    backward: gb,
+                })
+            }
+            _ => None,
+        },
     };
     driver::emit_driver(&mut obj, &spec, &defined.kernels)?;
     let object = obj
@@ -258,6 +390,8 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         in_shape: &in_shape,
         out_shape: &out_shape,
         embedded: opts.weights == WeightsMode::Embedded,
+        gradients: opts.gradients,
+        params: lens.len(),
     });
     Ok(AotArtifact {
         object,
@@ -267,6 +401,11 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         triple,
         exports: EXPORTS
             .iter()
+            .chain(if opts.gradients {
+                &GRADIENT_EXPORTS[..]
+            } else {
+                &[]
+            })
             .map(|e| format!("{}_{e}", opts.name))
             .collect(),
     })
