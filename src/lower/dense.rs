@@ -7,7 +7,10 @@
 //! loaded (contiguous over units) is reused by `RT` rows and each broadcast `x[m, i]` by
 //! `UT/4` vectors. Otherwise the unit axis is unrolled (`UT` the largest divisor of
 //! `units` up to 8, `RT·UT ≤ 12`). The reduction over `i` is a serial loop in order, like
-//! the reference. The parallel loop runs over unit tiles when there are at least two,
+//! the reference; from `GEMV_MIN_IN` inputs on it runs over the matrix-vector schedule's
+//! fixed input blocks (each summed from 0, the block sums added in order, then the bias),
+//! so both schedules give the same bits and a row's result does not depend on the batch
+//! size (which picks the schedule) nor on the thread count. The parallel loop runs over unit tiles when there are at least two,
 //! otherwise over row tiles; rows that do not fill a tile get a second nest with a smaller
 //! tile (fresh variables). Bias and elementwise activations are fused into the store;
 //! softmax-like activations store into a temporary and run [`softmax_kernel`].
