@@ -7,7 +7,10 @@
 //! loaded (contiguous over units) is reused by `RT` rows and each broadcast `x[m, i]` by
 //! `UT/4` vectors. Otherwise the unit axis is unrolled (`UT` the largest divisor of
 //! `units` up to 8, `RT·UT ≤ 12`). The reduction over `i` is a serial loop in order, like
-//! the reference. The parallel loop runs over unit tiles when there are at least two,
+//! the reference; from `GEMV_MIN_IN` inputs on it runs over the matrix-vector schedule's
+//! fixed input blocks (each summed from 0, the block sums added in order, then the bias),
+//! so both schedules give the same bits and a row's result does not depend on the batch
+//! size (which picks the schedule) nor on the thread count. The parallel loop runs over unit tiles when there are at least two,
 //! otherwise over row tiles; rows that do not fill a tile get a second nest with a smaller
 //! tile (fresh variables). Bias and elementwise activations are fused into the store;
 //! softmax-like activations store into a temporary and run [`softmax_kernel`].
@@ -52,6 +55,9 @@ struct Plan {
     act: Activation,
     /// Compute dtype the stores round to (see [`super::mixed`]).
     compute: crate::graph::ComputeDtype,
+    /// `Some((blk, nb))`: sum the inputs in the [`gemv`] schedule's blocks (see
+    /// [`gemv_blocks`]) so that both schedules give the same bits.
+    blocks: Option<(usize, usize)>,
 }
 
 impl Plan {
@@ -65,14 +71,11 @@ impl Plan {
         rt: usize,
         u0: Affine,
     ) -> Result<Vec<Stmt>> {
-        let i = kb.var(&format!("i{tag}"));
-        let (r_i, u_i) = (kb.var(&format!("r{tag}i")), kb.var(&format!("u{tag}i")));
-        let (r_a, u_a) = (kb.var(&format!("r{tag}a")), kb.var(&format!("u{tag}a")));
-        let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
         let ut = self.ut;
         let acc_at = |r: Var, u: Var| Affine::var(r).scale(ut as i64).plus_term(u, 1);
         let row = |r: Var| row0.clone().plus_term(r, 1);
         let unit = |u: Var| u0.clone().plus_term(u, 1);
+        let out_at = |r: Var, u: Var| row(r).scale(self.units as i64).plus_affine(&unit(u));
         let rows = |r: Var, u: Var, s: Stmt| {
             for_(
                 r,
@@ -81,55 +84,130 @@ impl Plan {
                 vec![for_(u, ut as u64, self.ukind, vec![s])],
             )
         };
-        let init = rows(
-            r_i,
-            u_i,
-            Stmt::SetLocal {
-                local: self.acc,
-                index: acc_at(r_i, u_i),
+        // acc = 0, then acc[r, u] += x[row, i] · K[i, unit] for inputs `i = base + j`,
+        // `j < len`, in order. `t` tags the fresh variables.
+        let accumulate = |kb: &mut KernelBuilder, t: &str, base: Affine, len: usize| {
+            let j = kb.var(&format!("i{tag}{t}"));
+            let (r_i, u_i) = (
+                kb.var(&format!("r{tag}{t}i")),
+                kb.var(&format!("u{tag}{t}i")),
+            );
+            let (r_a, u_a) = (
+                kb.var(&format!("r{tag}{t}a")),
+                kb.var(&format!("u{tag}{t}a")),
+            );
+            let input = base.plus_term(j, 1);
+            let init = rows(
+                r_i,
+                u_i,
+                Stmt::SetLocal {
+                    local: self.acc,
+                    index: acc_at(r_i, u_i),
+                    value: Expr::Const(0.0),
+                },
+            );
+            let update = rows(
+                r_a,
+                u_a,
+                Stmt::SetLocal {
+                    local: self.acc,
+                    index: acc_at(r_a, u_a),
+                    value: fma(
+                        load(self.x, row(r_a).scale(self.n_in as i64).plus_affine(&input)),
+                        load(
+                            self.k,
+                            input.scale(self.units as i64).plus_affine(&unit(u_a)),
+                        ),
+                        load_local(self.acc, acc_at(r_a, u_a)),
+                    ),
+                },
+            );
+            vec![init, for_(j, len as u64, LoopKind::Serial, vec![update])]
+        };
+        let epilogue = |sum: Expr, u_s: Var| {
+            super::mixed::epilogue(
+                self.compute,
+                sum,
+                self.bias.map(|b| load(b, unit(u_s))),
+                &self.act,
+            )
+            .ok_or_else(|| Error::internal("non-elementwise activation fused"))
+        };
+        let Some((blk, nb)) = self.blocks else {
+            // One accumulation over all inputs in order, bias and activation at the store.
+            let mut out = accumulate(kb, "", Affine::constant(0), self.n_in);
+            let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
+            let value = epilogue(load_local(self.acc, acc_at(r_s, u_s)), u_s)?;
+            out.push(rows(
+                r_s,
+                u_s,
+                Stmt::Store {
+                    buf: self.z,
+                    index: out_at(r_s, u_s),
+                    value,
+                },
+            ));
+            return Ok(out);
+        };
+        // The matrix-vector schedule's order: each block summed from 0, the block sums
+        // added in order to a running total kept in `z` (starting from 0), then the bias
+        // and activation.
+        let (r_z, u_z) = (kb.var(&format!("r{tag}z")), kb.var(&format!("u{tag}z")));
+        let mut out = vec![rows(
+            r_z,
+            u_z,
+            Stmt::Store {
+                buf: self.z,
+                index: out_at(r_z, u_z),
                 value: Expr::Const(0.0),
             },
-        );
-        // acc[r, u] += x[row, i] · K[i, unit]
-        let update = rows(
-            r_a,
-            u_a,
-            Stmt::SetLocal {
-                local: self.acc,
-                index: acc_at(r_a, u_a),
-                value: fma(
-                    load(self.x, row(r_a).scale(self.n_in as i64).plus_term(i, 1)),
-                    load(
-                        self.k,
-                        Affine::var(i)
-                            .scale(self.units as i64)
-                            .plus_affine(&unit(u_a)),
+        )];
+        let add_block = |kb: &mut KernelBuilder, t: &str, base: Affine, len: usize| {
+            let mut s = accumulate(kb, t, base, len);
+            let (r_b, u_b) = (
+                kb.var(&format!("r{tag}{t}b")),
+                kb.var(&format!("u{tag}{t}b")),
+            );
+            s.push(rows(
+                r_b,
+                u_b,
+                Stmt::Store {
+                    buf: self.z,
+                    index: out_at(r_b, u_b),
+                    value: bin(
+                        BinOp::Add,
+                        load(self.z, out_at(r_b, u_b)),
+                        load_local(self.acc, acc_at(r_b, u_b)),
                     ),
-                    load_local(self.acc, acc_at(r_a, u_a)),
-                ),
-            },
-        );
-        let value = super::mixed::epilogue(
-            self.compute,
-            load_local(self.acc, acc_at(r_s, u_s)),
-            self.bias.map(|b| load(b, unit(u_s))),
-            &self.act,
-        )
-        .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
-        let store = rows(
+                },
+            ));
+            s
+        };
+        let full = self.n_in / blk;
+        let bv = kb.var(&format!("blk{tag}"));
+        let body = add_block(kb, "", Affine::var(bv).scale(blk as i64), blk);
+        out.push(for_(bv, full as u64, LoopKind::Serial, body));
+        if full < nb {
+            let last = self.n_in - full * blk;
+            out.extend(add_block(
+                kb,
+                "_l",
+                Affine::constant((full * blk) as i64),
+                last,
+            ));
+        }
+        let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
+        let value = epilogue(load(self.z, out_at(r_s, u_s)), u_s)?;
+        out.push(rows(
             r_s,
             u_s,
             Stmt::Store {
                 buf: self.z,
-                index: row(r_s).scale(self.units as i64).plus_affine(&unit(u_s)),
+                index: out_at(r_s, u_s),
                 value,
             },
-        );
-        Ok(vec![
-            init,
-            for_(i, self.n_in as u64, LoopKind::Serial, vec![update]),
-            store,
-        ])
+        ));
+        Ok(out)
     }
 }
 
@@ -206,6 +284,16 @@ const GEMV_MIN_IN: usize = 256;
 /// the summation order, and the result, is the same for any thread count.
 const GEMV_BLOCKS: usize = 16;
 
+/// The input blocks `(blk, nb)` of the matrix-vector schedule: `nb` blocks of `blk`
+/// inputs, the last one possibly shorter. The register-tiled schedule sums in the same
+/// blocks when `n_in >= GEMV_MIN_IN`, so a row's result does not depend on which
+/// schedule (chosen from the row count) computes it, hence not on the batch size.
+fn gemv_blocks(n_in: usize) -> (usize, usize) {
+    let nb = GEMV_BLOCKS.min(n_in);
+    let blk = n_in.div_ceil(nb);
+    (blk, n_in.div_ceil(blk))
+}
+
 /// Few rows and a large kernel: `y = act(x·K + b)` as a memory-bound streaming product.
 /// Kernel 1 splits the inputs into [`GEMV_BLOCKS`] contiguous blocks (parallel) and, for
 /// each input `i` of a block, adds `x[r, i]·K[i, :]` to the block's partial row of every
@@ -227,9 +315,7 @@ fn gemv(
     rows: usize,
     act: &Activation,
 ) -> Result<()> {
-    let nb = GEMV_BLOCKS.min(n_in);
-    let blk = n_in.div_ceil(nb);
-    let nb = n_in.div_ceil(blk);
+    let (blk, nb) = gemv_blocks(n_in);
     let part = cx.temp(nb * rows * units);
     let u4 = units - units % 4;
     // Kernel 1: part[b, u] = Σ_{i in block b} x[i]·K[i, u].
@@ -400,6 +486,7 @@ fn tiled(
         } else {
             Activation::Linear
         },
+        blocks: (n_in >= GEMV_MIN_IN).then(|| gemv_blocks(n_in)),
     };
     let (n_ut, n_rt, rem) = (units / ut, rows / rt, rows % rt);
     let ut_v = kb.var("ut");
@@ -449,6 +536,10 @@ fn tiled(
     };
     let mut reads = vec![x, k];
     reads.extend(bias);
+    if plan.blocks.is_some() {
+        // The running block total lives in `z`.
+        reads.push(z);
+    }
     cx.push(kb.finish(nest), &reads, &[z]);
     Ok(())
 }
