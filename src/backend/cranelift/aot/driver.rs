@@ -22,9 +22,9 @@
 //!   once over its whole extent (one thread), and copies only valid output rows out.
 //!   Rows are computed independently and the JIT's results do not depend on its thread
 //!   count, so every row equals what the JIT computes for it in a batch of the compiled
-//!   size, bit for bit (lcjit's own `predict` runs a final partial batch with a program
-//!   for that size, whose schedule, e.g. a batch-1 Dense's matrix-vector form, may round
-//!   differently);
+//!   size, bit for bit — and what lcjit's own `predict` computes, which runs a final
+//!   partial batch with a program for its size: every schedule sums each row in the same
+//!   order at any batch size (`tests/run_batched.rs`);
 //! - with gradients (`GradSpec`), words `nbuf + 2 .. nbuf + 2 + gnbuf` are the buffer
 //!   table of the gradient program and word `nbuf + 2 + gnbuf` its arena (every writable
 //!   buffer of the gradient program, then `batch × out_len` zeros bound to the cotangent
