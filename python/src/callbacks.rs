@@ -90,7 +90,7 @@ pub(crate) fn build(
     fit_params.set_item("verbose", u8::from(params.2))?;
     for obj in objects {
         if let Ok(spec) = obj.getattr("_lcjit_native") {
-            out.push(native(py, &spec.call0()?, ctx)?);
+            out.push(native(&spec.call0()?, ctx)?);
             continue;
         }
         if obj.hasattr("set_model")? {
@@ -159,7 +159,7 @@ impl<'py> Spec<'py> {
 use pyo3::conversion::FromPyObjectOwned;
 
 /// One of lcjit's built-in callbacks from its Python specification `(kind, kwargs)`.
-fn native(py: Python<'_>, spec: &Bound<'_, PyAny>, ctx: &Context) -> PyResult<Boxed> {
+fn native(spec: &Bound<'_, PyAny>, ctx: &Context) -> PyResult<Boxed> {
     let (kind, cfg): (String, Bound<'_, PyDict>) = spec.extract()?;
     let s = Spec { kind, cfg };
     let usage = |e: lcjit::Error| crate::to_py(e);
@@ -264,7 +264,6 @@ fn native(py: Python<'_>, spec: &Bound<'_, PyAny>, ctx: &Context) -> PyResult<Bo
                 })
             });
             cb.verbose = s.verbose()?;
-            let _ = py;
             Box::new(cb)
         }
         other => {

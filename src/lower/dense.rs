@@ -133,12 +133,11 @@ impl Plan {
             )
             .ok_or_else(|| Error::internal("non-elementwise activation fused"))
         };
-        let Some((blk, nb)) = self.blocks else {
-            // One accumulation over all inputs in order, bias and activation at the store.
-            let mut out = accumulate(kb, "", Affine::constant(0), self.n_in);
-            let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
-            let value = epilogue(load_local(self.acc, acc_at(r_s, u_s)), u_s)?;
-            out.push(rows(
+        // The tile's final store: bias and activation applied to the finished sum.
+        let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
+        let store = |sum: Expr| -> Result<Stmt> {
+            let value = epilogue(sum, u_s)?;
+            Ok(rows(
                 r_s,
                 u_s,
                 Stmt::Store {
@@ -146,7 +145,12 @@ impl Plan {
                     index: out_at(r_s, u_s),
                     value,
                 },
-            ));
+            ))
+        };
+        let Some((blk, nb)) = self.blocks else {
+            // One accumulation over all inputs in order.
+            let mut out = accumulate(kb, "", Affine::constant(0), self.n_in);
+            out.push(store(load_local(self.acc, acc_at(r_s, u_s)))?);
             return Ok(out);
         };
         // The matrix-vector schedule's order: each block summed from 0, the block sums
@@ -196,17 +200,7 @@ impl Plan {
                 last,
             ));
         }
-        let (r_s, u_s) = (kb.var(&format!("r{tag}s")), kb.var(&format!("u{tag}s")));
-        let value = epilogue(load(self.z, out_at(r_s, u_s)), u_s)?;
-        out.push(rows(
-            r_s,
-            u_s,
-            Stmt::Store {
-                buf: self.z,
-                index: out_at(r_s, u_s),
-                value,
-            },
-        ));
+        out.push(store(load(self.z, out_at(r_s, u_s)))?);
         Ok(out)
     }
 }
