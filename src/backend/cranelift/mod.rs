@@ -10,7 +10,8 @@
 //! - `codegen.rs`: every kernel of a module into any Cranelift module (JIT or object);
 //! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split;
 //! - `pool.rs`: the persistent worker threads (process-wide cache of teams) that run the
-//!   chunks of parallel kernels;
+//!   chunks of parallel kernels (`pool_rayon.rs`: rayon's pool in its place, feature
+//!   `rayon-pool`, kept to re-measure the choice);
 //! - `aot/`: ahead-of-time objects with a generated C-ABI driver (`lcjit aot`).
 //!
 //! Kernel ABI (one for all kernels): `extern "C" fn(bufs: *const *mut f32, start: i64,
@@ -28,6 +29,8 @@ mod expr;
 mod isa;
 mod math;
 mod pool;
+#[cfg(feature = "rayon-pool")]
+mod pool_rayon;
 mod prescan;
 mod runtime;
 

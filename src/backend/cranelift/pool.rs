@@ -43,6 +43,35 @@
 //! "announce, then re-check" order with sequentially consistent atomics on both sides, so
 //! no wake-up is lost.
 
+//!
+//! # Why not rayon
+//!
+//! The issue asked for rayon's `ThreadPool` with a fixed partition and this pool to be
+//! measured against each other. `pool_rayon.rs` (feature `rayon-pool`) is that
+//! alternative, same partition. One run on the 2-core test machine (2026-12-06; other
+//! work frozen; `lcjit bench --engines jit --train`, 4 alternating repetitions of each
+//! binary; medians in ms, forward / training step), against the scoped threads the pool
+//! replaced (commit 20f0aad, which also predates the seam and Dense's blocked sums):
+//!
+//! | workload, batch | scoped threads | this pool | rayon |
+//! | --- | --- | --- | --- |
+//! | snp_lc1d, 1 | 0.181 / 1.378 | 0.115 / 1.165 | 0.111 / 1.199 |
+//! | snp_lc1d, 32 | 1.86 / 6.19 | 1.48 / 5.13 | 1.36 / 6.13 |
+//! | mortality_smoother, 1 | 0.0377 / 0.250 | 0.0371 / 0.217 | 0.0295 / 0.208 |
+//! | mortality_smoother, 32 | 0.410 / 1.46 | 0.369 / 1.38 | 0.362 / 1.46 |
+//! | genomics_lc1d, 1 | 0.218 / 2.20 | 0.145 / 1.72 | 0.154 / 1.87 |
+//! | deepface_l4_l6, 32 | 106.1 / 297.1 | 98.7 / 265.2 | 100.8 / 278.3 |
+//!
+//! Neither is faster across the board (the spread of one binary over the repetitions is
+//! ±10–30 % on this machine); the pool stays because rayon's one job queue makes
+//! concurrent calls (two Python threads predicting) share `threads` workers, where a
+//! team per call keeps them independent, and because the teams survive `fork` (see
+//! above) while a rayon pool inherited by a child process hangs its first call
+//! (rayon-rs/rayon#708, closed as unsupportable).
+
+// With the feature `rayon-pool` the teams below are compiled but unused (pool_rayon.rs).
+#![cfg_attr(feature = "rayon-pool", allow(dead_code))]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;

@@ -22,7 +22,11 @@ use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
 use crate::loop_ir::{verify::verify, BufArg, Module};
 
-use super::pool::{chunk, BufPtrs, KernelFn, Lease};
+#[cfg(not(feature = "rayon-pool"))]
+use super::pool::Lease;
+use super::pool::{chunk, BufPtrs, KernelFn};
+#[cfg(feature = "rayon-pool")]
+use super::pool_rayon::Lease;
 
 /// Owns the JIT memory and frees it when dropped.
 ///
