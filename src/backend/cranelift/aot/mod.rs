@@ -23,6 +23,8 @@
 mod archive;
 mod driver;
 mod header;
+#[cfg(unix)]
+pub(crate) mod seam;
 mod target;
 pub mod weights;
 
@@ -133,25 +135,17 @@ pub const EXPORTS: [&str; 12] = [
 /// [`EXPORTS`], without the `NAME_` prefix.
 pub const GRADIENT_EXPORTS: [&str; 1] = ["gradients"];
 
-/// How the driver binds the buffer table of one loop-IR program: writable buffers (in
-/// an arena), parameters (into the weights block), constants.
-struct Binding<'a> {
-    writable: Vec<(usize, usize)>,
-    params: Vec<(usize, usize)>,
-    consts: Vec<(usize, &'a [f32])>,
-    /// `Cotangent(0)` (gradient programs only).
-    cotangent: Option<usize>,
-}
-
-/// Classifies the buffers of `module` (see [`Binding`]); `what` names the program in
-/// errors. `Input(0)` is bound per call; any other read-only role is an error.
+/// Classifies the buffers of `module` into the driver's binding of its buffer table
+/// ([`driver::Table`]); `what` names the program in errors. `Input(0)` is bound per
+/// call; any other read-only role is an error.
 fn classify_buffers<'a>(
     module: &'a crate::loop_ir::Module,
     lens: &[usize],
     offsets: &[usize],
     what: &str,
-) -> Result<Binding<'a>> {
-    let mut out = Binding {
+) -> Result<driver::Table<'a>> {
+    let mut out = driver::Table {
+        nbuf: module.buffers.len(),
         writable: Vec::new(),
         params: Vec::new(),
         consts: Vec::new(),
@@ -226,13 +220,11 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         ));
     }
 
-    // Parameters, canonical layout, back to back.
-    let params: Vec<Vec<f32>> = model
-        .params()
-        .iter()
-        .map(|a| a.iter().copied().collect())
-        .collect();
-    let lens: Vec<usize> = params.iter().map(Vec::len).collect();
+    // Parameters, canonical layout, back to back (read in place: no copy of large
+    // weights besides the embedded block or the weights file).
+    let params = model.params();
+    let floats = || params.iter().flat_map(|a| a.iter().copied());
+    let lens: Vec<usize> = params.iter().map(|a| a.len()).collect();
     let mut offsets = Vec::with_capacity(lens.len());
     let mut total = 0usize;
     for &l in &lens {
@@ -336,17 +328,14 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         .collect();
     let embedded = (opts.weights == WeightsMode::Embedded).then(|| {
         let mut w = Vec::with_capacity(total);
-        for v in params.iter().flatten() {
+        for v in floats() {
             w.extend_from_slice(&v.to_le_bytes());
         }
         w
     });
     let spec = driver::DriverSpec {
         name: &opts.name,
-        nbuf: module.buffers.len(),
-        writable: fwd.writable,
-        params: fwd.params,
-        consts: fwd.consts,
+        table: fwd,
         input_buf,
         output_buf,
         batch: opts.batch,
@@ -362,10 +351,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         grad: match (&grad, grad_binding, &grad_kernels) {
             (Some(g), Some((bind, input_buf, cotangent_buf, dinput_buf)), Some((gf, gb))) => {
                 Some(driver::GradSpec {
-                    nbuf: g.forward.buffers.len(),
-                    writable: bind.writable,
-                    params: bind.params,
-                    consts: bind.consts,
+                    table: bind,
                     input_buf,
                     cotangent_buf,
                     dinput_buf,
@@ -396,7 +382,8 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     Ok(AotArtifact {
         object,
         header,
-        weights_file: (opts.weights == WeightsMode::File).then(|| weights::encode(&params)),
+        weights_file: (opts.weights == WeightsMode::File)
+            .then(|| weights::encode_from(&lens, floats())),
         name: opts.name.clone(),
         triple,
         exports: EXPORTS
@@ -476,34 +463,44 @@ fn link_shared(art: &AotArtifact, output: &Path) -> Result<()> {
     let obj = temp_next_to(output, "o");
     std::fs::write(&obj, &art.object).map_err(|e| Error::io(&obj, e))?;
     let tmp = temp_next_to(output, "so");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = std::process::Command::new(&cc)
-        .arg("-shared")
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&obj)
-        .output();
+    let linked = cc_shared(&obj, &tmp, output);
     let _ = std::fs::remove_file(&obj);
-    let out = match status {
-        Ok(o) => o,
-        Err(e) => {
-            return Err(usage(format!(
-            "{}: linking a .so needs a C compiler as linker, but '{cc}' could not be run ({e}); \
-                 install one (e.g. gcc) or write a .o/.a instead",
-            output.display()
-        )))
-        }
-    };
-    if !out.status.success() {
+    if let Err(e) = linked {
         let _ = std::fs::remove_file(&tmp);
-        return Err(usage(format!(
-            "{}: '{cc} -shared' failed: {}",
-            output.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(e);
     }
     std::fs::rename(&tmp, output).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(output, e)
     })
+}
+
+/// Links the object file `obj` into the shared library `out` with the system C compiler
+/// as linker (`$CC`, else `cc`): `cc -shared -o out obj`. `what` names the library in
+/// errors, which are [`Error::Tool`] when the compiler cannot be run or fails.
+pub(super) fn cc_shared(obj: &Path, out: &Path, what: &Path) -> Result<()> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let run = std::process::Command::new(&cc)
+        .arg("-shared")
+        .arg("-o")
+        .arg(out)
+        .arg(obj)
+        .output();
+    let tool = |detail: String| Error::Tool {
+        tool: cc.clone(),
+        detail,
+    };
+    match run {
+        Err(e) => Err(tool(format!(
+            "{}: linking a shared library needs a C compiler as linker, but '{cc}' could not \
+             be run ({e}); install one (e.g. gcc) or set CC, or write a .o/.a instead",
+            what.display()
+        ))),
+        Ok(o) if !o.status.success() => Err(tool(format!(
+            "{}: '{cc} -shared' failed: {}",
+            what.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Ok(_) => Ok(()),
+    }
 }
