@@ -3,7 +3,10 @@
 //! driver (`driver.rs`) and a C header (`header.rs`), so that C, C++, Rust or Go programs
 //! predict with no lcjit at run time. `.a` wraps the object in an `ar` archive with a
 //! symbol index (System V/GNU format, `archive.rs`); `.so` links it with the system
-//! `cc -shared`.
+//! `cc -shared` ([`Error::Tool`] without one). `seam.rs` builds any loop-IR module the
+//! same way with a minimal entry over a caller-given buffer table and loads it: the
+//! executor of [`crate::backend::Backend::Aot`], through which tests compare this path
+//! with the JIT on every program the runtime builds.
 //!
 //! Invariants:
 //! - the kernels are the JIT's (`codegen::define_kernels` on the same verified module);
@@ -179,9 +182,9 @@ fn classify_buffers<'a>(
     Ok(out)
 }
 
-/// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
-/// driver, plus its header (and weights file).
-pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
+/// Checks `opts` and that `model` has one input and one output of rank at most
+/// [`MAX_RANK`]; returns their per-sample shapes.
+fn check_request(model: &Model, opts: &AotOptions) -> Result<(Vec<usize>, Vec<usize>)> {
     if !valid_name(&opts.name) {
         return Err(usage(format!(
             "--name '{}': not a C identifier (letters, digits and _, not starting with a digit)",
@@ -206,6 +209,51 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
             "aot supports per-sample ranks up to {MAX_RANK}"
         )));
     }
+    Ok((in_shape, out_shape))
+}
+
+/// The binding of the gradient program `g`'s buffer table and its input, cotangent and
+/// input-gradient buffers, checked against the model: `x_len` and `y_len` floats for a
+/// batch of inputs and outputs, `lens` for the parameters.
+fn grad_table<'a>(
+    g: &'a crate::lower::grad::LoweredGrad,
+    lens: &[usize],
+    offsets: &[usize],
+    x_len: usize,
+    y_len: usize,
+) -> Result<(driver::Table<'a>, usize, usize, usize)> {
+    let bind = classify_buffers(&g.forward, lens, offsets, "the gradient program")?;
+    let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
+    let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
+    let (Some(gin), Some(cot), Some(dx)) =
+        (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
+    else {
+        return Err(Error::internal(
+            "aot: the gradient program lacks its input, cotangent or input gradient",
+        ));
+    };
+    if glen(gin) != x_len
+        || glen(cot) != y_len
+        || glen(dx) != x_len
+        || g.dparam_bufs.len() != lens.len()
+        || g.dparam_bufs
+            .iter()
+            .zip(lens)
+            .any(|(&b, &l)| glen(b as usize) != l)
+        || g.backward.buffers.len() != g.forward.buffers.len()
+    {
+        return Err(Error::internal(
+            "aot: gradient buffer lengths differ from the model's",
+        ));
+    }
+    Ok((bind, gin, cot, dx))
+}
+
+/// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
+/// driver, plus its header (and weights file).
+pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
+    let (in_shape, out_shape) = check_request(model, opts)?;
+    let graph = model.graph();
     let lowered = crate::lower::lower_forward(graph, opts.batch)?;
     let module = &lowered.module;
     verify(module)?;
@@ -248,33 +296,13 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         None
     };
     let grad_binding = match &grad {
-        Some(g) => {
-            let bind = classify_buffers(&g.forward, &lens, &offsets, "the gradient program")?;
-            let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
-            let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
-            let (Some(gin), Some(cot), Some(dx)) =
-                (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
-            else {
-                return Err(Error::internal(
-                    "aot: the gradient program lacks its input, cotangent or input gradient",
-                ));
-            };
-            if glen(gin) != opts.batch * in_len
-                || glen(cot) != opts.batch * out_len
-                || glen(dx) != opts.batch * in_len
-                || g.dparam_bufs.len() != lens.len()
-                || g.dparam_bufs
-                    .iter()
-                    .zip(&lens)
-                    .any(|(&b, &l)| glen(b as usize) != l)
-                || g.backward.buffers.len() != g.forward.buffers.len()
-            {
-                return Err(Error::internal(
-                    "aot: gradient buffer lengths differ from the model's",
-                ));
-            }
-            Some((bind, gin, cot, dx))
-        }
+        Some(g) => Some(grad_table(
+            g,
+            &lens,
+            &offsets,
+            opts.batch * in_len,
+            opts.batch * out_len,
+        )?),
         None => None,
     };
 
@@ -290,34 +318,15 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     let builder = ObjectBuilder::new(target.isa, opts.name.as_bytes(), default_libcall_names())
         .map_err(|e| Error::internal(format!("aot: object builder: {e}")))?;
     let mut obj = ObjectModule::new(builder);
-    let defined = define_kernels(
-        &mut obj,
-        module,
-        target.use_fma,
-        false,
-        &format!("{}__k", opts.name),
-        Linkage::Local,
-    )?;
+    let define = |obj: &mut ObjectModule, m: &crate::loop_ir::Module, tag: &str| {
+        let prefix = format!("{}__{tag}", opts.name);
+        define_kernels(obj, m, target.use_fma, false, &prefix, Linkage::Local)
+    };
+    let defined = define(&mut obj, module, "k")?;
     let grad_kernels = match &grad {
         Some(g) => Some((
-            define_kernels(
-                &mut obj,
-                &g.forward,
-                target.use_fma,
-                false,
-                &format!("{}__gf", opts.name),
-                Linkage::Local,
-            )?
-            .kernels,
-            define_kernels(
-                &mut obj,
-                &g.backward,
-                target.use_fma,
-                false,
-                &format!("{}__gb", opts.name),
-                Linkage::Local,
-            )?
-            .kernels,
+            define(&mut obj, &g.forward, "gf")?.kernels,
+            define(&mut obj, &g.backward, "gb")?.kernels,
         )),
         None => None,
     };
