@@ -148,6 +148,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// An external program lcjit needs is missing or failed: the system C compiler that
+    /// links shared libraries (`lcjit aot --output X.so`, the ahead-of-time test
+    /// executor), or the dynamic loader that loads one.
+    #[error("{detail}")]
+    Tool {
+        /// The program (`cc`, `$CC`, `dlopen`).
+        tool: String,
+        /// What failed and what to do about it.
+        detail: String,
+    },
+
     // ---- lcjit bugs ----------------------------------------------------------------------
     /// An internal invariant failed: a bug in lcjit, not in the input.
     #[error("internal compiler error: {detail}")]

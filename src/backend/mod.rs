@@ -1,17 +1,26 @@
 //! The execution seam: [`Program`], a verified loop-IR module prepared to run over a
-//! buffer table ([`BufArg`], one entry per module buffer), by the interpreter or by
-//! Cranelift-compiled native code, behind one type and one [`Program::run`].
+//! buffer table ([`BufArg`], one entry per module buffer), by the interpreter, by
+//! Cranelift-compiled native code, or by the same native code built ahead of time as an
+//! object file, behind one type and one [`Program::run`].
 //!
 //! Every caller that runs loop IR (the runtime's forward and gradient programs, the
 //! compiled optimizer update, the roofline probes) goes through [`prepare`]; which
-//! executor an engine name means is decided once, in [`crate::runtime::Engine::backend`].
-//! Nothing outside this module names the interpreter or the JIT. The third way to run a
-//! program, ahead-of-time object code with a C driver ([`aot`], `lcjit aot`), runs the
-//! same kernels outside lcjit; its tests check it against [`Program`].
+//! executor an engine name means is decided once, in [`crate::runtime::Engine::backend`],
+//! which maps engines to [`Backend::Interp`] and [`Backend::Jit`] only. Nothing outside
+//! this module names the interpreter or the JIT.
+//!
+//! Ahead-of-time code ([`aot`], `lcjit aot`) runs the JIT's kernels outside lcjit, behind
+//! a generated C driver. [`Backend::Aot`] is its differential-test executor: it builds a
+//! program's kernels into an object exactly as `lcjit aot --target host` does, links it
+//! with the system `cc` and loads it, so tests run any program the runtime builds
+//! (forward, both gradient phases) through the object-file path over the same buffer
+//! table as the JIT and compare bit for bit (`tests/aot_seam.rs`); the C-ABI libraries
+//! themselves are checked by C harnesses (`tests/aot.rs`).
 //!
 //! Invariant: only verified loop-IR modules are prepared ([`prepare`] runs the verifier
-//! for both executors), because the generated code does no bounds checks; the interpreter
-//! checks every access anyway and is the definition the JIT is tested against.
+//! for every executor), because the generated code does no bounds checks; the
+//! interpreter checks every access anyway and is the definition the JIT is tested
+//! against.
 
 pub mod cranelift;
 
@@ -28,39 +37,69 @@ pub enum Backend {
     Interp,
     /// Native code compiled by Cranelift (f32x4, threads).
     Jit,
+    /// The differential-test executor of the ahead-of-time path: the JIT's kernels for
+    /// the host, compiled into a relocatable object (cranelift-object, as
+    /// `lcjit aot --target host`) with a generated entry that runs them in order,
+    /// linked into a shared library by the system `cc -shared` in a private temporary
+    /// directory (removed when the [`Program`] drops) and loaded with `dlopen`. Parallel
+    /// kernels run in the JIT's chunks for the thread count, one after another on the
+    /// calling thread, so results equal the JIT's bit for bit at any thread count.
+    /// For tests and tools: no [`crate::Engine`] maps to it. Unix only; needs a C
+    /// compiler ([`crate::Error::Tool`] without one).
+    Aot,
+}
+
+/// How a [`Program`] runs.
+enum Exec {
+    Interp,
+    Jit(Box<CompiledModule>),
+    #[cfg(unix)]
+    Aot(Box<aot::seam::SeamLibrary>),
 }
 
 /// A loop-IR module ready to run (see the module docs).
 pub struct Program {
     module: Module,
-    native: Option<CompiledModule>,
+    exec: Exec,
 }
 
-/// Prepares `module` for `backend`: verifies it, and for the JIT compiles every kernel
-/// with `opts`.
+/// Prepares `module` for `backend`: verifies it, and for the JIT or the ahead-of-time
+/// executor compiles every kernel with `opts`.
 pub fn prepare(backend: Backend, module: &Module, opts: &CodegenOptions) -> Result<Program> {
-    let native = match backend {
-        Backend::Jit => Some(CompiledModule::compile(module, opts)?),
+    let exec = match backend {
+        Backend::Jit => Exec::Jit(Box::new(CompiledModule::compile(module, opts)?)),
         Backend::Interp => {
             verify(module)?;
-            None
+            Exec::Interp
+        }
+        #[cfg(unix)]
+        Backend::Aot => Exec::Aot(Box::new(aot::seam::SeamLibrary::build(module, opts)?)),
+        #[cfg(not(unix))]
+        Backend::Aot => {
+            return Err(crate::Error::Usage {
+                detail: "the ahead-of-time test executor needs dlopen (Unix)".into(),
+            })
         }
     };
     Ok(Program {
         module: module.clone(),
-        native,
+        exec,
     })
 }
 
 impl Program {
     /// Runs every kernel in order over `bufs` (one per module buffer, each exactly as long
     /// as the module says; read-only buffers may be shared slices), on up to `threads`
-    /// threads for native code. Results are bitwise identical for any thread count, and
-    /// equal to the interpreter's when the JIT fuses multiply-adds.
+    /// threads for the JIT (in the JIT's chunks on the calling thread for
+    /// [`Backend::Aot`]). Results are bitwise identical for any thread count and
+    /// between the JIT and [`Backend::Aot`], and equal to the interpreter's when the
+    /// native code fuses multiply-adds.
     pub fn run(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
-        match &self.native {
-            Some(native) => native.run_args(bufs, threads),
-            None => interp::run(&self.module, bufs),
+        match &self.exec {
+            Exec::Jit(native) => native.run_args(bufs, threads),
+            Exec::Interp => interp::run(&self.module, bufs),
+            #[cfg(unix)]
+            Exec::Aot(lib) => lib.run_args(bufs, threads),
         }
     }
 
@@ -71,24 +110,46 @@ impl Program {
 
     /// Which executor runs it.
     pub fn backend(&self) -> Backend {
-        match self.native {
-            Some(_) => Backend::Jit,
-            None => Backend::Interp,
+        match self.exec {
+            Exec::Jit(_) => Backend::Jit,
+            Exec::Interp => Backend::Interp,
+            #[cfg(unix)]
+            Exec::Aot(_) => Backend::Aot,
         }
     }
 
-    /// Code generation time in milliseconds (0 for the interpreter).
+    /// Code generation time in milliseconds (0 for the interpreter; for
+    /// [`Backend::Aot`] including the link and the load).
     pub fn compile_ms(&self) -> f64 {
-        self.native.as_ref().map_or(0.0, CompiledModule::compile_ms)
+        match &self.exec {
+            Exec::Jit(n) => n.compile_ms(),
+            Exec::Interp => 0.0,
+            #[cfg(unix)]
+            Exec::Aot(lib) => lib.compile_ms(),
+        }
     }
 
     /// The optimised CLIF (`clif: true`) or the machine-code listing of every kernel,
     /// for native programs prepared with `keep_text` (empty otherwise).
     pub fn listing(&self, clif: bool) -> &str {
-        match (&self.native, clif) {
-            (Some(n), true) => n.clif_text(),
-            (Some(n), false) => n.asm_text(),
-            (None, _) => "",
+        match (&self.exec, clif) {
+            (Exec::Jit(n), true) => n.clif_text(),
+            (Exec::Jit(n), false) => n.asm_text(),
+            #[cfg(unix)]
+            (Exec::Aot(lib), true) => lib.clif_text(),
+            #[cfg(unix)]
+            (Exec::Aot(lib), false) => lib.asm_text(),
+            (Exec::Interp, _) => "",
+        }
+    }
+
+    /// The private directory holding a [`Backend::Aot`] program's shared library
+    /// (removed when the program drops); `None` for the other executors.
+    pub fn library_dir(&self) -> Option<&std::path::Path> {
+        match &self.exec {
+            #[cfg(unix)]
+            Exec::Aot(lib) => Some(lib.dir()),
+            _ => None,
         }
     }
 }

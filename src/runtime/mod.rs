@@ -87,6 +87,8 @@ impl Engine {
             None => "the naive per-layer reference path (the oracle)",
             Some(Backend::Jit) => "Cranelift-compiled native code",
             Some(Backend::Interp) => "the loop-IR interpreter",
+            // No engine maps to the ahead-of-time test executor.
+            Some(Backend::Aot) => "ahead-of-time object code (tests and tools only)",
         }
     }
 

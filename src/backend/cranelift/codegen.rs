@@ -12,6 +12,7 @@ use cranelift_frontend::FunctionBuilderContext;
 use cranelift_module::{FuncId, Linkage, Module as ClifModule};
 
 use super::emit::{classify, emit_kernel, KernelShape};
+use super::runtime::work_of;
 use crate::error::{Error, Result};
 use crate::loop_ir::Module;
 
@@ -23,6 +24,9 @@ pub(super) struct DefinedKernel {
     pub shape: KernelShape,
     /// The loop-IR kernel's name.
     pub name: String,
+    /// Statement executions per call ([`super::runtime::work_of`]): a parallel kernel is
+    /// split across threads only from [`super::runtime::PARALLEL_MIN_WORK`].
+    pub work: u64,
 }
 
 /// Everything [`define_kernels`] produced.
@@ -91,6 +95,7 @@ pub(super) fn define_kernels<M: ClifModule>(
             id,
             shape,
             name: kernel.name.clone(),
+            work: work_of(kernel),
         });
     }
     m.clear_context(&mut ctx);

@@ -12,7 +12,9 @@
 //! - `pool.rs`: the persistent worker threads (process-wide cache of teams) that run the
 //!   chunks of parallel kernels (`pool_rayon.rs`: rayon's pool in its place, feature
 //!   `rayon-pool`, kept to re-measure the choice);
-//! - `aot/`: ahead-of-time objects with a generated C-ABI driver (`lcjit aot`).
+//! - `aot/`: ahead-of-time objects with a generated C-ABI driver (`lcjit aot`), and the
+//!   same kernels linked and loaded in-process behind [`crate::backend::Backend::Aot`]
+//!   (the differential-test executor, `aot/seam.rs`).
 //!
 //! Kernel ABI (one for all kernels): `extern "C" fn(bufs: *const *mut f32, start: i64,
 //! end: i64)`. `bufs[i]` is the base of module buffer `i`. A *parallel* kernel's body is

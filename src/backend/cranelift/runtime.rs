@@ -88,6 +88,46 @@ pub(super) fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
     walk(&kernel.body, 1)
 }
 
+/// The kernel ABI's buffer table for `bufs` (one per module buffer): checks the count,
+/// every length against `lens`, and that only `read_only` buffers are passed shared.
+/// Shared by the JIT and the ahead-of-time test executor (`aot::seam`).
+pub(super) fn buffer_table(
+    bufs: &mut [BufArg],
+    lens: &[usize],
+    read_only: &[bool],
+) -> Result<Vec<*mut f32>> {
+    if bufs.len() != lens.len() {
+        return Err(Error::internal(format!(
+            "run: {} buffers given, the module has {}",
+            bufs.len(),
+            lens.len()
+        )));
+    }
+    let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
+    for (i, (b, &len)) in bufs.iter_mut().zip(lens).enumerate() {
+        let (n, p) = match b {
+            BufArg::Read(r) => {
+                if !read_only[i] {
+                    return Err(Error::internal(format!(
+                        "run: buffer {i} is written by the module but was passed read-only"
+                    )));
+                }
+                // Never written through: the verifier rejects stores to read-only
+                // buffers.
+                (r.len(), r.as_ptr() as *mut f32)
+            }
+            BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
+        };
+        if n != len {
+            return Err(Error::internal(format!(
+                "run: buffer {i} has {n} elements, the module expects {len}"
+            )));
+        }
+        ptrs.push(p);
+    }
+    Ok(ptrs)
+}
+
 /// A compiled module: owns the JIT code (freed on drop) and one function per kernel.
 ///
 /// `Send + Sync`: the kernels are reentrant machine code without hidden state (they touch
@@ -133,28 +173,24 @@ impl CompiledModule {
             .ok_or_else(|| Error::internal("cranelift: JIT module missing"))?;
         let defined = define_kernels(jit, module, use_fma, opts.keep_text, "k", Linkage::Local)?;
         let (clif, asm) = (defined.clif, defined.asm);
-        let declared: Vec<_> = defined
-            .kernels
-            .into_iter()
-            .map(|k| (k.id, k.shape, k.name))
-            .collect();
+        let declared = defined.kernels;
         jit.finalize_definitions()
             .map_err(|e| jit_err(&module.name, "finalize", e))?;
         let mut kernels = Vec::with_capacity(declared.len());
-        for ((id, shape, name), kernel) in declared.into_iter().zip(&module.kernels) {
-            let ptr = jit.get_finalized_function(id);
+        for k in declared {
+            let ptr = jit.get_finalized_function(k.id);
             if ptr.is_null() {
-                return Err(jit_err(&name, "finalize", "null function pointer"));
+                return Err(jit_err(&k.name, "finalize", "null function pointer"));
             }
             // SAFETY: `ptr` is the entry of a finalized function whose signature
             // `emit_kernel` set to `(ptr, i64, i64) -> ()` in the ISA's default calling
             // convention, which is the C convention of this host: exactly `KernelFn`.
             let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
             kernels.push(CompiledKernel {
-                name,
-                shape,
+                name: k.name,
+                shape: k.shape,
                 func,
-                work: work_of(kernel),
+                work: k.work,
             });
         }
         let split_extent = kernels
@@ -196,35 +232,7 @@ impl CompiledModule {
     /// constants) may be passed as shared slices, so weights need not be copied or
     /// locked per call.
     pub fn run_args(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
-        if bufs.len() != self.buf_lens.len() {
-            return Err(Error::internal(format!(
-                "run: {} buffers given, the module has {}",
-                bufs.len(),
-                self.buf_lens.len()
-            )));
-        }
-        let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
-        for (i, (b, &len)) in bufs.iter_mut().zip(&self.buf_lens).enumerate() {
-            let (n, p) = match b {
-                BufArg::Read(r) => {
-                    if !self.read_only[i] {
-                        return Err(Error::internal(format!(
-                            "run: buffer {i} is written by the module but was passed read-only"
-                        )));
-                    }
-                    // Never written through: the verifier rejects stores to read-only
-                    // buffers.
-                    (r.len(), r.as_ptr() as *mut f32)
-                }
-                BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
-            };
-            if n != len {
-                return Err(Error::internal(format!(
-                    "run: buffer {i} has {n} elements, the module expects {len}"
-                )));
-            }
-            ptrs.push(p);
-        }
+        let ptrs = buffer_table(bufs, &self.buf_lens, &self.read_only)?;
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
         // Checked out at the first kernel that needs helpers, returned when `lease` drops

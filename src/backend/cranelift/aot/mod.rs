@@ -3,7 +3,10 @@
 //! driver (`driver.rs`) and a C header (`header.rs`), so that C, C++, Rust or Go programs
 //! predict with no lcjit at run time. `.a` wraps the object in an `ar` archive with a
 //! symbol index (System V/GNU format, `archive.rs`); `.so` links it with the system
-//! `cc -shared`.
+//! `cc -shared` ([`Error::Tool`] without one). `seam.rs` builds any loop-IR module the
+//! same way with a minimal entry over a caller-given buffer table and loads it: the
+//! executor of [`crate::backend::Backend::Aot`], through which tests compare this path
+//! with the JIT on every program the runtime builds.
 //!
 //! Invariants:
 //! - the kernels are the JIT's (`codegen::define_kernels` on the same verified module);
@@ -23,6 +26,8 @@
 mod archive;
 mod driver;
 mod header;
+#[cfg(unix)]
+pub(crate) mod seam;
 mod target;
 pub mod weights;
 
@@ -133,25 +138,17 @@ pub const EXPORTS: [&str; 12] = [
 /// [`EXPORTS`], without the `NAME_` prefix.
 pub const GRADIENT_EXPORTS: [&str; 1] = ["gradients"];
 
-/// How the driver binds the buffer table of one loop-IR program: writable buffers (in
-/// an arena), parameters (into the weights block), constants.
-struct Binding<'a> {
-    writable: Vec<(usize, usize)>,
-    params: Vec<(usize, usize)>,
-    consts: Vec<(usize, &'a [f32])>,
-    /// `Cotangent(0)` (gradient programs only).
-    cotangent: Option<usize>,
-}
-
-/// Classifies the buffers of `module` (see [`Binding`]); `what` names the program in
-/// errors. `Input(0)` is bound per call; any other read-only role is an error.
+/// Classifies the buffers of `module` into the driver's binding of its buffer table
+/// ([`driver::Table`]); `what` names the program in errors. `Input(0)` is bound per
+/// call; any other read-only role is an error.
 fn classify_buffers<'a>(
     module: &'a crate::loop_ir::Module,
     lens: &[usize],
     offsets: &[usize],
     what: &str,
-) -> Result<Binding<'a>> {
-    let mut out = Binding {
+) -> Result<driver::Table<'a>> {
+    let mut out = driver::Table {
+        nbuf: module.buffers.len(),
         writable: Vec::new(),
         params: Vec::new(),
         consts: Vec::new(),
@@ -185,9 +182,9 @@ fn classify_buffers<'a>(
     Ok(out)
 }
 
-/// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
-/// driver, plus its header (and weights file).
-pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
+/// Checks `opts` and that `model` has one input and one output of rank at most
+/// [`MAX_RANK`]; returns their per-sample shapes.
+fn check_request(model: &Model, opts: &AotOptions) -> Result<(Vec<usize>, Vec<usize>)> {
     if !valid_name(&opts.name) {
         return Err(usage(format!(
             "--name '{}': not a C identifier (letters, digits and _, not starting with a digit)",
@@ -212,6 +209,51 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
             "aot supports per-sample ranks up to {MAX_RANK}"
         )));
     }
+    Ok((in_shape, out_shape))
+}
+
+/// The binding of the gradient program `g`'s buffer table and its input, cotangent and
+/// input-gradient buffers, checked against the model: `x_len` and `y_len` floats for a
+/// batch of inputs and outputs, `lens` for the parameters.
+fn grad_table<'a>(
+    g: &'a crate::lower::grad::LoweredGrad,
+    lens: &[usize],
+    offsets: &[usize],
+    x_len: usize,
+    y_len: usize,
+) -> Result<(driver::Table<'a>, usize, usize, usize)> {
+    let bind = classify_buffers(&g.forward, lens, offsets, "the gradient program")?;
+    let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
+    let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
+    let (Some(gin), Some(cot), Some(dx)) =
+        (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
+    else {
+        return Err(Error::internal(
+            "aot: the gradient program lacks its input, cotangent or input gradient",
+        ));
+    };
+    if glen(gin) != x_len
+        || glen(cot) != y_len
+        || glen(dx) != x_len
+        || g.dparam_bufs.len() != lens.len()
+        || g.dparam_bufs
+            .iter()
+            .zip(lens)
+            .any(|(&b, &l)| glen(b as usize) != l)
+        || g.backward.buffers.len() != g.forward.buffers.len()
+    {
+        return Err(Error::internal(
+            "aot: gradient buffer lengths differ from the model's",
+        ));
+    }
+    Ok((bind, gin, cot, dx))
+}
+
+/// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
+/// driver, plus its header (and weights file).
+pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
+    let (in_shape, out_shape) = check_request(model, opts)?;
+    let graph = model.graph();
     let lowered = crate::lower::lower_forward(graph, opts.batch)?;
     let module = &lowered.module;
     verify(module)?;
@@ -226,13 +268,11 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         ));
     }
 
-    // Parameters, canonical layout, back to back.
-    let params: Vec<Vec<f32>> = model
-        .params()
-        .iter()
-        .map(|a| a.iter().copied().collect())
-        .collect();
-    let lens: Vec<usize> = params.iter().map(Vec::len).collect();
+    // Parameters, canonical layout, back to back (read in place: no copy of large
+    // weights besides the embedded block or the weights file).
+    let params = model.params();
+    let floats = || params.iter().flat_map(|a| a.iter().copied());
+    let lens: Vec<usize> = params.iter().map(|a| a.len()).collect();
     let mut offsets = Vec::with_capacity(lens.len());
     let mut total = 0usize;
     for &l in &lens {
@@ -256,33 +296,13 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         None
     };
     let grad_binding = match &grad {
-        Some(g) => {
-            let bind = classify_buffers(&g.forward, &lens, &offsets, "the gradient program")?;
-            let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
-            let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
-            let (Some(gin), Some(cot), Some(dx)) =
-                (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
-            else {
-                return Err(Error::internal(
-                    "aot: the gradient program lacks its input, cotangent or input gradient",
-                ));
-            };
-            if glen(gin) != opts.batch * in_len
-                || glen(cot) != opts.batch * out_len
-                || glen(dx) != opts.batch * in_len
-                || g.dparam_bufs.len() != lens.len()
-                || g.dparam_bufs
-                    .iter()
-                    .zip(&lens)
-                    .any(|(&b, &l)| glen(b as usize) != l)
-                || g.backward.buffers.len() != g.forward.buffers.len()
-            {
-                return Err(Error::internal(
-                    "aot: gradient buffer lengths differ from the model's",
-                ));
-            }
-            Some((bind, gin, cot, dx))
-        }
+        Some(g) => Some(grad_table(
+            g,
+            &lens,
+            &offsets,
+            opts.batch * in_len,
+            opts.batch * out_len,
+        )?),
         None => None,
     };
 
@@ -298,34 +318,15 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     let builder = ObjectBuilder::new(target.isa, opts.name.as_bytes(), default_libcall_names())
         .map_err(|e| Error::internal(format!("aot: object builder: {e}")))?;
     let mut obj = ObjectModule::new(builder);
-    let defined = define_kernels(
-        &mut obj,
-        module,
-        target.use_fma,
-        false,
-        &format!("{}__k", opts.name),
-        Linkage::Local,
-    )?;
+    let define = |obj: &mut ObjectModule, m: &crate::loop_ir::Module, tag: &str| {
+        let prefix = format!("{}__{tag}", opts.name);
+        define_kernels(obj, m, target.use_fma, false, &prefix, Linkage::Local)
+    };
+    let defined = define(&mut obj, module, "k")?;
     let grad_kernels = match &grad {
         Some(g) => Some((
-            define_kernels(
-                &mut obj,
-                &g.forward,
-                target.use_fma,
-                false,
-                &format!("{}__gf", opts.name),
-                Linkage::Local,
-            )?
-            .kernels,
-            define_kernels(
-                &mut obj,
-                &g.backward,
-                target.use_fma,
-                false,
-                &format!("{}__gb", opts.name),
-                Linkage::Local,
-            )?
-            .kernels,
+            define(&mut obj, &g.forward, "gf")?.kernels,
+            define(&mut obj, &g.backward, "gb")?.kernels,
         )),
         None => None,
     };
@@ -336,17 +337,14 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         .collect();
     let embedded = (opts.weights == WeightsMode::Embedded).then(|| {
         let mut w = Vec::with_capacity(total);
-        for v in params.iter().flatten() {
+        for v in floats() {
             w.extend_from_slice(&v.to_le_bytes());
         }
         w
     });
     let spec = driver::DriverSpec {
         name: &opts.name,
-        nbuf: module.buffers.len(),
-        writable: fwd.writable,
-        params: fwd.params,
-        consts: fwd.consts,
+        table: fwd,
         input_buf,
         output_buf,
         batch: opts.batch,
@@ -362,10 +360,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         grad: match (&grad, grad_binding, &grad_kernels) {
             (Some(g), Some((bind, input_buf, cotangent_buf, dinput_buf)), Some((gf, gb))) => {
                 Some(driver::GradSpec {
-                    nbuf: g.forward.buffers.len(),
-                    writable: bind.writable,
-                    params: bind.params,
-                    consts: bind.consts,
+                    table: bind,
                     input_buf,
                     cotangent_buf,
                     dinput_buf,
@@ -396,7 +391,8 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     Ok(AotArtifact {
         object,
         header,
-        weights_file: (opts.weights == WeightsMode::File).then(|| weights::encode(&params)),
+        weights_file: (opts.weights == WeightsMode::File)
+            .then(|| weights::encode_from(&lens, floats())),
         name: opts.name.clone(),
         triple,
         exports: EXPORTS
@@ -476,34 +472,44 @@ fn link_shared(art: &AotArtifact, output: &Path) -> Result<()> {
     let obj = temp_next_to(output, "o");
     std::fs::write(&obj, &art.object).map_err(|e| Error::io(&obj, e))?;
     let tmp = temp_next_to(output, "so");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = std::process::Command::new(&cc)
-        .arg("-shared")
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&obj)
-        .output();
+    let linked = cc_shared(&obj, &tmp, output);
     let _ = std::fs::remove_file(&obj);
-    let out = match status {
-        Ok(o) => o,
-        Err(e) => {
-            return Err(usage(format!(
-            "{}: linking a .so needs a C compiler as linker, but '{cc}' could not be run ({e}); \
-                 install one (e.g. gcc) or write a .o/.a instead",
-            output.display()
-        )))
-        }
-    };
-    if !out.status.success() {
+    if let Err(e) = linked {
         let _ = std::fs::remove_file(&tmp);
-        return Err(usage(format!(
-            "{}: '{cc} -shared' failed: {}",
-            output.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(e);
     }
     std::fs::rename(&tmp, output).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(output, e)
     })
+}
+
+/// Links the object file `obj` into the shared library `out` with the system C compiler
+/// as linker (`$CC`, else `cc`): `cc -shared -o out obj`. `what` names the library in
+/// errors, which are [`Error::Tool`] when the compiler cannot be run or fails.
+pub(super) fn cc_shared(obj: &Path, out: &Path, what: &Path) -> Result<()> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let run = std::process::Command::new(&cc)
+        .arg("-shared")
+        .arg("-o")
+        .arg(out)
+        .arg(obj)
+        .output();
+    let tool = |detail: String| Error::Tool {
+        tool: cc.clone(),
+        detail,
+    };
+    match run {
+        Err(e) => Err(tool(format!(
+            "{}: linking a shared library needs a C compiler as linker, but '{cc}' could not \
+             be run ({e}); install one (e.g. gcc) or set CC, or write a .o/.a instead",
+            what.display()
+        ))),
+        Ok(o) if !o.status.success() => Err(tool(format!(
+            "{}: '{cc} -shared' failed: {}",
+            what.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Ok(_) => Ok(()),
+    }
 }

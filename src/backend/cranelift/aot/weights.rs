@@ -40,9 +40,15 @@ pub fn expected_header(lens: &[usize]) -> Vec<u8> {
 /// The complete file for `params` (each one parameter's floats, canonical layout).
 pub fn encode(params: &[Vec<f32>]) -> Vec<u8> {
     let lens: Vec<usize> = params.iter().map(Vec::len).collect();
-    let mut out = expected_header(&lens);
+    encode_from(&lens, params.iter().flatten().copied())
+}
+
+/// The complete file for parameters of `lens` floats whose values `floats` yields back
+/// to back (without an intermediate copy of the parameters).
+pub(super) fn encode_from(lens: &[usize], floats: impl Iterator<Item = f32>) -> Vec<u8> {
+    let mut out = expected_header(lens);
     out.reserve(4 * lens.iter().sum::<usize>());
-    for v in params.iter().flatten() {
+    for v in floats {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
