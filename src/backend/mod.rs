@@ -14,10 +14,12 @@
 //! checks every access anyway and is the definition the JIT is tested against.
 
 pub mod cranelift;
+pub mod guard;
 
 pub use self::cranelift::aot;
 pub use self::cranelift::{host_has_fma, CodegenOptions, CompiledModule, OptLevel};
 use crate::error::Result;
+pub use self::guard::{checked_mode, enable_checked_mode};
 pub use crate::loop_ir::BufArg;
 use crate::loop_ir::{interp, verify::verify, Module};
 
@@ -34,6 +36,8 @@ pub enum Backend {
 pub struct Program {
     module: Module,
     native: Option<CompiledModule>,
+    /// Native runs go through [`guard::run_checked`] (checked mode was on at `prepare`).
+    checked: bool,
 }
 
 /// Prepares `module` for `backend`: verifies it, and for the JIT compiles every kernel
@@ -48,6 +52,7 @@ pub fn prepare(backend: Backend, module: &Module, opts: &CodegenOptions) -> Resu
     };
     Ok(Program {
         module: module.clone(),
+        checked: native.is_some() && checked_mode(),
         native,
     })
 }
@@ -56,9 +61,13 @@ impl Program {
     /// Runs every kernel in order over `bufs` (one per module buffer, each exactly as long
     /// as the module says; read-only buffers may be shared slices), on up to `threads`
     /// threads for native code. Results are bitwise identical for any thread count, and
-    /// equal to the interpreter's when the JIT fuses multiply-adds.
+    /// equal to the interpreter's when the JIT fuses multiply-adds. In checked mode
+    /// ([`guard`]) native code runs over guarded copies of the buffers.
     pub fn run(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
         match &self.native {
+            Some(native) if self.checked => {
+                guard::run_checked(bufs, |args| native.run_args(args, threads))
+            }
             Some(native) => native.run_args(bufs, threads),
             None => interp::run(&self.module, bufs),
         }
