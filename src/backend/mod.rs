@@ -23,9 +23,11 @@
 //! against.
 
 pub mod cranelift;
+pub mod guard;
 
 pub use self::cranelift::aot;
 pub use self::cranelift::{host_has_fma, CodegenOptions, CompiledModule, OptLevel};
+pub use self::guard::{checked_mode, enable_checked_mode};
 use crate::error::Result;
 pub use crate::loop_ir::BufArg;
 use crate::loop_ir::{interp, verify::verify, Module};
@@ -61,6 +63,8 @@ enum Exec {
 pub struct Program {
     module: Module,
     exec: Exec,
+    /// Native runs go through [`guard::run_checked`] (checked mode was on at `prepare`).
+    checked: bool,
 }
 
 /// Prepares `module` for `backend`: verifies it, and for the JIT or the ahead-of-time
@@ -83,6 +87,7 @@ pub fn prepare(backend: Backend, module: &Module, opts: &CodegenOptions) -> Resu
     };
     Ok(Program {
         module: module.clone(),
+        checked: !matches!(exec, Exec::Interp) && checked_mode(),
         exec,
     })
 }
@@ -93,8 +98,17 @@ impl Program {
     /// threads for the JIT (in the JIT's chunks on the calling thread for
     /// [`Backend::Aot`]). Results are bitwise identical for any thread count and
     /// between the JIT and [`Backend::Aot`], and equal to the interpreter's when the
-    /// native code fuses multiply-adds.
+    /// native code fuses multiply-adds. In checked mode ([`guard`]) native code runs
+    /// over guarded copies of the buffers.
     pub fn run(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
+        if self.checked {
+            return guard::run_checked(bufs, |args| self.run_unchecked(args, threads));
+        }
+        self.run_unchecked(bufs, threads)
+    }
+
+    /// [`Program::run`] over `bufs` as given.
+    fn run_unchecked(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
         match &self.exec {
             Exec::Jit(native) => native.run_args(bufs, threads),
             Exec::Interp => interp::run(&self.module, bufs),

@@ -23,6 +23,11 @@ pub struct Cli {
     /// Refuse models whose tensors or weights exceed this many bytes (suffix K, M or G).
     #[arg(long, global = true, value_parser = parse_bytes, default_value = "16G")]
     pub memory_budget: u64,
+    /// Checked mode (for debugging lcjit itself): native code runs over buffers between
+    /// inaccessible guard pages, twice, so an out-of-bounds access faults at once; slow.
+    /// Same as LCJIT_CHECKED=1.
+    #[arg(long, global = true)]
+    pub checked: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +115,9 @@ pub fn load(model: &Path, weights: Option<&Path>, opts: &LoadOptions) -> Result<
 /// Runs the command line's command (the default job without one).
 pub fn run(cli: Cli) -> Result<()> {
     let budget = cli.memory_budget;
+    if cli.checked {
+        lcjit::backend::enable_checked_mode();
+    }
     match cli.command {
         None => crate::default_job::run(budget),
         Some(Command::Summary(a)) => inspect::summary(a, budget),
