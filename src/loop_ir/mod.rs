@@ -374,6 +374,11 @@ pub struct Kernel {
     pub locals: Vec<Local>,
     /// Statements.
     pub body: Vec<Stmt>,
+    /// The schedule the lowering chose for this kernel, as text (e.g.
+    /// `lc.forward(vec=filters, tile=4x8, …)`), printed with the kernel; `None` for
+    /// kernels whose lowering has no schedule choices recorded. Never read by the
+    /// executors: the loops themselves carry the schedule.
+    pub schedule: Option<String>,
 }
 
 /// A whole program: buffers and the kernels that run over them, in order.
@@ -393,6 +398,7 @@ pub struct KernelBuilder {
     name: String,
     var_names: Vec<String>,
     locals: Vec<Local>,
+    schedule: Option<String>,
 }
 
 impl KernelBuilder {
@@ -419,6 +425,11 @@ impl KernelBuilder {
         (self.locals.len() - 1) as LocalId
     }
 
+    /// Records the schedule text shown with the kernel (see [`Kernel::schedule`]).
+    pub fn schedule(&mut self, text: impl Into<String>) {
+        self.schedule = Some(text.into());
+    }
+
     /// Finishes the kernel with `body`.
     pub fn finish(self, body: Vec<Stmt>) -> Kernel {
         Kernel {
@@ -427,6 +438,7 @@ impl KernelBuilder {
             var_names: self.var_names,
             locals: self.locals,
             body,
+            schedule: self.schedule,
         }
     }
 }
