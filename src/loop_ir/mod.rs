@@ -11,8 +11,10 @@
 //! Loop kinds are the schedule and never change the meaning: `Serial`, `Parallel` (the
 //! iterations are split into contiguous chunks across threads; only a kernel's outermost
 //! loop may be parallel and its iterations must write disjoint elements), `Vector(4)`
-//! (lanes of an f32x4: the loop's variable may appear in indices with coefficient 0 —
-//! broadcast — or 1 — contiguous lanes), `Unroll(n)` (the body is replicated n times).
+//! (lanes of an f32x4: the loop's variable may appear in buffer indices with coefficient
+//! 0 — broadcast —, 1 — contiguous lanes — or another — strided lanes, gathered by a load
+//! and scattered by a store — and in local indices with 0 or 1), `Unroll(n)` (the body
+//! is replicated n times).
 //! The interpreter ignores kinds; the verifier checks that they are legal.
 //!
 //! Locals are small per-kernel register tiles (accumulators). Their indices may only use

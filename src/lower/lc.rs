@@ -2,13 +2,15 @@
 //! `same`; strides; dilation) in the loop IR.
 //!
 //! Forward, as DESIGN.md §3 prescribes: a parallel loop over the first output axis and
-//! serial loops over the others (never unrolled over positions), around a fixed-shape
-//! nest over the patch. Filters are vectorised four lanes at a time when the output is
-//! channels_last and `F` is a multiple of 4, with a register tile of
+//! serial loops over the others, around a fixed-shape
+//! nest over the patch. Filters are vectorised four lanes at a time when `F` is a
+//! multiple of 4 (either data format), with a register tile of
 //! `TB batch rows × FT filters` accumulators (at most 12 f32x4, under the x64 budget), so
 //! each weight vector loaded is reused across the batch tile. Bias and activation are
 //! fused into the store. Taps outside the input (`same` padding) are skipped by guards
-//! that the verifier uses to prove the loads in bounds.
+//! that the verifier uses to prove the loads in bounds. When `F` is not a multiple of 4
+//! and consecutive output positions read consecutive inputs, the lanes run over output
+//! positions instead (`lc/forward/positions.rs`).
 //!
 //! Every choice of how (vector axis, tile, channel blocking, row merging, unrolling) is
 //! made in `schedule/lc.rs`; the forward emitter (`lc/forward.rs`) follows it. The
@@ -187,8 +189,8 @@ fn merge_terms(a: &Affine, t: Var, c: Var, ch: i64, m: Var) -> Affine {
         .plus_term(m, ac)
 }
 
-/// The forward register tile chosen for a layer: `(vectorised over filters, FT, TB)`
-/// (see [`super::schedule::lc::tile`]).
-pub fn register_tile(cl: bool, filters: usize, batch: usize) -> (bool, usize, usize) {
-    super::schedule::lc::tile(cl, filters, batch)
+/// The forward filters tile of a layer with `filters` filters: `(vectorised over
+/// filters, FT, TB)` (see [`super::schedule::lc::tile`]).
+pub fn register_tile(filters: usize, batch: usize) -> (bool, usize, usize) {
+    super::schedule::lc::tile(filters, batch)
 }

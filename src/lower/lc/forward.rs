@@ -6,11 +6,15 @@
 //! loop over filter tiles around the register tile `acc[TB × FT]`: zeroed, updated by
 //! the reduction over the patch (taps, channels), stored with bias and activation
 //! fused. The channel-blocked order (`cblock`) instead walks every filter tile over one
-//! channel block at a time, with the partial sums going through the output row.
+//! channel block at a time, with the partial sums going through the output row. The
+//! positions schedule (lanes over output positions, for few or odd filters and
+//! channels_first outputs) is emitted by `positions.rs`.
 //!
 //! Invariants: both orders perform the same operations in the same order per output
 //! element (bitwise the same sums); every tap outside the input is skipped by a guard
 //! the verifier uses to prove the loads in bounds.
+
+mod positions;
 
 use super::{geometry, merge_terms, tap_loops, tap_pos, Geo};
 use crate::error::{Error, Result};
@@ -44,8 +48,20 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     };
     let s = sched::forward(&g, l, cx.batch);
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
-    let acc = kb.local("acc", s.tb * s.ft);
+    // Under the positions schedule the last axis is walked by the segments of
+    // `positions.rs`, so only the leading axes get a position variable here.
+    let outer = if s.lanes.is_some() {
+        g.rank - 1
+    } else {
+        g.rank
+    };
+    let o: Vec<Var> = (0..outer).map(|a| kb.var(&format!("o{a}"))).collect();
+    let width = s.lanes.map_or(1, |ln| ln.width);
+    let acc = kb.local("acc", s.tb * s.ft * width);
+    let acc1 = s
+        .lanes
+        .filter(|ln| ln.lo > 0 || ln.tail_start() < ln.out)
+        .map(|_| kb.local("acc1", s.tb * s.ft));
     let em = Emit {
         l,
         g: &g,
@@ -64,10 +80,14 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         compute: cx.compute,
     };
     let mut nest = Vec::new();
-    for (ni, (b_base, ntiles, tb)) in s.batch_nests(cx.batch).into_iter().enumerate() {
-        nest.push(em.nest(&mut kb, ni, b_base, ntiles, tb)?);
+    if let Some(ln) = &s.lanes {
+        nest = em.positions_body(&mut kb, ln, acc, acc1, cx.batch)?;
+    } else {
+        for (ni, (b_base, ntiles, tb)) in s.batch_nests(cx.batch).into_iter().enumerate() {
+            nest.push(em.nest(&mut kb, ni, b_base, ntiles, tb)?);
+        }
     }
-    for ax in (0..g.rank).rev() {
+    for ax in (0..outer).rev() {
         let kind = if ax == 0 {
             LoopKind::Parallel
         } else {

@@ -20,8 +20,11 @@ use super::super::lc::Geo;
 pub enum VectorAxis {
     /// No vector lanes: scalar tiles.
     Scalar,
-    /// Four consecutive filters (channels_last output, `F % 4 == 0`).
+    /// Four consecutive filters (`F % 4 == 0`; a channels_first output is stored and
+    /// its bias read with lanes `P` elements apart, once per output element).
     Filters,
+    /// Four consecutive output positions along the last spatial axis (see [`Lanes`]).
+    Positions,
 }
 
 impl fmt::Display for VectorAxis {
@@ -29,6 +32,7 @@ impl fmt::Display for VectorAxis {
         f.write_str(match self {
             VectorAxis::Scalar => "scalar",
             VectorAxis::Filters => "filters",
+            VectorAxis::Positions => "positions",
         })
     }
 }
@@ -49,6 +53,33 @@ pub struct LcForward {
     pub merge: bool,
     /// Schedule of the innermost reduction loop (see [`reduction_kind`]).
     pub reduction: LoopKind,
+    /// With [`VectorAxis::Positions`]: which positions of the last axis run in lanes.
+    pub lanes: Option<Lanes>,
+    /// The layer's spatial rank.
+    pub rank: usize,
+}
+
+/// The split of the last output axis under [`VectorAxis::Positions`]: positions
+/// `lo..lo + blocks·width` run in blocks of `width` (a multiple of 4) lanes, with every
+/// tap inside the input (no guard); the head `0..lo` and the tail up to `out` run one
+/// position at a time, guarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lanes {
+    /// First vectorised position.
+    pub lo: usize,
+    /// Number of vector blocks (≥ 1).
+    pub blocks: usize,
+    /// Positions per block (4, 8, 12 or 16: `width / 4` f32x4 per accumulator row).
+    pub width: usize,
+    /// Extent of the last output axis.
+    pub out: usize,
+}
+
+impl Lanes {
+    /// First position of the scalar tail.
+    pub fn tail_start(&self) -> usize {
+        self.lo + self.blocks * self.width
+    }
 }
 
 impl LcForward {
@@ -67,13 +98,32 @@ impl LcForward {
     pub fn filter_kind(&self) -> LoopKind {
         match self.vec {
             VectorAxis::Filters => LoopKind::Vector(4),
-            VectorAxis::Scalar => LoopKind::Unroll(self.ft as u32),
+            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
         }
+    }
+
+    /// Whether the parallel loop is the one over position blocks (rank-1 layers under
+    /// [`VectorAxis::Positions`]) rather than the first output axis.
+    pub fn par_blocks(&self) -> bool {
+        self.lanes.is_some() && self.rank == 1
     }
 }
 
 impl fmt::Display for LcForward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ln) = &self.lanes {
+            return write!(
+                f,
+                "lc.forward(vec=positions, tile={}x{}x{}, lanes=[{}, {}), par={}, reduce={})",
+                self.tb,
+                self.ft,
+                ln.width,
+                ln.lo,
+                ln.tail_start(),
+                if self.par_blocks() { "blocks" } else { "o0" },
+                kind_text(self.reduction),
+            );
+        }
         write!(
             f,
             "lc.forward(vec={}, tile={}x{}, par=o0, cblock={}, merge={}, reduce={})",
@@ -99,7 +149,10 @@ fn kind_text(k: LoopKind) -> String {
 
 /// The forward schedule of an LC layer of geometry `g` at batch size `batch`.
 pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> LcForward {
-    let (vec, ft, tb) = tile(g.cl, g.f, batch);
+    if let Some(s) = positions(g, l, batch) {
+        return s;
+    }
+    let (vec, ft, tb) = tile(g.f, batch);
     let vec = if vec {
         VectorAxis::Filters
     } else {
@@ -125,10 +178,80 @@ pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> 
         cblock,
         merge,
         reduction,
+        lanes: None,
+        rank: g.rank,
     }
 }
 
+/// The positions schedule, when it applies: the filters cannot fill the lanes
+/// (`F % 4 != 0`) and consecutive output positions of the last
+/// axis read consecutive input elements (stride 1, and channels_first input or one
+/// channel), so the input operand is one f32x4 load per batch row and tap, and the
+/// kernel operand (`K[p, q, f]`, positions `Q·F` apart) one gather per filter and tap,
+/// shared by the `TB` rows of the tile. The tile is `TB` rows × `FT` filters × `width`
+/// positions with at most 8 f32x4 accumulators (as the filters tile, see [`tile`]):
+/// rows first (each row reuses the gathered kernel vector), then filters, then more
+/// positions (independent FMA chains at batch 1).
+fn positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
+    let last = g.rank - 1;
+    let vec_filters = g.f.is_multiple_of(4);
+    let contiguous = l.strides[last] == 1 && (!g.cl || g.c == 1);
+    if vec_filters || !contiguous {
+        return None;
+    }
+    let tb = batch.clamp(1, 8);
+    let ft = divisor_upto(g.f, (8 / tb).max(1));
+    let (lo, hi) = interior(g, l, last);
+    let width = 4 * (8 / (tb * ft)).clamp(1, 4);
+    // Narrower blocks when the interior is short, so that most positions still run in
+    // lanes.
+    let width = (4..=width)
+        .rev()
+        .step_by(4)
+        .find(|w| (hi - lo) / w >= 2)
+        .unwrap_or(4);
+    let blocks = (hi - lo) / width;
+    if blocks == 0 {
+        return None;
+    }
+    let kw = l.kernel[last];
+    Some(LcForward {
+        vec: VectorAxis::Positions,
+        tb,
+        ft,
+        cblock: None,
+        merge: false,
+        reduction: reduction_kind(kw as u64),
+        lanes: Some(Lanes {
+            lo,
+            blocks,
+            width,
+            out: g.out_sp[last],
+        }),
+        rank: g.rank,
+    })
+}
+
+/// The output positions `[lo, hi)` along axis `a` whose every tap lies inside the input.
+fn interior(g: &Geo, l: &LocallyConnected, a: usize) -> (usize, usize) {
+    let (s, d, k) = (
+        l.strides[a] as i64,
+        l.dilation[a] as i64,
+        l.kernel[a] as i64,
+    );
+    let (pad, n, out) = (g.pad[a], g.in_sp[a] as i64, g.out_sp[a] as i64);
+    // o·s − pad ≥ 0 and o·s + (k−1)·d − pad ≤ n − 1.
+    let lo = if pad > 0 { (pad + s - 1) / s } else { 0 }.min(out);
+    let top = n - 1 + pad - (k - 1) * d;
+    let hi = if top < 0 { 0 } else { (top / s + 1).min(out) }.max(lo);
+    (lo as usize, hi as usize)
+}
+
 /// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
+///
+/// Both data formats vectorise over filters when `F % 4 == 0`: the kernel operand is
+/// contiguous in `f` either way, and channels_first only makes the once-per-element
+/// output store (and bias load) strided.
 ///
 /// Vectorised: 8 f32x4 accumulators, as TB = 4 rows × FT = 8 filters (2 vectors) when
 /// F % 8 == 0, else 8 rows × 1 vector. Measured (on-CPU time, one thread,
@@ -142,14 +265,14 @@ pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> 
 /// divides the usual batch sizes (no remainder tile). Below batch 4 the layer is
 /// memory-bound: the widest filter tile reads each position's weights in one contiguous
 /// pass (DeepFace batch 1: 1.04× the streaming time).
-pub fn tile(cl: bool, f: usize, batch: usize) -> (bool, usize, usize) {
-    if cl && f.is_multiple_of(4) && batch < 4 {
+pub fn tile(f: usize, batch: usize) -> (bool, usize, usize) {
+    if f.is_multiple_of(4) && batch < 4 {
         let ft = [16, 12, 8, 4]
             .into_iter()
             .find(|t| f.is_multiple_of(*t))
             .unwrap_or(4);
         (true, ft, (12 / (ft / 4)).clamp(1, 4).min(batch))
-    } else if cl && f.is_multiple_of(4) {
+    } else if f.is_multiple_of(4) {
         let ft = if f.is_multiple_of(8) { 8 } else { 4 };
         let tb = (32 / ft).clamp(1, 8).min(batch);
         (true, ft, tb)
@@ -224,7 +347,7 @@ impl LcKernelGrad {
     pub fn filter_kind(&self) -> LoopKind {
         match self.vec {
             VectorAxis::Filters => LoopKind::Vector(4),
-            VectorAxis::Scalar => LoopKind::Unroll(self.ft as u32),
+            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
         }
     }
 }
