@@ -50,19 +50,6 @@ impl Seg {
     }
 }
 
-/// The variables of one register tile: init, update and store copies of (row, filter,
-/// lane), plus the tile, tap and channel variables.
-struct PosTile {
-    t: Vec<Var>,
-    bt: Var,
-    fti: Var,
-    cv: Var,
-    /// `(row, filter, lane)` of the init, update and store loops.
-    init: [Var; 3],
-    upd: [Var; 3],
-    st: [Var; 3],
-}
-
 impl Emit<'_> {
     /// The kernel body below the loops over the leading axes: the head, the vector
     /// blocks and the tail of the last axis. With `par_blocks` (rank 1) the block loop is
@@ -161,11 +148,8 @@ impl Emit<'_> {
         ni: usize,
         (b_base, ntiles, tb): (usize, usize, usize),
     ) -> Result<Stmt> {
-        let (g, l, s) = (self.g, self.l, self.s);
-        let last = g.rank - 1;
-        let tag = seg.tag;
-        let mut name = |n: &str| kb.var(&format!("{n}{tag}{ni}"));
-        let t: Vec<Var> = (0..g.rank).map(|a| name(&format!("t{a}"))).collect();
+        let mut name = |n: &str| kb.var(&format!("{n}{}{ni}", seg.tag));
+        let t: Vec<Var> = (0..self.g.rank).map(|a| name(&format!("t{a}"))).collect();
         let (bt, fti, cv) = (name("bt"), name("ft"), name("c"));
         let mut three = |n: &str| {
             [
@@ -174,96 +158,153 @@ impl Emit<'_> {
                 name(&format!("l{n}")),
             ]
         };
-        let v = PosTile {
+        let (init, upd, st) = (three("i"), three("a"), three("s"));
+        let c = SegCx {
+            em: self,
+            seg,
             t,
             bt,
             fti,
             cv,
-            init: three("i"),
-            upd: three("a"),
-            st: three("s"),
+            b_base,
+            tb,
         };
-        let (ft, w) = (s.ft, seg.width);
-        let b_of = |bb: Var| {
-            Affine::constant(b_base as i64)
-                .plus_term(v.bt, tb as i64)
-                .plus_term(bb, 1)
-        };
-        let f_of = |ff: Var| Affine::var(v.fti).scale(ft as i64).plus_term(ff, 1);
-        let acc_at = |[bb, ff, ln]: [Var; 3]| {
-            Affine::var(bb)
-                .scale((ft * w) as i64)
-                .plus_term(ff, w as i64)
-                .plus_term(ln, 1)
-        };
-        // Output coordinates of lane `ln`.
-        let o_at = |ln: Var| -> Vec<Affine> {
-            (0..g.rank)
-                .map(|a| {
-                    if a == last {
-                        seg.pos.clone().plus_term(ln, 1)
-                    } else {
-                        Affine::var(self.o[a])
-                    }
-                })
-                .collect()
-        };
-        let sp = |o: &[Affine]| -> Vec<Affine> {
-            (0..g.rank)
-                .map(|a| {
-                    o[a].clone()
-                        .scale(l.strides[a] as i64)
-                        .plus_term(v.t[a], l.dilation[a] as i64)
-                        .plus(-g.pad[a])
-                })
-                .collect()
-        };
-        let taps: Vec<Affine> = v.t.iter().map(|&x| Affine::var(x)).collect();
-        let tile3 = |[bb, ff, ln]: [Var; 3], st: Stmt| {
-            for_(
-                bb,
-                tb as u64,
-                LoopKind::Unroll(tb as u32),
-                vec![for_(
-                    ff,
-                    ft as u64,
-                    LoopKind::Unroll(ft as u32),
-                    vec![for_(ln, w as u64, seg.lane_kind(), vec![st])],
-                )],
-            )
-        };
-        let init = tile3(
-            v.init,
+        let zero = c.tile3(
+            init,
             Stmt::SetLocal {
                 local: seg.acc,
-                index: acc_at(v.init),
+                index: c.acc_at(init),
                 value: Expr::Const(0.0),
             },
         );
-        let [bb_a, ff_a, ln_a] = v.upd;
-        let oa = o_at(ln_a);
-        let x_at = g.x_index(&b_of(bb_a), &sp(&oa), &Affine::var(v.cv));
-        let k_at = g.k_index(&g.position(&oa), &taps, &Affine::var(v.cv), &f_of(ff_a));
-        let update = tile3(
-            v.upd,
+        let mut body = vec![zero];
+        body.extend(c.reduction(upd));
+        body.push(c.store(st)?);
+        Ok(for_(
+            bt,
+            ntiles as u64,
+            LoopKind::Serial,
+            vec![for_(
+                fti,
+                (self.g.f / self.s.ft) as u64,
+                LoopKind::Serial,
+                body,
+            )],
+        ))
+    }
+}
+
+/// One batch nest of one segment: its tile, tap and channel variables.
+struct SegCx<'a, 'e> {
+    em: &'a Emit<'e>,
+    seg: &'a Seg,
+    t: Vec<Var>,
+    bt: Var,
+    fti: Var,
+    cv: Var,
+    b_base: usize,
+    tb: usize,
+}
+
+impl SegCx<'_, '_> {
+    /// Batch row of tile row `bb`.
+    fn b_of(&self, bb: Var) -> Affine {
+        Affine::constant(self.b_base as i64)
+            .plus_term(self.bt, self.tb as i64)
+            .plus_term(bb, 1)
+    }
+
+    /// Filter of tile column `ff`.
+    fn f_of(&self, ff: Var) -> Affine {
+        Affine::var(self.fti)
+            .scale(self.em.s.ft as i64)
+            .plus_term(ff, 1)
+    }
+
+    /// Register-tile element of `(row, filter, lane)`.
+    fn acc_at(&self, [bb, ff, ln]: [Var; 3]) -> Affine {
+        let (ft, w) = (self.em.s.ft, self.seg.width);
+        Affine::var(bb)
+            .scale((ft * w) as i64)
+            .plus_term(ff, w as i64)
+            .plus_term(ln, 1)
+    }
+
+    /// Output coordinates of lane `ln`.
+    fn o_at(&self, ln: Var) -> Vec<Affine> {
+        let last = self.em.g.rank - 1;
+        (0..=last)
+            .map(|a| {
+                if a == last {
+                    self.seg.pos.clone().plus_term(ln, 1)
+                } else {
+                    Affine::var(self.em.o[a])
+                }
+            })
+            .collect()
+    }
+
+    /// `for row (unrolled) { for filter (unrolled) { for lane { st } } }`.
+    fn tile3(&self, [bb, ff, ln]: [Var; 3], st: Stmt) -> Stmt {
+        let ft = self.em.s.ft;
+        for_(
+            bb,
+            self.tb as u64,
+            LoopKind::Unroll(self.tb as u32),
+            vec![for_(
+                ff,
+                ft as u64,
+                LoopKind::Unroll(ft as u32),
+                vec![for_(
+                    ln,
+                    self.seg.width as u64,
+                    self.seg.lane_kind(),
+                    vec![st],
+                )],
+            )],
+        )
+    }
+
+    /// The reduction over (leading taps, channels, last tap) around the tile update with
+    /// the `(row, filter, lane)` variables `upd`.
+    fn reduction(&self, upd: [Var; 3]) -> Vec<Stmt> {
+        let (g, l, em) = (self.em.g, self.em.l, self.em);
+        let last = g.rank - 1;
+        let [bb, ff, ln] = upd;
+        let o = self.o_at(ln);
+        let sp: Vec<Affine> = (0..g.rank)
+            .map(|a| {
+                o[a].clone()
+                    .scale(l.strides[a] as i64)
+                    .plus_term(self.t[a], l.dilation[a] as i64)
+                    .plus(-g.pad[a])
+            })
+            .collect();
+        let taps: Vec<Affine> = self.t.iter().map(|&x| Affine::var(x)).collect();
+        let ch = Affine::var(self.cv);
+        let x_at = g.x_index(&self.b_of(bb), &sp, &ch);
+        let k_at = g.k_index(&g.position(&o), &taps, &ch, &self.f_of(ff));
+        let acc = self.seg.acc;
+        let mut red = vec![self.tile3(
+            upd,
             Stmt::SetLocal {
-                local: seg.acc,
-                index: acc_at(v.upd),
+                local: acc,
+                index: self.acc_at(upd),
                 value: fma(
-                    load(self.x, x_at),
-                    load(self.k, k_at),
-                    load_local(seg.acc, acc_at(v.upd)),
+                    load(em.x, x_at),
+                    load(em.k, k_at),
+                    load_local(acc, self.acc_at(upd)),
                 ),
             },
-        );
-        let mut red = vec![update];
-        if !seg.vector() {
+        )];
+        if !self.seg.vector() {
             // The single position's last-axis tap, clipped as in the plain schedule.
-            let at = seg
+            let at = self
+                .seg
                 .pos
                 .clone()
                 .scale(l.strides[last] as i64)
-                .plus_term(v.t[last], l.dilation[last] as i64)
+                .plus_term(self.t[last], l.dilation[last] as i64)
                 .plus(-g.pad[last]);
             red = vec![Stmt::If {
                 conds: vec![(at, 0, g.in_sp[last] as i64)],
@@ -271,31 +312,27 @@ impl Emit<'_> {
             }];
         }
         let kw = l.kernel[last] as u64;
-        red = vec![for_(v.t[last], kw, s.reduction, red)];
-        red = vec![for_(v.cv, g.c as u64, reduction_kind(g.c as u64), red)];
-        let taps_loops = tap_loops(l, g, &self.o, &v.t, last, red);
-        let [bb_s, ff_s, ln_s] = v.st;
-        let p_s = g.position(&o_at(ln_s));
-        let value = self.epilogue(
-            load_local(seg.acc, acc_at(v.st)),
-            g.z_index(&Affine::constant(0), &p_s, &f_of(ff_s)),
+        red = vec![for_(self.t[last], kw, em.s.reduction, red)];
+        red = vec![for_(self.cv, g.c as u64, reduction_kind(g.c as u64), red)];
+        tap_loops(l, g, &em.o, &self.t, last, red)
+    }
+
+    /// The tile's store with bias and activation, `(row, filter, lane)` variables `st`.
+    fn store(&self, st: [Var; 3]) -> Result<Stmt> {
+        let g = self.em.g;
+        let [bb, ff, ln] = st;
+        let p = g.position(&self.o_at(ln));
+        let value = self.em.epilogue(
+            load_local(self.seg.acc, self.acc_at(st)),
+            g.z_index(&Affine::constant(0), &p, &self.f_of(ff)),
         )?;
-        let store = tile3(
-            v.st,
+        Ok(self.tile3(
+            st,
             Stmt::Store {
-                buf: self.z,
-                index: g.z_index(&b_of(bb_s), &p_s, &f_of(ff_s)),
+                buf: self.em.z,
+                index: g.z_index(&self.b_of(bb), &p, &self.f_of(ff)),
                 value,
             },
-        );
-        let mut body = vec![init];
-        body.extend(taps_loops);
-        body.push(store);
-        Ok(for_(
-            v.bt,
-            ntiles as u64,
-            LoopKind::Serial,
-            vec![for_(v.fti, (g.f / ft) as u64, LoopKind::Serial, body)],
         ))
     }
 }
