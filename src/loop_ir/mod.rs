@@ -11,8 +11,10 @@
 //! Loop kinds are the schedule and never change the meaning: `Serial`, `Parallel` (the
 //! iterations are split into contiguous chunks across threads; only a kernel's outermost
 //! loop may be parallel and its iterations must write disjoint elements), `Vector(4)`
-//! (lanes of an f32x4: the loop's variable may appear in indices with coefficient 0 —
-//! broadcast — or 1 — contiguous lanes), `Unroll(n)` (the body is replicated n times).
+//! (lanes of an f32x4: the loop's variable may appear in buffer indices with coefficient
+//! 0 — broadcast —, 1 — contiguous lanes — or another — strided lanes, gathered by a load
+//! and scattered by a store — and in local indices with 0 or 1), `Unroll(n)` (the body
+//! is replicated n times).
 //! The interpreter ignores kinds; the verifier checks that they are legal.
 //!
 //! Locals are small per-kernel register tiles (accumulators). Their indices may only use
@@ -374,6 +376,11 @@ pub struct Kernel {
     pub locals: Vec<Local>,
     /// Statements.
     pub body: Vec<Stmt>,
+    /// The schedule the lowering chose for this kernel, as text (e.g.
+    /// `lc.forward(vec=filters, tile=4x8, …)`), printed with the kernel; `None` for
+    /// kernels whose lowering has no schedule choices recorded. Never read by the
+    /// executors: the loops themselves carry the schedule.
+    pub schedule: Option<String>,
 }
 
 /// A whole program: buffers and the kernels that run over them, in order.
@@ -393,6 +400,7 @@ pub struct KernelBuilder {
     name: String,
     var_names: Vec<String>,
     locals: Vec<Local>,
+    schedule: Option<String>,
 }
 
 impl KernelBuilder {
@@ -419,6 +427,11 @@ impl KernelBuilder {
         (self.locals.len() - 1) as LocalId
     }
 
+    /// Records the schedule text shown with the kernel (see [`Kernel::schedule`]).
+    pub fn schedule(&mut self, text: impl Into<String>) {
+        self.schedule = Some(text.into());
+    }
+
     /// Finishes the kernel with `body`.
     pub fn finish(self, body: Vec<Stmt>) -> Kernel {
         Kernel {
@@ -427,6 +440,7 @@ impl KernelBuilder {
             var_names: self.var_names,
             locals: self.locals,
             body,
+            schedule: self.schedule,
         }
     }
 }

@@ -11,8 +11,10 @@
 //! Structural rules: variables are bound once and used only inside their loop; only a
 //! kernel's top-level loop may be `Parallel`, and then it is the kernel's only top-level
 //! statement (each thread runs a contiguous range of its iterations); `Vector(w)` loops are innermost, have
-//! extents divisible by `w`, use their variable with coefficient 0 or 1 in indices and
-//! with coefficient 1 in the indices they store to, and carry no `If` on it; `Unroll(n)`
+//! extents divisible by `w`, and carry no `If` on their variable; in buffer loads their
+//! variable may have any coefficient (0 broadcast, 1 contiguous lanes, other strided
+//! lanes: a gather), in buffer stores any non-zero one (1 contiguous, other a scatter
+//! to distinct elements), in local tiles only 0 or 1 (1 in the local stores); `Unroll(n)`
 //! extents are divisible by `n`; local tiles are indexed only by `Vector` variables and
 //! fully unrolled variables, so they can live in registers.
 
@@ -93,7 +95,18 @@ impl Ctx<'_> {
         Ok((lo, hi))
     }
 
-    fn check_index(&mut self, what: &str, a: &Affine, len: usize, scope: &Scope, store: bool) {
+    /// Bounds of index `a` of a `len`-element buffer or local, and its use of the vector
+    /// variable: `local` tiles take coefficient 0 or 1 (1 when stored to), buffers any
+    /// coefficient in loads (strided lanes are gathered) and a non-zero one in stores.
+    fn check_index(
+        &mut self,
+        what: &str,
+        a: &Affine,
+        len: usize,
+        scope: &Scope,
+        store: bool,
+        local: bool,
+    ) {
         match self.range(a, scope) {
             Ok((lo, hi)) => {
                 if lo < 0 || hi >= len as i128 {
@@ -107,7 +120,13 @@ impl Ctx<'_> {
         }
         if let Some(v) = scope.in_vector {
             let c = a.coef(v);
-            if store && c != 1 {
+            if !local {
+                if store && c == 0 {
+                    self.err(format!(
+                        "{what} inside vector loop v{v} does not depend on it (lanes would collide)"
+                    ));
+                }
+            } else if store && c != 1 {
                 self.err(format!(
                     "{what} inside vector loop v{v} must have coefficient 1 on it (has {c})"
                 ));
@@ -134,7 +153,7 @@ impl Ctx<'_> {
                 )),
             }
         }
-        self.check_index(&format!("local {local}"), a, len, scope, store);
+        self.check_index(&format!("local {local}"), a, len, scope, store, true);
     }
 
     fn expr(&mut self, e: &Expr, scope: &Scope) {
@@ -143,7 +162,14 @@ impl Ctx<'_> {
             Expr::Load { buf, index } => match self.module.buffers.get(*buf as usize) {
                 Some(b) => {
                     let len = b.len;
-                    self.check_index(&format!("load of buffer {buf}"), index, len, scope, false)
+                    self.check_index(
+                        &format!("load of buffer {buf}"),
+                        index,
+                        len,
+                        scope,
+                        false,
+                        false,
+                    )
                 }
                 None => self.err(format!("buffer {buf} does not exist")),
             },
@@ -241,6 +267,7 @@ impl Ctx<'_> {
                                 len,
                                 scope,
                                 true,
+                                false,
                             )
                         }
                         None => self.err(format!("buffer {buf} does not exist")),

@@ -25,6 +25,7 @@ pub mod mixed;
 pub mod norm;
 pub mod norm_train;
 pub mod pool;
+pub mod schedule;
 pub mod shape;
 
 use crate::error::{Error, Result};
