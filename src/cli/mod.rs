@@ -20,9 +20,12 @@ use std::path::Path;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Refuse models whose tensors or weights exceed this many bytes (suffix K, M or G).
-    #[arg(long, global = true, value_parser = parse_bytes, default_value = "16G")]
-    pub memory_budget: u64,
+    /// Refuse files, models and runs needing more than this many bytes (suffix K, M or
+    /// G): weights, every layer's output at the batch used, training state, and what a
+    /// file would make lcjit read or inflate. Default: three quarters of the available
+    /// memory, at most half the address-space limit.
+    #[arg(long, global = true, value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,7 +112,9 @@ pub fn load(model: &Path, weights: Option<&Path>, opts: &LoadOptions) -> Result<
 
 /// Runs the command line's command (the default job without one).
 pub fn run(cli: Cli) -> Result<()> {
-    let budget = cli.memory_budget;
+    let budget = cli
+        .memory_budget
+        .unwrap_or_else(lcjit::budget::default_memory_budget);
     match cli.command {
         None => crate::default_job::run(budget),
         Some(Command::Summary(a)) => inspect::summary(a, budget),

@@ -4,6 +4,7 @@
 use super::*;
 use crate::io::test_dir;
 use ndarray::ShapeBuilder;
+use std::fs;
 
 fn golden(case: &str, file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,7 +14,6 @@
 
 pub mod stream;
 
-use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -23,20 +22,46 @@ use ndarray_npy::npy::header::{Header, ReadHeaderError};
 use ndarray_npy::{NpzWriter, ReadNpyError, ReadNpyExt, WriteNpyExt};
 
 use crate::error::{Error, Result};
+use crate::size;
 
 /// The format name used in errors about `.npy` files.
 const NPY: &str = "npy";
 /// The format name used in errors about `.npz` files.
 const NPZ: &str = "npz";
 
-/// Reads a `.npy` file as an `f32` array in standard layout.
+/// Reads a `.npy` file as an `f32` array in standard layout, within the default memory
+/// budget (see [`read_npy_within`]).
 ///
 /// Accepts `f32`, `f64`, signed and unsigned integers of 1 to 8 bytes and `bool`, either
 /// byte order, C or Fortran order; every value is converted to `f32` (`true` is 1.0).
 /// A missing or unreadable file is [`Error::Io`]; anything wrong inside it (bad magic,
 /// truncated data, extra bytes, an unsupported element type) is [`Error::Format`].
 pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    read_npy_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_npy`] within `budget` bytes: the file must be a regular file whose bytes plus
+/// the `f32` array they decode to fit the budget, checked from the file's size and its
+/// header before the data is read.
+pub fn read_npy_within(path: &Path, budget: u64) -> Result<ArrayD<f32>> {
+    let (mut file, len) = super::open_regular(path, budget)?;
+    let mut prefix = Vec::new();
+    let info = read_header_prefix(&mut file, &mut prefix)
+        .map_err(|detail| Error::format(path, NPY, detail))?;
+    let need = size::add64(len, info.f32_bytes).unwrap_or(u64::MAX);
+    if need > budget {
+        return Err(Error::file_budget(
+            path,
+            format!("reading the array of shape {:?}", info.shape),
+            u128::from(need),
+            budget,
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size::to_usize(len).unwrap_or(0));
+    bytes.extend_from_slice(&prefix);
+    file.take(len.saturating_sub(prefix.len() as u64))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     parse_npy(&bytes).map_err(|detail| Error::format(path, NPY, detail))
 }
 
@@ -51,15 +76,55 @@ pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
     })
 }
 
-/// Reads every array of a `.npz` archive, in archive order.
+/// Reads every array of a `.npz` archive, in archive order, within the default memory
+/// budget (see [`read_npz_within`]).
 ///
 /// Keys are the entry names without their `.npy` suffix, as `numpy.load` gives them.
 /// Each entry is checked like a `.npy` file (see [`read_npy`]), its header against the
 /// entry's uncompressed size.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    read_npz_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_npz`] within `budget` bytes.
+///
+/// Two passes: the first inflates only each entry's `.npy` header and adds up what the
+/// arrays will take (the `f32` arrays, plus the largest entry's raw bytes while it is
+/// decoded), refusing the archive before any entry is inflated whole; the second reads
+/// the entries, each capped at its declared size. An entry that inflates to gigabytes
+/// is thus refused by its header, or stopped at the size it declared.
+pub fn read_npz_within(path: &Path, budget: u64) -> Result<Vec<(String, ArrayD<f32>)>> {
+    let (file, _) = super::open_regular(path, budget)?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| zip_error(path, NPZ, "reading the zip directory", e))?;
+    let mut arrays = 0u64;
+    let mut largest_raw = 0u64;
+    for index in 0..archive.len() {
+        let mut entry = archive
+            .by_index(index)
+            .map_err(|e| zip_error(path, NPZ, &format!("opening entry #{index}"), e))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry.name().to_owned();
+        let declared = entry.size();
+        let info = read_header_prefix(&mut entry, &mut Vec::new())
+            .map_err(|d| Error::format(path, NPZ, format!("entry '{name}': {d}")))?;
+        arrays = size::add64(arrays, info.f32_bytes).unwrap_or(u64::MAX);
+        largest_raw = largest_raw.max(declared);
+        let need = arrays.saturating_add(largest_raw);
+        if need > budget {
+            return Err(Error::file_budget(
+                path,
+                format!(
+                    "entry '{name}' (shape {:?}, {declared} bytes uncompressed) with the entries before it",
+                    info.shape
+                ),
+                u128::from(need),
+                budget,
+            ));
+        }
+    }
     let mut out = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
         let mut entry = archive
@@ -84,8 +149,9 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
 /// Each key is stored as `<key>.npy`, in the order given. Atomic like [`write_npy`].
 pub fn write_npz(path: &Path, entries: &[(String, ArrayD<f32>)]) -> Result<()> {
     // A duplicate key would make a zip that numpy reads with one array silently lost.
-    for (i, (key, _)) in entries.iter().enumerate() {
-        if entries.iter().take(i).any(|(k, _)| k == key) {
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    for (key, _) in entries {
+        if !seen.insert(key.as_str()) {
             return Err(Error::format(path, NPZ, format!("duplicate key '{key}'")));
         }
     }
@@ -205,8 +271,27 @@ impl Element {
     }
 }
 
-/// Parses a whole `.npy` image; the error is the detail for an [`Error::Format`].
-pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+/// What a `.npy` header declares, validated.
+#[derive(Clone, Debug)]
+pub(crate) struct NpyInfo {
+    /// The element type.
+    element: Element,
+    /// The array's shape.
+    pub(crate) shape: Vec<usize>,
+    /// Bytes of the data the header promises.
+    data_bytes: u64,
+    /// Bytes of the array once converted to `f32`.
+    pub(crate) f32_bytes: u64,
+}
+
+/// The largest header accepted (numpy writes well under 1 KiB; the format allows 4 GiB).
+const MAX_HEADER: u64 = 1 << 20;
+
+/// Parses and validates a `.npy` header from the start of `bytes`; returns what it
+/// declares and the header's length. Every dimension is bounded, a zero among them
+/// included: the array must be representable (see [`size::representable`]), so no
+/// crate's shape arithmetic can overflow on it.
+pub(crate) fn parse_header(bytes: &[u8]) -> std::result::Result<(NpyInfo, usize), String> {
     check_header_length(bytes)?;
     let mut reader = bytes;
     let header = Header::from_reader(&mut reader).map_err(|e| match e {
@@ -215,16 +300,66 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String
         }
         other => format!("bad header: {other}"),
     })?;
-    let data_len = reader.len() as u64;
+    let header_len = bytes.len() - reader.len();
     let descr = descriptor_string(&header.type_descriptor.to_string())
         .ok_or_else(|| format!("unsupported element type {}", header.type_descriptor))?;
     let element = Element::from_descriptor(&descr)
         .ok_or_else(|| format!("unsupported element type '{descr}'"))?;
-    let expected = header
-        .shape
-        .iter()
-        .try_fold(element.size(), |acc, &d| acc.checked_mul(d as u64))
-        .ok_or_else(|| format!("shape {:?} is too large", header.shape))?;
+    let too_large = || format!("shape {:?} is too large", header.shape);
+    size::representable(&header.shape, element.size()).map_err(|_| too_large())?;
+    let n = size::elems(&header.shape).map_err(|_| too_large())?;
+    let data_bytes = size::bytes_of_elems(n, element.size()).map_err(|_| too_large())?;
+    let f32_bytes = size::bytes_of_elems(n, 4).map_err(|_| too_large())?;
+    let info = NpyInfo {
+        element,
+        shape: header.shape,
+        data_bytes,
+        f32_bytes,
+    };
+    Ok((info, header_len))
+}
+
+/// Reads just the header of a `.npy` stream (into `prefix`, which then holds exactly
+/// the header's bytes) and validates it: a few hundred bytes, whatever the array's size.
+pub(crate) fn read_header_prefix<R: Read>(
+    reader: &mut R,
+    prefix: &mut Vec<u8>,
+) -> std::result::Result<NpyInfo, String> {
+    let truncated = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => "truncated header".to_owned(),
+        _ => format!("reading the header: {e}"),
+    };
+    let mut fixed = [0u8; 10];
+    reader.read_exact(&mut fixed).map_err(truncated)?;
+    prefix.extend_from_slice(&fixed);
+    let header_len = match fixed[6] {
+        1 => u64::from(u16::from_le_bytes([fixed[8], fixed[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            reader.read_exact(&mut rest).map_err(truncated)?;
+            prefix.extend_from_slice(&rest);
+            u64::from(u32::from_le_bytes([fixed[8], fixed[9], rest[0], rest[1]]))
+        }
+        // Not a version numpy writes: let the parser name what is wrong.
+        _ => 0,
+    };
+    if header_len > MAX_HEADER {
+        return Err(format!(
+            "a header of {header_len} bytes is too large (at most {MAX_HEADER})"
+        ));
+    }
+    reader
+        .take(header_len)
+        .read_to_end(prefix)
+        .map_err(truncated)?;
+    parse_header(prefix).map(|(info, _)| info)
+}
+
+/// Parses a whole `.npy` image; the error is the detail for an [`Error::Format`].
+pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+    let (info, header_len) = parse_header(bytes)?;
+    let data_len = (bytes.len() - header_len) as u64;
+    let (element, expected) = (info.element, info.data_bytes);
     if data_len < expected {
         return Err(format!(
             "truncated data (expected {expected} bytes, found {data_len})"
@@ -316,6 +451,7 @@ mod tests {
     use super::*;
     use crate::io::test_dir;
     use ndarray::{IxDyn, ShapeBuilder};
+    use std::fs;
     use std::io::Write;
 
     /// A version-1 `.npy` image with the given header fields and raw data.
