@@ -115,7 +115,29 @@ pub fn run(cli: Cli) -> Result<()> {
     let budget = cli
         .memory_budget
         .unwrap_or_else(lcjit::budget::default_memory_budget);
-    match cli.command {
+    // A refusal raised after loading (a budget at the batch size) names the model file.
+    let model = match &cli.command {
+        Some(Command::Summary(a)) => Some(a.model.clone()),
+        Some(Command::Convert(a)) => Some(a.model.clone()),
+        Some(Command::Ir(a)) => Some(a.model.clone()),
+        Some(Command::Run(a)) => Some(a.model.clone()),
+        Some(Command::Bench(a)) => Some(a.model.clone()),
+        Some(Command::Grad(a)) => Some(a.model.clone()),
+        Some(Command::Fit(a)) => Some(a.model.clone()),
+        Some(Command::Evaluate(a)) => Some(a.model.clone()),
+        Some(Command::Aot(a)) => Some(a.model.clone()),
+        None => None,
+    };
+    let result = dispatch(cli.command, budget);
+    match model {
+        Some(m) => result.map_err(|e| e.in_source(&m.display().to_string())),
+        None => result,
+    }
+}
+
+/// Runs one command.
+fn dispatch(command: Option<Command>, budget: u64) -> Result<()> {
+    match command {
         None => crate::default_job::run(budget),
         Some(Command::Summary(a)) => inspect::summary(a, budget),
         Some(Command::Convert(a)) => inspect::convert(a, budget),

@@ -138,25 +138,24 @@ pub(crate) fn read_h5_bytes(
 
     // A full model keeps its weights in `model_weights`; `save_weights` puts them at the
     // root. Deciding by `layer_names` also accepts a full model saved without weights.
-    let (prefix, weight_attrs) = if root_attrs.contains_key("layer_names")
-        || root_attrs.contains_key("layer_names0")
-    {
-        ("", root_attrs)
-    } else {
-        let group = file.group("model_weights").map_err(|e| {
-            bad(format!(
+    let (prefix, weight_attrs) =
+        if root_attrs.contains_key("layer_names") || root_attrs.contains_key("layer_names0") {
+            ("", root_attrs)
+        } else {
+            let group = file.group("model_weights").map_err(|e| {
+                bad(format!(
                 "no 'layer_names' attribute at the root and no readable 'model_weights' group: {}",
                 object_error(e)
             ))
-        })?;
-        let attrs = group.attrs().map_err(|e| {
-            bad(format!(
-                "attributes of 'model_weights': {}",
-                object_error(e)
-            ))
-        })?;
-        ("model_weights/", attrs)
-    };
+            })?;
+            let attrs = group.attrs().map_err(|e| {
+                bad(format!(
+                    "attributes of 'model_weights': {}",
+                    object_error(e)
+                ))
+            })?;
+            ("model_weights/", attrs)
+        };
     let where_names = format!("{}layer_names", prefix);
     let layer_names = string_list_attr(&weight_attrs, "layer_names")
         .map_err(|d| bad(format!("attribute '{where_names}': {d}")))?
