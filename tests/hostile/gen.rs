@@ -325,7 +325,7 @@ fn npy_cases(dir: &Path, cases: &mut Vec<Case>) {
     let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
     let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }";
     let mut padded = dict.to_owned();
-    while (12 + padded.len() + 1) % 64 != 0 {
+    while !(12 + padded.len() + 1).is_multiple_of(64) {
         padded.push(' ');
     }
     padded.push('\n');

@@ -6,7 +6,7 @@
 /// followed by `data`.
 pub fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut dict = dict.to_owned();
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
