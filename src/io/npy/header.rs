@@ -4,7 +4,8 @@
 //! any header, but tens of microseconds each, which an `.npz` of 150,000 entries pays
 //! several times over. numpy writes one exact form,
 //! `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }` padded with spaces and a
-//! newline; this module recognises exactly that form (it rebuilds the canonical text
+//! newline (ndarray-npy the same without the last `, `); this module recognises exactly
+//! those forms (it rebuilds the canonical text
 //! from what it read and compares), and answers `None` for anything else, which then
 //! goes to the general parser. So the fast path can only accept what the general one
 //! would parse to the same values.
@@ -64,12 +65,16 @@ pub(crate) fn numpy_header(bytes: &[u8]) -> Option<FastHeader> {
             ok.then(|| d.parse::<usize>().ok()).flatten()
         })
         .collect::<Option<Vec<usize>>>()?;
-    let canonical = format!(
-        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {}, }}",
+    let body = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {}",
         if fortran { "True" } else { "False" },
         shape_literal(&shape)
     );
-    (canonical == dict).then(|| FastHeader {
+    // numpy ends the dictionary with `, }`, ndarray-npy (lcjit's own writer) with `}`.
+    let canonical = dict
+        .strip_prefix(body.as_str())
+        .is_some_and(|end| end == ", }" || end == "}");
+    canonical.then(|| FastHeader {
         descr: descr.to_owned(),
         fortran,
         shape,
