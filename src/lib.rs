@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod budget;
 pub mod error;
 pub mod frontend;
 pub mod graph;
@@ -32,6 +33,7 @@ pub mod model;
 pub mod reference;
 pub mod runtime;
 pub mod save;
+pub mod size;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use lcjit::frontend::{parse_model_json, Dialect, ParsedModel};
-use lcjit::graph::DEFAULT_MEMORY_BUDGET;
+use lcjit::graph::default_memory_budget;
 
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -14,7 +14,8 @@ fn data() -> PathBuf {
 fn parse_file(p: &Path) -> ParsedModel {
     let text = fs::read_to_string(p).unwrap();
     let name = p.display().to_string();
-    parse_model_json(&text, &name, DEFAULT_MEMORY_BUDGET).unwrap_or_else(|e| panic!("{name}: {e}"))
+    parse_model_json(&text, &name, default_memory_budget())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn golden_dirs() -> Vec<PathBuf> {

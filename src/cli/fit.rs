@@ -375,14 +375,14 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         }
     };
     let chosen = metrics(a.metrics.as_deref(), &loss_fn)?;
-    let xs = io::read_npy(&a.x)?;
-    let ys = io::read_npy(&a.y)?;
+    let xs = io::read_npy_within(&a.x, budget)?;
+    let ys = io::read_npy_within(&a.y, budget)?;
     m.check_inputs(std::slice::from_ref(&xs))?;
     let val = match (&a.validation_x, &a.validation_y) {
         (Some(vx), Some(vy)) => {
-            let vx = io::read_npy(vx)?;
+            let vx = io::read_npy_within(vx, budget)?;
             m.check_inputs(std::slice::from_ref(&vx))?;
-            Some((vx, io::read_npy(vy)?))
+            Some((vx, io::read_npy_within(vy, budget)?))
         }
         _ => None,
     };

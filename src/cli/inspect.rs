@@ -91,6 +91,9 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
     };
     let m = Model::load_with(&model, &opts)?;
     let program = || -> Result<lcjit::loop_ir::Module> {
+        // The program's buffers are sized for the batch: refuse one over the budget
+        // before lowering computes them.
+        lcjit::budget::check_run(m.graph(), batch, pass == Pass::Backward)?;
         Ok(match pass {
             Pass::Forward => lcjit::lower::lower_forward(m.graph(), batch)?.module,
             Pass::Backward => {

@@ -66,7 +66,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
         seed: a.seed,
     };
     let m = load(&a.model, a.weights.as_deref(), &opts)?;
-    let input = NpyInput::open(&a.input)?;
+    let input = NpyInput::open_within(&a.input, budget)?;
     if let Some(note) = input.note() {
         eprintln!("note: {note}");
     }

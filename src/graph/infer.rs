@@ -31,10 +31,7 @@ fn one_input<'a>(layer: &str, inputs: &'a [Vec<usize>]) -> Result<&'a [usize]> {
 }
 
 fn mul(layer: &str, xs: &[usize]) -> Result<usize> {
-    xs.iter().try_fold(1usize, |acc, &x| {
-        acc.checked_mul(x)
-            .ok_or_else(|| Error::shape(layer, format!("size {xs:?} overflows")))
-    })
+    crate::size::elems(xs).map_err(|_| Error::shape(layer, format!("size {xs:?} overflows")))
 }
 
 /// Splits a per-sample shape of spatial rank `rank` into `(spatial, channels)`.

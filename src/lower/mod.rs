@@ -168,6 +168,10 @@ impl<'g> Cx<'g> {
                 detail: "batch size must be at least 1".into(),
             });
         }
+        // Every buffer below is sized `batch × shape` without further checks: the
+        // budget, computed with the checked helpers of `crate::size`, bounds them all
+        // (a batch whose outputs overflow or exceed it is refused here).
+        crate::budget::check_run(graph, batch, false)?;
         let mut buffers = Vec::new();
         let mut param_bufs = Vec::new();
         for (i, p) in graph.params.iter().enumerate() {

@@ -45,6 +45,11 @@ pub fn fit_compiled(
     callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     check_trainable(model.graph())?;
+    // Weights, outputs, gradients and optimizer state at the compiled batch, before
+    // any of them is allocated.
+    if opts.batch_size > 0 {
+        crate::budget::check_run(model.graph(), opts.batch_size, true)?;
+    }
     let copts = CompileOptions {
         max_batch: opts.batch_size.max(1),
         ..compile.clone()

@@ -47,13 +47,25 @@ impl NpyInput {
     /// Opens `path`: maps it when it holds little-endian `f32` in C order, else reads it
     /// whole with [`super::read_npy`]. Errors as `read_npy`.
     pub fn open(path: &Path) -> Result<NpyInput> {
-        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::open_within(path, crate::budget::default_memory_budget())
+    }
+
+    /// [`NpyInput::open`] within a memory budget: a mapped file takes no memory of its
+    /// own (its pages are the page cache's, handed back batch by batch), so the budget
+    /// bounds only the fallback read. Either way the file must be a regular file, and its
+    /// header is validated before the mapping is viewed.
+    pub fn open_within(path: &Path, budget: u64) -> Result<NpyInput> {
+        let (file, _) = crate::io::open_regular(path, u64::MAX)?;
         // SAFETY: the mapping is read-only and private to this process; what memmap2
         // cannot rule out is another process truncating or rewriting the file while it
         // is mapped. lcjit never writes its own inputs, and an input changed under a
         // running prediction is outside what any reader can make sense of; a view is
         // only ever read as plain f32 values, for which every bit pattern is valid.
         let map = unsafe { Mmap::map(&file) };
+        if let Ok(m) = &map {
+            // ndarray-npy trusts the header's shape; a corrupt one is refused here.
+            super::parse_header(m).map_err(|d| Error::format(path, "npy", d))?;
+        }
         let reason = match &map {
             Ok(m) => match ArrayViewD::<f32>::view_npy(m) {
                 Ok(v) if v.is_standard_layout() => None,
@@ -70,7 +82,7 @@ impl NpyInput {
                 released: Cell::new(0),
             }),
             (_, reason) => {
-                let array = super::read_npy(path)?;
+                let array = super::read_npy_within(path, budget)?;
                 Ok(NpyInput {
                     data: Data::Owned(array),
                     path: path.to_path_buf(),
