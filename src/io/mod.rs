@@ -119,6 +119,7 @@ pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use ndarray::IxDyn;
 
     fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
