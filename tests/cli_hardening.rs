@@ -191,7 +191,7 @@ fn output_onto_dev_null_writes_in_place() {
     let meta = std::fs::metadata("/dev/null").expect("meta");
     assert!(meta.file_type().is_char_device());
     // A directory is refused, not replaced.
-    let d = t.path("dir");
+    let d = t.path("dir.npy");
     std::fs::create_dir(&d).expect("mkdir");
     rejects(
         &["run", &m, "--input", &x, "--output", &d.to_string_lossy()],

@@ -29,10 +29,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, kind: MergeKind) -> Result<()> {
         .map(|k| cx.input(node, k))
         .collect::<Result<Vec<_>>>()?;
     let dst = cx.output(node);
-    let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let b = kb.var("b");
-    let e = kb.var("e");
-    let idx = Affine::var(b).scale(len as i64).plus_term(e, 1);
+    let idx = Affine::var(0).scale(len as i64).plus_term(1, 1);
     let op = match kind {
         MergeKind::Add | MergeKind::Average => BinOp::Add,
         MergeKind::Subtract => BinOp::Sub,
@@ -47,19 +44,44 @@ pub fn forward(cx: &mut Cx, node: NodeId, kind: MergeKind) -> Result<()> {
             v
         }
     });
-    let kind = if len.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
-    let nest = for_(
-        b,
-        cx.batch as u64,
-        LoopKind::Parallel,
-        vec![for_(e, len as u64, kind, chain)],
-    );
-    cx.push(kb.finish(vec![nest]), &srcs, &[dst]);
+    push_chunked(cx, &format!("{name}.forward"), len, chain, FOLD_KERNEL, &srcs, &[dst]);
     Ok(())
+}
+
+/// Statements of a fold chain per kernel: 8 × [`FOLD_CHUNK`] loads.
+const FOLD_KERNEL: usize = 8;
+/// Statements of a chained backward pass per kernel.
+const CHAIN_KERNEL: usize = 96;
+
+/// Pushes `body` (statements over variables 0 = batch row, 1 = element, all state in
+/// memory) as kernels of at most `per_kernel` statements, in order, each
+/// `for b (parallel) { for e { … } }`. Splitting between any two statements keeps the
+/// meaning (each element's statements still run in order), and bounds the size of every
+/// function the JIT compiles and the buffers it keeps live, whatever the merge's arity.
+fn push_chunked(
+    cx: &mut Cx,
+    name: &str,
+    len: usize,
+    body: Vec<Stmt>,
+    per_kernel: usize,
+    reads: &[BufId],
+    writes: &[BufId],
+) {
+    let parts = body.len().div_ceil(per_kernel.max(1));
+    let mut rest = body.into_iter();
+    for k in 0..parts {
+        let chunk: Vec<Stmt> = rest.by_ref().take(per_kernel.max(1)).collect();
+        let kname = if parts == 1 {
+            name.to_string()
+        } else {
+            format!("{name}.{k}")
+        };
+        let mut kb = KernelBuilder::new(kname);
+        let b = kb.var("b");
+        let e = kb.var("e");
+        let nest = elementwise(cx.batch, len, b, e, chunk);
+        cx.push(kb.finish(vec![nest]), reads, writes);
+    }
 }
 
 /// Loads folded into one expression at most; longer folds continue through `dst`.
@@ -229,10 +251,7 @@ fn chain_backward(
     let dxs = (0..xs.len())
         .map(|k| cx.grad_input(node, k))
         .collect::<Result<Vec<_>>>()?;
-    let mut kb = KernelBuilder::new(format!("{name}.backward"));
-    let b = kb.var("b");
-    let e = kb.var("e");
-    let idx = Affine::var(b).scale(len as i64).plus_term(e, 1);
+    let idx = Affine::var(0).scale(len as i64).plus_term(1, 1);
     let at = |buf: BufId| load(buf, idx.clone());
     let set = |buf: BufId, value: Expr| Stmt::Store {
         buf,
@@ -275,7 +294,7 @@ fn chain_backward(
     reads.push(dy);
     let mut writes = dxs.clone();
     writes.extend(scratch);
-    cx.push(kb.finish(vec![elementwise(cx.batch, len, b, e, body)]), &reads, &writes);
+    push_chunked(cx, &format!("{name}.backward"), len, body, CHAIN_KERNEL, &reads, &writes);
     Ok(())
 }
 
