@@ -157,7 +157,11 @@ impl Model {
                 return Ok(parsed.graph);
             }
             "h5" | "hdf5" => io::read_h5(path)?.model_config.ok_or_else(|| {
-                Error::format(path, "HDF5", "no model_config attribute (a weights-only file)")
+                Error::format(
+                    path,
+                    "HDF5",
+                    "no model_config attribute (a weights-only file)",
+                )
             })?,
             "keras" => io::read_keras_archive(path)?.0,
             _ => {

@@ -118,13 +118,27 @@ fn constraint_axis_error_names_layer_and_weight() {
 #[test]
 fn fit_target_shape_error_gives_whole_shapes() {
     let t = Tmp::new("fit_y");
-    let m = t.json("m.json", &sequential(vec![input_layer("x", &[4]), dense("d", 3, json!({}))]));
+    let m = t.json(
+        "m.json",
+        &sequential(vec![input_layer("x", &[4]), dense("d", 3, json!({}))]),
+    );
     let x = t.npy("x.npy", &ndarray::ArrayD::zeros(ndarray::IxDyn(&[10, 4])));
     let y = t.npy("y.npy", &ndarray::ArrayD::zeros(ndarray::IxDyn(&[10, 7])));
     let e = rejects(
         &[
-            "fit", &m, "--x", &x, "--y", &y, "--batch-size", "4", "--quiet", "--optimizer", "sgd",
-            "--loss", "mse",
+            "fit",
+            &m,
+            "--x",
+            &x,
+            "--y",
+            &y,
+            "--batch-size",
+            "4",
+            "--quiet",
+            "--optimizer",
+            "sgd",
+            "--loss",
+            "mse",
         ],
         &["[10, 7]", "[10, 3]"],
     );
@@ -140,14 +154,23 @@ fn identity_model_runs_on_every_engine() {
         "input_layers": [["x", 0, 0]], "output_layers": [["x", 0, 0]]},
         "keras_version": "2.15.0", "backend": "tensorflow"});
     let m = t.json("id.json", &model);
-    let xs = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 3]), vec![1.0f32, -2.0, 3.5, 0.0, 5.0, -6.0])
-        .expect("shape");
+    let xs = ndarray::ArrayD::from_shape_vec(
+        ndarray::IxDyn(&[2, 3]),
+        vec![1.0f32, -2.0, 3.5, 0.0, 5.0, -6.0],
+    )
+    .expect("shape");
     let x = t.npy("x.npy", &xs);
     for engine in ["jit", "interp", "reference"] {
         let y = t.path(&format!("y_{engine}.npy"));
         let ys = y.to_string_lossy().to_string();
-        let out = lcjit(&["run", &m, "--input", &x, "--output", &ys, "--engine", engine]);
-        assert!(out.status.success(), "{engine}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = lcjit(&[
+            "run", &m, "--input", &x, "--output", &ys, "--engine", engine,
+        ]);
+        assert!(
+            out.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&y).expect("read");
         assert_eq!(got, xs, "{engine}");
     }
@@ -161,22 +184,40 @@ fn summary_never_runs_an_initializer() {
         "o.json",
         &sequential(vec![
             input_layer("x", &[8000]),
-            dense("big", 8000, json!({"use_bias": false, "kernel_initializer": ortho})),
+            dense(
+                "big",
+                8000,
+                json!({"use_bias": false, "kernel_initializer": ortho}),
+            ),
         ]),
     );
     let start = Instant::now();
     let out = lcjit(&["summary", &m]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("64,000,000"));
     // Running it needs the weights: refused at once, naming the layer.
     let x = t.npy("x.npy", &ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 8000])));
     let y = t.path("y.npy").to_string_lossy().to_string();
-    rejects(&["run", &m, "--input", &x, "--output", &y], &["'big'", "Orthogonal"]);
-    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    rejects(
+        &["run", &m, "--input", &x, "--output", &y],
+        &["'big'", "Orthogonal"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 fn small_model(t: &Tmp) -> (String, String) {
-    let m = t.json("m.json", &sequential(vec![input_layer("x", &[4]), dense("d", 2, json!({}))]));
+    let m = t.json(
+        "m.json",
+        &sequential(vec![input_layer("x", &[4]), dense("d", 2, json!({}))]),
+    );
     let x = t.npy("x.npy", &ndarray::ArrayD::ones(ndarray::IxDyn(&[3, 4])));
     (m, x)
 }
@@ -187,7 +228,11 @@ fn output_onto_dev_null_writes_in_place() {
     let t = Tmp::new("devnull");
     let (m, x) = small_model(&t);
     let out = lcjit(&["run", &m, "--input", &x, "--output", "/dev/null"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta = std::fs::metadata("/dev/null").expect("meta");
     assert!(meta.file_type().is_char_device());
     // A directory is refused, not replaced.
@@ -213,8 +258,19 @@ fn output_onto_a_fifo_streams_into_it() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).expect("read fifo"))
     };
-    let out = lcjit(&["run", &m, "--input", &x, "--output", &fifo.to_string_lossy()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lcjit(&[
+        "run",
+        &m,
+        "--input",
+        &x,
+        "--output",
+        &fifo.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = reader.join().expect("reader");
     assert!(bytes.starts_with(b"\x93NUMPY"), "{} bytes", bytes.len());
     let meta = std::fs::metadata(&fifo).expect("meta");
@@ -224,9 +280,20 @@ fn output_onto_a_fifo_streams_into_it() {
 
 /// A `fit` long enough to be interrupted: many epochs of a small model, saving weights.
 fn long_fit(t: &Tmp) -> (Vec<String>, PathBuf) {
-    let m = t.json("m.json", &sequential(vec![input_layer("x", &[16]), dense("d", 16, json!({}))]));
-    let x = t.npy("x.npy", &ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[64, 16]), |i| (i[0] + i[1]) as f32 * 0.01));
-    let y = t.npy("y.npy", &ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[64, 16]), |i| (i[0] * i[1]) as f32 * 0.001));
+    let m = t.json(
+        "m.json",
+        &sequential(vec![input_layer("x", &[16]), dense("d", 16, json!({}))]),
+    );
+    let x = t.npy(
+        "x.npy",
+        &ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[64, 16]), |i| (i[0] + i[1]) as f32 * 0.01),
+    );
+    let y = t.npy(
+        "y.npy",
+        &ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[64, 16]), |i| {
+            (i[0] * i[1]) as f32 * 0.001
+        }),
+    );
     let w = t.path("w.npz");
     let args = vec![
         "fit".to_string(),
@@ -275,10 +342,11 @@ fn interrupted_fit_keeps_its_weights_and_leaves_no_debris() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(128 + sig), "{stderr}");
         assert!(stderr.contains("interrupted"), "{stderr}");
-        let weights = ndarray_npy::NpzReader::new(std::fs::File::open(&w).expect("weights written"))
-            .expect("npz")
-            .names()
-            .expect("names");
+        let weights =
+            ndarray_npy::NpzReader::new(std::fs::File::open(&w).expect("weights written"))
+                .expect("npz")
+                .names()
+                .expect("names");
         assert!(!weights.is_empty());
         assert!(t.debris().is_empty(), "{:?}", t.debris());
     }
@@ -298,6 +366,11 @@ fn a_second_signal_aborts_and_still_leaves_no_debris() {
         signal(&child, libc::SIGINT);
     }
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(t.debris().is_empty(), "{:?}", t.debris());
 }

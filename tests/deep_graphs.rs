@@ -45,7 +45,11 @@ fn predict_all(model: &Arc<Model>, inputs: &[ArrayD<f32>], limit: Duration) -> V
                 .predict_many(inputs)
                 .unwrap_or_else(|e| panic!("{}: {e}", engine.name()));
             let took = t.elapsed();
-            assert!(took < limit, "{}: {took:?} (limit {limit:?})", engine.name());
+            assert!(
+                took < limit,
+                "{}: {took:?} (limit {limit:?})",
+                engine.name()
+            );
             out.into_iter().next().expect("one output")
         })
         .collect()
@@ -123,7 +127,11 @@ fn gradient_of_a_3000_way_multiply_is_linear() {
             .gradients(&inputs, &dy)
             .unwrap_or_else(|e| panic!("{}: {e}", engine.name()));
         let took = t.elapsed();
-        assert!(took < Duration::from_secs(60), "{}: {took:?}", engine.name());
+        assert!(
+            took < Duration::from_secs(60),
+            "{}: {took:?}",
+            engine.name()
+        );
         assert_eq!(dx.len(), n);
         grads.push(dx);
     }
@@ -137,7 +145,10 @@ fn gradient_of_a_3000_way_multiply_is_linear() {
             let want = f64::from(dy[[0, j]]) * others;
             for (e, dx) in grads.iter().enumerate() {
                 let got = f64::from(dx[i][[0, j]]);
-                assert!((got - want).abs() <= 1e-3 * want.abs(), "engine {e} dx{i}[{j}]: {got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.abs(),
+                    "engine {e} dx{i}[{j}]: {got} vs {want}"
+                );
             }
         }
     }
@@ -195,7 +206,9 @@ fn a_max_pool_window_of_2_pow_31_costs_the_input_not_the_window() {
         let y = g.add("pool", pool, &[x]).expect("pool");
         g.outputs.push(y);
         let model = Arc::new(Model::from_graph(g, 0).expect("model"));
-        let xs = arr(&[1, 4, 2], |i| [3.0, -1.0, 7.0, 2.0, -4.0, 5.0, 1.0, 0.5][i]);
+        let xs = arr(&[1, 4, 2], |i| {
+            [3.0, -1.0, 7.0, 2.0, -4.0, 5.0, 1.0, 0.5][i]
+        });
         let outs = predict_all(&model, std::slice::from_ref(&xs), Duration::from_secs(10));
         let want = match kind {
             PoolKind::Max => vec![7.0, 5.0],
@@ -232,5 +245,8 @@ fn orthogonal_on_8000_square_is_refused_at_once() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(!e.is_internal(), "{e}");
     let text = e.to_string();
-    assert!(text.contains("Orthogonal") && text.contains("'d'"), "{text}");
+    assert!(
+        text.contains("Orthogonal") && text.contains("'d'"),
+        "{text}"
+    );
 }

@@ -32,7 +32,12 @@ fn tensor(v: &Value) -> (Vec<usize>, Vec<f32>) {
         .iter()
         .map(|d| d.as_u64().expect("dim") as usize)
         .collect();
-    let data = v["data"].as_array().expect("data").iter().map(num).collect();
+    let data = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(num)
+        .collect();
     (shape, data)
 }
 
@@ -156,7 +161,12 @@ fn special_values_match_keras_on_every_engine() {
         let mut g = Graph::new("t");
         let mut ids = Vec::new();
         let mut inputs = Vec::new();
-        for (i, t) in case["inputs"].as_array().expect("inputs").iter().enumerate() {
+        for (i, t) in case["inputs"]
+            .as_array()
+            .expect("inputs")
+            .iter()
+            .enumerate()
+        {
             let (shape, data) = tensor(t);
             ids.push(g.add_input(&format!("x{i}"), shape.clone()).expect("input"));
             let mut batched = vec![1];
@@ -214,7 +224,10 @@ fn exp_is_exact_at_the_ends() {
     // Gradual underflow: e^-100 ≈ 3.72e-44 is a subnormal, one subnormal step (1.4e-45)
     // from the exact value at most.
     let e = exp(-100.0);
-    assert!(e > 0.0 && (f64::from(e) - (-100f64).exp()).abs() <= 1.5e-45, "{e:e}");
+    assert!(
+        e > 0.0 && (f64::from(e) - (-100f64).exp()).abs() <= 1.5e-45,
+        "{e:e}"
+    );
     // The largest finite results stay finite.
     assert!(exp(88.72).is_finite() && exp(88.72) > 3.3e38);
 }

@@ -119,8 +119,8 @@ pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use ndarray::IxDyn;
+    use std::io::Write;
 
     fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
         let n: usize = shape.iter().product();

@@ -87,10 +87,7 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
                 pos = bin(BinOp::Min, bin(BinOp::Max, pos, c(0.0)), c(m.max(0.0)));
             }
             if *alpha != 0.0 {
-                let neg = un(
-                    UnOp::Relu,
-                    bin(BinOp::Add, un(UnOp::Neg, x), c(*threshold)),
-                );
+                let neg = un(UnOp::Relu, bin(BinOp::Add, un(UnOp::Neg, x), c(*threshold)));
                 pos = bin(BinOp::Sub, pos, bin(BinOp::Mul, c(*alpha), neg));
             }
             pos

@@ -35,8 +35,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::graph::{Activation, NodeId, Op};
 use crate::loop_ir::{
-    for_, Affine, BinOp, BufId, BufRole, Buffer, Expr, KernelBuilder, LoopKind, Module,
-    Stmt,
+    for_, Affine, BinOp, BufId, BufRole, Buffer, Expr, KernelBuilder, LoopKind, Module, Stmt,
 };
 
 /// A lowered gradient program (see the module docs).

@@ -44,7 +44,15 @@ pub fn forward(cx: &mut Cx, node: NodeId, kind: MergeKind) -> Result<()> {
             v
         }
     });
-    push_chunked(cx, &format!("{name}.forward"), len, chain, FOLD_KERNEL, &srcs, &[dst]);
+    push_chunked(
+        cx,
+        &format!("{name}.forward"),
+        len,
+        chain,
+        FOLD_KERNEL,
+        &srcs,
+        &[dst],
+    );
     Ok(())
 }
 
@@ -210,13 +218,23 @@ pub fn backward(cx: &mut Cx, node: NodeId, kind: MergeKind, dy: BufId) -> Result
             index: idx,
             value,
         };
-        cx.push(kb.finish(vec![elementwise(cx.batch, len, b, e, vec![store])]), &[dy], &[dx]);
+        cx.push(
+            kb.finish(vec![elementwise(cx.batch, len, b, e, vec![store])]),
+            &[dy],
+            &[dx],
+        );
     }
     Ok(())
 }
 
 /// `for b (parallel) { for e (vector(4) when len allows) { body } }`.
-fn elementwise(batch: usize, len: usize, b: crate::loop_ir::Var, e: crate::loop_ir::Var, body: Vec<Stmt>) -> Stmt {
+fn elementwise(
+    batch: usize,
+    len: usize,
+    b: crate::loop_ir::Var,
+    e: crate::loop_ir::Var,
+    body: Vec<Stmt>,
+) -> Stmt {
     let lanes = if len.is_multiple_of(4) {
         LoopKind::Vector(4)
     } else {
@@ -294,7 +312,15 @@ fn chain_backward(
     reads.push(dy);
     let mut writes = dxs.clone();
     writes.extend(scratch);
-    push_chunked(cx, &format!("{name}.backward"), len, body, CHAIN_KERNEL, &reads, &writes);
+    push_chunked(
+        cx,
+        &format!("{name}.backward"),
+        len,
+        body,
+        CHAIN_KERNEL,
+        &reads,
+        &writes,
+    );
     Ok(())
 }
 

@@ -253,7 +253,14 @@ impl Cx<'_> {
                 let len = self.tensor_len[t];
                 let dst = self.temp(len);
                 let name = format!("{}.output_copy", graph.nodes[n].name);
-                grad::sum_kernel(self, &name, self.batch, len / self.batch, &[tensor_buf(t)], dst);
+                grad::sum_kernel(
+                    self,
+                    &name,
+                    self.batch,
+                    len / self.batch,
+                    &[tensor_buf(t)],
+                    dst,
+                );
                 (dst - TENSOR_BASE) as TensorId
             } else {
                 t

@@ -230,7 +230,10 @@ fn along_axis(x: &mut ArrayD<f32>, axis: i64, f: fn(&mut [f32])) {
 /// at the finite entries of a lane holding NaN or `+∞`; lcjit follows the reference
 /// kernel.)
 fn softmax_lane(v: &mut [f32]) {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, super::pool::nan_max);
+    let m = v
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, super::pool::nan_max);
     let mut sum = 0.0f32;
     for e in v.iter_mut() {
         *e = (*e - m).exp();
@@ -243,7 +246,10 @@ fn softmax_lane(v: &mut [f32]) {
 
 /// `log_softmax(v)_i = v_i − max v − ln Σ_j e^{v_j − max v}`, in f32.
 fn log_softmax_lane(v: &mut [f32]) {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, super::pool::nan_max);
+    let m = v
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, super::pool::nan_max);
     let sum: f32 = v.iter().map(|e| (e - m).exp()).sum();
     let ln = sum.ln();
     for e in v.iter_mut() {

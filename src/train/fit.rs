@@ -396,8 +396,8 @@ impl EpochRun<'_, '_> {
         // Divergence: a non-finite loss or gradient would make the weights non-finite.
         // Stop before the update, so the weights stay those of the last finite step (a
         // scan, no copy of the weights).
-        let finite = (out.loss + reg).is_finite()
-            && grads.iter().all(|g| g.iter().all(|v| v.is_finite()));
+        let finite =
+            (out.loss + reg).is_finite() && grads.iter().all(|g| g.iter().all(|v| v.is_finite()));
         if !finite {
             run.stop = Some(format!(
                 "the loss or its gradient became non-finite (loss {}); the weights of the \
