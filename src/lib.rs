@@ -26,6 +26,7 @@ pub mod error;
 pub mod frontend;
 pub mod graph;
 pub mod init;
+pub mod interrupt;
 pub mod io;
 pub mod loop_ir;
 pub mod lower;
@@ -35,6 +36,7 @@ pub mod runtime;
 pub mod save;
 pub mod size;
 pub mod train;
+pub mod write_file;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};

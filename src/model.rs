@@ -141,6 +141,41 @@ impl Model {
         }
     }
 
+    /// The verified layer graph of a model file, without drawing or reading its weights
+    /// into parameters: what `lcjit summary` needs. (Initializing could cost far more than
+    /// reading: an Orthogonal kernel is cubic in its size.)
+    pub fn load_graph(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Graph> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let config = match ext(path).as_str() {
+            "json" => {
+                let text = read_text(path)?;
+                let parsed = frontend::parse_model_json(&text, &name, opts.memory_budget)?;
+                graph::verify::verify(&parsed.graph)?;
+                return Ok(parsed.graph);
+            }
+            "h5" | "hdf5" => io::read_h5(path)?.model_config.ok_or_else(|| {
+                Error::format(
+                    path,
+                    "HDF5",
+                    "no model_config attribute (a weights-only file)",
+                )
+            })?,
+            "keras" => io::read_keras_archive(path)?.0,
+            _ => {
+                return Err(Error::UnsupportedFile {
+                    path: path.to_path_buf(),
+                    expected: ".json, .h5 or .keras",
+                })
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|e| Error::format(path, "model", format!("configuration is not JSON: {e}")))?;
+        let parsed = frontend::parse_model_value(&v, &name, opts.memory_budget)?;
+        graph::verify::verify(&parsed.graph)?;
+        Ok(parsed.graph)
+    }
+
     /// Parses a JSON configuration held in memory; weights are initialized with
     /// `opts.seed`.
     pub fn from_json_str(text: &str, source_name: &str, opts: &LoadOptions) -> Result<Model> {

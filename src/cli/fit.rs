@@ -407,7 +407,10 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         .iter_mut()
         .map(|b| b.as_mut() as &mut dyn Callback)
         .collect();
-    let h = lcjit::train::fit_compiled(
+    // SIGINT/SIGTERM during training stop it after the running step (see
+    // `lcjit::interrupt`); a second signal aborts at once, removing partial files.
+    let cooperative = lcjit::interrupt::cooperative();
+    let result = lcjit::train::fit_compiled(
         &mut m,
         &mut opt,
         &loss_fn,
@@ -417,7 +420,23 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         &fit_opts,
         &compile,
         &mut cbs,
-    )?;
+    );
+    drop(cooperative);
+    let h = match result {
+        Ok(h) => h,
+        Err(e @ lcjit::Error::Interrupted { .. }) => {
+            // The model holds the weights of the last finished step: write them where
+            // the finished run would have, then report the interruption.
+            if let Some(p) = &a.save_weights {
+                m.save_weights(p)?;
+            }
+            if let Some(p) = &a.save_model {
+                m.save(p)?;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(p) = &a.history {
         h.write(p)?;
     }

@@ -19,8 +19,9 @@ pub fn summary(a: SummaryArgs, budget: u64) -> Result<()> {
         memory_budget: budget,
         seed: 0,
     };
-    let m = Model::load_with(&model, &opts)?;
-    print!("{}", m.summary());
+    // The graph alone: summary never draws initial weights (see `Model::load_graph`).
+    let g = Model::load_graph(&model, &opts)?;
+    print!("{}", lcjit::graph::print::summary(&g));
     Ok(())
 }
 

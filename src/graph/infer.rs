@@ -638,6 +638,16 @@ pub fn resolve_keras_axis(
         if axis == 0 {
             return err(layer, "axis 0 is the batch axis");
         }
+        // Report the axis as written (it counts the batch axis), not the per-sample index.
+        if axis > rank as i64 {
+            return err(
+                layer,
+                format!(
+                    "axis {axis} is out of range for a tensor of rank {} (batch axis included)",
+                    rank + 1
+                ),
+            );
+        }
         resolve_axis(layer, axis - 1, rank)
     } else {
         resolve_axis(layer, axis, rank)

@@ -164,6 +164,9 @@ impl Graph {
             in_shapes.push(node.shape.clone());
         }
         let inferred = infer::infer(name, &op, &in_shapes)?;
+        for p in &inferred.params {
+            check_constraint_axes(name, p)?;
+        }
         self.check_budget(name, "output", &inferred.shape)?;
         // All weights together, in canonical layout and (held while a file is loaded) in
         // the file's layout.
@@ -270,5 +273,28 @@ impl Graph {
             bytes,
             budget: self.memory_budget,
         }
+    }
+}
+
+/// A constraint's `axis` list must name axes of the weight's Keras shape (negative from
+/// the end): checked when the layer is added, so the error names the layer and weight
+/// instead of surfacing mid-`fit`.
+fn check_constraint_axes(layer: &str, p: &ParamSpec) -> Result<()> {
+    let axes = match &p.constraint {
+        Some(Constraint::MaxNorm { axis, .. })
+        | Some(Constraint::UnitNorm { axis })
+        | Some(Constraint::MinMaxNorm { axis, .. }) => axis,
+        _ => return Ok(()),
+    };
+    let rank = p.keras_shape.len() as i64;
+    match axes.iter().find(|&&a| !(-rank..rank).contains(&a)) {
+        Some(a) => Err(Error::shape(
+            layer,
+            format!(
+                "constraint of weight '{}': axis {a} is out of range for its shape {:?}",
+                p.name, p.keras_shape
+            ),
+        )),
+        None => Ok(()),
     }
 }

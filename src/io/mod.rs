@@ -23,9 +23,8 @@
 //! [`keras_archive`] (tf-keras `.keras` zip archives).
 
 use std::fs;
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, BufWriter};
+use std::path::Path;
 
 use ndarray::ArrayD;
 
@@ -218,46 +217,14 @@ pub(crate) fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
 {
-    let tmp = temp_sibling(path)?;
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        // Best effort: the temporary may not exist if creating it failed.
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-/// A fresh temporary name next to `path`: `.<name>.<pid>.<n>.tmp`.
-fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| {
-        Error::io(
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        )
-    })?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-    Ok(path.with_file_name(tmp_name))
+    // One implementation for every output: see `crate::write_file` (temporaries removed on
+    // error and on SIGINT/SIGTERM, devices and FIFOs written in place, never replaced).
+    crate::write_file::write_atomic(path, write)
 }
 
 /// A fresh, empty directory for one test: `<temp>/lcjit-io-<pid>-<name>`.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> PathBuf {
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lcjit-io-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("creating a test directory");
@@ -268,6 +235,7 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
 mod tests {
     use super::*;
     use ndarray::IxDyn;
+    use std::io::Write;
 
     fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
         let n: usize = shape.iter().product();

@@ -21,6 +21,28 @@
 //! `Vector` and `Unroll` variables, so after unrolling every local element is a fixed
 //! register. A local is private to the iteration of the enclosing loops that writes it.
 //!
+//! # NaN and infinities
+//!
+//! Every executor gives the same bits for every input, special values included, and the
+//! operations are chosen so that the layers built from them follow TensorFlow's (Eigen's)
+//! CPU kernels, which is what Keras computes:
+//!
+//! - arithmetic, `sqrt`, `Fma` and comparisons are IEEE 754 (a comparison with NaN is
+//!   false, so a [`Expr::Select`] takes its `f` arm);
+//! - [`BinOp::Max`] / [`BinOp::Min`] and [`UnOp::Relu`] *propagate* NaN, like `tf.maximum`,
+//!   `tf.minimum`, `tf.nn.relu`, `relu6` and `clip_by_value` (so relu, relu6,
+//!   hard_sigmoid and the Maximum/Minimum merges of NaN are NaN); ties, including `±0`,
+//!   give the left operand, and `relu(−0) = −0` (the sign of a zero is not part of the
+//!   contract with Keras, only equality across engines);
+//! - [`UnOp::Exp`] is exact at the ends: `e^{+∞} = +∞` (overflow from 88.73 on), `e^{−∞} = 0`
+//!   (gradual underflow to subnormals below −87.3), `e^{NaN} = NaN`; `tanh`, `sigmoid` and
+//!   `erf` built on it give `±1`, `0`/`1` and `±1` at `±∞`, so swish, gelu and mish of `−∞`
+//!   are `−∞·0 = NaN`, as in TensorFlow;
+//! - max pooling is *not* a `Max` fold: TensorFlow's `MaxPool` ignores NaN taps and starts
+//!   from `−FLT_MAX` (an all-NaN or all-`−∞` window gives `−3.4028235e38`), so the lowering
+//!   spells it as a `Select` (`x > acc ? x : acc`); global max pooling and softmax's
+//!   maximum use `Max` (`reduce_max` propagates NaN).
+//!
 //! This module knows nothing of layers or of Cranelift.
 
 pub mod interp;
@@ -230,9 +252,9 @@ pub enum UnOp {
     Abs,
     /// `sqrt(x)`.
     Sqrt,
-    /// `max(x, 0)`.
+    /// `max(x, 0)` propagating NaN: `x < 0 ? 0 : x` (see [`interp::relu`]).
     Relu,
-    /// `e^x` (polynomial, see [`math`]).
+    /// `e^x` (polynomial, see [`math`]; `+∞` on overflow, `0` on underflow).
     Exp,
     /// `ln(x)` (polynomial, see [`math`]).
     Log,
@@ -262,9 +284,10 @@ pub enum BinOp {
     Mul,
     /// `a / b`.
     Div,
-    /// `max(a, b)` (a NaN operand gives the other operand, as x64 `maxps` with b = a).
+    /// `max(a, b)` propagating NaN: `b` if `b` is NaN, else `a < b ? b : a` (see
+    /// [`interp::max`]).
     Max,
-    /// `min(a, b)`.
+    /// `min(a, b)` propagating NaN: `b` if `b` is NaN, else `b < a ? b : a`.
     Min,
 }
 

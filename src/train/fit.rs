@@ -349,6 +349,13 @@ impl EpochRun<'_, '_> {
             if let Some(p) = bar.as_deref_mut() {
                 show(self.opts.progress.as_ref(), p.update(b + 1, &logs, false));
             }
+            if crate::interrupt::interrupted() {
+                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
+                // the weights of this last finished step.
+                return Err(Error::Interrupted {
+                    detail: format!("training stopped after step {} of an epoch", b + 1),
+                });
+            }
             if run.stop.is_some() {
                 break;
             }
@@ -386,6 +393,19 @@ impl EpochRun<'_, '_> {
         }
         check_updates(&out.updates, run.params, self.trainable)?;
         let reg = self.table.regularize(run.params, Some(&mut grads))?;
+        // Divergence: a non-finite loss or gradient would make the weights non-finite.
+        // Stop before the update, so the weights stay those of the last finite step (a
+        // scan, no copy of the weights).
+        let finite =
+            (out.loss + reg).is_finite() && grads.iter().all(|g| g.iter().all(|v| v.is_finite()));
+        if !finite {
+            run.stop = Some(format!(
+                "the loss or its gradient became non-finite (loss {}); the weights of the \
+                 last finite step are kept",
+                out.loss + reg
+            ));
+            return Ok(out.loss + reg);
+        }
         if let Some(yp) = &out.y_pred {
             for st in states.iter_mut() {
                 st.update(yb, yp)?;

@@ -53,6 +53,10 @@ impl<'f> Emitter<'_, 'f> {
                 }
             }
             Expr::Binary(op, a, b) => {
+                // With a right operand that is a constant other than NaN, `max`/`min`
+                // need no NaN fix-up: one `maxps`/`minps` (the fast path of relu6,
+                // clipping and hard_sigmoid).
+                let b_plain = matches!(**b, Expr::Const(c) if !c.is_nan());
                 let a = self.expr(a, vector)?;
                 let b = self.expr(b, vector)?;
                 let mut fx = self.fx(vector);
@@ -61,6 +65,8 @@ impl<'f> Emitter<'_, 'f> {
                     BinOp::Sub => fx.sub(a, b),
                     BinOp::Mul => fx.mul(a, b),
                     BinOp::Div => fx.div(a, b),
+                    BinOp::Max if b_plain => fx.max_nan_free(a, b),
+                    BinOp::Min if b_plain => fx.min_nan_free(a, b),
                     BinOp::Max => fx.max(a, b),
                     BinOp::Min => fx.min(a, b),
                 }

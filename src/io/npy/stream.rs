@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, UncheckedAdvice};
@@ -152,8 +152,9 @@ impl NpyInput {
 /// Writes an `f32` `.npy` file of a known shape block by block (see the module docs).
 pub struct NpyWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    out: Option<BufWriter<fs::File>>,
+    /// The output (temporary renamed into place, or a device written in place; see
+    /// `crate::write_file`), `None` once finished.
+    out: Option<crate::write_file::OutputFile>,
     /// Floats per row (product of the shape after the first axis).
     row_len: usize,
     /// Floats the header promises, and floats written so far.
@@ -176,24 +177,17 @@ impl NpyWriter {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::internal(format!("output shape {shape:?} overflows")))?;
-        let tmp = crate::io::temp_sibling(path)?;
-        let mut w = NpyWriter {
+        let mut out = crate::write_file::OutputFile::create(path)?;
+        out.writer()?
+            .write_all(&header)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(NpyWriter {
             path: path.to_path_buf(),
-            tmp,
-            out: None,
+            out: Some(out),
             row_len: shape.iter().skip(1).product(),
             total,
             written: 0,
-        };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&w.tmp)
-            .map_err(|e| Error::io(path, e))?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&header).map_err(|e| Error::io(path, e))?;
-        w.out = Some(out);
-        Ok(w)
+        })
     }
 
     /// Appends whole rows (a multiple of the row length) after those written so far.
@@ -213,7 +207,7 @@ impl NpyWriter {
             .out
             .as_mut()
             .ok_or_else(|| Error::internal("npy writer already finished"))?;
-        f32::write_slice(data, out)
+        f32::write_slice(data, out.writer()?)
             .map_err(|e| Error::io(&self.path, io::Error::other(e.to_string())))?;
         self.written += data.len();
         Ok(())
@@ -231,25 +225,7 @@ impl NpyWriter {
             .out
             .take()
             .ok_or_else(|| Error::internal("npy writer already finished"))?;
-        let result = (|| {
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&self.tmp, &self.path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&self.tmp);
-            Error::io(&self.path, e)
-        })
-    }
-}
-
-impl Drop for NpyWriter {
-    fn drop(&mut self) {
-        // Not finished (an error stopped the run): leave no partial file behind.
-        if self.out.take().is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
+        out.commit()
     }
 }
 
