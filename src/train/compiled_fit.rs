@@ -49,6 +49,7 @@ pub fn fit_compiled(
     check_targets(model.graph(), loss, "y", ys)?;
     if let Some((_, vy)) = validation {
         check_targets(model.graph(), loss, "validation y", vy)?;
+    }
     // Weights, outputs, gradients and optimizer state at the compiled batch, before
     // any of them is allocated.
     if opts.batch_size > 0 {
