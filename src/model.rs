@@ -149,19 +149,21 @@ impl Model {
         let name = path.display().to_string();
         let config = match ext(path).as_str() {
             "json" => {
-                let text = read_text(path)?;
+                let text = io::read_text_within(path, opts.memory_budget)?;
                 let parsed = frontend::parse_model_json(&text, &name, opts.memory_budget)?;
                 graph::verify::verify(&parsed.graph)?;
                 return Ok(parsed.graph);
             }
-            "h5" | "hdf5" => io::read_h5(path)?.model_config.ok_or_else(|| {
+            "h5" | "hdf5" => io::read_h5_within(path, opts.memory_budget)?
+                .model_config
+                .ok_or_else(|| {
                 Error::format(
                     path,
                     "HDF5",
                     "no model_config attribute (a weights-only file)",
                 )
             })?,
-            "keras" => io::read_keras_archive(path)?.0,
+            "keras" => io::read_keras_archive_within(path, opts.memory_budget)?.0,
             _ => {
                 return Err(Error::UnsupportedFile {
                     path: path.to_path_buf(),

@@ -13,7 +13,6 @@
 //!   leaves a partial output behind (the rule of every writer in [`crate::io`]).
 
 use std::cell::Cell;
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -232,6 +231,7 @@ impl NpyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use crate::io::{read_npy, test_dir, write_npy};
     use ndarray::IxDyn;
 
