@@ -154,8 +154,11 @@ def jax_train_ms(m, rng, lr=1e-6, b1=0.9, b2=0.999, eps=1e-7):
         return p, {**s, **s2}, {"t": t, "m": mom, "v": vel}
 
     step = jax.jit(step, donate_argnums=(0, 1, 2))
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, m.params)
-    st = {"p": m.params, "s": m.state, "o": {"t": jnp.float32(0), "m": zeros, "v": zeros}, "k": jax.random.PRNGKey(0)}
+    def zeros():  # distinct buffers: a buffer cannot be donated twice
+        return jax.tree_util.tree_map(jnp.zeros_like, m.params)
+
+    st = {"p": m.params, "s": m.state, "o": {"t": jnp.float32(0), "m": zeros(), "v": zeros()},
+          "k": jax.random.PRNGKey(0)}
 
     def run():
         st["k"], k = jax.random.split(st["k"])
@@ -204,8 +207,10 @@ def run_peer(name, kind, args):
                 break
             if line is None:
                 proc.wait()
-                tail = "".join(errs[-3:]).strip().splitlines()
-                row["error"] = f"exit {proc.returncode}: " + (tail[-1] if tail else "no output")
+                lines_err = "".join(errs).strip().splitlines()
+                exc = [l for l in lines_err if l.split(":")[0].endswith(("Error", "Exception"))]
+                last = (exc or lines_err or ["no output"])[-1]
+                row["error"] = f"exit {proc.returncode}: {last[:200]}"
                 break
             if not line.startswith("{"):
                 continue
@@ -303,6 +308,8 @@ def main():
     if args.readme:
         report.write_readme(args.readme, args.jsonl)
         return 0
+    # Stopped from outside (timeout, Ctrl-C): unwind, so run_peer kills the running child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for name in args.workloads.split(","):
         for kind in args.peers.split(","):
             emit(run_peer(name, kind, args))

@@ -159,7 +159,7 @@ def _machine_text(rows):
     c = m["cpu"]
     v = m["versions"]
     lines = [
-        f"Run of {m['date']} (lcjit {m['lcjit_commit']}), {m['conditions']}",
+        f"Run of {m['date']} (lcjit {m['lcjit_commit']}), {last['conditions']}.",
         "",
         f"Machine: {c['cpus']} vCPUs ({c['threads_per_core']} thread per core) of an {c['model']}"
         f" under {c['hypervisor'] or 'no'} hypervisor; SIMD {c['simd']} (lcjit emits f32x4);"
