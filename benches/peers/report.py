@@ -86,6 +86,10 @@ def _engine_rows(rows):
                 e["build"] = f"{fwd:.1f} ms" + (f" (+{bwd:.0f} ms training)" if bwd is not None else "")
             if r["train_step_ms"]["jit"] is not None:
                 e["train"] = r["train_step_ms"]["jit"]
+            e["weight_bytes"] = r["weight_bytes"]
+            e[f"flops{r['batch']}"] = r["flops"]["forward"]
+            if r["flops"]["train_step"] is not None:
+                e["flops_train"] = r["flops"]["train_step"]
         elif "lcjit_load" in r:  # run.sh: the load when the batch-1 bench started
             e = table.setdefault((r["lcjit_load"]["workload"], "lcjit"), {})
             e.setdefault("load1", r["lcjit_load"]["load1"])
@@ -117,8 +121,23 @@ def _fmt(v):
     return f"{v:.3g}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
 
 
+def _bounds(lc, probe):
+    """lcjit's time over its bound: b1 over streaming the weights once at the probe's read
+    bandwidth, b32 and the training step over their flops at the probe's f32x4 FMA rate."""
+    if not probe or not probe.get("read_gbps") or not probe.get("fma_gflops"):
+        return "—"
+    parts = []
+    for col, work, rate in (("1", lc.get("weight_bytes"), probe["read_gbps"]),
+                            ("32", lc.get("flops32"), probe["fma_gflops"]),
+                            ("train", lc.get("flops_train"), probe["fma_gflops"])):
+        ms = lc.get(col)
+        parts.append(f"{ms / (work / (rate * 1e9) * 1e3):.2f}×" if ms and work else "—")
+    return " / ".join(parts)
+
+
 def tables(rows):
     t = _engine_rows(rows)
+    probe = next((r["probe"] for r in rows if "probe" in r), None)
     out = ["| workload | engine | build / compile | forward b1 (ms) | forward b32 (ms) | train step b32 (ms) | load (1 min) at start |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for w in _order(t):
@@ -131,8 +150,8 @@ def tables(rows):
             name = f"**{eng}**" if eng == "lcjit" else eng
             out.append(f"| {w} | {name} | {r.get('build') or '—'} | {_fmt(r.get('1'))} | {_fmt(r.get('32'))} | {_fmt(r.get('train'))} | {load} |")
     out += ["", "Speed-up of lcjit over the fastest peer of each column (> 1: lcjit faster):", "",
-            "| workload | lcjit b1 / b32 / train (ms) | fastest peer b1 / b32 / train (ms) | speed-up b1 / b32 / train |",
-            "| --- | --- | --- | --- |"]
+            "| workload | lcjit b1 / b32 / train (ms) | fastest peer b1 / b32 / train (ms) | speed-up b1 / b32 / train | lcjit ÷ bound b1 (stream) / b32, train (f32x4 FMA) |",
+            "| --- | --- | --- | --- | --- |"]
     for w in _order(t):
         lc = t.get((w, "lcjit"), {})
         mine, best, ratio = [], [], []
@@ -146,7 +165,7 @@ def tables(rows):
             ms, eng = min(peers)
             best.append(f"{eng} {_fmt(ms)}")
             ratio.append(f"{ms / lc[col]:.2f}×" if lc.get(col) else "—")
-        out.append(f"| {w} | {' / '.join(mine)} | {' / '.join(best)} | {' / '.join(ratio)} |")
+        out.append(f"| {w} | {' / '.join(mine)} | {' / '.join(best)} | {' / '.join(ratio)} | {_bounds(lc, probe)} |")
     return "\n".join(out)
 
 
