@@ -128,8 +128,14 @@ fn workloads() {
             "cifar_local.json" => assert_eq!(count, 3_672_906),
             "jet_image.json" => assert_eq!(count, 244_017),
             "mortality_smoother.json" => assert_eq!(count, 26_000),
+            // GpNet: four LC1D(1 filter) over 44,314 SNPs, kernels 2..5, + Dense(1).
+            "genomic_residual_lc1d.json" => {
+                assert_eq!(count, 44_314 * (2 + 3 + 4 + 5) + 4 * 44_314 + 44_315);
+                assert_eq!(count, 841_967);
+            }
+            "lc2d_f12_f6.json" => assert_eq!(count, 15_685_392),
             _ => {}
         }
     }
-    assert!(n >= 11);
+    assert!(n >= 13);
 }
