@@ -157,12 +157,12 @@ impl Model {
             "h5" | "hdf5" => io::read_h5_within(path, opts.memory_budget)?
                 .model_config
                 .ok_or_else(|| {
-                Error::format(
-                    path,
-                    "HDF5",
-                    "no model_config attribute (a weights-only file)",
-                )
-            })?,
+                    Error::format(
+                        path,
+                        "HDF5",
+                        "no model_config attribute (a weights-only file)",
+                    )
+                })?,
             "keras" => io::read_keras_archive_within(path, opts.memory_budget)?.0,
             _ => {
                 return Err(Error::UnsupportedFile {

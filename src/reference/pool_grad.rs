@@ -39,7 +39,7 @@ pub(super) fn pool_backward(pl: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Res
                 let g = dys[y_at(b, p, ch)];
                 match pl.kind {
                     PoolKind::Max => {
-                        let sp = first_max(window.iter().map(|&sp| (sp, xs[at(b, sp, ch)])));
+                        let sp = window_argmax(window.iter().map(|&sp| (sp, xs[at(b, sp, ch)])));
                         dx[at(b, sp, ch)] += g;
                     }
                     PoolKind::Average => {
@@ -95,6 +95,23 @@ pub(super) fn global_pool_backward(
         }
     }
     from_vec(x.shape(), dx)
+}
+
+/// The tap of a pooling window that receives the gradient, as the forward pass defines
+/// the window's maximum (TensorFlow's MaxPool: start from −FLT_MAX, take strictly greater
+/// taps, so NaN taps are skipped): the first tap equal to that maximum, else (a window of
+/// only NaN and −inf taps, whose output is −FLT_MAX) the first tap, as the compiled
+/// engines route it.
+fn window_argmax(items: impl Iterator<Item = (usize, f32)>) -> usize {
+    let items: Vec<(usize, f32)> = items.collect();
+    let m = items
+        .iter()
+        .fold(f32::MIN, |m, &(_, v)| if v > m { v } else { m });
+    items
+        .iter()
+        .find(|&&(_, v)| v == m)
+        .or(items.first())
+        .map_or(0, |&(k, _)| k)
 }
 
 /// The key of the first (strictly) largest value; the first key for an empty or all-NaN

@@ -46,14 +46,15 @@ pub fn fit_compiled(
     callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     check_trainable(model.graph())?;
+    // Weights, outputs, gradients and optimizer state at the compiled batch, before
+    // any of them is allocated (first: a model that cannot be trained here at all is
+    // refused for that, whatever the targets).
+    if opts.batch_size > 0 {
+        crate::budget::check_run(model.graph(), opts.batch_size, true)?;
+    }
     check_targets(model.graph(), loss, "y", ys)?;
     if let Some((_, vy)) = validation {
         check_targets(model.graph(), loss, "validation y", vy)?;
-    }
-    // Weights, outputs, gradients and optimizer state at the compiled batch, before
-    // any of them is allocated.
-    if opts.batch_size > 0 {
-        crate::budget::check_run(model.graph(), opts.batch_size, true)?;
     }
     let copts = CompileOptions {
         max_batch: opts.batch_size.max(1),

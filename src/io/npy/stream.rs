@@ -231,9 +231,9 @@ impl NpyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::io::{read_npy, test_dir, write_npy};
     use ndarray::IxDyn;
+    use std::fs;
 
     fn arr(shape: &[usize]) -> ArrayD<f32> {
         let n: usize = shape.iter().product();
