@@ -8,6 +8,7 @@ import _thread
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 import time
 
@@ -189,6 +190,17 @@ def _jet(n=640):
     return m, x, y
 
 
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler for the test: a process started in the background by a
+    shell without job control inherits SIGINT ignored, and then `interrupt_main` (which
+    simulates the signal through the installed handler) does nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_from_a_timer_stops_fit():
     m, x, y = _jet(4096)
     w0 = m.get_weights()
@@ -210,6 +222,7 @@ def test_ctrl_c_from_a_timer_stops_fit():
     assert np.isfinite(h.history["loss"][0])
 
 
+@pytest.mark.usefixtures("sigint_raises")
 @pytest.mark.parametrize("k", [0, 3, 7])
 def test_ctrl_c_at_batch_k_keeps_the_last_step(k):
     """interrupt_main in on_train_batch_end at batch k: KeyboardInterrupt, and the weights
