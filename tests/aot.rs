@@ -12,6 +12,7 @@
 //! equals `CompiledModel::gradients` (JIT) bit for bit and Keras's `grads.npz` within
 //! the golden tolerance on a sample of golden cases, with the parameter queries.
 
+mod common;
 use lcjit::backend::aot::{self, AotOptions, WeightsMode};
 use lcjit::{io, CompileOptions, CompiledModel, Engine, LoadOptions, Model};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -365,13 +366,7 @@ fn workloads_equal_the_jit_bit_for_bit() {
     if !cc_or_skip() {
         return;
     }
-    let mut names: Vec<String> = std::fs::read_dir(data("workloads"))
-        .expect("workloads")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = common::workload_names();
     for largest in ["deepface.json", "yolo_local.json"] {
         assert!(names.iter().any(|n| n == largest), "{largest} missing");
     }

@@ -8,6 +8,7 @@
 //! parameters are the caller's buffers), gradient programs of every golden case.
 //! Without `cc` the tests print a note and pass, unless `LCJIT_REQUIRE_CROSS=1`.
 
+mod common;
 use lcjit::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use lcjit::loop_ir::{BufRole, Module};
 use lcjit::{io, CompileOptions, CompiledModel, Engine, LoadOptions, Model};
@@ -242,13 +243,7 @@ fn every_workload_forward_program_equals_the_jit() {
     if !cc_or_skip() {
         return;
     }
-    let mut names: Vec<String> = std::fs::read_dir(data("workloads"))
-        .expect("workloads")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = common::workload_names();
     assert!(
         names.iter().any(|n| n == "deepface.json") && names.iter().any(|n| n == "yolo_local.json")
     );

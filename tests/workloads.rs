@@ -1,6 +1,8 @@
 //! The benchmark workloads (`tests/data/workloads`, real configs written by tf-keras and
 //! Keras 1) load, summarize with Keras's counts, and run on the reference path.
 
+mod common;
+
 use lcjit::{CompileOptions, CompiledModel, Engine, LoadOptions, Model};
 use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
@@ -40,13 +42,7 @@ fn deepface_summary_reports_keras_counts_and_shapes() {
 
 #[test]
 fn every_workload_loads_and_runs() {
-    let mut names: Vec<String> = std::fs::read_dir(workload(""))
-        .expect("workloads")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = common::workload_names();
     assert!(names.len() >= 11);
     for name in names {
         let model = Model::load_with(workload(&name), &LoadOptions::default())
@@ -84,14 +80,7 @@ fn every_workload_loads_and_runs() {
 
 #[test]
 fn lcjit_ir_prints_every_stage_for_every_workload() {
-    let mut names: Vec<String> = std::fs::read_dir(workload(""))
-        .expect("workloads")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    for name in names {
+    for name in common::workload_names() {
         for (stage, needle) in [
             ("graph", "graph "),
             ("dot", "digraph"),

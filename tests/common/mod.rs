@@ -2,7 +2,8 @@
 //! from the JIT and the loop-IR interpreter (two threads) must agree with the reference
 //! backward pass to `1e-4 · max(1, max|ref|)` per array (the golden tolerance; the
 //! lowered programs sum in other orders and use polynomial transcendentals), and the JIT
-//! must be bitwise identical with one and with two threads.
+//! must be bitwise identical with one and with two threads. Also the list of the bundled
+//! workloads, which several test files walk.
 
 #![allow(dead_code)]
 
@@ -118,4 +119,17 @@ pub fn check_gradients(g: Graph, what: &str, batches: &[usize]) {
             }
         }
     }
+}
+
+/// File names (`*.json`) of the bundled workloads in `tests/data/workloads`, sorted.
+pub fn workload_names() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/workloads");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("workloads")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
 }

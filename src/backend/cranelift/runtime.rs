@@ -88,44 +88,62 @@ pub(super) fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
     walk(&kernel.body, 1)
 }
 
-/// The kernel ABI's buffer table for `bufs` (one per module buffer): checks the count,
-/// every length against `lens`, and that only `read_only` buffers are passed shared.
-/// Shared by the JIT and the ahead-of-time test executor (`aot::seam`).
-pub(super) fn buffer_table(
-    bufs: &mut [BufArg],
-    lens: &[usize],
-    read_only: &[bool],
-) -> Result<Vec<*mut f32>> {
-    if bufs.len() != lens.len() {
-        return Err(Error::internal(format!(
-            "run: {} buffers given, the module has {}",
-            bufs.len(),
-            lens.len()
-        )));
+/// What a caller's buffer table must look like for one module: each buffer's length, and
+/// which buffers no kernel stores to (inputs, parameters, constants: the verifier rejects
+/// stores to them), which may therefore be passed as shared slices. Shared by the JIT and
+/// the ahead-of-time test executor (`aot::seam`).
+pub(super) struct BufferLayout {
+    lens: Vec<usize>,
+    read_only: Vec<bool>,
+}
+
+impl BufferLayout {
+    /// The layout of `module`'s buffers.
+    pub(super) fn of(module: &Module) -> BufferLayout {
+        BufferLayout {
+            lens: module.buffers.iter().map(|b| b.len).collect(),
+            read_only: module
+                .buffers
+                .iter()
+                .map(|b| b.role.is_read_only())
+                .collect(),
+        }
     }
-    let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
-    for (i, (b, &len)) in bufs.iter_mut().zip(lens).enumerate() {
-        let (n, p) = match b {
-            BufArg::Read(r) => {
-                if !read_only[i] {
-                    return Err(Error::internal(format!(
-                        "run: buffer {i} is written by the module but was passed read-only"
-                    )));
-                }
-                // Never written through: the verifier rejects stores to read-only
-                // buffers.
-                (r.len(), r.as_ptr() as *mut f32)
-            }
-            BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
-        };
-        if n != len {
+
+    /// The kernel ABI's buffer table for `bufs` (one per module buffer): checks the
+    /// count, every length, and that only read-only buffers are passed shared.
+    pub(super) fn table(&self, bufs: &mut [BufArg]) -> Result<Vec<*mut f32>> {
+        if bufs.len() != self.lens.len() {
             return Err(Error::internal(format!(
-                "run: buffer {i} has {n} elements, the module expects {len}"
+                "run: {} buffers given, the module has {}",
+                bufs.len(),
+                self.lens.len()
             )));
         }
-        ptrs.push(p);
+        let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
+        for (i, (b, &len)) in bufs.iter_mut().zip(&self.lens).enumerate() {
+            let (n, p) = match b {
+                BufArg::Read(r) => {
+                    if !self.read_only[i] {
+                        return Err(Error::internal(format!(
+                            "run: buffer {i} is written by the module but was passed read-only"
+                        )));
+                    }
+                    // Never written through: the verifier rejects stores to read-only
+                    // buffers.
+                    (r.len(), r.as_ptr() as *mut f32)
+                }
+                BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
+            };
+            if n != len {
+                return Err(Error::internal(format!(
+                    "run: buffer {i} has {n} elements, the module expects {len}"
+                )));
+            }
+            ptrs.push(p);
+        }
+        Ok(ptrs)
     }
-    Ok(ptrs)
 }
 
 /// A compiled module: owns the JIT code (freed on drop) and one function per kernel.
@@ -135,10 +153,7 @@ pub(super) fn buffer_table(
 /// pointers, and the `JITModule` is only touched on drop (see `JitOwner`).
 pub struct CompiledModule {
     kernels: Vec<CompiledKernel>,
-    buf_lens: Vec<usize>,
-    /// Buffers no kernel stores to (inputs, parameters, constants: the verifier rejects
-    /// stores to them), which may therefore be passed as shared slices.
-    read_only: Vec<bool>,
+    buffers: BufferLayout,
     /// Largest extent of a parallel kernel that is split across threads (work at least
     /// [`PARALLEL_MIN_WORK`]); sizes the worker team, so asking for more threads than any
     /// kernel can use starts no idle workers.
@@ -205,12 +220,7 @@ impl CompiledModule {
         Ok(CompiledModule {
             split_extent,
             kernels,
-            buf_lens: module.buffers.iter().map(|b| b.len).collect(),
-            read_only: module
-                .buffers
-                .iter()
-                .map(|b| b.role.is_read_only())
-                .collect(),
+            buffers: BufferLayout::of(module),
             use_fma,
             clif,
             asm,
@@ -232,7 +242,7 @@ impl CompiledModule {
     /// constants) may be passed as shared slices, so weights need not be copied or
     /// locked per call.
     pub fn run_args(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
-        let ptrs = buffer_table(bufs, &self.buf_lens, &self.read_only)?;
+        let ptrs = self.buffers.table(bufs)?;
         let ptrs = BufPtrs(ptrs.as_ptr());
         let threads = threads.max(1);
         // Checked out at the first kernel that needs helpers, returned when `lease` drops

@@ -23,7 +23,7 @@
 //! Invariants: the library is unloaded and its directory removed when the
 //! [`SeamLibrary`] drops, which cannot happen during a call (`run_args` borrows it); the
 //! entry is only called with a buffer table checked against the module's buffer lengths
-//! (`runtime::buffer_table`), the module having been verified, so the kernels' unchecked
+//! (`runtime::BufferLayout::table`), the module having been verified, so the kernels' unchecked
 //! accesses stay in bounds. For tests and tools only: engines never choose it.
 
 use std::ffi::{c_void, CStr, CString};
@@ -38,7 +38,7 @@ use cranelift_object::{ObjectBuilder, ObjectModule};
 
 use super::super::codegen::define_kernels;
 use super::super::isa::CodegenOptions;
-use super::super::runtime::buffer_table;
+use super::super::runtime::BufferLayout;
 use super::driver::env::Definer;
 use super::driver::run::{emit_run_kernels, MAX_SPLIT_THREADS};
 use super::{cc_shared, target};
@@ -58,8 +58,7 @@ pub(crate) struct SeamLibrary {
     entry: EntryFn,
     /// The private directory holding the library (removed on drop).
     dir: PathBuf,
-    buf_lens: Vec<usize>,
-    read_only: Vec<bool>,
+    buffers: BufferLayout,
     clif: String,
     asm: String,
     compile_ms: f64,
@@ -196,12 +195,7 @@ impl SeamLibrary {
             handle,
             entry,
             dir,
-            buf_lens: module.buffers.iter().map(|b| b.len).collect(),
-            read_only: module
-                .buffers
-                .iter()
-                .map(|b| b.role.is_read_only())
-                .collect(),
+            buffers: BufferLayout::of(module),
             clif,
             asm,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -211,11 +205,11 @@ impl SeamLibrary {
     /// Runs every kernel in order over `bufs` (checked as for the JIT), parallel kernels
     /// in the JIT's chunks for `threads` (0 counts as 1).
     pub(crate) fn run_args(&self, bufs: &mut [BufArg], threads: usize) -> Result<()> {
-        let ptrs = buffer_table(bufs, &self.buf_lens, &self.read_only)?;
+        let ptrs = self.buffers.table(bufs)?;
         let threads = (threads as u64).clamp(1, MAX_SPLIT_THREADS) as i64;
         // SAFETY: the entry runs the verified module's kernels over `ptrs`, one pointer
         // per module buffer, each to exactly as many floats as the module declares
-        // (checked by `buffer_table`), read-only ones never written (the verifier
+        // (checked by `BufferLayout::table`), read-only ones never written (the verifier
         // rejects stores to them); `bufs` outlives the call.
         unsafe { (self.entry)(ptrs.as_ptr(), threads) };
         Ok(())
