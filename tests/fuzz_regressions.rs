@@ -47,7 +47,12 @@ fn every_fuzz_finding_stays_fixed() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {replayed} inputs fail:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {replayed} inputs fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The harness itself: golden seeds of every parser are accepted (not refused) under the
@@ -61,7 +66,9 @@ fn harness_accepts_golden_seeds() {
         seed: 0,
     };
     let mut model = lcjit::Model::load_with(case.join("model.h5"), &opts).expect("golden .h5");
-    model.load_weights(case.join("weights.npz")).expect("golden .npz");
+    model
+        .load_weights(case.join("weights.npz"))
+        .expect("golden .npz");
     let x = lcjit::io::read_npy(&case.join("x.npy")).expect("golden .npy");
     model.predict(&x).expect("golden predict");
     for (target, file) in [

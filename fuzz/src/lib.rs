@@ -69,10 +69,8 @@ impl TempInput {
     fn new(data: &[u8], ext: &str) -> Result<TempInput, String> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "lcjit-fuzz-{}-{n}.{ext}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("lcjit-fuzz-{}-{n}.{ext}", std::process::id()));
         // Not a finding: the harness's own file system failed.
         std::fs::write(&path, data).map_err(|e| format!("harness: writing {path:?}: {e}"))?;
         Ok(TempInput(path))
@@ -108,7 +106,10 @@ pub fn keras_json(data: &[u8]) -> Result<(), String> {
     let Ok(text) = std::str::from_utf8(data) else {
         return Ok(());
     };
-    if let Some(model) = judge("from_json_str", Model::from_json_str(text, "fuzz.json", &opts()))? {
+    if let Some(model) = judge(
+        "from_json_str",
+        Model::from_json_str(text, "fuzz.json", &opts()),
+    )? {
         let _ = model.summary();
     }
     Ok(())
@@ -448,7 +449,10 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     g.outputs = vec![last];
     // Elements per sample are bounded by the budget; keep the run cheap as well.
     let per_sample: usize = g.nodes[input].shape.iter().product();
-    if g.nodes.iter().any(|n| n.shape.iter().product::<usize>() > 1 << 14) {
+    if g.nodes
+        .iter()
+        .any(|n| n.shape.iter().product::<usize>() > 1 << 14)
+    {
         return Ok(());
     }
     let batch = pick(&mut u, &[0usize, 1, 1, 2, 3]);
@@ -457,7 +461,11 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     let mut vals = Vec::with_capacity(batch * per_sample);
     for _ in 0..batch * per_sample {
         let v = value(&mut u);
-        vals.push(if finite_only && !v.is_finite() { 0.5 } else { v });
+        vals.push(if finite_only && !v.is_finite() {
+            0.5
+        } else {
+            v
+        });
     }
     let mut shape = vec![batch];
     shape.extend_from_slice(&g.nodes[input].shape);
@@ -478,7 +486,10 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
             max_batch: batch.max(1),
         };
         let what = format!("{engine:?} ({threads} threads)");
-        let Some(c) = judge(&format!("compile {what}"), CompiledModel::new(model.clone(), opts))?
+        let Some(c) = judge(
+            &format!("compile {what}"),
+            CompiledModel::new(model.clone(), opts),
+        )?
         else {
             return Ok(None);
         };
@@ -487,7 +498,13 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     let interp = run(Engine::Interp, 1)?;
     let jit1 = run(Engine::Jit, 1)?;
     let jit2 = run(Engine::Jit, 2)?;
-    compare(&want, interp.as_ref(), jit1.as_ref(), jit2.as_ref(), all_finite)
+    compare(
+        &want,
+        interp.as_ref(),
+        jit1.as_ref(),
+        jit2.as_ref(),
+        all_finite,
+    )
 }
 
 /// The comparisons documented on [`structural`]. A compiled engine that refused the model
@@ -506,7 +523,11 @@ fn compare(
         }
         return Ok(());
     };
-    for (name, y) in [("interpreter", interp), ("JIT", jit1), ("JIT (2 threads)", jit2)] {
+    for (name, y) in [
+        ("interpreter", interp),
+        ("JIT", jit1),
+        ("JIT (2 threads)", jit2),
+    ] {
         if y.shape() != want.shape() {
             return Err(format!(
                 "{name} shape {:?} but reference {:?}",
