@@ -396,6 +396,7 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         progress: None,
         seed: a.seed,
         update: None,
+        stop_on_non_finite: true,
     };
     let mut opt = lcjit::train::Optimizer::new(opt_cfg);
     let compile = lcjit::CompileOptions {

@@ -17,12 +17,14 @@
 //! Backward ([`backward`]): a parallel loop over the batch; each row of `dx` is written
 //! completely by its own iteration. Average pooling adds `dy / count` to every in-bounds
 //! tap of each window (the row zeroed first, windows in output order). Max pooling sends
-//! `dy` to the FIRST maximum of the window in tap order, as the reference and
-//! TensorFlow's `MaxPoolGrad` do: with `y` the forward maximum (which ignores NaN
-//! inputs), a first pass over the window notes whether any tap equals `y` (none does only
-//! when every tap is NaN or `−∞`), and a second pass gives `dy` to the first tap with `x ≥ y` — or
-//! to the very first tap when none matched — tracked by a per-lane 0/1 flag in a local
-//! (`Select`s, no branches). Global max pooling applies the same rule over all positions.
+//! `dy` to the tap TensorFlow's `MaxPoolGrad` picks (its argmax starts at the window's
+//! first tap and moves to each later tap strictly greater than the current one, so a NaN
+//! first tap keeps it): with `y` the forward maximum (which ignores NaN inputs), a first
+//! pass over the window notes whether any tap equals `y` (none does only when every tap
+//! is NaN or `−∞`) and whether the first tap is NaN, and a second pass gives `dy` to the
+//! first tap with `x ≥ y`, or to the very first tap when none matched or it was NaN,
+//! tracked by per-lane flags in locals (`Select`s, no branches). Global max pooling
+//! follows `tf.reduce_max`'s gradient instead (see `global_pool`).
 
 mod global_pool;
 
@@ -304,26 +306,44 @@ pub fn forward(cx: &mut Cx, node: NodeId, pl: &Pool) -> Result<()> {
 }
 
 /// Max-pooling backward, first pass, one lane: `any = 1` where tap value `x` reaches the
-/// window maximum `ym`.
-fn note_reached(any: LocalId, cc: Var, x: Expr, ym: Expr) -> Stmt {
-    Stmt::SetLocal {
-        local: any,
-        index: Affine::var(cc),
-        value: select(
-            CmpOp::Ge,
-            x,
-            ym,
-            Expr::Const(1.0),
-            load_local(any, Affine::var(cc)),
-        ),
-    }
+/// window maximum `ym`; `lead` records the window's first tap (0 before it, then 1 for a
+/// number, 2 for NaN: `x ≥ x` is false only for NaN).
+fn note_reached([any, lead]: [LocalId; 2], cc: Var, x: Expr, ym: Expr) -> Vec<Stmt> {
+    let lane = Affine::var(cc);
+    let kind = select(
+        CmpOp::Ge,
+        x.clone(),
+        x.clone(),
+        Expr::Const(1.0),
+        Expr::Const(2.0),
+    );
+    vec![
+        Stmt::SetLocal {
+            local: lead,
+            index: lane.clone(),
+            value: select(
+                CmpOp::Gt,
+                load_local(lead, lane.clone()),
+                Expr::Const(0.0),
+                load_local(lead, lane.clone()),
+                kind,
+            ),
+        },
+        Stmt::SetLocal {
+            local: any,
+            index: lane.clone(),
+            value: select(CmpOp::Ge, x, ym, Expr::Const(1.0), load_local(any, lane)),
+        },
+    ]
 }
 
 /// Max-pooling backward, second pass, one lane: `dst[at] = base + (dy at the first
-/// eligible tap, else 0)`, where a tap is eligible when its value `x ≥ ym` or no tap
-/// reached `ym` (`any = 0`); `found` records that the window's gradient was given.
+/// eligible tap, else 0)`, where a tap is eligible when its value `x ≥ ym`, when no tap
+/// reached `ym` (`any = 0`) or when the first tap was NaN (`lead = 2`): TensorFlow's
+/// `MaxPoolGrad` keeps a NaN first tap as the window's argmax. `found` records that the
+/// window's gradient was given.
 fn give_first(
-    [any, found]: [LocalId; 2],
+    [any, lead, found]: [LocalId; 3],
     cc: Var,
     [x, ym, dy]: [Expr; 3],
     dst: BufId,
@@ -332,7 +352,9 @@ fn give_first(
 ) -> Vec<Stmt> {
     let lane = Affine::var(cc);
     let not_any = bin(BinOp::Sub, Expr::Const(1.0), load_local(any, lane.clone()));
-    let eligible = select(CmpOp::Ge, x, ym, Expr::Const(1.0), not_any);
+    let nan_lead = bin(BinOp::Sub, load_local(lead, lane.clone()), Expr::Const(1.0));
+    let fallback = bin(BinOp::Max, not_any, nan_lead);
+    let eligible = select(CmpOp::Ge, x, ym, Expr::Const(1.0), fallback);
     let found_now = load_local(found, lane.clone());
     let mut value = select(
         CmpOp::Gt,
@@ -418,18 +440,22 @@ pub fn backward(cx: &mut Cx, node: NodeId, pl: &Pool, dy: BufId) -> Result<()> {
             }
         }
         PoolKind::Max => {
-            let flags = [kb.local("any", ct), kb.local("found", ct)];
+            let flags = [
+                kb.local("any", ct),
+                kb.local("lead", ct),
+                kb.local("found", ct),
+            ];
             let c0 = kb.var("c0");
             window.push(lanes(c0, zero_locals(&flags, c0)));
             let t1: Vec<Var> = (0..rank).map(|a| kb.var(&format!("t{a}"))).collect();
             let c1 = kb.var("c1");
             let pass1 = note_reached(
-                flags[0],
+                [flags[0], flags[1]],
                 c1,
                 load(x, gm.x_at(pl, b, &o, &t1, ch(c1))),
                 load(ym, gm.y_at(b, &o, ch(c1))),
             );
-            window.extend(gm.taps(pl, &o, &t1, vec![lanes(c1, vec![pass1])]));
+            window.extend(gm.taps(pl, &o, &t1, vec![lanes(c1, pass1)]));
             let t2: Vec<Var> = (0..rank).map(|a| kb.var(&format!("t{a}_2"))).collect();
             let c2 = kb.var("c2");
             let at = gm.x_at(pl, b, &o, &t2, ch(c2));

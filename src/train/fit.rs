@@ -69,6 +69,13 @@ pub struct FitOptions {
     /// `Some((engine, threads))` as a compiled loop nest over all parameters
     /// ([`Optimizer::step_compiled`]; bitwise the same result).
     pub update: Option<(crate::Engine, usize)>,
+    /// Stop before a step whose loss or gradient is not finite, so the weights stay those
+    /// of the last finite step (found by a scan of the gradients; no copy of the weights).
+    /// Off by default, as in Keras, where training runs on through a NaN loss unless the
+    /// `TerminateOnNaN` callback stops it (after the non-finite update). `lcjit fit` turns
+    /// it on, because a diverged run would otherwise write NaN weights over the user's
+    /// file.
+    pub stop_on_non_finite: bool,
 }
 
 impl Default for FitOptions {
@@ -83,6 +90,7 @@ impl Default for FitOptions {
             progress: None,
             seed: 0,
             update: None,
+            stop_on_non_finite: false,
         }
     }
 }
@@ -393,11 +401,12 @@ impl EpochRun<'_, '_> {
         }
         check_updates(&out.updates, run.params, self.trainable)?;
         let reg = self.table.regularize(run.params, Some(&mut grads))?;
-        // Divergence: a non-finite loss or gradient would make the weights non-finite.
-        // Stop before the update, so the weights stay those of the last finite step (a
-        // scan, no copy of the weights).
-        let finite =
-            (out.loss + reg).is_finite() && grads.iter().all(|g| g.iter().all(|v| v.is_finite()));
+        // Divergence under `stop_on_non_finite`: a non-finite loss or gradient would make
+        // the weights non-finite. Stop before the update, so the weights stay those of
+        // the last finite step (a scan, no copy of the weights).
+        let finite = !self.opts.stop_on_non_finite
+            || ((out.loss + reg).is_finite()
+                && grads.iter().all(|g| g.iter().all(|v| v.is_finite())));
         if !finite {
             run.stop = Some(format!(
                 "the loss or its gradient became non-finite (loss {}); the weights of the \
