@@ -162,8 +162,22 @@ pub fn run_memory(graph: &Graph, batch: usize, training: bool) -> RunMemory {
 /// the graph's budget, before anything of the run is allocated. The error names the
 /// layer with the largest output, the batch, and the needed and allowed bytes.
 pub fn check_run(graph: &Graph, batch: usize, training: bool) -> Result<()> {
+    check_memory(graph, batch, training, run_memory(graph, batch, training))
+}
+
+/// [`check_run`] for training that also keeps one copy of the weights (the epoch-start
+/// weights `fit` restores when an update overflows; see
+/// `FitOptions::stop_on_non_finite`).
+pub fn check_fit(graph: &Graph, batch: usize, keep_finite: bool) -> Result<()> {
+    let mut mem = run_memory(graph, batch, true);
+    if keep_finite {
+        mem.training += mem.weights;
+    }
+    check_memory(graph, batch, true, mem)
+}
+
+fn check_memory(graph: &Graph, batch: usize, training: bool, mem: RunMemory) -> Result<()> {
     let budget = graph.memory_budget;
-    let mem = run_memory(graph, batch, training);
     let refuse = |what: String, bytes: u128| Error::Budget {
         source_name: String::new(),
         layer: mem.largest.0.clone(),

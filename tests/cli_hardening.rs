@@ -374,3 +374,59 @@ fn a_second_signal_aborts_and_still_leaves_no_debris() {
     );
     assert!(t.debris().is_empty(), "{:?}", t.debris());
 }
+
+/// A diverging `lcjit fit` (SGD with a learning rate of 10^6, whose updates overflow
+/// float32 from finite gradients) stops and writes finite weights (the epoch's start),
+/// not infinities.
+#[test]
+fn diverging_fit_writes_finite_weights() {
+    let t = Tmp::new("diverge");
+    let m = t.json(
+        "m.json",
+        &sequential(vec![input_layer("x", &[4]), dense("d", 2, json!({}))]),
+    );
+    let x = t.npy(
+        "x.npy",
+        &ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[16, 4]), |i| (i[0] + i[1]) as f32),
+    );
+    let y = t.npy(
+        "y.npy",
+        &ndarray::ArrayD::from_elem(ndarray::IxDyn(&[16, 2]), 1e3f32),
+    );
+    let w = t.path("w.npz");
+    let out = lcjit(&[
+        "fit",
+        &m,
+        "--x",
+        &x,
+        "--y",
+        &y,
+        "--epochs",
+        "50",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--optimizer",
+        r#"{"class_name":"SGD","config":{"learning_rate":1e6}}"#,
+        "--loss",
+        "mse",
+        "--save-weights",
+        &w.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped early") && stderr.contains("overflowed"),
+        "{stderr}"
+    );
+    let mut npz =
+        ndarray_npy::NpzReader::new(std::fs::File::open(&w).expect("weights")).expect("npz");
+    let names = npz.names().expect("names");
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in names {
+        let a: ndarray::ArrayD<f32> = npz.by_name(&name).expect("array");
+        assert!(a.iter().all(|v| v.is_finite()), "{name}: {a:?}");
+        assert!(a.iter().any(|&v| v != 0.0), "{name}: never trained");
+    }
+    assert!(t.debris().is_empty(), "{:?}", t.debris());
+}

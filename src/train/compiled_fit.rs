@@ -50,7 +50,7 @@ pub fn fit_compiled(
     // any of them is allocated (first: a model that cannot be trained here at all is
     // refused for that, whatever the targets).
     if opts.batch_size > 0 {
-        crate::budget::check_run(model.graph(), opts.batch_size, true)?;
+        crate::budget::check_fit(model.graph(), opts.batch_size, opts.stop_on_non_finite)?;
     }
     check_targets(model.graph(), loss, "y", ys)?;
     if let Some((_, vy)) = validation {
@@ -158,5 +158,7 @@ fn check_targets(graph: &Graph, loss: &Loss, what: &str, ys: &ArrayD<f32>) -> Re
             ys.shape()
         ),
     };
-    Err(Error::Usage { detail })
+    // Data that does not fit the model is an input error, as the per-batch loss check
+    // reports it (Python: `InputError`).
+    Err(Error::Input { detail })
 }
