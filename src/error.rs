@@ -89,8 +89,10 @@ pub enum Error {
     },
     /// A tensor or weight would exceed the configured memory budget.
     #[error(
-        "{}layer '{layer}': {what} needs {bytes} bytes, over the memory budget of {budget} bytes",
-        prefix(source_name)
+        "{}layer '{layer}': {what} needs {} bytes, over the memory budget of {budget} bytes \
+         (--memory-budget)",
+        prefix(source_name),
+        needed(*bytes)
     )]
     Budget {
         /// Where the configuration came from (empty when built in code).
@@ -100,6 +102,23 @@ pub enum Error {
         /// Which tensor (output, kernel…).
         what: String,
         /// Bytes it would take.
+        bytes: u128,
+        /// The budget in force.
+        budget: u64,
+    },
+    /// Reading a file would exceed the memory budget: the file itself, an archive entry
+    /// or an HDF5 dataset, judged by its declared size before it is read or inflated.
+    #[error(
+        "{}: {what} needs {} bytes, over the memory budget of {budget} bytes (--memory-budget)",
+        path.display(),
+        needed(*bytes)
+    )]
+    FileBudget {
+        /// The file.
+        path: PathBuf,
+        /// What would be read (the file, `entry 'w.npy'`, `dataset 'dense/kernel:0'`).
+        what: String,
+        /// Bytes it would take (see [`crate::budget::OVERFLOW_BYTES`]).
         bytes: u128,
         /// The budget in force.
         budget: u64,
@@ -236,11 +255,36 @@ impl Error {
         }
     }
 
+    /// A refusal to read `what` of the file at `path`: `bytes` are over `budget`.
+    pub fn file_budget(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        bytes: u128,
+        budget: u64,
+    ) -> Self {
+        Error::FileBudget {
+            path: path.into(),
+            what: what.into(),
+            bytes,
+            budget,
+        }
+    }
+
     /// An internal error.
     pub fn internal(detail: impl Into<String>) -> Self {
         Error::Internal {
             detail: detail.into(),
         }
+    }
+}
+
+/// A byte count of a refusal: sizes beyond 64 bits come from overflowing products and
+/// are printed as a bound, not as a made-up number.
+fn needed(bytes: u128) -> String {
+    if bytes > u128::from(u64::MAX) {
+        format!("more than {}", u64::MAX)
+    } else {
+        bytes.to_string()
     }
 }
 

@@ -188,6 +188,9 @@ fn init_error(spec: &ParamSpec, layer: &str, detail: &str) -> Error {
     }
 }
 
+/// Most multiply-adds [`orthogonal`] may spend (`short² · long`): a 2048×2048 kernel.
+pub const ORTHOGONAL_WORK: u128 = 1 << 33;
+
 /// Orthogonal initializer: QR (modified Gram–Schmidt) of a normal `(rows, cols)` matrix
 /// with rows = prod(shape[..-1]), sign-corrected, times `gain`.
 fn orthogonal(spec: &ParamSpec, layer: &str, gain: f32, rng: &mut Rng) -> Result<Vec<f32>> {
@@ -208,8 +211,21 @@ fn orthogonal(spec: &ParamSpec, layer: &str, gain: f32, rng: &mut Rng) -> Result
             "Orthogonal initializer on a weight this large is not supported",
         ));
     }
-    // Orthonormalize the shorter dimension's vectors of length `long`.
+    // Orthonormalize the shorter dimension's vectors of length `long`: `short²·long`
+    // multiply-adds. Beyond ORTHOGONAL_WORK (a 2048×2048 kernel, seconds) the cubic cost
+    // would look like a hang, so such a weight must come from a weights file.
     let (long, short) = (rows.max(cols), rows.min(cols));
+    if (short as u128) * (short as u128) * (long as u128) > ORTHOGONAL_WORK {
+        return Err(init_error(
+            spec,
+            layer,
+            &format!(
+                "Orthogonal initializer on a {rows}×{cols} weight would take {} multiply-adds \
+                 (at most {ORTHOGONAL_WORK}); give the weights in a file",
+                (short as u128) * (short as u128) * (long as u128)
+            ),
+        ));
+    }
     let mut q: Vec<Vec<f64>> = (0..short)
         .map(|_| (0..long).map(|_| rng.normal()).collect())
         .collect();

@@ -21,10 +21,12 @@
 
 pub mod backend;
 pub mod bench;
+pub mod budget;
 pub mod error;
 pub mod frontend;
 pub mod graph;
 pub mod init;
+pub mod interrupt;
 pub mod io;
 pub mod loop_ir;
 pub mod lower;
@@ -32,7 +34,9 @@ pub mod model;
 pub mod reference;
 pub mod runtime;
 pub mod save;
+pub mod size;
 pub mod train;
+pub mod write_file;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};

@@ -1,7 +1,8 @@
 //! The `lcjit` command-line tool.
 //!
 //! Exit codes: 0 on success, 2 on bad input or usage (one line `error: …` on stderr that
-//! names the file, layer and field), 3 on an internal error of lcjit. Nothing panics on
+//! names the file, layer and field), 3 on an internal error of lcjit, 128 + the signal
+//! number when SIGINT or SIGTERM ended the run. Nothing panics on
 //! user input; a panic anyway (a bug) is caught and reported as an internal error.
 
 use clap::Parser;
@@ -37,12 +38,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SIGINT/SIGTERM: partial outputs are removed, `fit` stops cleanly (before any other
+    // thread starts, so every thread inherits the blocked mask). Without the watcher the
+    // default action applies, as before.
+    let _ = lcjit::interrupt::install();
     // A panic is a bug; report it as one line instead of a backtrace dump.
     std::panic::set_hook(Box::new(|_| {}));
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
+            if let lcjit::Error::Interrupted { .. } = e {
+                // As the shell reports a process ended by the signal: 128 + its number.
+                let sig = lcjit::interrupt::signal().clamp(1, 127);
+                return ExitCode::from(128 + sig as u8);
+            }
             ExitCode::from(if e.is_internal() { 3 } else { 2 })
         }
         Err(p) => {

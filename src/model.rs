@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::frontend::{self, Dialect};
-use crate::graph::{self, layout, Graph, DEFAULT_MEMORY_BUDGET};
+use crate::graph::{self, layout, Graph};
 use crate::io::{self, KerasWeights, LayerWeights};
 use crate::{init, reference};
 use ndarray::ArrayD;
@@ -22,7 +22,9 @@ mod keras_layout;
 /// Options for loading a model.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// No tensor, weight, or all weights together may exceed this many bytes.
+    /// The memory budget in bytes (see [`crate::budget`]): files read, weights, and
+    /// every tensor at the batch used must fit. Default: derived from the machine's
+    /// available memory ([`crate::budget::default_memory_budget`]).
     pub memory_budget: u64,
     /// Seed of the initializers when the model file carries no weights.
     pub seed: u64,
@@ -31,7 +33,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            memory_budget: DEFAULT_MEMORY_BUDGET,
+            memory_budget: crate::budget::default_memory_budget(),
             seed: 0,
         }
     }
@@ -67,11 +69,6 @@ fn ext(path: &Path) -> String {
         .to_ascii_lowercase()
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|_| Error::format(path, "JSON", "file is not UTF-8 text"))
-}
-
 fn parse_training_config(text: Option<String>, path: &Path) -> Result<Option<serde_json::Value>> {
     match text {
         None => Ok(None),
@@ -102,11 +99,11 @@ impl Model {
         let name = path.display().to_string();
         match ext(path).as_str() {
             "json" => {
-                let text = read_text(path)?;
+                let text = io::read_text_within(path, opts.memory_budget)?;
                 Self::from_json_str(&text, &name, opts)
             }
             "h5" | "hdf5" => {
-                let h5 = io::read_h5(path)?;
+                let h5 = io::read_h5_within(path, opts.memory_budget)?;
                 let Some(config) = h5.model_config else {
                     return Err(Error::format(
                         path,
@@ -125,7 +122,8 @@ impl Model {
                 Ok(model)
             }
             "keras" => {
-                let (config, compile, weights) = io::read_keras_archive(path)?;
+                let (config, compile, weights) =
+                    io::read_keras_archive_within(path, opts.memory_budget)?;
                 let v: serde_json::Value = serde_json::from_str(&config).map_err(|e| {
                     Error::format(path, ".keras", format!("config.json is not JSON: {e}"))
                 })?;
@@ -141,6 +139,43 @@ impl Model {
                 expected: ".json, .h5 or .keras",
             }),
         }
+    }
+
+    /// The verified layer graph of a model file, without drawing or reading its weights
+    /// into parameters: what `lcjit summary` needs. (Initializing could cost far more than
+    /// reading: an Orthogonal kernel is cubic in its size.)
+    pub fn load_graph(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Graph> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let config = match ext(path).as_str() {
+            "json" => {
+                let text = io::read_text_within(path, opts.memory_budget)?;
+                let parsed = frontend::parse_model_json(&text, &name, opts.memory_budget)?;
+                graph::verify::verify(&parsed.graph)?;
+                return Ok(parsed.graph);
+            }
+            "h5" | "hdf5" => io::read_h5_within(path, opts.memory_budget)?
+                .model_config
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        "HDF5",
+                        "no model_config attribute (a weights-only file)",
+                    )
+                })?,
+            "keras" => io::read_keras_archive_within(path, opts.memory_budget)?.0,
+            _ => {
+                return Err(Error::UnsupportedFile {
+                    path: path.to_path_buf(),
+                    expected: ".json, .h5 or .keras",
+                })
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|e| Error::format(path, "model", format!("configuration is not JSON: {e}")))?;
+        let parsed = frontend::parse_model_value(&v, &name, opts.memory_budget)?;
+        graph::verify::verify(&parsed.graph)?;
+        Ok(parsed.graph)
     }
 
     /// Parses a JSON configuration held in memory; weights are initialized with
@@ -192,9 +227,10 @@ impl Model {
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        let budget = self.graph.memory_budget;
         let weights = match ext(path).as_str() {
-            "h5" | "hdf5" => io::read_h5(path)?.weights,
-            "npz" => io::read_weights_npz(path)?,
+            "h5" | "hdf5" => io::read_h5_within(path, budget)?.weights,
+            "npz" => io::read_weights_npz_within(path, budget)?,
             _ => {
                 return Err(Error::UnsupportedFile {
                     path: path.to_path_buf(),
@@ -233,19 +269,31 @@ impl Model {
         // other groups would then be "unknown layers"); otherwise groups are matched by
         // layer name, and as a last resort by order.
         let class_keys = crate::save::archive_keys(&self.graph);
+        // Name indexes, so that matching is linear in the file's and the model's layers.
+        let class_set: std::collections::HashSet<&str> =
+            class_keys.iter().map(String::as_str).collect();
+        let node_names: std::collections::HashSet<&str> =
+            self.graph.nodes.iter().map(|n| n.name.as_str()).collect();
+        let file_by_name: std::collections::HashMap<&str, &LayerWeights> = file_layers
+            .iter()
+            .rev() // the first of duplicate names wins, as a linear search would find it
+            .map(|l| (l.layer.as_str(), *l))
+            .collect();
         let archive = file_layers.iter().all(|l| {
             l.weights
                 .iter()
                 .all(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
         });
-        let all_class = file_layers.iter().all(|l| class_keys.contains(&l.layer));
+        let all_class = file_layers
+            .iter()
+            .all(|l| class_set.contains(l.layer.as_str()));
         let by_name = !(archive && all_class)
             && file_layers
                 .iter()
-                .any(|l| self.graph.node_by_name(&l.layer).is_some());
+                .any(|l| node_names.contains(l.layer.as_str()));
         let by_class = !by_name && all_class;
         for l in &file_layers {
-            if by_name && self.graph.node_by_name(&l.layer).is_none() {
+            if by_name && !node_names.contains(l.layer.as_str()) {
                 let w = l.weights.first().map(|w| w.0.as_str()).unwrap_or("?");
                 return Err(werr(
                     &l.layer,
@@ -271,11 +319,11 @@ impl Model {
         for (k, &nid) in with_params.iter().enumerate() {
             let node = &self.graph.nodes[nid];
             let entry = if by_name {
-                file_layers.iter().find(|l| l.layer == node.name)
+                file_by_name.get(node.name.as_str()).copied()
             } else if by_class {
-                file_layers.iter().find(|l| l.layer == class_keys[nid])
+                file_by_name.get(class_keys[nid].as_str()).copied()
             } else {
-                file_layers.get(k)
+                file_layers.get(k).copied()
             };
             let Some(entry) = entry else {
                 let w = &self.graph.params[node.params[0]].name;
@@ -433,6 +481,8 @@ impl Model {
     /// Runs the model on one batch per input and returns every output.
     pub fn predict_many(&self, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         self.check_inputs(inputs)?;
+        let batch = inputs.first().and_then(|x| x.shape().first()).copied();
+        crate::budget::check_run(&self.graph, batch.unwrap_or(1), false)?;
         reference::forward(&self.graph, &self.params, inputs)
     }
 

@@ -2,12 +2,12 @@
 //! outputs, and structural errors.
 
 use lcjit::frontend::{parse_model_value, Dialect, ParsedModel};
-use lcjit::graph::{Op, DEFAULT_MEMORY_BUDGET};
+use lcjit::graph::{default_memory_budget, Op};
 use lcjit::{Error, Result};
 use serde_json::{json, Value};
 
 fn parse_v(v: &Value) -> Result<ParsedModel> {
-    parse_model_value(v, "test.json", DEFAULT_MEMORY_BUDGET)
+    parse_model_value(v, "test.json", default_memory_budget())
 }
 
 fn op_of(m: &ParsedModel, name: &str) -> Op {

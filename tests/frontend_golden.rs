@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use lcjit::frontend::{parse_model_json, Dialect, ParsedModel};
-use lcjit::graph::DEFAULT_MEMORY_BUDGET;
+use lcjit::graph::default_memory_budget;
 
 fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -14,7 +14,8 @@ fn data() -> PathBuf {
 fn parse_file(p: &Path) -> ParsedModel {
     let text = fs::read_to_string(p).unwrap();
     let name = p.display().to_string();
-    parse_model_json(&text, &name, DEFAULT_MEMORY_BUDGET).unwrap_or_else(|e| panic!("{name}: {e}"))
+    parse_model_json(&text, &name, default_memory_budget())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn golden_dirs() -> Vec<PathBuf> {
@@ -127,8 +128,14 @@ fn workloads() {
             "cifar_local.json" => assert_eq!(count, 3_672_906),
             "jet_image.json" => assert_eq!(count, 244_017),
             "mortality_smoother.json" => assert_eq!(count, 26_000),
+            // GpNet: four LC1D(1 filter) over 44,314 SNPs, kernels 2..5, + Dense(1).
+            "genomic_residual_lc1d.json" => {
+                assert_eq!(count, 44_314 * (2 + 3 + 4 + 5) + 4 * 44_314 + 44_315);
+                assert_eq!(count, 841_967);
+            }
+            "lc2d_f12_f6.json" => assert_eq!(count, 15_685_392),
             _ => {}
         }
     }
-    assert!(n >= 11);
+    assert!(n >= 13);
 }

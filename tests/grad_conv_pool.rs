@@ -349,53 +349,129 @@ fn small_convnet_gradients() {
     }
 }
 
+/// One number of `tests/data/nan/keras_pool_grad.json` ("nan", "inf", "-inf" or a number).
+fn special(v: &serde_json::Value) -> f32 {
+    match v.as_str() {
+        Some("nan") => f32::NAN,
+        Some("inf") => f32::INFINITY,
+        Some("-inf") => f32::NEG_INFINITY,
+        _ => v.as_f64().expect("number") as f32,
+    }
+}
+
+/// The pooling layer of one case of `keras_pool_grad.json`.
+fn keras_pool(desc: &serde_json::Value, rank: usize) -> Op {
+    let df = match desc["data_format"].as_str() {
+        Some("channels_first") => CF,
+        _ => CL,
+    };
+    let dims = |k: &str| -> Vec<usize> {
+        desc[k]
+            .as_array()
+            .expect("dims")
+            .iter()
+            .map(|d| d.as_u64().expect("dim") as usize)
+            .collect()
+    };
+    match desc["kind"].as_str().expect("kind") {
+        "global_max" => Op::GlobalPool {
+            kind: PoolKind::Max,
+            rank,
+            data_format: df,
+            keepdims: false,
+        },
+        _ => {
+            let padding = match desc["padding"].as_str() {
+                Some("same") => Padding::Same,
+                _ => Padding::Valid,
+            };
+            pool(PoolKind::Max, &dims("pool"), &dims("strides"), padding, df)
+        }
+    }
+}
+
+/// Max pooling (`MaxPoolGrad`) and global max pooling (`tf.reduce_max`'s gradient) on
+/// NaN, ±∞ and ties, against TensorFlow's figures (`tests/data/nan/make_pool_grad.py`):
+/// every engine gives Keras's output and input gradient bit for bit (NaN where Keras has
+/// NaN), on 1 and 2 threads.
 #[test]
-fn max_pooling_nan_and_infinite_windows_match_the_reference() {
+fn max_pooling_nan_infinite_and_tied_windows_match_keras() {
     use lcjit::{CompileOptions, CompiledModel, Engine, Model};
     use ndarray::{ArrayD, IxDyn};
     use std::sync::Arc;
-    let (nan, inf) = (f32::NAN, f32::INFINITY);
-    // Windows of 2 (stride 2), channels_last with 4 channels: all-NaN windows (the first
-    // tap gets the gradient), NaN before or after the maximum, −∞ maxima, ties.
-    let cols: [[f32; 8]; 4] = [
-        [nan, nan, nan, 1.0, 2.0, nan, -inf, -inf],
-        [-inf, nan, 0.5, 0.5, nan, -inf, inf, inf],
-        [nan, -inf, 3.0, -1.0, -inf, -inf, nan, nan],
-        [0.0, -0.0, -0.0, 0.0, inf, nan, nan, 7.0],
-    ];
-    let x = ArrayD::from_shape_fn(IxDyn(&[1, 8, 4]), |ix| cols[ix[2]][ix[1]]);
-    for global in [false, true] {
-        let kind = PoolKind::Max;
-        let op = if global {
-            Op::GlobalPool {
-                kind,
-                rank: 1,
-                data_format: CL,
-                keepdims: false,
-            }
-        } else {
-            pool(kind, &[2], &[2], Padding::Valid, CL)
-        };
-        let model = Arc::new(Model::from_graph(one(&[8, 4], op), 7).expect("model"));
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/nan/keras_pool_grad.json"
+    ))
+    .expect("golden file");
+    let golden: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let cases = golden["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 10, "golden file has {} cases", cases.len());
+    let nums = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().expect("data").iter().map(special).collect()
+    };
+    let same = |got: &[f32], want: &[f32], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let ok = (g.is_nan() && w.is_nan()) || g == w;
+            assert!(ok, "{what}: element {i}: got {g}, Keras {w}");
+        }
+    };
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let shape: Vec<usize> = case["input"]["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dim") as usize)
+            .collect();
+        let op = keras_pool(&case["layer"], shape.len() - 1);
+        let model = Arc::new(Model::from_graph(one(&shape, op), 7).expect("model"));
+        let mut xs = vec![1];
+        xs.extend_from_slice(&shape);
+        let x = ArrayD::from_shape_vec(IxDyn(&xs), nums(&case["input"]["data"])).expect("x");
         let out = &model.graph().nodes[model.graph().outputs[0]].shape;
         let mut ys = vec![1];
         ys.extend_from_slice(out);
         let n: usize = ys.iter().product();
         let dy =
             ArrayD::from_shape_vec(IxDyn(&ys), (1..=n).map(|v| v as f32).collect()).expect("dy");
-        let inputs = [x.clone()];
-        let (want, _) =
+        let (want_y, want_dx) = (nums(&case["output"]["data"]), nums(&case["dx"]));
+        let inputs = [x];
+        let y = model.predict(&inputs[0]).expect("reference predict");
+        same(
+            &y.iter().copied().collect::<Vec<_>>(),
+            &want_y,
+            &format!("{name}: reference output"),
+        );
+        let (dx, _) =
             lcjit::reference::backward::gradients(model.graph(), model.params(), &inputs, &dy)
                 .expect("reference");
-        for engine in [Engine::Interp, Engine::Jit] {
+        same(
+            &dx[0].iter().copied().collect::<Vec<_>>(),
+            &want_dx,
+            &format!("{name}: reference dx"),
+        );
+        for (engine, threads) in [(Engine::Interp, 1), (Engine::Jit, 1), (Engine::Jit, 2)] {
+            let what = format!("{name} ({}, {threads} threads)", engine.name());
             let opts = CompileOptions {
                 engine,
-                threads: 1,
+                threads,
                 max_batch: 1,
             };
             let compiled = CompiledModel::new(model.clone(), opts).expect("compile");
+            let y = compiled.predict(&inputs[0]).expect("predict");
+            same(
+                &y.iter().copied().collect::<Vec<_>>(),
+                &want_y,
+                &format!("{what}: output"),
+            );
             let (dx, _) = compiled.gradients(&inputs, &dy).expect("gradients");
-            assert_eq!(dx[0], want[0], "global {global} ({})", engine.name());
+            same(
+                &dx[0].iter().copied().collect::<Vec<_>>(),
+                &want_dx,
+                &format!("{what}: dx"),
+            );
         }
     }
 }

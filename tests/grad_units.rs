@@ -40,7 +40,8 @@ fn max_pooling_routes_to_the_first_maximum() {
         dx[0],
         array![[[0.0f32], [11.0], [100.0], [0.0], [0.0]]].into_dyn()
     );
-    // Global max: the first position holding the maximum.
+    // Global max is tf.reduce_max, whose gradient shares dy among the tied maxima:
+    // (1/3)·3 each.
     let g = one_layer(
         &[5, 1],
         Op::GlobalPool {
@@ -54,7 +55,7 @@ fn max_pooling_routes_to_the_first_maximum() {
     let (dx, _) = gradients(&g, &[], &[x], &array![[3.0f32]].into_dyn()).unwrap();
     assert_eq!(
         dx[0],
-        array![[[0.0f32], [3.0], [0.0], [0.0], [0.0]]].into_dyn()
+        array![[[0.0f32], [1.0], [1.0], [0.0], [1.0]]].into_dyn()
     );
 }
 

@@ -189,6 +189,7 @@ fn fit_opts(epochs: usize, batch_size: usize) -> FitOptions {
         progress: None,
         seed: 0,
         update: None,
+        stop_on_non_finite: false,
     }
 }
 

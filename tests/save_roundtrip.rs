@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use lcjit::frontend::{parse_model_value, serialize::to_keras_json, Dialect};
-use lcjit::graph::DEFAULT_MEMORY_BUDGET;
+use lcjit::graph::default_memory_budget;
 use lcjit::{io, Error, Model};
 use ndarray::ArrayD;
 
@@ -163,12 +163,12 @@ fn keras1_models_convert_to_tf_keras_files() {
 fn assert_config_round_trips(path: &Path) {
     let text = std::fs::read_to_string(path).expect("read config");
     let src = path.display().to_string();
-    let parsed = lcjit::frontend::parse_model_json(&text, &src, DEFAULT_MEMORY_BUDGET)
+    let parsed = lcjit::frontend::parse_model_json(&text, &src, default_memory_budget())
         .unwrap_or_else(|e| panic!("{e}"));
     let json = to_keras_json(&parsed.graph);
     assert_eq!(json["keras_version"], "2.21.0", "{src}");
     assert_eq!(json["backend"], "tensorflow", "{src}");
-    let back = parse_model_value(&json, "<serialized>", DEFAULT_MEMORY_BUDGET)
+    let back = parse_model_value(&json, "<serialized>", default_memory_budget())
         .unwrap_or_else(|e| panic!("{src}: serialized config does not parse: {e}\n{json}"));
     assert_eq!(back.dialect, Dialect::TfKeras, "{src}");
     assert!(

@@ -48,6 +48,7 @@ fn train(
         progress: None,
         seed: 0,
         update: None,
+        stop_on_non_finite: false,
     };
     let compile = CompileOptions {
         engine,

@@ -53,6 +53,18 @@ fn run_with(
     reg: Option<Regularizer>,
     callbacks: &mut [&mut dyn Callback],
 ) -> (Vec<ArrayD<f32>>, History) {
+    run_opts(batch, split, epochs, lr, reg, callbacks, false)
+}
+
+fn run_opts(
+    batch: usize,
+    split: f32,
+    epochs: usize,
+    lr: f32,
+    reg: Option<Regularizer>,
+    callbacks: &mut [&mut dyn Callback],
+    stop_on_non_finite: bool,
+) -> (Vec<ArrayD<f32>>, History) {
     let (x, y) = data();
     let specs = vec![spec("kernel", &[2, 1], reg), spec("bias", &[1], None)];
     let table = ParamTable {
@@ -89,6 +101,7 @@ fn run_with(
         validation_split: split,
         metrics: vec![Metric::parse_arg("mae").expect("metric")],
         verbose: true,
+        stop_on_non_finite,
         ..Default::default()
     };
     let h = fit(
@@ -192,6 +205,21 @@ fn non_finite_loss_runs_on_unless_terminate_on_nan() {
         "{:?}",
         h.loss()
     );
+}
+
+/// `stop_on_non_finite` (what `lcjit fit` sets): the first step whose loss or gradient
+/// is not finite is not applied, so the weights stay those of the last finite step; the
+/// same run without it ends with non-finite weights.
+#[test]
+fn stop_on_non_finite_keeps_the_last_finite_weights() {
+    let finite = |p: &[ArrayD<f32>]| p.iter().all(|a| a.iter().all(|v| v.is_finite()));
+    let (p, h) = run_opts(2, 0.0, 200, 1e3, None, &mut [], true);
+    let why = h.stopped.clone().expect("stopped");
+    assert!(why.contains("non-finite"), "{why}");
+    assert!(h.loss().len() < 200, "{}", h.loss().len());
+    assert!(finite(&p), "{p:?}");
+    let (p, _) = run_opts(2, 0.0, 200, 1e3, None, &mut [], false);
+    assert!(!finite(&p), "{p:?}");
 }
 
 /// A step's `updates` (new values of non-trainable parameters, like BatchNorm moving

@@ -76,6 +76,7 @@ fn opts(seed: u64) -> FitOptions {
         progress: None,
         seed,
         update: None,
+        stop_on_non_finite: false,
     }
 }
 

@@ -57,6 +57,7 @@ fn train(case: &str, engine: Engine, trace: u64) -> (Model, History) {
         batch_size: BATCH,
         shuffle: None,
         update: (engine != Engine::Reference).then_some((engine, 2)),
+        stop_on_non_finite: false,
         ..FitOptions::default()
     };
     let compile = CompileOptions {

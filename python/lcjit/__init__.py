@@ -194,7 +194,9 @@ class Model(_NativeModel):
 
     ``engine`` is ``"jit"`` (native code, the default), ``"interp"`` (the checked loop-IR
     interpreter) or ``"reference"`` (the naive oracle); ``threads`` defaults to every
-    core; ``memory_budget`` (bytes) refuses models whose tensors would exceed it.
+    core; ``memory_budget`` (bytes) refuses files, models and runs that would need more
+    (default: three quarters of the available memory, at most half the address-space
+    limit; the same default as the command line's ``--memory-budget``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

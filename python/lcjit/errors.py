@@ -47,7 +47,8 @@ class ShapeError(LcjitError, ValueError):
 
 
 class BudgetError(LcjitError, MemoryError):
-    """A tensor or the weights would exceed the memory budget (``memory_budget=``)."""
+    """A file, the weights or a run at its batch size would exceed the memory budget
+    (``memory_budget=``)."""
 
 
 class WeightsError(LcjitError, ValueError):

@@ -32,7 +32,7 @@ pub(crate) fn to_py(e: lcjit::Error) -> PyErr {
         E::Io { .. } | E::Format { .. } | E::UnsupportedFile { .. } => "FileError",
         E::Config { .. } | E::LayerConfig { .. } | E::UnknownLayer { .. } => "ConfigError",
         E::Shape { .. } | E::Graph { .. } => "ShapeError",
-        E::Budget { .. } => "BudgetError",
+        E::Budget { .. } | E::FileBudget { .. } => "BudgetError",
         E::Weights { .. } => "WeightsError",
         E::Input { .. } => "InputError",
         E::Usage { .. } | E::Tool { .. } => "UsageError",

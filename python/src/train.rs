@@ -310,6 +310,7 @@ impl NativeModel {
             progress: progress.map(|(write, dynamic)| sink(write, dynamic)),
             seed,
             update: None,
+            stop_on_non_finite: false,
         };
         let compile = self.compile_options(batch_size);
         let mut optimizer = training.take_optimizer();

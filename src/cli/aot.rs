@@ -61,6 +61,7 @@ pub fn aot(a: AotArgs, budget: u64) -> Result<()> {
         seed: a.seed,
     };
     let m = load(&a.model, a.weights.as_deref(), &opts)?;
+    lcjit::budget::check_run(m.graph(), a.batch, a.gradients)?;
     let aopts = AotOptions {
         name: a.name,
         batch: a.batch,

@@ -61,6 +61,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         seed: 0,
     };
     let m = load(&model, weights.as_deref(), &opts)?;
+    lcjit::budget::check_run(m.graph(), batch, train)?;
     let name = model
         .file_stem()
         .and_then(|s| s.to_str())

@@ -82,8 +82,8 @@ pub fn evaluate(a: EvaluateArgs, budget: u64) -> Result<()> {
         (None, Some(t)) => train::parse_metrics(t, &name)?,
         (None, None) => Vec::new(),
     };
-    let xs = io::read_npy(&a.x)?;
-    let ys = io::read_npy(&a.y)?;
+    let xs = io::read_npy_within(&a.x, budget)?;
+    let ys = io::read_npy_within(&a.y, budget)?;
     let (nx, ny) = (xs.shape().first().copied(), ys.shape().first().copied());
     if nx != ny || nx.unwrap_or(0) == 0 {
         return Err(Error::Usage {

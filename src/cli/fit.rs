@@ -375,14 +375,14 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         }
     };
     let chosen = metrics(a.metrics.as_deref(), &loss_fn)?;
-    let xs = io::read_npy(&a.x)?;
-    let ys = io::read_npy(&a.y)?;
+    let xs = io::read_npy_within(&a.x, budget)?;
+    let ys = io::read_npy_within(&a.y, budget)?;
     m.check_inputs(std::slice::from_ref(&xs))?;
     let val = match (&a.validation_x, &a.validation_y) {
         (Some(vx), Some(vy)) => {
-            let vx = io::read_npy(vx)?;
+            let vx = io::read_npy_within(vx, budget)?;
             m.check_inputs(std::slice::from_ref(&vx))?;
-            Some((vx, io::read_npy(vy)?))
+            Some((vx, io::read_npy_within(vy, budget)?))
         }
         _ => None,
     };
@@ -396,6 +396,7 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         progress: None,
         seed: a.seed,
         update: None,
+        stop_on_non_finite: true,
     };
     let mut opt = lcjit::train::Optimizer::new(opt_cfg);
     let compile = lcjit::CompileOptions {
@@ -407,7 +408,10 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         .iter_mut()
         .map(|b| b.as_mut() as &mut dyn Callback)
         .collect();
-    let h = lcjit::train::fit_compiled(
+    // SIGINT/SIGTERM during training stop it after the running step (see
+    // `lcjit::interrupt`); a second signal aborts at once, removing partial files.
+    let cooperative = lcjit::interrupt::cooperative();
+    let result = lcjit::train::fit_compiled(
         &mut m,
         &mut opt,
         &loss_fn,
@@ -417,7 +421,23 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         &fit_opts,
         &compile,
         &mut cbs,
-    )?;
+    );
+    drop(cooperative);
+    let h = match result {
+        Ok(h) => h,
+        Err(e @ lcjit::Error::Interrupted { .. }) => {
+            // The model holds the weights of the last finished step: write them where
+            // the finished run would have, then report the interruption.
+            if let Some(p) = &a.save_weights {
+                m.save_weights(p)?;
+            }
+            if let Some(p) = &a.save_model {
+                m.save(p)?;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(p) = &a.history {
         h.write(p)?;
     }

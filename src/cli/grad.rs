@@ -61,9 +61,10 @@ pub fn grad(a: GradArgs, budget: u64) -> Result<()> {
         seed,
     };
     let m = load(&model, weights.as_deref(), &opts)?;
-    let x = io::read_npy(&input)?;
-    let dy = io::read_npy(&cotangent)?;
+    let x = io::read_npy_within(&input, budget)?;
+    let dy = io::read_npy_within(&cotangent, budget)?;
     m.check_inputs(std::slice::from_ref(&x))?;
+    lcjit::budget::check_run(m.graph(), x.shape().first().copied().unwrap_or(1), true)?;
     let compiled = lcjit::CompiledModel::new(
         std::sync::Arc::new(m),
         lcjit::CompileOptions {

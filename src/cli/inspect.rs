@@ -19,8 +19,9 @@ pub fn summary(a: SummaryArgs, budget: u64) -> Result<()> {
         memory_budget: budget,
         seed: 0,
     };
-    let m = Model::load_with(&model, &opts)?;
-    print!("{}", m.summary());
+    // The graph alone: summary never draws initial weights (see `Model::load_graph`).
+    let g = Model::load_graph(&model, &opts)?;
+    print!("{}", lcjit::graph::print::summary(&g));
     Ok(())
 }
 
@@ -91,6 +92,9 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
     };
     let m = Model::load_with(&model, &opts)?;
     let program = || -> Result<lcjit::loop_ir::Module> {
+        // The program's buffers are sized for the batch: refuse one over the budget
+        // before lowering computes them.
+        lcjit::budget::check_run(m.graph(), batch, pass == Pass::Backward)?;
         Ok(match pass {
             Pass::Forward => lcjit::lower::lower_forward(m.graph(), batch)?.module,
             Pass::Backward => {

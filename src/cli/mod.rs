@@ -20,9 +20,12 @@ use std::path::Path;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Refuse models whose tensors or weights exceed this many bytes (suffix K, M or G).
-    #[arg(long, global = true, value_parser = parse_bytes, default_value = "16G")]
-    pub memory_budget: u64,
+    /// Refuse files, models and runs needing more than this many bytes (suffix K, M or
+    /// G): weights, every layer's output at the batch used, training state, and what a
+    /// file would make lcjit read or inflate. Default: three quarters of the available
+    /// memory, at most half the address-space limit.
+    #[arg(long, global = true, value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
     /// Checked mode (for debugging lcjit itself): native code runs over buffers between
     /// inaccessible guard pages, twice, so an out-of-bounds access faults at once; slow.
     /// Same as LCJIT_CHECKED=1.
@@ -114,11 +117,35 @@ pub fn load(model: &Path, weights: Option<&Path>, opts: &LoadOptions) -> Result<
 
 /// Runs the command line's command (the default job without one).
 pub fn run(cli: Cli) -> Result<()> {
-    let budget = cli.memory_budget;
+    let budget = cli
+        .memory_budget
+        .unwrap_or_else(lcjit::budget::default_memory_budget);
     if cli.checked {
         lcjit::backend::enable_checked_mode();
     }
-    match cli.command {
+    // A refusal raised after loading (a budget at the batch size) names the model file.
+    let model = match &cli.command {
+        Some(Command::Summary(a)) => Some(a.model.clone()),
+        Some(Command::Convert(a)) => Some(a.model.clone()),
+        Some(Command::Ir(a)) => Some(a.model.clone()),
+        Some(Command::Run(a)) => Some(a.model.clone()),
+        Some(Command::Bench(a)) => Some(a.model.clone()),
+        Some(Command::Grad(a)) => Some(a.model.clone()),
+        Some(Command::Fit(a)) => Some(a.model.clone()),
+        Some(Command::Evaluate(a)) => Some(a.model.clone()),
+        Some(Command::Aot(a)) => Some(a.model.clone()),
+        None => None,
+    };
+    let result = dispatch(cli.command, budget);
+    match model {
+        Some(m) => result.map_err(|e| e.in_source(&m.display().to_string())),
+        None => result,
+    }
+}
+
+/// Runs one command.
+fn dispatch(command: Option<Command>, budget: u64) -> Result<()> {
+    match command {
         None => crate::default_job::run(budget),
         Some(Command::Summary(a)) => inspect::summary(a, budget),
         Some(Command::Convert(a)) => inspect::convert(a, budget),

@@ -66,7 +66,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
         seed: a.seed,
     };
     let m = load(&a.model, a.weights.as_deref(), &opts)?;
-    let input = NpyInput::open(&a.input)?;
+    let input = NpyInput::open_within(&a.input, budget)?;
     if let Some(note) = input.note() {
         eprintln!("note: {note}");
     }
@@ -133,13 +133,25 @@ enum Kind {
     Npz,
 }
 
-/// `.npy` for exactly one output, `.npz` for any number; anything else is a usage error.
+/// `.npy` for exactly one output, `.npz` for any number; anything else is a usage error
+/// — except an existing character device or FIFO (`/dev/null`, `/dev/stdout`, a named
+/// pipe), which has no extension to go by and is written in place: `.npy` for one
+/// output, `.npz` for several.
 fn output_kind(path: &Path, outputs: &[(String, Vec<usize>)]) -> Result<Kind> {
-    let ext = path
+    use std::os::unix::fs::FileTypeExt;
+    let mut ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    if !matches!(ext.as_str(), "npy" | "npz") {
+        if let Ok(m) = std::fs::metadata(path) {
+            let ft = m.file_type();
+            if ft.is_char_device() || ft.is_fifo() {
+                ext = if outputs.len() == 1 { "npy" } else { "npz" }.into();
+            }
+        }
+    }
     let names = || {
         outputs
             .iter()

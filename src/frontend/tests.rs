@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::graph::{Activation, Constraint, DataFormat, Distribution, Initializer, Op, Padding};
 
-const BUDGET: u64 = crate::graph::DEFAULT_MEMORY_BUDGET;
+const BUDGET: u64 = 16 << 30;
 
 fn parse(text: &str) -> Result<ParsedModel> {
     parse_model_json(text, "test.json", BUDGET)

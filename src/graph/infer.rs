@@ -31,10 +31,7 @@ fn one_input<'a>(layer: &str, inputs: &'a [Vec<usize>]) -> Result<&'a [usize]> {
 }
 
 fn mul(layer: &str, xs: &[usize]) -> Result<usize> {
-    xs.iter().try_fold(1usize, |acc, &x| {
-        acc.checked_mul(x)
-            .ok_or_else(|| Error::shape(layer, format!("size {xs:?} overflows")))
-    })
+    crate::size::elems(xs).map_err(|_| Error::shape(layer, format!("size {xs:?} overflows")))
 }
 
 /// Splits a per-sample shape of spatial rank `rank` into `(spatial, channels)`.
@@ -640,6 +637,16 @@ pub fn resolve_keras_axis(
     } else if includes_batch {
         if axis == 0 {
             return err(layer, "axis 0 is the batch axis");
+        }
+        // Report the axis as written (it counts the batch axis), not the per-sample index.
+        if axis > rank as i64 {
+            return err(
+                layer,
+                format!(
+                    "axis {axis} is out of range for a tensor of rank {} (batch axis included)",
+                    rank + 1
+                ),
+            );
         }
         resolve_axis(layer, axis - 1, rank)
     } else {

@@ -53,10 +53,7 @@ struct Windows {
 }
 
 fn checked_product(xs: &[usize]) -> Result<usize, String> {
-    xs.iter().try_fold(1usize, |acc, &x| {
-        acc.checked_mul(x)
-            .ok_or_else(|| format!("size {xs:?} overflows"))
-    })
+    crate::size::elems(xs).map_err(|_| format!("size {xs:?} overflows"))
 }
 
 impl LcGeometry {

@@ -31,6 +31,7 @@ pub mod svg;
 pub mod verify;
 
 use crate::error::{Error, Result};
+use crate::size;
 pub use ops::*;
 
 /// Index of a node in [`Graph::nodes`].
@@ -38,9 +39,7 @@ pub type NodeId = usize;
 /// Index of a parameter in [`Graph::params`].
 pub type ParamId = usize;
 
-/// Default memory budget: no single tensor or weight, and not all weights together, may
-/// exceed it. 16 GiB leaves room on a 24 GiB machine and refuses absurd configs early.
-pub const DEFAULT_MEMORY_BUDGET: u64 = 16 << 30;
+pub use crate::budget::default_memory_budget;
 
 /// One layer of the graph.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,9 +109,9 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// An empty graph with the default memory budget.
+    /// An empty graph with the default memory budget ([`default_memory_budget`]).
     pub fn new(name: impl Into<String>) -> Self {
-        Self::with_budget(name, DEFAULT_MEMORY_BUDGET)
+        Self::with_budget(name, default_memory_budget())
     }
 
     /// An empty graph with a memory budget in bytes.
@@ -165,21 +164,34 @@ impl Graph {
             in_shapes.push(node.shape.clone());
         }
         let inferred = infer::infer(name, &op, &in_shapes)?;
+        for p in &inferred.params {
+            check_constraint_axes(name, p)?;
+        }
         self.check_budget(name, "output", &inferred.shape)?;
-        let mut total: u128 = self.params.iter().map(|p| 4 * p.len() as u128).sum();
+        // All weights together, in canonical layout and (held while a file is loaded) in
+        // the file's layout.
+        let mut total = 0u64;
+        let mut file_total = 0u64;
+        let overflow = |what: &str| self.budget_error(name, what, crate::budget::OVERFLOW_BYTES);
+        for p in self.params.iter().chain(&inferred.params) {
+            total = size::f32_bytes(&p.shape)
+                .and_then(|b| size::add64(total, b))
+                .map_err(|_| overflow("all weights"))?;
+            file_total = size::f32_bytes(&p.keras_shape)
+                .and_then(|b| size::add64(file_total, b))
+                .map_err(|_| overflow("all weights (file layout)"))?;
+        }
         for p in &inferred.params {
             self.check_budget(name, &p.name, &p.shape)?;
             self.check_budget(name, &format!("{} (file layout)", p.name), &p.keras_shape)?;
-            total += bytes_of(&p.shape);
         }
-        if total > self.memory_budget as u128 {
-            return Err(Error::Budget {
-                source_name: String::new(),
-                layer: name.to_string(),
-                what: "all weights".into(),
-                bytes: total,
-                budget: self.memory_budget,
-            });
+        for (what, bytes) in [
+            ("all weights", total),
+            ("all weights (file layout)", file_total),
+        ] {
+            if bytes > self.memory_budget {
+                return Err(self.budget_error(name, what, u128::from(bytes)));
+            }
         }
         let id = self.nodes.len();
         let mut params = Vec::with_capacity(inferred.params.len());
@@ -246,23 +258,43 @@ impl Graph {
     }
 
     fn check_budget(&self, layer: &str, what: &str, shape: &[usize]) -> Result<()> {
-        let bytes = bytes_of(shape);
-        if bytes > self.memory_budget as u128 {
-            return Err(Error::Budget {
-                source_name: String::new(),
-                layer: layer.to_string(),
-                what: what.to_string(),
-                bytes,
-                budget: self.memory_budget,
-            });
+        let bytes = size::f32_bytes(shape).map_or(crate::budget::OVERFLOW_BYTES, u128::from);
+        if bytes > u128::from(self.memory_budget) {
+            return Err(self.budget_error(layer, what, bytes));
         }
         Ok(())
     }
+
+    fn budget_error(&self, layer: &str, what: &str, bytes: u128) -> Error {
+        Error::Budget {
+            source_name: String::new(),
+            layer: layer.to_string(),
+            what: what.to_string(),
+            bytes,
+            budget: self.memory_budget,
+        }
+    }
 }
 
-/// Bytes of an f32 tensor of `shape`, without overflow.
-pub fn bytes_of(shape: &[usize]) -> u128 {
-    shape
-        .iter()
-        .fold(4u128, |acc, &d| acc.saturating_mul(d as u128))
+/// A constraint's `axis` list must name axes of the weight's Keras shape (negative from
+/// the end): checked when the layer is added, so the error names the layer and weight
+/// instead of surfacing mid-`fit`.
+fn check_constraint_axes(layer: &str, p: &ParamSpec) -> Result<()> {
+    let axes = match &p.constraint {
+        Some(Constraint::MaxNorm { axis, .. })
+        | Some(Constraint::UnitNorm { axis })
+        | Some(Constraint::MinMaxNorm { axis, .. }) => axis,
+        _ => return Ok(()),
+    };
+    let rank = p.keras_shape.len() as i64;
+    match axes.iter().find(|&&a| !(-rank..rank).contains(&a)) {
+        Some(a) => Err(Error::shape(
+            layer,
+            format!(
+                "constraint of weight '{}': axis {a} is out of range for its shape {:?}",
+                p.name, p.keras_shape
+            ),
+        )),
+        None => Ok(()),
+    }
 }

@@ -23,7 +23,6 @@
 //!   not on open) is an [`Error::Format`] naming the object being read.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 
 use hdf5_pure::{AttrValue, DType, FileBuilder};
@@ -31,6 +30,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::{KerasWeights, LayerWeights};
 use crate::error::{Error, Result};
+use crate::size;
 
 /// The format name used in errors.
 const HDF5: &str = "HDF5";
@@ -57,18 +57,81 @@ pub struct H5Model {
 /// Weight names are reduced to the bare name (`kernel`, `moving_mean`…). Optimizer
 /// weights are not read.
 pub fn read_h5(path: &Path) -> Result<H5Model> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    read_h5_bytes(path, bytes)
+    read_h5_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_h5`] within `budget` bytes: the file (a regular file, read whole) and every
+/// dataset's declared size — its stored bytes and the `f32` array they become — must
+/// fit, each dataset checked before it is read (a chunked dataset declared huge with no
+/// chunks written is refused by its declaration, not filled in).
+pub fn read_h5_within(path: &Path, budget: u64) -> Result<H5Model> {
+    let bytes = super::read_regular(path, budget)?;
+    let mut allowance = Allowance {
+        budget,
+        left: budget - bytes.len() as u64,
+    };
+    read_h5_bytes(path, bytes, &mut allowance)
+}
+
+/// What is left of a memory budget while a file's datasets are read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Allowance {
+    /// The whole budget (for messages).
+    pub(crate) budget: u64,
+    /// Bytes still free.
+    pub(crate) left: u64,
+}
+
+/// Why a dataset could not be read.
+#[derive(Debug)]
+pub(crate) enum DatasetError {
+    /// The file is wrong: the detail of an [`Error::Format`].
+    Format(String),
+    /// The dataset's declared size is over what is left of the budget.
+    Budget {
+        /// Its declared shape.
+        shape: Vec<u64>,
+        /// The bytes it needs (stored plus `f32`).
+        bytes: u128,
+    },
+}
+
+impl DatasetError {
+    /// The error about dataset `ds_path` of the file at `path`; `inside` prefixes the
+    /// dataset's name (the archive entry of a `.keras`, or nothing).
+    pub(crate) fn into_error(
+        self,
+        path: &Path,
+        inside: &str,
+        ds_path: &str,
+        allowance: &Allowance,
+    ) -> Error {
+        match self {
+            DatasetError::Format(d) => {
+                Error::format(path, HDF5, format!("{inside}dataset '{ds_path}': {d}"))
+            }
+            DatasetError::Budget { shape, bytes } => Error::file_budget(
+                path,
+                format!("{inside}dataset '{ds_path}' (declared shape {shape:?}) with the data before it"),
+                bytes.saturating_add(u128::from(allowance.budget - allowance.left)),
+                allowance.budget,
+            ),
+        }
+    }
 }
 
 /// [`read_h5`] on a file image already in memory; `path` is only used in errors.
-pub(crate) fn read_h5_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5Model> {
+pub(crate) fn read_h5_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    allowance: &mut Allowance,
+) -> Result<H5Model> {
     let bad = |detail: String| Error::format(path, HDF5, detail);
     let file = open_image(bytes).map_err(&bad)?;
     let root_attrs = file
         .root()
         .attrs()
-        .map_err(|e| bad(format!("root attributes: {e}")))?;
+        .map_err(|e| bad(format!("root attributes: {}", object_error(e))))?;
     let model_config = string_attr(&root_attrs, "model_config").map_err(|d| bad(d.clone()))?;
     let training_config =
         string_attr(&root_attrs, "training_config").map_err(|d| bad(d.clone()))?;
@@ -81,12 +144,16 @@ pub(crate) fn read_h5_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5Model> {
         } else {
             let group = file.group("model_weights").map_err(|e| {
                 bad(format!(
-                "no 'layer_names' attribute at the root and no readable 'model_weights' group: {e}"
+                "no 'layer_names' attribute at the root and no readable 'model_weights' group: {}",
+                object_error(e)
             ))
             })?;
-            let attrs = group
-                .attrs()
-                .map_err(|e| bad(format!("attributes of 'model_weights': {e}")))?;
+            let attrs = group.attrs().map_err(|e| {
+                bad(format!(
+                    "attributes of 'model_weights': {}",
+                    object_error(e)
+                ))
+            })?;
             ("model_weights/", attrs)
         };
     let where_names = format!("{}layer_names", prefix);
@@ -99,10 +166,10 @@ pub(crate) fn read_h5_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5Model> {
         let group_path = format!("{prefix}{layer}");
         let group = file
             .group(&group_path)
-            .map_err(|e| bad(format!("layer group '{group_path}': {e}")))?;
+            .map_err(|e| bad(format!("layer group '{group_path}': {}", object_error(e))))?;
         let attrs = group
             .attrs()
-            .map_err(|e| bad(format!("attributes of '{group_path}': {e}")))?;
+            .map_err(|e| bad(format!("attributes of '{group_path}': {}", object_error(e))))?;
         let weight_names = string_list_attr(&attrs, "weight_names")
             .map_err(|d| bad(format!("attribute '{group_path}/weight_names': {d}")))?
             .unwrap_or_default();
@@ -110,8 +177,8 @@ pub(crate) fn read_h5_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5Model> {
         let mut weights = Vec::with_capacity(weight_names.len());
         for (full, name) in weight_names.iter().zip(bare) {
             let ds_path = format!("{group_path}/{full}");
-            let array = read_dataset(&file, &ds_path)
-                .map_err(|d| bad(format!("dataset '{ds_path}': {d}")))?;
+            let array = read_dataset(&file, &ds_path, allowance)
+                .map_err(|e| e.into_error(path, "", &ds_path, allowance))?;
             weights.push((name, array));
         }
         layers.push(LayerWeights { layer, weights });
@@ -133,9 +200,12 @@ pub(crate) fn open_image(bytes: Vec<u8>) -> std::result::Result<hdf5_pure::File,
     let found = bytes.len() as u64;
     let file = hdf5_pure::File::from_bytes(bytes).map_err(|e| e.to_string())?;
     let sb = file.superblock();
-    // An undefined address (all ones) means the writer did not record the end.
+    // An undefined address (all ones) means the writer did not record the end. The
+    // stored end-of-file address is absolute (the HDF5 C library writes the relative end
+    // plus the base address): adding the base again would refuse every file with a
+    // userblock as truncated.
     if sb.eof_address != u64::MAX {
-        let expected = sb.base_address.get().saturating_add(sb.eof_address);
+        let expected = sb.eof_address;
         if found < expected {
             return Err(format!(
                 "truncated file (expected {expected} bytes, found {found})"
@@ -145,13 +215,16 @@ pub(crate) fn open_image(bytes: Vec<u8>) -> std::result::Result<hdf5_pure::File,
     Ok(file)
 }
 
-/// Reads a numeric dataset as `f32` (values converted from the stored type).
+/// Reads a numeric dataset as `f32` (values converted from the stored type), after
+/// checking its declared size against `allowance` (which it then uses up).
 pub(crate) fn read_dataset(
     file: &hdf5_pure::File,
     ds_path: &str,
-) -> std::result::Result<ArrayD<f32>, String> {
-    let ds = file.dataset(ds_path).map_err(|e| e.to_string())?;
-    let dtype = ds.dtype().map_err(|e| e.to_string())?;
+    allowance: &mut Allowance,
+) -> std::result::Result<ArrayD<f32>, DatasetError> {
+    let fmt = |e: hdf5_pure::Error| DatasetError::Format(object_error(e));
+    let ds = file.dataset(ds_path).map_err(fmt)?;
+    let dtype = ds.dtype().map_err(fmt)?;
     let numeric = matches!(
         dtype,
         DType::F32
@@ -166,18 +239,62 @@ pub(crate) fn read_dataset(
             | DType::U64
     );
     if !numeric {
-        return Err(format!("element type {dtype} is not numeric"));
+        return Err(DatasetError::Format(format!(
+            "element type {dtype} is not numeric"
+        )));
     }
-    let shape = ds
-        .shape()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(usize::try_from)
+    let declared = ds.shape().map_err(fmt)?;
+    let too_large = || DatasetError::Budget {
+        shape: declared.clone(),
+        bytes: crate::budget::OVERFLOW_BYTES,
+    };
+    let shape = declared
+        .iter()
+        .map(|&d| size::to_usize(d))
         .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| "shape does not fit in memory".to_owned())?;
-    let data = ds.read_f32().map_err(|e| e.to_string())?;
+        .map_err(|_| too_large())?;
+    let item = ds.element_size().map_err(fmt)?.max(1);
+    size::representable(&shape, item).map_err(|_| too_large())?;
+    let n = size::elems(&shape).map_err(|_| too_large())?;
+    let out = size::bytes_of_elems(n, 4).map_err(|_| too_large())?;
+    // The stored values and their f32 copy exist together while converting.
+    let need = size::bytes_of_elems(n, item)
+        .and_then(|raw| size::add64(raw, out))
+        .map_err(|_| too_large())?;
+    if need > allowance.left {
+        return Err(DatasetError::Budget {
+            shape: declared,
+            bytes: u128::from(need),
+        });
+    }
+    let data = ds.read_f32().map_err(fmt)?;
+    allowance.left -= out;
     ArrayD::from_shape_vec(IxDyn(&shape), data)
-        .map_err(|e| format!("data does not match shape {shape:?}: {e}"))
+        .map_err(|e| DatasetError::Format(format!("data does not match shape {shape:?}: {e}")))
+}
+
+/// The message of an hdf5-pure error met while resolving or reading an object.
+///
+/// A soft or external link has no object header of its own; hdf5-pure follows the
+/// undefined address (all ones) such a link stores in an old-style group and reports a
+/// read of 2^64 − 1 bytes. That is said plainly instead.
+pub(crate) fn object_error(e: hdf5_pure::Error) -> String {
+    let text = e.to_string();
+    if text.contains("path not found") {
+        // New-style groups keep soft and external links as link messages, which
+        // hdf5-pure passes over when it looks a name up.
+        return format!(
+            "{text} (absent, or a soft or external link: lcjit reads only objects \
+             stored in the file itself)"
+        );
+    }
+    if text.contains(&u64::MAX.to_string()) || text.contains("ffffffffffffffff") {
+        "not an object stored in this file (a soft or external link, or a damaged \
+         address): lcjit reads only objects stored in the file itself"
+            .to_owned()
+    } else {
+        text
+    }
 }
 
 /// Bare weight names for a layer's `weight_names`: `"lc/kernel:0"` → `"kernel"`.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::io::test_dir;
 use ndarray::ShapeBuilder;
+use std::fs;
 
 fn golden(case: &str, file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -294,9 +295,72 @@ fn corrupted_golden_file_never_panics() {
         let mut b = bytes.clone();
         b[pos] ^= 1 << ((state >> 29) & 7);
         fs::write(&p, &b).expect("write");
-        // Either outcome is fine (the flip may hit padding or data); a panic is not.
+        // Either outcome is fine (the flip may hit padding or data); a panic is not. A
+        // flip in a dataspace can declare a huge dataset: refused by its declaration.
         if let Err(e) = read_h5(&p) {
-            assert!(matches!(e, Error::Format { .. }), "{e}");
+            assert!(
+                matches!(e, Error::Format { .. } | Error::FileBudget { .. }),
+                "{e}"
+            );
         }
     }
+}
+
+/// A weights-only file with one layer whose kernel is written by `kernel`.
+fn one_layer(userblock: u64, kernel: impl FnOnce(&mut hdf5_pure::GroupBuilder)) -> Vec<u8> {
+    let mut fb = FileBuilder::new();
+    if userblock > 0 {
+        fb.with_userblock(userblock);
+    }
+    fb.set_attr(
+        "layer_names",
+        AttrValue::VarLenStringArray(vec!["d".into()]),
+    );
+    let mut g = fb.create_group("d");
+    g.set_attr(
+        "weight_names",
+        AttrValue::VarLenStringArray(vec!["d/kernel:0".into()]),
+    );
+    let mut scope = g.create_group("d");
+    kernel(&mut scope);
+    g.add_group(scope.finish());
+    fb.add_group(g.finish());
+    fb.finish().expect("build")
+}
+
+#[test]
+fn a_userblock_file_loads() {
+    let dir = test_dir("h5-userblock");
+    for ub in [512u64, 4096] {
+        let p = dir.join(format!("ub{ub}.h5"));
+        let bytes = one_layer(ub, |s| {
+            s.create_dataset("kernel:0")
+                .with_f32_data(&[1.0, 2.0, 3.0])
+                .with_shape(&[3]);
+        });
+        fs::write(&p, bytes).expect("write");
+        let m = read_h5(&p).expect("a userblock is valid");
+        let w = &m.weights.layer("d").expect("d").weights[0].1;
+        assert_eq!(w.iter().copied().collect::<Vec<_>>(), [1.0, 2.0, 3.0]);
+    }
+}
+
+#[test]
+fn a_dataset_over_the_budget_is_refused_before_reading() {
+    let dir = test_dir("h5-dataset-budget");
+    let p = dir.join("big.h5");
+    let bytes = one_layer(0, |s| {
+        s.create_dataset("kernel:0")
+            .with_f32_data(&vec![0.0; 10_000])
+            .with_shape(&[10_000])
+            .with_chunks(&[1000]);
+    });
+    let file_len = bytes.len() as u64;
+    fs::write(&p, bytes).expect("write");
+    // The stored 40,000 bytes and their f32 copy: 80,000 beside the file's own bytes.
+    let e = read_h5_within(&p, file_len + 79_999).expect_err("one byte short");
+    assert!(matches!(e, Error::FileBudget { .. }), "{e}");
+    assert!(e.to_string().contains("dataset 'd/d/kernel:0'"), "{e}");
+    let m = read_h5_within(&p, file_len + 80_000).expect("fits exactly");
+    assert_eq!(m.weights.layers[0].weights[0].1.len(), 10_000);
 }

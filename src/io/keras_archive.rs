@@ -22,12 +22,12 @@
 //! `layers` is absent. The walk is one level deep by construction, so a damaged file
 //! with group cycles cannot make it loop.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
+use super::h5::Allowance;
 use super::npy::{io_in_archive, read_entry, zip_error};
-use super::{KerasWeights, LayerWeights};
+use super::{KerasWeights, LayerWeights, JSON_PARSE_FACTOR};
 use crate::error::{Error, Result};
 
 /// The format name used in errors.
@@ -45,11 +45,24 @@ const WEIGHTS: &str = "model.weights.h5";
 /// as described in the module documentation. A corrupt or truncated archive, a missing entry or a broken
 /// `model.weights.h5` is an [`Error::Format`].
 pub fn read_keras_archive(path: &Path) -> Result<(String, Option<String>, KerasWeights)> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    read_keras_archive_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_keras_archive`] within `budget` bytes: the archive must be a regular file;
+/// `config.json` is admitted when its declared uncompressed size times
+/// [`super::JSON_PARSE_FACTOR`] fits, `model.weights.h5` when its declared size fits
+/// what is left, and its datasets as in [`super::read_h5_within`]; each is checked
+/// before it is inflated, and inflating stops at the declared size. Other entries are
+/// never read.
+pub fn read_keras_archive_within(
+    path: &Path,
+    budget: u64,
+) -> Result<(String, Option<String>, KerasWeights)> {
+    let (file, _) = super::open_regular(path, budget)?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| zip_error(path, KERAS, "reading the zip directory", e))?;
 
-    let config_bytes = entry_bytes(path, &mut archive, CONFIG)?;
+    let config_bytes = entry_bytes(path, &mut archive, CONFIG, budget, JSON_PARSE_FACTOR)?;
     let config = String::from_utf8(config_bytes)
         .map_err(|_| Error::format(path, KERAS, format!("{CONFIG} is not UTF-8 text")))?;
     let parsed: serde_json::Value = serde_json::from_str(&config)
@@ -58,17 +71,27 @@ pub fn read_keras_archive(path: &Path) -> Result<(String, Option<String>, KerasW
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(v.to_string()),
     };
+    drop(parsed);
 
-    let weights_bytes = entry_bytes(path, &mut archive, WEIGHTS)?;
-    let weights = read_weights_h5(path, weights_bytes)?;
+    // The configuration text stays (it is returned); its parse tree is gone.
+    let left = budget.saturating_sub(config.len() as u64);
+    let weights_bytes = entry_bytes(path, &mut archive, WEIGHTS, left, 1)?;
+    let mut allowance = Allowance {
+        budget,
+        left: left - weights_bytes.len() as u64,
+    };
+    let weights = read_weights_h5(path, weights_bytes, &mut allowance)?;
     Ok((config, compile_config, weights))
 }
 
-/// The bytes of entry `name`; a missing entry is a [`Error::Format`].
+/// The bytes of entry `name`, admitted when `factor` times its declared size fits
+/// `budget`; a missing entry is a [`Error::Format`].
 fn entry_bytes<R: io::Read + io::Seek>(
     path: &Path,
     archive: &mut zip::ZipArchive<R>,
     name: &str,
+    budget: u64,
+    factor: u64,
 ) -> Result<Vec<u8>> {
     let mut entry = match archive.by_name(name) {
         Ok(entry) => entry,
@@ -81,17 +104,33 @@ fn entry_bytes<R: io::Read + io::Seek>(
         }
         Err(e) => return Err(zip_error(path, KERAS, &format!("opening {name}"), e)),
     };
+    let need = u128::from(entry.size()) * u128::from(factor);
+    if need > u128::from(budget) {
+        let how = if factor > 1 {
+            format!(" (up to {factor}× once parsed)")
+        } else {
+            String::new()
+        };
+        return Err(Error::file_budget(
+            path,
+            format!("entry '{name}' of {} bytes uncompressed{how}", entry.size()),
+            need,
+            budget,
+        ));
+    }
     read_entry(&mut entry).map_err(|e| io_in_archive(path, KERAS, &format!("reading {name}"), e))
 }
 
 /// Reads the layer weights of a `model.weights.h5` image (see the module documentation).
-fn read_weights_h5(path: &Path, bytes: Vec<u8>) -> Result<KerasWeights> {
+fn read_weights_h5(path: &Path, bytes: Vec<u8>, allowance: &mut Allowance) -> Result<KerasWeights> {
     let bad = |detail: String| Error::format(path, "HDF5", format!("{WEIGHTS}: {detail}"));
     let file = super::h5::open_image(bytes).map_err(&bad)?;
-    let root_groups = file
-        .root()
-        .groups()
-        .map_err(|e| bad(format!("listing the root group: {e}")))?;
+    let root_groups = file.root().groups().map_err(|e| {
+        bad(format!(
+            "listing the root group: {}",
+            super::h5::object_error(e)
+        ))
+    })?;
     let list = ["layers", "_layer_checkpoint_dependencies"]
         .into_iter()
         .find(|name| root_groups.iter().any(|g| g == name))
@@ -99,7 +138,7 @@ fn read_weights_h5(path: &Path, bytes: Vec<u8>) -> Result<KerasWeights> {
     let layer_names = file
         .group(list)
         .and_then(|g| g.groups())
-        .map_err(|e| bad(format!("listing '{list}': {e}")))?;
+        .map_err(|e| bad(format!("listing '{list}': {}", super::h5::object_error(e))))?;
 
     let mut layers = Vec::with_capacity(layer_names.len());
     for layer in layer_names {
@@ -107,14 +146,24 @@ fn read_weights_h5(path: &Path, bytes: Vec<u8>) -> Result<KerasWeights> {
         let children = file
             .group(&layer_path)
             .and_then(|g| g.groups())
-            .map_err(|e| bad(format!("listing '{layer_path}': {e}")))?;
+            .map_err(|e| {
+                bad(format!(
+                    "listing '{layer_path}': {}",
+                    super::h5::object_error(e)
+                ))
+            })?;
         let mut weights = Vec::new();
         if children.iter().any(|c| c == "vars") {
             let vars_path = format!("{layer_path}/vars");
             let names = file
                 .group(&vars_path)
                 .and_then(|g| g.datasets())
-                .map_err(|e| bad(format!("listing '{vars_path}': {e}")))?;
+                .map_err(|e| {
+                    bad(format!(
+                        "listing '{vars_path}': {}",
+                        super::h5::object_error(e)
+                    ))
+                })?;
             let mut numbered = Vec::with_capacity(names.len());
             for name in names {
                 let index: usize = name.parse().map_err(|_| {
@@ -127,8 +176,9 @@ fn read_weights_h5(path: &Path, bytes: Vec<u8>) -> Result<KerasWeights> {
             numbered.sort();
             for (_, name) in numbered {
                 let ds_path = format!("{vars_path}/{name}");
-                let array = super::h5::read_dataset(&file, &ds_path)
-                    .map_err(|d| bad(format!("dataset '{ds_path}': {d}")))?;
+                let array = super::h5::read_dataset(&file, &ds_path, allowance).map_err(|e| {
+                    e.into_error(path, &format!("{WEIGHTS}: "), &ds_path, allowance)
+                })?;
                 weights.push((name, array));
             }
         }
@@ -142,6 +192,7 @@ mod tests {
     use super::*;
     use crate::io::test_dir;
     use hdf5_pure::FileBuilder;
+    use std::fs;
     use std::io::Write;
 
     const CONFIG_JSON: &str = r#"{"class_name": "Sequential", "config": {"name": "s", "layers": []}, "compile_config": {"loss": "mse", "optimizer": "sgd"}}"#;

@@ -8,6 +8,13 @@
 //! * A file that cannot be opened or read is [`Error::Io`]; a file whose contents are wrong
 //!   (truncated, corrupt, wrong kind) is [`Error::Format`]. Both name the file, and the
 //!   detail names the entry, dataset or attribute concerned.
+//! * Nothing is read beyond the memory budget ([`crate::budget`]): every reader has a
+//!   `*_within(path, budget)` form (the plain form uses the default budget); a file must
+//!   be a regular file after following links (never a device, FIFO or directory, whose
+//!   size says nothing about what a read returns), and its size, each archive entry's
+//!   declared uncompressed size and each HDF5 dataset's declared size are checked against
+//!   the budget before anything is read, inflated or allocated, and reads are capped at
+//!   the checked size. A refusal is [`Error::FileBudget`], naming the file and entry.
 //! * Writers are atomic: they write a temporary file in the destination's directory and
 //!   rename it over the destination only once it is complete, so a failure never leaves a
 //!   half-written file behind (see `write_atomic`).
@@ -16,9 +23,8 @@
 //! [`keras_archive`] (tf-keras `.keras` zip archives).
 
 use std::fs;
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, BufWriter};
+use std::path::Path;
 
 use ndarray::ArrayD;
 
@@ -28,9 +34,108 @@ pub mod h5;
 pub mod keras_archive;
 pub mod npy;
 
-pub use h5::{read_h5, write_h5_weights, H5Model};
-pub use keras_archive::read_keras_archive;
-pub use npy::{read_npy, read_npz, write_npy, write_npz};
+pub use h5::{read_h5, read_h5_within, write_h5_weights, H5Model};
+pub use keras_archive::{read_keras_archive, read_keras_archive_within};
+pub use npy::{read_npy, read_npy_within, read_npz, read_npz_within, write_npy, write_npz};
+
+/// A JSON text parsed into `serde_json::Value`s takes up to this many times its size;
+/// a configuration is admitted when this multiple of its size fits the budget.
+pub const JSON_PARSE_FACTOR: u64 = 4;
+
+/// Opens `path` for reading after checking that it is a regular file (links followed)
+/// of at most `limit` bytes; returns the file and its size.
+///
+/// A device (`/dev/zero`), FIFO or directory is refused before it is opened: opening a
+/// FIFO blocks, and reading a device never ends. The check is repeated on the opened
+/// handle, so a path swapped in between is caught too.
+pub(crate) fn open_regular(path: &Path, limit: u64) -> Result<(fs::File, u64)> {
+    let not_regular = |kind: &str| {
+        Error::io(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a regular file ({kind}): lcjit reads only regular files"),
+            ),
+        )
+    };
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(file_kind(&meta)));
+    }
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(file_kind(&meta)));
+    }
+    let len = meta.len();
+    if len > limit {
+        return Err(Error::file_budget(
+            path,
+            "reading the file",
+            u128::from(len),
+            limit,
+        ));
+    }
+    Ok((file, len))
+}
+
+/// What kind of non-regular file `meta` describes, for messages.
+#[cfg(not(unix))]
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// What kind of non-regular file `meta` describes, for messages.
+#[cfg(unix)]
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// Reads the whole regular file at `path` of at most `limit` bytes (see
+/// [`open_regular`]); the read itself is capped, so a file growing meanwhile cannot
+/// push it past the limit.
+pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, len) = open_regular(path, limit)?;
+    let mut buf = Vec::with_capacity(crate::size::to_usize(len).unwrap_or(0));
+    file.take(len)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// Reads a UTF-8 text file (a JSON configuration) within `budget`: its size times
+/// [`JSON_PARSE_FACTOR`] must fit, since it is parsed right after.
+pub fn read_text_within(path: &Path, budget: u64) -> Result<String> {
+    let bytes = read_regular(path, budget / JSON_PARSE_FACTOR).map_err(|e| match e {
+        Error::FileBudget { path, bytes, .. } => Error::FileBudget {
+            path,
+            what: format!("parsing the file (up to {JSON_PARSE_FACTOR}× its size)"),
+            bytes: bytes.saturating_mul(u128::from(JSON_PARSE_FACTOR)),
+            budget,
+        },
+        other => other,
+    })?;
+    String::from_utf8(bytes).map_err(|_| Error::format(path, "JSON", "file is not UTF-8 text"))
+}
 
 /// Weights of one Keras layer, in the layer's own weight order.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,8 +170,15 @@ impl KerasWeights {
 /// A key without `/` is an [`Error::Format`]: such an archive is not a weights file
 /// (an input batch or a gradient file, say).
 pub fn read_weights_npz(path: &Path) -> Result<KerasWeights> {
-    let entries = read_npz(path)?;
+    read_weights_npz_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_weights_npz`] within a memory budget (see [`read_npz_within`]).
+pub fn read_weights_npz_within(path: &Path, budget: u64) -> Result<KerasWeights> {
+    let entries = read_npz_within(path, budget)?;
     let mut layers: Vec<LayerWeights> = Vec::new();
+    // Layer name → index in `layers`: an archive of 100,000 layers groups in linear time.
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (key, array) in entries {
         let Some((layer, weight)) = key.split_once('/') else {
             return Err(Error::format(
@@ -82,13 +194,15 @@ pub fn read_weights_npz(path: &Path) -> Result<KerasWeights> {
                 format!("key '{key}' has an empty layer or weight name"),
             ));
         }
-        // Layers are few, so a linear search keeps the order without a side index.
-        match layers.iter_mut().find(|l| l.layer == layer) {
+        match index.get(layer).and_then(|&i| layers.get_mut(i)) {
             Some(l) => l.weights.push((weight.to_owned(), array)),
-            None => layers.push(LayerWeights {
-                layer: layer.to_owned(),
-                weights: vec![(weight.to_owned(), array)],
-            }),
+            None => {
+                index.insert(layer.to_owned(), layers.len());
+                layers.push(LayerWeights {
+                    layer: layer.to_owned(),
+                    weights: vec![(weight.to_owned(), array)],
+                });
+            }
         }
     }
     Ok(KerasWeights { layers })
@@ -103,46 +217,14 @@ pub(crate) fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
 {
-    let tmp = temp_sibling(path)?;
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        // Best effort: the temporary may not exist if creating it failed.
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-/// A fresh temporary name next to `path`: `.<name>.<pid>.<n>.tmp`.
-fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| {
-        Error::io(
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        )
-    })?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-    Ok(path.with_file_name(tmp_name))
+    // One implementation for every output: see `crate::write_file` (temporaries removed on
+    // error and on SIGINT/SIGTERM, devices and FIFOs written in place, never replaced).
+    crate::write_file::write_atomic(path, write)
 }
 
 /// A fresh, empty directory for one test: `<temp>/lcjit-io-<pid>-<name>`.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> PathBuf {
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lcjit-io-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("creating a test directory");
@@ -153,6 +235,7 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
 mod tests {
     use super::*;
     use ndarray::IxDyn;
+    use std::io::Write;
 
     fn arr(shape: &[usize], start: f32) -> ArrayD<f32> {
         let n: usize = shape.iter().product();

@@ -12,9 +12,9 @@
 //!   every element type numpy commonly writes (floats, integers, bool) is converted to `f32`.
 //! * **Writes are atomic** (see `io::write_atomic`).
 
+mod header;
 pub mod stream;
 
-use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -23,20 +23,53 @@ use ndarray_npy::npy::header::{Header, ReadHeaderError};
 use ndarray_npy::{NpzWriter, ReadNpyError, ReadNpyExt, WriteNpyExt};
 
 use crate::error::{Error, Result};
+use crate::size;
 
 /// The format name used in errors about `.npy` files.
 const NPY: &str = "npy";
 /// The format name used in errors about `.npz` files.
 const NPZ: &str = "npz";
 
-/// Reads a `.npy` file as an `f32` array in standard layout.
+/// Reads a `.npy` file as an `f32` array in standard layout, within the default memory
+/// budget (see [`read_npy_within`]).
 ///
 /// Accepts `f32`, `f64`, signed and unsigned integers of 1 to 8 bytes and `bool`, either
 /// byte order, C or Fortran order; every value is converted to `f32` (`true` is 1.0).
 /// A missing or unreadable file is [`Error::Io`]; anything wrong inside it (bad magic,
 /// truncated data, extra bytes, an unsupported element type) is [`Error::Format`].
 pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    read_npy_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_npy`] within `budget` bytes: the file must be a regular file whose bytes plus
+/// the `f32` array they decode to fit the budget, checked from the file's size and its
+/// header before the data is read.
+pub fn read_npy_within(path: &Path, budget: u64) -> Result<ArrayD<f32>> {
+    let (mut file, len) = super::open_regular(path, budget)?;
+    let mut prefix = Vec::new();
+    let info = read_header_prefix(&mut file, &mut prefix)
+        .map_err(|detail| Error::format(path, NPY, detail))?;
+    // A header promising more (or less) data than the file holds is a broken file,
+    // whatever the budget; said before the budget is consulted.
+    check_data_len(len.saturating_sub(prefix.len() as u64), info.data_bytes)
+        .map_err(|detail| Error::format(path, NPY, detail))?;
+    // The file's bytes, the array ndarray-npy decodes and its f32 conversion coexist.
+    let need = size::add64(len, info.data_bytes)
+        .and_then(|n| size::add64(n, info.f32_bytes))
+        .unwrap_or(u64::MAX);
+    if need > budget {
+        return Err(Error::file_budget(
+            path,
+            format!("reading the array of shape {:?}", info.shape),
+            u128::from(need),
+            budget,
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size::to_usize(len).unwrap_or(0));
+    bytes.extend_from_slice(&prefix);
+    file.take(len.saturating_sub(prefix.len() as u64))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
     parse_npy(&bytes).map_err(|detail| Error::format(path, NPY, detail))
 }
 
@@ -51,15 +84,64 @@ pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
     })
 }
 
-/// Reads every array of a `.npz` archive, in archive order.
+/// Reads every array of a `.npz` archive, in archive order, within the default memory
+/// budget (see [`read_npz_within`]).
 ///
 /// Keys are the entry names without their `.npy` suffix, as `numpy.load` gives them.
 /// Each entry is checked like a `.npy` file (see [`read_npy`]), its header against the
 /// entry's uncompressed size.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    read_npz_within(path, crate::budget::default_memory_budget())
+}
+
+/// [`read_npz`] within `budget` bytes.
+///
+/// Two passes: the first inflates only each entry's `.npy` header and adds up what the
+/// arrays will take (the `f32` arrays, plus the largest entry's raw bytes while it is
+/// decoded), refusing the archive before any entry is inflated whole; the second reads
+/// the entries, each capped at its declared size. An entry that inflates to gigabytes
+/// is thus refused by its header, or stopped at the size it declared.
+pub fn read_npz_within(path: &Path, budget: u64) -> Result<Vec<(String, ArrayD<f32>)>> {
+    let (file, _) = super::open_regular(path, budget)?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| zip_error(path, NPZ, "reading the zip directory", e))?;
+    let mut arrays = 0u64;
+    // The f32 arrays accumulate; one entry's bytes and decoded array exist at a time.
+    let mut largest_transient = 0u64;
+    for index in 0..archive.len() {
+        let mut entry = archive
+            .by_index(index)
+            .map_err(|e| zip_error(path, NPZ, &format!("opening entry #{index}"), e))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry.name().to_owned();
+        let declared = entry.size();
+        let mut prefix = Vec::new();
+        let info = read_header_prefix(&mut entry, &mut prefix)
+            .and_then(|info| {
+                check_data_len(
+                    declared.saturating_sub(prefix.len() as u64),
+                    info.data_bytes,
+                )?;
+                Ok(info)
+            })
+            .map_err(|d| Error::format(path, NPZ, format!("entry '{name}': {d}")))?;
+        arrays = size::add64(arrays, info.f32_bytes).unwrap_or(u64::MAX);
+        largest_transient = largest_transient.max(declared.saturating_add(info.data_bytes));
+        let need = arrays.saturating_add(largest_transient);
+        if need > budget {
+            return Err(Error::file_budget(
+                path,
+                format!(
+                    "entry '{name}' (shape {:?}, {declared} bytes uncompressed) with the entries before it",
+                    info.shape
+                ),
+                u128::from(need),
+                budget,
+            ));
+        }
+    }
     let mut out = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
         let mut entry = archive
@@ -84,8 +166,9 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
 /// Each key is stored as `<key>.npy`, in the order given. Atomic like [`write_npy`].
 pub fn write_npz(path: &Path, entries: &[(String, ArrayD<f32>)]) -> Result<()> {
     // A duplicate key would make a zip that numpy reads with one array silently lost.
-    for (i, (key, _)) in entries.iter().enumerate() {
-        if entries.iter().take(i).any(|(k, _)| k == key) {
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    for (key, _) in entries {
+        if !seen.insert(key.as_str()) {
             return Err(Error::format(path, NPZ, format!("duplicate key '{key}'")));
         }
     }
@@ -205,40 +288,181 @@ impl Element {
     }
 }
 
-/// Parses a whole `.npy` image; the error is the detail for an [`Error::Format`].
-pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+/// What a `.npy` header declares, validated.
+#[derive(Clone, Debug)]
+pub(crate) struct NpyInfo {
+    /// The element type.
+    element: Element,
+    /// The array's shape.
+    pub(crate) shape: Vec<usize>,
+    /// Bytes of the data the header promises.
+    data_bytes: u64,
+    /// Bytes of the array once converted to `f32`.
+    pub(crate) f32_bytes: u64,
+    /// Whether the data is little-endian `f32` in C order (decoded by a plain copy).
+    plain_f32: bool,
+}
+
+/// The largest header accepted (numpy writes well under 1 KiB; the format allows 4 GiB).
+const MAX_HEADER: u64 = 1 << 20;
+
+/// Parses and validates a `.npy` header from the start of `bytes`; returns what it
+/// declares and the header's length. Every dimension is bounded, a zero among them
+/// included: the array must be representable (see [`size::representable`]), so no
+/// crate's shape arithmetic can overflow on it.
+pub(crate) fn parse_header(bytes: &[u8]) -> std::result::Result<(NpyInfo, usize), String> {
     check_header_length(bytes)?;
-    let mut reader = bytes;
-    let header = Header::from_reader(&mut reader).map_err(|e| match e {
-        ReadHeaderError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            "truncated header".to_owned()
+    check_nesting(bytes)?;
+    // numpy's own form is read directly; anything else goes to ndarray-npy's parser.
+    let (descr, shape, fortran, header_len) = match header::numpy_header(bytes) {
+        Some(h) => (h.descr, h.shape, h.fortran, h.len),
+        None => {
+            let mut reader = bytes;
+            let header = Header::from_reader(&mut reader).map_err(|e| match e {
+                ReadHeaderError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    "truncated header".to_owned()
+                }
+                other => format!("bad header: {other}"),
+            })?;
+            let descr = descriptor_string(&header.type_descriptor.to_string())
+                .ok_or_else(|| format!("unsupported element type {}", header.type_descriptor))?;
+            let fortran = matches!(header.layout, ndarray_npy::npy::header::Layout::Fortran);
+            (descr, header.shape, fortran, bytes.len() - reader.len())
         }
-        other => format!("bad header: {other}"),
-    })?;
-    let data_len = reader.len() as u64;
-    let descr = descriptor_string(&header.type_descriptor.to_string())
-        .ok_or_else(|| format!("unsupported element type {}", header.type_descriptor))?;
+    };
     let element = Element::from_descriptor(&descr)
         .ok_or_else(|| format!("unsupported element type '{descr}'"))?;
-    let expected = header
-        .shape
-        .iter()
-        .try_fold(element.size(), |acc, &d| acc.checked_mul(d as u64))
-        .ok_or_else(|| format!("shape {:?} is too large", header.shape))?;
-    if data_len < expected {
+    let too_large = || format!("shape {shape:?} is too large");
+    size::representable(&shape, element.size()).map_err(|_| too_large())?;
+    let n = size::elems(&shape).map_err(|_| too_large())?;
+    let data_bytes = size::bytes_of_elems(n, element.size()).map_err(|_| too_large())?;
+    let f32_bytes = size::bytes_of_elems(n, 4).map_err(|_| too_large())?;
+    // Little-endian f32 in C order is the bytes themselves: decoded without a parser.
+    let plain_f32 =
+        !fortran && (descr == "<f4" || (descr == "=f4" && cfg!(target_endian = "little")));
+    let info = NpyInfo {
+        element,
+        shape,
+        data_bytes,
+        f32_bytes,
+        plain_f32,
+    };
+    Ok((info, header_len))
+}
+
+/// The deepest bracket nesting a header may have: numpy's own headers nest two deep
+/// (the dictionary and the shape tuple; a structured dtype a few more).
+const MAX_NESTING: usize = 32;
+
+/// Rejects a header nested deeper than [`MAX_NESTING`] before ndarray-npy's recursive
+/// Python-literal parser sees it (a shape of 20,000 nested tuples overflows its stack).
+/// Only the header's own bytes are scanned (at most its declared length).
+fn check_nesting(bytes: &[u8]) -> std::result::Result<(), String> {
+    let (start, len): (usize, Option<usize>) = match bytes.get(6) {
+        Some(1) => (
+            10,
+            bytes
+                .get(8..10)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+        Some(2 | 3) => (
+            12,
+            bytes
+                .get(8..12)
+                .and_then(|b| usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()),
+        ),
+        _ => return Ok(()),
+    };
+    let end = len.map_or(bytes.len(), |l| start.saturating_add(l).min(bytes.len()));
+    let mut depth = 0usize;
+    for &b in bytes.get(start..end).unwrap_or(&[]) {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "bad header: brackets nested deeper than {MAX_NESTING}"
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads just the header of a `.npy` stream (into `prefix`, which then holds exactly
+/// the header's bytes) and validates it: a few hundred bytes, whatever the array's size.
+pub(crate) fn read_header_prefix<R: Read>(
+    reader: &mut R,
+    prefix: &mut Vec<u8>,
+) -> std::result::Result<NpyInfo, String> {
+    let truncated = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => "truncated header".to_owned(),
+        _ => format!("reading the header: {e}"),
+    };
+    let mut fixed = [0u8; 10];
+    reader.read_exact(&mut fixed).map_err(truncated)?;
+    prefix.extend_from_slice(&fixed);
+    let header_len = match fixed[6] {
+        1 => u64::from(u16::from_le_bytes([fixed[8], fixed[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            reader.read_exact(&mut rest).map_err(truncated)?;
+            prefix.extend_from_slice(&rest);
+            u64::from(u32::from_le_bytes([fixed[8], fixed[9], rest[0], rest[1]]))
+        }
+        // Not a version numpy writes: let the parser name what is wrong.
+        _ => 0,
+    };
+    if header_len > MAX_HEADER {
         return Err(format!(
-            "truncated data (expected {expected} bytes, found {data_len})"
+            "a header of {header_len} bytes is too large (at most {MAX_HEADER})"
         ));
     }
-    if data_len > expected {
+    reader
+        .take(header_len)
+        .read_to_end(prefix)
+        .map_err(truncated)?;
+    parse_header(prefix).map(|(info, _)| info)
+}
+
+/// Checks that the `found` bytes after a header are exactly the `expected` data bytes.
+fn check_data_len(found: u64, expected: u64) -> std::result::Result<(), String> {
+    if found < expected {
         return Err(format!(
-            "{} extra bytes after the data (expected {expected} bytes, found {data_len})",
-            data_len - expected
+            "truncated data (expected {expected} bytes, found {found})"
         ));
     }
+    if found > expected {
+        return Err(format!(
+            "{} extra bytes after the data (expected {expected} bytes, found {found})",
+            found - expected
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a whole `.npy` image; the error is the detail for an [`Error::Format`].
+pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+    let (info, header_len) = parse_header(bytes)?;
+    let data_len = (bytes.len() - header_len) as u64;
+    check_data_len(data_len, info.data_bytes)?;
+    if info.plain_f32 {
+        let data = bytes
+            .get(header_len..)
+            .unwrap_or(&[])
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        return ArrayD::from_shape_vec(ndarray::IxDyn(&info.shape), data)
+            .map_err(|e| format!("data does not match shape {:?}: {e}", info.shape));
+    }
+    let element = info.element;
     // The sizes agree, so ndarray-npy's allocation is bounded by the bytes in hand.
     let array = match element {
-        Element::F32 => decode::<f32>(bytes, |v| v)?,
+        Element::F32 => decode_f32(bytes)?,
         Element::F64 => decode::<f64>(bytes, |v| v as f32)?,
         Element::I8 => decode::<i8>(bytes, f32::from)?,
         Element::I16 => decode::<i16>(bytes, f32::from)?,
@@ -251,6 +475,20 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String
         Element::Bool => decode::<bool>(bytes, |v| if v { 1.0 } else { 0.0 })?,
     };
     Ok(array)
+}
+
+/// Decodes an `f32` image with ndarray-npy: no conversion, so no second copy unless the
+/// file is in Fortran order.
+fn decode_f32(bytes: &[u8]) -> std::result::Result<ArrayD<f32>, String> {
+    let raw = ArrayD::<f32>::read_npy(bytes).map_err(|e| match e {
+        ReadNpyError::MissingData => "truncated data".to_owned(),
+        other => other.to_string(),
+    })?;
+    Ok(if raw.is_standard_layout() {
+        raw
+    } else {
+        raw.as_standard_layout().into_owned()
+    })
 }
 
 /// Decodes the image as `T` with ndarray-npy and converts to `f32` in standard layout.
@@ -312,270 +550,5 @@ fn descriptor_string(literal: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::io::test_dir;
-    use ndarray::{IxDyn, ShapeBuilder};
-    use std::io::Write;
-
-    /// A version-1 `.npy` image with the given header fields and raw data.
-    fn npy_image(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let py_bool = if fortran { "True" } else { "False" };
-        let mut dict =
-            format!("{{'descr': '{descr}', 'fortran_order': {py_bool}, 'shape': {shape}, }}");
-        while (10 + dict.len() + 1) % 64 != 0 {
-            dict.push(' ');
-        }
-        dict.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-        out.extend_from_slice(dict.as_bytes());
-        out.extend_from_slice(data);
-        out
-    }
-
-    fn format_detail(e: &Error) -> String {
-        match e {
-            Error::Format { detail, .. } => detail.clone(),
-            other => panic!("expected a Format error, got {other:?}"),
-        }
-    }
-
-    fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let p = dir.join(name);
-        fs::write(&p, bytes).expect("writing a test file");
-        p
-    }
-
-    #[test]
-    fn npy_round_trip_keeps_shape_and_bits() {
-        let dir = test_dir("npy-round-trip");
-        let p = dir.join("a.npy");
-        let a = ArrayD::from_shape_vec(
-            IxDyn(&[2, 3, 4]),
-            (0..24).map(|i| (i as f32 - 7.5) / 3.0).collect(),
-        )
-        .expect("shape");
-        write_npy(&p, &a).expect("write");
-        let b = read_npy(&p).expect("read");
-        assert_eq!(a.shape(), b.shape());
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
-        // A 0-d array and an empty array survive too.
-        let s = ArrayD::from_elem(IxDyn(&[]), 2.5f32);
-        write_npy(&p, &s).expect("write scalar");
-        assert_eq!(read_npy(&p).expect("read scalar"), s);
-        let e = ArrayD::<f32>::zeros(IxDyn(&[0, 3]));
-        write_npy(&p, &e).expect("write empty");
-        assert_eq!(read_npy(&p).expect("read empty"), e);
-    }
-
-    #[test]
-    fn npy_other_element_types_convert_to_f32() {
-        let dir = test_dir("npy-types");
-        let p = dir.join("t.npy");
-        let check = |expected: &[f32]| {
-            let a = read_npy(&p).expect("read");
-            assert_eq!(a.iter().copied().collect::<Vec<_>>(), expected);
-        };
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[1.5f64, -2.0])).expect("f64");
-        check(&[1.5, -2.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[-3i8, 4])).expect("i8");
-        check(&[-3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[-3i16, 4])).expect("i16");
-        check(&[-3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[-3i32, 4])).expect("i32");
-        check(&[-3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[-3i64, 4])).expect("i64");
-        check(&[-3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[3u8, 250])).expect("u8");
-        check(&[3.0, 250.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[3u16, 4])).expect("u16");
-        check(&[3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[3u32, 4])).expect("u32");
-        check(&[3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[3u64, 4])).expect("u64");
-        check(&[3.0, 4.0]);
-        ndarray_npy::write_npy(&p, &ndarray::arr1(&[true, false])).expect("bool");
-        check(&[1.0, 0.0]);
-        // Big-endian float32.
-        let mut data = Vec::new();
-        data.extend_from_slice(&1.25f32.to_be_bytes());
-        data.extend_from_slice(&(-8.0f32).to_be_bytes());
-        fs::write(&p, npy_image(">f4", false, "(2,)", &data)).expect("be");
-        check(&[1.25, -8.0]);
-    }
-
-    #[test]
-    fn npy_fortran_order_comes_back_in_c_order() {
-        let dir = test_dir("npy-fortran");
-        let p = dir.join("f.npy");
-        let f = ndarray::Array2::from_shape_vec((2, 3).f(), vec![1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0])
-            .expect("shape");
-        ndarray_npy::write_npy(&p, &f).expect("write fortran");
-        let a = read_npy(&p).expect("read");
-        assert!(a.is_standard_layout());
-        assert_eq!(
-            a,
-            ndarray::arr2(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]).into_dyn()
-        );
-    }
-
-    #[test]
-    fn npy_truncated_data_names_the_sizes() {
-        let dir = test_dir("npy-truncated");
-        let full = npy_image("<f4", false, "(2, 3, 4)", &[0u8; 96]);
-        let cut = full.len() - 56;
-        let p = write(&dir, "x.npy", &full[..cut]);
-        let e = read_npy(&p).expect_err("truncated");
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}: not a valid npy file: truncated data (expected 96 bytes, found 40)",
-                p.display()
-            )
-        );
-        // Every shorter prefix fails cleanly too.
-        for len in 0..cut {
-            let p = write(&dir, "y.npy", &full[..len]);
-            format_detail(&read_npy(&p).expect_err("prefix"));
-        }
-    }
-
-    #[test]
-    fn npy_corrupt_inputs_are_format_errors() {
-        let dir = test_dir("npy-corrupt");
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("empty", Vec::new(), "header"),
-            (
-                "text",
-                b"hello, world, this is not numpy".to_vec(),
-                "header",
-            ),
-            (
-                "extra",
-                npy_image("<f4", false, "(2,)", &[0u8; 12]),
-                "extra bytes",
-            ),
-            (
-                "huge",
-                npy_image("<f4", false, "(1099511627776, 1099511627776)", &[0u8; 8]),
-                "too large",
-            ),
-            (
-                "big",
-                npy_image("<f8", false, "(1000000000,)", &[0u8; 8]),
-                "truncated data",
-            ),
-            (
-                "half",
-                npy_image("<f2", false, "(2,)", &[0u8; 4]),
-                "unsupported element type",
-            ),
-            (
-                "complex",
-                npy_image("<c8", false, "(1,)", &[0u8; 8]),
-                "unsupported element type",
-            ),
-            (
-                "string",
-                npy_image("<U3", false, "(1,)", &[0u8; 12]),
-                "unsupported element type",
-            ),
-            ("badbool", npy_image("|b1", false, "(2,)", &[0, 7]), ""),
-            (
-                "negdim",
-                npy_image("<f4", false, "(-1,)", &[0u8; 4]),
-                "header",
-            ),
-        ];
-        for (name, bytes, needle) in cases {
-            let p = write(&dir, &format!("{name}.npy"), &bytes);
-            let detail = format_detail(&read_npy(&p).expect_err(name));
-            assert!(detail.contains(needle), "{name}: {detail}");
-        }
-        // A structured dtype (descr is a list, not a string).
-        let mut s = npy_image("<f4", false, "(1,)", &[0u8; 8]);
-        let text = String::from_utf8_lossy(&s).replace("'<f4'", "[('a','<f4'),('b','<f4')]");
-        s = text.into_bytes();
-        let p = write(&dir, "struct.npy", &s);
-        format_detail(&read_npy(&p).expect_err("structured"));
-        // Version 2 header claiming a 4 GiB header: refused before any allocation.
-        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
-        v2.extend_from_slice(&u32::MAX.to_le_bytes());
-        v2.extend_from_slice(b"{'descr'");
-        let p = write(&dir, "v2.npy", &v2);
-        let detail = format_detail(&read_npy(&p).expect_err("v2"));
-        assert!(detail.contains("truncated header"), "{detail}");
-    }
-
-    #[test]
-    fn npy_missing_file_is_an_io_error() {
-        let dir = test_dir("npy-missing");
-        let e = read_npy(&dir.join("nope.npy")).expect_err("missing");
-        assert!(matches!(e, Error::Io { .. }), "{e}");
-        let e = read_npz(&dir.join("nope.npz")).expect_err("missing");
-        assert!(matches!(e, Error::Io { .. }), "{e}");
-    }
-
-    #[test]
-    fn npz_round_trip_keeps_keys_and_order() {
-        let dir = test_dir("npz-round-trip");
-        let p = dir.join("w.npz");
-        let entries: Vec<(String, ArrayD<f32>)> = ["zeta/kernel", "alpha/bias", "m"]
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                (
-                    k.to_string(),
-                    ArrayD::from_elem(IxDyn(&[i + 1, 2]), i as f32),
-                )
-            })
-            .collect();
-        write_npz(&p, &entries).expect("write");
-        assert_eq!(read_npz(&p).expect("read"), entries);
-        let e = write_npz(&p, &[entries[0].clone(), entries[0].clone()]).expect_err("dup");
-        assert!(matches!(e, Error::Format { .. }), "{e}");
-    }
-
-    #[test]
-    fn npz_corrupt_inputs_are_format_errors() {
-        let dir = test_dir("npz-corrupt");
-        let good = dir.join("good.npz");
-        let entries = vec![
-            ("a".to_owned(), ArrayD::from_elem(IxDyn(&[64]), 1.0f32)),
-            ("b".to_owned(), ArrayD::from_elem(IxDyn(&[8, 8]), 2.0f32)),
-        ];
-        write_npz(&good, &entries).expect("write");
-        let bytes = fs::read(&good).expect("read back");
-        // Every truncation, and a byte flipped at each of many positions.
-        for len in (0..bytes.len()).step_by(7) {
-            let p = write(&dir, "cut.npz", &bytes[..len]);
-            format_detail(&read_npz(&p).expect_err("truncated npz"));
-        }
-        for pos in (0..bytes.len()).step_by(5) {
-            let mut b = bytes.clone();
-            b[pos] ^= 0x5a;
-            let p = write(&dir, "flip.npz", &b);
-            if let Err(e) = read_npz(&p) {
-                format_detail(&e);
-            }
-        }
-        let p = write(&dir, "text.npz", b"not a zip at all");
-        format_detail(&read_npz(&p).expect_err("not a zip"));
-
-        // A well-formed zip whose entry is a truncated npy: the error names the entry.
-        let p = dir.join("short-entry.npz");
-        let mut zw = zip::ZipWriter::new(fs::File::create(&p).expect("create"));
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        zw.start_file("w.npy", opts).expect("start");
-        let img = npy_image("<f4", false, "(1000000,)", &[0u8; 16]);
-        zw.write_all(&img).expect("entry");
-        zw.finish().expect("finish");
-        let detail = format_detail(&read_npz(&p).expect_err("short entry"));
-        assert!(
-            detail.contains("entry 'w.npy'") && detail.contains("truncated data"),
-            "{detail}"
-        );
-    }
-}
+#[path = "npy_tests.rs"]
+mod tests;

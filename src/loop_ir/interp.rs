@@ -143,30 +143,32 @@ fn eval<B: Buffers + ?Sized>(e: &Expr, f: &Frame, bufs: &B) -> Result<f32> {
     })
 }
 
-/// `max(x, 0)` as x64 `maxps x, 0` computes it (NaN → 0).
+/// `max(x, 0)` propagating NaN: `x < 0 ? 0 : x` (NaN and `-0` pass through). The JIT
+/// emits it as one `maxps 0, x`.
 pub fn relu(x: f32) -> f32 {
-    if x > 0.0 {
-        x
-    } else {
+    if x < 0.0 {
         0.0
+    } else {
+        x
     }
 }
 
-/// `max(a, b)` as `a > b ? a : b` (the JIT's lane-wise definition).
+/// `max(a, b)` propagating NaN: `b` when `b` is NaN, else `a < b ? b : a` (which keeps a
+/// NaN `a`; ties give `a`). The JIT emits exactly this (see `backend::cranelift::math`).
 pub fn max(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
-    } else {
+    if b.is_nan() || a < b {
         b
+    } else {
+        a
     }
 }
 
-/// `min(a, b)` as `a < b ? a : b`.
+/// `min(a, b)` propagating NaN: `b` when `b` is NaN, else `b < a ? b : a`.
 pub fn min(a: f32, b: f32) -> f32 {
-    if a < b {
-        a
-    } else {
+    if b.is_nan() || b < a {
         b
+    } else {
+        a
     }
 }
 

@@ -11,13 +11,37 @@
 //! Loop kinds are the schedule and never change the meaning: `Serial`, `Parallel` (the
 //! iterations are split into contiguous chunks across threads; only a kernel's outermost
 //! loop may be parallel and its iterations must write disjoint elements), `Vector(4)`
-//! (lanes of an f32x4: the loop's variable may appear in indices with coefficient 0 —
-//! broadcast — or 1 — contiguous lanes), `Unroll(n)` (the body is replicated n times).
+//! (lanes of an f32x4: the loop's variable may appear in buffer indices with coefficient
+//! 0 — broadcast —, 1 — contiguous lanes — or another — strided lanes, gathered by a load
+//! and scattered by a store — and in local indices with 0 or 1), `Unroll(n)` (the body
+//! is replicated n times).
 //! The interpreter ignores kinds; the verifier checks that they are legal.
 //!
 //! Locals are small per-kernel register tiles (accumulators). Their indices may only use
 //! `Vector` and `Unroll` variables, so after unrolling every local element is a fixed
 //! register. A local is private to the iteration of the enclosing loops that writes it.
+//!
+//! # NaN and infinities
+//!
+//! Every executor gives the same bits for every input, special values included, and the
+//! operations are chosen so that the layers built from them follow TensorFlow's (Eigen's)
+//! CPU kernels, which is what Keras computes:
+//!
+//! - arithmetic, `sqrt`, `Fma` and comparisons are IEEE 754 (a comparison with NaN is
+//!   false, so a [`Expr::Select`] takes its `f` arm);
+//! - [`BinOp::Max`] / [`BinOp::Min`] and [`UnOp::Relu`] *propagate* NaN, like `tf.maximum`,
+//!   `tf.minimum`, `tf.nn.relu`, `relu6` and `clip_by_value` (so relu, relu6,
+//!   hard_sigmoid and the Maximum/Minimum merges of NaN are NaN); ties, including `±0`,
+//!   give the left operand, and `relu(−0) = −0` (the sign of a zero is not part of the
+//!   contract with Keras, only equality across engines);
+//! - [`UnOp::Exp`] is exact at the ends: `e^{+∞} = +∞` (overflow from 88.73 on), `e^{−∞} = 0`
+//!   (gradual underflow to subnormals below −87.3), `e^{NaN} = NaN`; `tanh`, `sigmoid` and
+//!   `erf` built on it give `±1`, `0`/`1` and `±1` at `±∞`, so swish, gelu and mish of `−∞`
+//!   are `−∞·0 = NaN`, as in TensorFlow;
+//! - max pooling is *not* a `Max` fold: TensorFlow's `MaxPool` ignores NaN taps and starts
+//!   from `−FLT_MAX` (an all-NaN or all-`−∞` window gives `−3.4028235e38`), so the lowering
+//!   spells it as a `Select` (`x > acc ? x : acc`); global max pooling and softmax's
+//!   maximum use `Max` (`reduce_max` propagates NaN).
 //!
 //! This module knows nothing of layers or of Cranelift.
 
@@ -228,9 +252,9 @@ pub enum UnOp {
     Abs,
     /// `sqrt(x)`.
     Sqrt,
-    /// `max(x, 0)`.
+    /// `max(x, 0)` propagating NaN: `x < 0 ? 0 : x` (see [`interp::relu`]).
     Relu,
-    /// `e^x` (polynomial, see [`math`]).
+    /// `e^x` (polynomial, see [`math`]; `+∞` on overflow, `0` on underflow).
     Exp,
     /// `ln(x)` (polynomial, see [`math`]).
     Log,
@@ -260,9 +284,10 @@ pub enum BinOp {
     Mul,
     /// `a / b`.
     Div,
-    /// `max(a, b)` (a NaN operand gives the other operand, as x64 `maxps` with b = a).
+    /// `max(a, b)` propagating NaN: `b` if `b` is NaN, else `a < b ? b : a` (see
+    /// [`interp::max`]).
     Max,
-    /// `min(a, b)`.
+    /// `min(a, b)` propagating NaN: `b` if `b` is NaN, else `b < a ? b : a`.
     Min,
 }
 
@@ -374,6 +399,11 @@ pub struct Kernel {
     pub locals: Vec<Local>,
     /// Statements.
     pub body: Vec<Stmt>,
+    /// The schedule the lowering chose for this kernel, as text (e.g.
+    /// `lc.forward(vec=filters, tile=4x8, …)`), printed with the kernel; `None` for
+    /// kernels whose lowering has no schedule choices recorded. Never read by the
+    /// executors: the loops themselves carry the schedule.
+    pub schedule: Option<String>,
 }
 
 /// A whole program: buffers and the kernels that run over them, in order.
@@ -393,6 +423,7 @@ pub struct KernelBuilder {
     name: String,
     var_names: Vec<String>,
     locals: Vec<Local>,
+    schedule: Option<String>,
 }
 
 impl KernelBuilder {
@@ -419,6 +450,11 @@ impl KernelBuilder {
         (self.locals.len() - 1) as LocalId
     }
 
+    /// Records the schedule text shown with the kernel (see [`Kernel::schedule`]).
+    pub fn schedule(&mut self, text: impl Into<String>) {
+        self.schedule = Some(text.into());
+    }
+
     /// Finishes the kernel with `body`.
     pub fn finish(self, body: Vec<Stmt>) -> Kernel {
         Kernel {
@@ -427,6 +463,7 @@ impl KernelBuilder {
             var_names: self.var_names,
             locals: self.locals,
             body,
+            schedule: self.schedule,
         }
     }
 }

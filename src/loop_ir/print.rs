@@ -2,7 +2,8 @@
 //!
 //! The schedule is shown on every loop (`parallel`, `vector(4)`, `unroll(3)`), indices are
 //! printed as affine expressions in the loop variables' names, and floats use Rust's
-//! shortest round-trip form, so the text is stable enough for golden files.
+//! shortest round-trip form, so the text is stable enough for golden files. A kernel whose
+//! lowering recorded its schedule shows it on a `schedule …` line under its header.
 
 use super::{Affine, BinOp, BufRole, CmpOp, Expr, Kernel, LoopKind, Module, Stmt, UnOp};
 use std::fmt::Write as _;
@@ -182,6 +183,9 @@ pub fn kernel_text(m: &Module, k: &Kernel) -> String {
             locals.join(", ")
         }
     );
+    if let Some(sched) = &k.schedule {
+        let _ = writeln!(s, "  schedule {sched}");
+    }
     stmts_text(&mut s, &k.body, m, k, 1);
     s
 }

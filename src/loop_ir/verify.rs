@@ -11,20 +11,62 @@
 //! Structural rules: variables are bound once and used only inside their loop; only a
 //! kernel's top-level loop may be `Parallel`, and then it is the kernel's only top-level
 //! statement (each thread runs a contiguous range of its iterations); `Vector(w)` loops are innermost, have
-//! extents divisible by `w`, use their variable with coefficient 0 or 1 in indices and
-//! with coefficient 1 in the indices they store to, and carry no `If` on it; `Unroll(n)`
+//! extents divisible by `w`, and carry no `If` on their variable; in buffer loads their
+//! variable may have any coefficient (0 broadcast, 1 contiguous lanes, other strided
+//! lanes: a gather), in buffer stores any non-zero one (1 contiguous, other a scatter
+//! to distinct elements), in local tiles only 0 or 1 (1 in the local stores); `Unroll(n)`
 //! extents are divisible by `n`; local tiles are indexed only by `Vector` variables and
 //! fully unrolled variables, so they can live in registers.
 
 use super::{Affine, Expr, Kernel, LoopKind, Module, Stmt, Var};
 use crate::error::{Error, Result};
 
-#[derive(Clone)]
+/// What is bound at the statement being checked. One scope per kernel is updated in place
+/// as the walk enters and leaves loops and guards (never cloned), so verification is
+/// linear in the program size even for kernels with many variables.
 struct Scope {
     /// Per variable: `Some((extent, kind))` while bound.
     vars: Vec<Option<(u64, LoopKind)>>,
     guards: Vec<(Affine, i64, i64)>,
     in_vector: Option<Var>,
+}
+
+/// Interval of `a` with each guard `lo ≤ g < hi` substituted where `a` holds an exact
+/// multiple of `g`, the rest bounded by the loop ranges in `vars`.
+fn range_with_guards(
+    a: &Affine,
+    vars: &[Option<(u64, LoopKind)>],
+    guards: &[(Affine, i64, i64)],
+) -> std::result::Result<(i128, i128), String> {
+    let mut rest = a.clone();
+    let (mut lo, mut hi) = (0i128, 0i128);
+    for (g, glo, ghi) in guards.iter().rev() {
+        let Some(&(v0, c0)) = g.terms.first() else {
+            continue;
+        };
+        let rc = rest.coef(v0);
+        if rc == 0 || rc % c0 != 0 {
+            continue;
+        }
+        let m = rc / c0;
+        if g.terms.iter().all(|&(v, c)| rest.coef(v) == m * c) {
+            rest = rest.plus_affine(&g.clone().scale(-m));
+            let (a1, a2) = (m as i128 * *glo as i128, m as i128 * (*ghi as i128 - 1));
+            lo += a1.min(a2);
+            hi += a1.max(a2);
+        }
+    }
+    lo += rest.offset as i128;
+    hi += rest.offset as i128;
+    for &(v, c) in &rest.terms {
+        let Some(Some((extent, _))) = vars.get(v as usize) else {
+            return Err(format!("variable v{v} used outside its loop"));
+        };
+        let top = c as i128 * (*extent as i128 - 1);
+        lo += top.min(0);
+        hi += top.max(0);
+    }
+    Ok((lo, hi))
 }
 
 struct Ctx<'a> {
@@ -44,56 +86,26 @@ impl Ctx<'_> {
     /// of the bound from loop ranges alone and the bound with guards substituted (both
     /// are sound; each is tight for different indices).
     fn range(&self, a: &Affine, scope: &Scope) -> std::result::Result<(i128, i128), String> {
-        let plain = Scope {
-            vars: scope.vars.clone(),
-            guards: Vec::new(),
-            in_vector: scope.in_vector,
-        };
-        let (lo0, hi0) = self.range_with_guards(a, &plain)?;
+        let (lo0, hi0) = range_with_guards(a, &scope.vars, &[])?;
         if scope.guards.is_empty() {
             return Ok((lo0, hi0));
         }
-        let (lo1, hi1) = self.range_with_guards(a, scope)?;
+        let (lo1, hi1) = range_with_guards(a, &scope.vars, &scope.guards)?;
         Ok((lo0.max(lo1), hi0.min(hi1)))
     }
 
-    fn range_with_guards(
-        &self,
+    /// Bounds of index `a` of a `len`-element buffer or local, and its use of the vector
+    /// variable: `local` tiles take coefficient 0 or 1 (1 when stored to), buffers any
+    /// coefficient in loads (strided lanes are gathered) and a non-zero one in stores.
+    fn check_index(
+        &mut self,
+        what: &str,
         a: &Affine,
+        len: usize,
         scope: &Scope,
-    ) -> std::result::Result<(i128, i128), String> {
-        let mut rest = a.clone();
-        let (mut lo, mut hi) = (0i128, 0i128);
-        for (g, glo, ghi) in scope.guards.iter().rev() {
-            let Some(&(v0, c0)) = g.terms.first() else {
-                continue;
-            };
-            let rc = rest.coef(v0);
-            if rc == 0 || rc % c0 != 0 {
-                continue;
-            }
-            let m = rc / c0;
-            if g.terms.iter().all(|&(v, c)| rest.coef(v) == m * c) {
-                rest = rest.plus_affine(&g.clone().scale(-m));
-                let (a1, a2) = (m as i128 * *glo as i128, m as i128 * (*ghi as i128 - 1));
-                lo += a1.min(a2);
-                hi += a1.max(a2);
-            }
-        }
-        lo += rest.offset as i128;
-        hi += rest.offset as i128;
-        for &(v, c) in &rest.terms {
-            let Some(Some((extent, _))) = scope.vars.get(v as usize) else {
-                return Err(format!("variable v{v} used outside its loop"));
-            };
-            let top = c as i128 * (*extent as i128 - 1);
-            lo += top.min(0);
-            hi += top.max(0);
-        }
-        Ok((lo, hi))
-    }
-
-    fn check_index(&mut self, what: &str, a: &Affine, len: usize, scope: &Scope, store: bool) {
+        store: bool,
+        local: bool,
+    ) {
         match self.range(a, scope) {
             Ok((lo, hi)) => {
                 if lo < 0 || hi >= len as i128 {
@@ -107,7 +119,13 @@ impl Ctx<'_> {
         }
         if let Some(v) = scope.in_vector {
             let c = a.coef(v);
-            if store && c != 1 {
+            if !local {
+                if store && c == 0 {
+                    self.err(format!(
+                        "{what} inside vector loop v{v} does not depend on it (lanes would collide)"
+                    ));
+                }
+            } else if store && c != 1 {
                 self.err(format!(
                     "{what} inside vector loop v{v} must have coefficient 1 on it (has {c})"
                 ));
@@ -134,7 +152,7 @@ impl Ctx<'_> {
                 )),
             }
         }
-        self.check_index(&format!("local {local}"), a, len, scope, store);
+        self.check_index(&format!("local {local}"), a, len, scope, store, true);
     }
 
     fn expr(&mut self, e: &Expr, scope: &Scope) {
@@ -143,7 +161,14 @@ impl Ctx<'_> {
             Expr::Load { buf, index } => match self.module.buffers.get(*buf as usize) {
                 Some(b) => {
                     let len = b.len;
-                    self.check_index(&format!("load of buffer {buf}"), index, len, scope, false)
+                    self.check_index(
+                        &format!("load of buffer {buf}"),
+                        index,
+                        len,
+                        scope,
+                        false,
+                        false,
+                    )
                 }
                 None => self.err(format!("buffer {buf} does not exist")),
             },
@@ -166,7 +191,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn stmts(&mut self, stmts: &[Stmt], scope: &Scope, top: bool) {
+    fn stmts(&mut self, stmts: &[Stmt], scope: &mut Scope, top: bool) {
         for s in stmts {
             match s {
                 Stmt::For {
@@ -203,16 +228,18 @@ impl Ctx<'_> {
                         }
                         _ => {}
                     }
-                    let mut inner = scope.clone();
-                    inner.vars[v] = Some((*extent, *kind));
+                    let (outer_var, outer_vector) = (scope.vars[v], scope.in_vector);
+                    scope.vars[v] = Some((*extent, *kind));
                     if let LoopKind::Vector(_) = kind {
-                        inner.in_vector = Some(*var);
+                        scope.in_vector = Some(*var);
                     }
-                    self.stmts(body, &inner, false);
+                    self.stmts(body, scope, false);
+                    scope.vars[v] = outer_var;
+                    scope.in_vector = outer_vector;
                 }
                 Stmt::If { conds, body } => {
-                    let mut inner = scope.clone();
-                    for (a, lo, hi) in conds {
+                    let depth = scope.guards.len();
+                    for (a, _, _) in conds {
                         if let Some(v) = scope.in_vector {
                             if a.coef(v) != 0 {
                                 self.err(format!("condition depends on vector variable v{v}"));
@@ -221,9 +248,14 @@ impl Ctx<'_> {
                         if let Err(e) = self.range(a, scope) {
                             self.err(format!("condition: {e}"));
                         }
-                        inner.guards.push((a.clone(), *lo, *hi));
                     }
-                    self.stmts(body, &inner, false);
+                    // Conditions are ranged without one another (as written), then all
+                    // guard the body.
+                    scope
+                        .guards
+                        .extend(conds.iter().map(|(a, lo, hi)| (a.clone(), *lo, *hi)));
+                    self.stmts(body, scope, false);
+                    scope.guards.truncate(depth);
                 }
                 Stmt::Store { buf, index, value } => {
                     self.expr(value, scope);
@@ -241,6 +273,7 @@ impl Ctx<'_> {
                                 len,
                                 scope,
                                 true,
+                                false,
                             )
                         }
                         None => self.err(format!("buffer {buf} does not exist")),
@@ -273,7 +306,7 @@ pub fn verify(module: &Module) -> Result<()> {
         if kernel.var_names.len() != kernel.vars as usize {
             ctx.err("variable names do not match the variable count".into());
         }
-        let scope = Scope {
+        let mut scope = Scope {
             vars: vec![None; kernel.vars as usize],
             guards: Vec::new(),
             in_vector: None,
@@ -290,7 +323,7 @@ pub fn verify(module: &Module) -> Result<()> {
         if parallel && kernel.body.len() != 1 {
             ctx.err("a parallel loop must be the kernel's only top-level statement".into());
         }
-        ctx.stmts(&kernel.body, &scope, true);
+        ctx.stmts(&kernel.body, &mut scope, true);
         errs.extend(ctx.errs);
     }
     if errs.is_empty() {

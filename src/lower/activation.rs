@@ -70,24 +70,27 @@ pub fn apply(a: &Activation, x: Expr) -> Option<Expr> {
             max_value,
             threshold,
         } => {
-            if *alpha == 0.0 && *threshold == 0.0 {
-                let r = un(UnOp::Relu, x);
-                match max_value {
-                    Some(m) => bin(BinOp::Min, r, c(*m)),
-                    None => r,
-                }
-            } else {
-                let pos = match max_value {
-                    Some(m) => bin(BinOp::Min, x.clone(), c(*m)),
-                    None => x.clone(),
-                };
-                let neg = bin(
+            // tf-keras `backend.relu`, operation for operation (see
+            // `reference::activation`): NaN propagates and a thresholded relu of −∞ is
+            // `−∞ · 0 = NaN`, as in Keras.
+            let mut pos = if *threshold != 0.0 {
+                bin(
                     BinOp::Mul,
-                    c(*alpha),
-                    bin(BinOp::Sub, x.clone(), c(*threshold)),
-                );
-                select(CmpOp::Gt, x, c(*threshold), pos, neg)
+                    x.clone(),
+                    select(CmpOp::Gt, x.clone(), c(*threshold), c(1.0), c(0.0)),
+                )
+            } else {
+                un(UnOp::Relu, x.clone())
+            };
+            if let Some(m) = max_value {
+                // backend.clip raises max_value to 0 when it is below.
+                pos = bin(BinOp::Min, bin(BinOp::Max, pos, c(0.0)), c(m.max(0.0)));
             }
+            if *alpha != 0.0 {
+                let neg = un(UnOp::Relu, bin(BinOp::Add, un(UnOp::Neg, x), c(*threshold)));
+                pos = bin(BinOp::Sub, pos, bin(BinOp::Mul, c(*alpha), neg));
+            }
+            pos
         }
         A::Sigmoid => un(UnOp::Sigmoid, x),
         A::Tanh => un(UnOp::Tanh, x),

@@ -35,8 +35,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::graph::{Activation, NodeId, Op};
 use crate::loop_ir::{
-    bin, for_, load, Affine, BinOp, BufId, BufRole, Buffer, Expr, KernelBuilder, LoopKind, Module,
-    Stmt,
+    for_, Affine, BinOp, BufId, BufRole, Buffer, Expr, KernelBuilder, LoopKind, Module, Stmt,
 };
 
 /// A lowered gradient program (see the module docs).
@@ -185,26 +184,27 @@ pub fn sum_kernel(
     let r = kb.var("r");
     let e = kb.var("e");
     let idx = Affine::var(r).scale(row_len as i64).plus_term(e, 1);
-    let value = srcs
-        .iter()
-        .map(|&s| load(s, idx.clone()))
-        .reduce(|a, b| bin(BinOp::Add, a, b))
-        .unwrap_or(Expr::Const(0.0));
+    let body = if srcs.is_empty() {
+        vec![Stmt::Store {
+            buf: dst,
+            index: idx,
+            value: Expr::Const(0.0),
+        }]
+    } else {
+        // Left to right in chunks, so a tensor with thousands of consumers gives no deep
+        // expression.
+        super::merge::fold_chain(dst, &idx, BinOp::Add, srcs, |v| v)
+    };
     let kind = if row_len.is_multiple_of(4) {
         LoopKind::Vector(4)
     } else {
         LoopKind::Serial
     };
-    let store = Stmt::Store {
-        buf: dst,
-        index: idx,
-        value,
-    };
     let nest = for_(
         r,
         rows as u64,
         LoopKind::Parallel,
-        vec![for_(e, row_len as u64, kind, vec![store])],
+        vec![for_(e, row_len as u64, kind, body)],
     );
     cx.push(kb.finish(vec![nest]), srcs, &[dst]);
 }
@@ -299,6 +299,7 @@ pub fn lower_gradients_in(
             },
         }
     }
+    cx.finish_forward()?;
     let n_forward = cx.kernels.len();
     // Phase 2.
     let &out = graph.outputs.first().ok_or_else(|| Error::Input {
@@ -365,7 +366,8 @@ pub fn lower_gradients_in(
         let output = graph
             .outputs
             .iter()
-            .position(|&o| cx.node_tensor[o] == Some(value));
+            .position(|&o| cx.node_tensor[o] == Some(value))
+            .filter(|&o| cx.output_tensors.get(o) == Some(&value));
         let at = match output {
             Some(o) => Err(o),
             None => {

@@ -16,10 +16,14 @@
 //!   a per-thread scratch row between tap rows; taps are walked so that kernel rows
 //!   ascend (see `GatherCx::position` and [`Residue::tap`] for the measurements).
 //!
+//! Every schedule choice (vector axis, tiles, merging, segments) is made in
+//! `schedule/lc.rs`; the emitters here follow it.
+//!
 //! channels_first and `F % 4 != 0` use scalar tiles: `dz` is strided along filters
 //! there, so neither dK nor dx has a contiguous vector operand.
 
-use super::lc::{geometry, reduction_kind, tap_loops, tap_pos, Geo};
+use super::lc::{geometry, tap_loops, tap_pos, Geo};
+use super::schedule::lc as sched;
 use super::Cx;
 use crate::error::Result;
 use crate::graph::{LocallyConnected, NodeId, Padding};
@@ -48,14 +52,6 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
     Ok(())
 }
 
-/// Largest divisor of `n` that is at most `max` (≥ 1).
-fn divisor_upto(n: usize, max: usize) -> usize {
-    (1..=max.max(1))
-        .rev()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1)
-}
-
 /// `for v0 in 0..e0 (k0) { for v1 in 0..e1 (k1) { body } }`.
 fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> Stmt {
     for_(
@@ -66,41 +62,21 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
     )
 }
 
-/// dK's register tile: `(FT filters, TQ patch entries)` for a patch run of `run` entries.
-/// Vectorised: 8 f32x4 accumulators, as in the forward (see `lc::tile`); scalar: up to
-/// 12 `f32` accumulators.
-fn dk_tile(vec: bool, f: usize, run: usize) -> (usize, usize) {
-    if vec {
-        let ft = if f.is_multiple_of(8) { 8 } else { 4 };
-        (ft, divisor_upto(run, 32 / ft))
-    } else {
-        let ft = divisor_upto(f, 4);
-        (ft, divisor_upto(run, (12 / ft).min(4)))
-    }
-}
-
 /// `dK[p, q, f] = Σ_b x[b, patch(p, q)] · dz[b, p, f]` (see the module docs).
 fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, dk]: [BufId; 3]) {
+    let s = sched::kernel_grad(g, l, cx.batch);
     let mut kb = KernelBuilder::new(format!("{name}.backward_dk"));
+    kb.schedule(s.to_string());
     let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
     let t: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("t{a}"))).collect();
-    let vec = g.cl && g.f.is_multiple_of(4);
     let last = g.rank - 1;
-    // As in the forward: a channels_last patch row without padding guard or dilation is
-    // one contiguous run of `kw·C` floats in x and in dK, walked by one loop.
-    let merge = g.cl && l.dilation[last] == 1 && l.padding == Padding::Valid;
-    let run = if merge { l.kernel[last] * g.c } else { g.c };
-    let (ft, tq) = dk_tile(vec, g.f, run);
+    let (merge, run, ft, tq) = (s.merge, s.run, s.ft, s.tq);
     let acc = kb.local("acc", tq * ft);
     let (ct, fti, b) = (kb.var("ct"), kb.var("ft"), kb.var("b"));
     let (q_i, f_i) = (kb.var("qi"), kb.var("fi"));
     let (q_a, f_a) = (kb.var("qa"), kb.var("fa"));
     let (q_s, f_s) = (kb.var("qs"), kb.var("fs"));
-    let fkind = if vec {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Unroll(ft as u32)
-    };
+    let fkind = s.filter_kind();
     let qkind = LoopKind::Unroll(tq as u32);
     let oa: Vec<Affine> = o.iter().map(|&v| Affine::var(v)).collect();
     let p = g.position(&oa);
@@ -163,11 +139,7 @@ fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, d
         },
     );
     let batch = cx.batch as u64;
-    let per_tile = vec![
-        init,
-        for_(b, batch, reduction_kind(batch), vec![update]),
-        store,
-    ];
+    let per_tile = vec![init, for_(b, batch, s.reduction, vec![update]), store];
     let tiles = vec![for_(
         ct,
         (run / tq) as u64,
@@ -219,16 +191,10 @@ fn position_nest(g: &Geo, o: &[Var], body: Vec<Stmt>) -> Vec<Stmt> {
 /// bias layout in both data formats), in blocks of it in parallel, batch rows in order.
 fn bias_grad(cx: &mut Cx, name: &str, g: &Geo, dz: BufId, db: BufId) {
     let n = g.p * g.f;
-    let blk = [256, 128, 64, 32, 16, 8, 4, 2, 1]
-        .into_iter()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1);
-    let kind = if blk.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
+    let s = sched::bias_grad(g);
+    let (blk, kind) = (s.blk, s.kind);
     let mut kb = KernelBuilder::new(format!("{name}.backward_db"));
+    kb.schedule(s.to_string());
     let (j, e0, b, e) = (kb.var("j"), kb.var("e0"), kb.var("b"), kb.var("e"));
     let at = |v: Var| Affine::var(j).scale(blk as i64).plus_term(v, 1);
     let body = vec![

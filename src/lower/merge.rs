@@ -29,10 +29,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, kind: MergeKind) -> Result<()> {
         .map(|k| cx.input(node, k))
         .collect::<Result<Vec<_>>>()?;
     let dst = cx.output(node);
-    let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let b = kb.var("b");
-    let e = kb.var("e");
-    let idx = Affine::var(b).scale(len as i64).plus_term(e, 1);
+    let idx = Affine::var(0).scale(len as i64).plus_term(1, 1);
     let op = match kind {
         MergeKind::Add | MergeKind::Average => BinOp::Add,
         MergeKind::Subtract => BinOp::Sub,
@@ -40,31 +37,98 @@ pub fn forward(cx: &mut Cx, node: NodeId, kind: MergeKind) -> Result<()> {
         MergeKind::Maximum => BinOp::Max,
         MergeKind::Minimum => BinOp::Min,
     };
-    let mut value = load(srcs[0], idx.clone());
-    for &s in &srcs[1..] {
-        value = bin(op, value, load(s, idx.clone()));
-    }
-    if kind == MergeKind::Average {
-        value = bin(BinOp::Div, value, Expr::Const(arity as f32));
-    }
-    let kind = if len.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
-    let store = Stmt::Store {
-        buf: dst,
-        index: idx,
-        value,
-    };
-    let nest = for_(
-        b,
-        cx.batch as u64,
-        LoopKind::Parallel,
-        vec![for_(e, len as u64, kind, vec![store])],
+    let chain = fold_chain(dst, &idx, op, &srcs, |v| {
+        if kind == MergeKind::Average {
+            bin(BinOp::Div, v, Expr::Const(arity as f32))
+        } else {
+            v
+        }
+    });
+    push_chunked(
+        cx,
+        &format!("{name}.forward"),
+        len,
+        chain,
+        FOLD_KERNEL,
+        &srcs,
+        &[dst],
     );
-    cx.push(kb.finish(vec![nest]), &srcs, &[dst]);
     Ok(())
+}
+
+/// Statements of a fold chain per kernel: 8 × [`FOLD_CHUNK`] loads.
+const FOLD_KERNEL: usize = 8;
+/// Statements of a chained backward pass per kernel.
+const CHAIN_KERNEL: usize = 96;
+
+/// Pushes `body` (statements over variables 0 = batch row, 1 = element, all state in
+/// memory) as kernels of at most `per_kernel` statements, in order, each
+/// `for b (parallel) { for e { … } }`. Splitting between any two statements keeps the
+/// meaning (each element's statements still run in order), and bounds the size of every
+/// function the JIT compiles and the buffers it keeps live, whatever the merge's arity.
+fn push_chunked(
+    cx: &mut Cx,
+    name: &str,
+    len: usize,
+    body: Vec<Stmt>,
+    per_kernel: usize,
+    reads: &[BufId],
+    writes: &[BufId],
+) {
+    let parts = body.len().div_ceil(per_kernel.max(1));
+    let mut rest = body.into_iter();
+    for k in 0..parts {
+        let chunk: Vec<Stmt> = rest.by_ref().take(per_kernel.max(1)).collect();
+        let kname = if parts == 1 {
+            name.to_string()
+        } else {
+            format!("{name}.{k}")
+        };
+        let mut kb = KernelBuilder::new(kname);
+        let b = kb.var("b");
+        let e = kb.var("e");
+        let nest = elementwise(cx.batch, len, b, e, chunk);
+        cx.push(kb.finish(vec![nest]), reads, writes);
+    }
+}
+
+/// Loads folded into one expression at most; longer folds continue through `dst`.
+pub const FOLD_CHUNK: usize = 32;
+
+/// Stores `dst[idx] = finish(srcs[0] op srcs[1] op … )`, folded left to right, as a chain
+/// of statements of at most [`FOLD_CHUNK`] loads each: the first stores the fold of its
+/// chunk, each next one reloads `dst[idx]` and folds its chunk on (the same f32
+/// operations in the same order as one long expression, so the same bits), and the last
+/// applies `finish`. Expression depth stays bounded however many inputs a merge has,
+/// so no recursive walker of the loop IR (printer, verifier, interpreter, code
+/// generator) can exhaust the stack. `srcs` must not be empty and must not contain `dst`.
+pub fn fold_chain(
+    dst: BufId,
+    idx: &Affine,
+    op: BinOp,
+    srcs: &[BufId],
+    finish: impl Fn(Expr) -> Expr,
+) -> Vec<Stmt> {
+    let chunks: Vec<&[BufId]> = srcs.chunks(FOLD_CHUNK).collect();
+    let last = chunks.len().saturating_sub(1);
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(k, chunk)| {
+            let mut loads = chunk.iter().map(|&s| load(s, idx.clone()));
+            let first = if k == 0 {
+                loads.next().unwrap_or(Expr::Const(0.0))
+            } else {
+                load(dst, idx.clone())
+            };
+            let value = loads.fold(first, |acc, x| bin(op, acc, x));
+            Stmt::Store {
+                buf: dst,
+                index: idx.clone(),
+                value: if k == last { finish(value) } else { value },
+            }
+        })
+        .collect()
 }
 
 /// Lowers Concatenate along per-sample axis `axis`.
@@ -110,10 +174,9 @@ pub fn concatenate(cx: &mut Cx, node: NodeId, axis: usize) -> Result<()> {
 
 /// Backward pass of an elementwise merge, given the gradient `dy` of its output (as the
 /// reference, `reference::merge_grad`): Add passes `dy` to every input; Subtract `dy`
-/// and `−dy`; Average `dy / n`; Multiply `dy` times the other inputs; Maximum/Minimum
-/// send `dy` to the input that won the left-to-right fold — the first one on ties — so
-/// input `i` gets it where it strictly beats every earlier input and is not beaten by a
-/// later one.
+/// and `−dy`; Average `dy / n`. Multiply, Maximum and Minimum follow TensorFlow's chain
+/// rule back through Keras's left fold `out_k = op(out_{k−1}, x_k)` (see [`chain_backward`]),
+/// so Maximum/Minimum send `dy` to the input that won the fold — the first one on ties.
 pub fn backward(cx: &mut Cx, node: NodeId, kind: MergeKind, dy: BufId) -> Result<()> {
     let n = &cx.graph.nodes[node];
     let (name, len, arity) = (
@@ -124,8 +187,19 @@ pub fn backward(cx: &mut Cx, node: NodeId, kind: MergeKind, dy: BufId) -> Result
     let xs = (0..arity)
         .map(|k| cx.input(node, k))
         .collect::<Result<Vec<_>>>()?;
+    if matches!(
+        kind,
+        MergeKind::Multiply | MergeKind::Maximum | MergeKind::Minimum
+    ) && arity > 1
+    {
+        return chain_backward(cx, node, kind, dy, &xs);
+    }
     for i in 0..arity {
-        if kind == MergeKind::Add || (kind == MergeKind::Subtract && i == 0) {
+        if matches!(
+            kind,
+            MergeKind::Add | MergeKind::Multiply | MergeKind::Maximum | MergeKind::Minimum
+        ) || (kind == MergeKind::Subtract && i == 0)
+        {
             cx.grad_alias(node, i, dy)?;
             continue;
         }
@@ -135,53 +209,118 @@ pub fn backward(cx: &mut Cx, node: NodeId, kind: MergeKind, dy: BufId) -> Result
         let e = kb.var("e");
         let idx = Affine::var(b).scale(len as i64).plus_term(e, 1);
         let g = load(dy, idx.clone());
-        let x = |k: usize| load(xs[k], idx.clone());
         let value = match kind {
-            MergeKind::Subtract => un(UnOp::Neg, g),
             MergeKind::Average => bin(BinOp::Div, g, Expr::Const(arity as f32)),
-            MergeKind::Multiply => (0..arity)
-                .filter(|&j| j != i)
-                .fold(g, |acc, j| bin(BinOp::Mul, acc, x(j))),
-            MergeKind::Maximum | MergeKind::Minimum => {
-                let max = kind == MergeKind::Maximum;
-                (0..arity).filter(|&j| j != i).fold(g, |acc, j| {
-                    let cmp = match (max, j < i) {
-                        (true, true) => CmpOp::Gt,
-                        (true, false) => CmpOp::Ge,
-                        (false, true) => CmpOp::Lt,
-                        (false, false) => CmpOp::Le,
-                    };
-                    Expr::Select {
-                        cmp,
-                        a: Box::new(x(i)),
-                        b: Box::new(x(j)),
-                        t: Box::new(acc),
-                        f: Box::new(Expr::Const(0.0)),
-                    }
-                })
-            }
-            MergeKind::Add => g,
-        };
-        let lanes = if len.is_multiple_of(4) {
-            LoopKind::Vector(4)
-        } else {
-            LoopKind::Serial
+            _ => un(UnOp::Neg, g),
         };
         let store = Stmt::Store {
             buf: dx,
             index: idx,
             value,
         };
-        let nest = for_(
-            b,
-            cx.batch as u64,
-            LoopKind::Parallel,
-            vec![for_(e, len as u64, lanes, vec![store])],
+        cx.push(
+            kb.finish(vec![elementwise(cx.batch, len, b, e, vec![store])]),
+            &[dy],
+            &[dx],
         );
-        let mut reads = xs.clone();
-        reads.push(dy);
-        cx.push(kb.finish(vec![nest]), &reads, &[dx]);
     }
+    Ok(())
+}
+
+/// `for b (parallel) { for e (vector(4) when len allows) { body } }`.
+fn elementwise(
+    batch: usize,
+    len: usize,
+    b: crate::loop_ir::Var,
+    e: crate::loop_ir::Var,
+    body: Vec<Stmt>,
+) -> Stmt {
+    let lanes = if len.is_multiple_of(4) {
+        LoopKind::Vector(4)
+    } else {
+        LoopKind::Serial
+    };
+    for_(
+        b,
+        batch as u64,
+        LoopKind::Parallel,
+        vec![for_(e, len as u64, lanes, body)],
+    )
+}
+
+/// Multiply/Maximum/Minimum backward in one kernel whose size is linear in the number of
+/// inputs `n` (TensorFlow's gradient of Keras's fold, step by step). Per element:
+///
+/// 1. `dx_k ← out_{k−1}` for `k ≥ 1` (the forward prefixes `out_0 = x_0`,
+///    `out_k = op(out_{k−1}, x_k)`, recomputed with the forward's operation);
+/// 2. `g ← dy` (held in `dx_0`), then for `k = n−1 … 1`: Multiply
+///    `dx_k ← out_{k−1} · g`, `g ← g · x_k`; Maximum (Minimum) with
+///    `c = out_{k−1} ≥ x_k` (`≤`, TF's `MaximumGrad` mask): `dx_k ← c ? 0 : g`,
+///    `g ← c ? g : 0` (through a scratch tensor); finally `dx_0 = g`.
+fn chain_backward(
+    cx: &mut Cx,
+    node: NodeId,
+    kind: MergeKind,
+    dy: BufId,
+    xs: &[BufId],
+) -> Result<()> {
+    let n = &cx.graph.nodes[node];
+    let (name, len) = (n.name.clone(), n.shape.iter().product::<usize>());
+    let dxs = (0..xs.len())
+        .map(|k| cx.grad_input(node, k))
+        .collect::<Result<Vec<_>>>()?;
+    let idx = Affine::var(0).scale(len as i64).plus_term(1, 1);
+    let at = |buf: BufId| load(buf, idx.clone());
+    let set = |buf: BufId, value: Expr| Stmt::Store {
+        buf,
+        index: idx.clone(),
+        value,
+    };
+    let (op, cmp) = match kind {
+        MergeKind::Maximum => (BinOp::Max, CmpOp::Ge),
+        MergeKind::Minimum => (BinOp::Min, CmpOp::Le),
+        _ => (BinOp::Mul, CmpOp::Ge),
+    };
+    let mut body = vec![set(dxs[1], at(xs[0]))];
+    for k in 2..xs.len() {
+        body.push(set(dxs[k], bin(op, at(dxs[k - 1]), at(xs[k - 1]))));
+    }
+    body.push(set(dxs[0], at(dy)));
+    let scratch = (kind != MergeKind::Multiply).then(|| cx.temp(cx.batch * len));
+    for k in (1..xs.len()).rev() {
+        let g = at(dxs[0]);
+        match scratch {
+            None => {
+                body.push(set(dxs[k], bin(BinOp::Mul, at(dxs[k]), g.clone())));
+                body.push(set(dxs[0], bin(BinOp::Mul, g, at(xs[k]))));
+            }
+            Some(t) => {
+                let pick = |yes: Expr, no: Expr| Expr::Select {
+                    cmp,
+                    a: Box::new(at(dxs[k])),
+                    b: Box::new(at(xs[k])),
+                    t: Box::new(yes),
+                    f: Box::new(no),
+                };
+                body.push(set(t, pick(g.clone(), Expr::Const(0.0))));
+                body.push(set(dxs[k], pick(Expr::Const(0.0), g)));
+                body.push(set(dxs[0], at(t)));
+            }
+        }
+    }
+    let mut reads = xs.to_vec();
+    reads.push(dy);
+    let mut writes = dxs.clone();
+    writes.extend(scratch);
+    push_chunked(
+        cx,
+        &format!("{name}.backward"),
+        len,
+        body,
+        CHAIN_KERNEL,
+        &reads,
+        &writes,
+    );
     Ok(())
 }
 

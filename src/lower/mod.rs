@@ -25,6 +25,7 @@ pub mod mixed;
 pub mod norm;
 pub mod norm_train;
 pub mod pool;
+pub mod schedule;
 pub mod shape;
 
 use crate::error::{Error, Result};
@@ -73,6 +74,9 @@ pub struct Cx<'g> {
     /// Training programs: gradients of the model inputs are not needed (nothing learns
     /// them), so layers reading a model input skip their `dx`.
     skip_input_grads: bool,
+    /// The tensor of each graph output, set by [`Cx::finish_forward`]: the output node's
+    /// own tensor, or a copy when that tensor is a graph input or an earlier output.
+    output_tensors: Vec<TensorId>,
     /// The compute dtype of the layer being lowered forward (see [`mixed`]): the dtype
     /// its stores round to.
     compute: crate::graph::ComputeDtype,
@@ -155,6 +159,7 @@ pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
     for id in 0..graph.nodes.len() {
         mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
     }
+    cx.finish_forward()?;
     let (lowered, _) = plan(cx, &[])?;
     Ok(lowered)
 }
@@ -167,6 +172,10 @@ impl<'g> Cx<'g> {
                 detail: "batch size must be at least 1".into(),
             });
         }
+        // Every buffer below is sized `batch × shape` without further checks: the
+        // budget, computed with the checked helpers of `crate::size`, bounds them all
+        // (a batch whose outputs overflow or exceed it is refused here).
+        crate::budget::check_run(graph, batch, false)?;
         let mut buffers = Vec::new();
         let mut param_bufs = Vec::new();
         for (i, p) in graph.params.iter().enumerate() {
@@ -190,6 +199,7 @@ impl<'g> Cx<'g> {
             dparam_bufs: Vec::new(),
             saved: vec![Vec::new(); graph.nodes.len()],
             skip_input_grads: false,
+            output_tensors: Vec::new(),
             compute: crate::graph::ComputeDtype::Float32,
             rounded: Vec::new(),
         })
@@ -231,6 +241,43 @@ fn forward_node(cx: &mut Cx, id: NodeId) -> Result<()> {
     Ok(())
 }
 
+impl Cx<'_> {
+    /// Fixes the tensor of each graph output after the forward pass: a tensor holds one
+    /// role, so an output whose tensor is a graph input (an identity model, or a view
+    /// such as Reshape of the input) or an earlier output gets a copy of its own.
+    pub fn finish_forward(&mut self) -> Result<()> {
+        let graph = self.graph;
+        let mut taken: Vec<TensorId> = Vec::new();
+        for &n in &graph.inputs {
+            taken.extend(self.node_tensor[n]);
+        }
+        let mut outs = Vec::with_capacity(graph.outputs.len());
+        for &n in &graph.outputs {
+            let t = self.node_tensor[n].ok_or_else(|| Error::internal("output without tensor"))?;
+            let t = if taken.contains(&t) {
+                let len = self.tensor_len[t];
+                let dst = self.temp(len);
+                let name = format!("{}.output_copy", graph.nodes[n].name);
+                grad::sum_kernel(
+                    self,
+                    &name,
+                    self.batch,
+                    len / self.batch,
+                    &[tensor_buf(t)],
+                    dst,
+                );
+                (dst - TENSOR_BASE) as TensorId
+            } else {
+                t
+            };
+            taken.push(t);
+            outs.push(t);
+        }
+        self.output_tensors = outs;
+        Ok(())
+    }
+}
+
 /// Placeholder buffer id of tensor `t` (rewritten by the memory plan).
 fn tensor_buf(t: TensorId) -> BufId {
     TENSOR_BASE + t as BufId
@@ -248,6 +295,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
         kernels,
         param_bufs,
         mut buffers,
+        output_tensors,
         ..
     } = cx;
     let nt = tensor_len.len();
@@ -260,15 +308,12 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
         role[tensor_of(n)?] = Some(BufRole::Input(i));
     }
     let mut output_bufs = Vec::new();
-    for (i, &n) in graph.outputs.iter().enumerate() {
-        let t = tensor_of(n)?;
+    if output_tensors.len() != graph.outputs.len() {
+        return Err(Error::internal("plan before finish_forward"));
+    }
+    for (i, &t) in output_tensors.iter().enumerate() {
         if role[t].is_some() {
-            return Err(Error::Usage {
-                detail: format!(
-                    "output '{}' is an input or another output of the graph; use --engine reference",
-                    graph.nodes[n].name
-                ),
-            });
+            return Err(Error::internal(format!("output {i} shares its tensor")));
         }
         role[t] = Some(BufRole::Output(i));
     }
@@ -373,12 +418,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
     }
     crate::loop_ir::verify::verify(&module)?;
     input_bufs.sort_by_key(|&(t, _)| graph.inputs.iter().position(|&n| node_tensor[n] == Some(t)));
-    output_bufs.sort_by_key(|&(t, _)| {
-        graph
-            .outputs
-            .iter()
-            .position(|&n| node_tensor[n] == Some(t))
-    });
+    output_bufs.sort_by_key(|&(t, _)| output_tensors.iter().position(|&o| o == t));
     Ok((
         Lowered {
             module,

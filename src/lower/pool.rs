@@ -7,20 +7,24 @@
 //! of 4, otherwise one channel at a time. The window taps are serial loops; with `same`
 //! padding each tap is guarded by `0 ≤ o·s − pad + t < n` (the affine expression scaled
 //! into the index, so the verifier proves the load in bounds), which also gives TF's
-//! semantics: padding never contributes. Max starts from −∞ and takes
-//! `max(x, acc)` (a NaN input leaves the accumulator, like `f32::max`); average divides the
+//! semantics: padding never contributes. Max starts from `−FLT_MAX` and takes
+//! `x > acc ? x : acc`, as TensorFlow's `MaxPool` kernel does: a NaN tap is ignored, and a
+//! window of NaN and `−∞` only gives `−FLT_MAX` (not the propagating [`BinOp::Max`], see
+//! the loop IR's notes on NaN); average divides the
 //! in-bounds sum by the number of in-bounds taps, a compile-time count per output position
 //! (a constant when every window is full, else a `Const` buffer indexed by position).
 //!
 //! Backward ([`backward`]): a parallel loop over the batch; each row of `dx` is written
 //! completely by its own iteration. Average pooling adds `dy / count` to every in-bounds
 //! tap of each window (the row zeroed first, windows in output order). Max pooling sends
-//! `dy` to the FIRST maximum of the window in tap order, as the reference and
-//! TensorFlow's `MaxPoolGrad` do: with `y` the forward maximum (which ignores NaN
-//! inputs), a first pass over the window notes whether any tap equals `y` (none does only
-//! when every tap is NaN), and a second pass gives `dy` to the first tap with `x ≥ y` — or
-//! to the very first tap when none matched — tracked by a per-lane 0/1 flag in a local
-//! (`Select`s, no branches). Global max pooling applies the same rule over all positions.
+//! `dy` to the tap TensorFlow's `MaxPoolGrad` picks (its argmax starts at the window's
+//! first tap and moves to each later tap strictly greater than the current one, so a NaN
+//! first tap keeps it): with `y` the forward maximum (which ignores NaN inputs), a first
+//! pass over the window notes whether any tap equals `y` (none does only when every tap
+//! is NaN or `−∞`) and whether the first tap is NaN, and a second pass gives `dy` to the
+//! first tap with `x ≥ y`, or to the very first tap when none matched or it was NaN,
+//! tracked by per-lane flags in locals (`Select`s, no branches). Global max pooling
+//! follows `tf.reduce_max`'s gradient instead (see `global_pool`).
 
 mod global_pool;
 
@@ -60,14 +64,24 @@ enum Divisor {
     Counts(BufId),
 }
 
-/// Number of in-bounds taps of window `o` on one axis.
+/// Number of in-bounds taps of window `o` on one axis: the taps `t < k` with
+/// `0 ≤ o·s − pad + t < n`, counted without visiting them (`k` may be huge).
 fn taps_in_bounds(o: usize, k: usize, s: usize, pad: usize, n: usize) -> usize {
-    (0..k)
-        .filter(|&t| {
-            let i = (o * s + t) as i64 - pad as i64;
-            i >= 0 && i < n as i64
-        })
-        .count()
+    let start = (o * s) as i128 - pad as i128;
+    let lo = start.max(0);
+    let hi = (start + k as i128).min(n as i128);
+    (hi - lo).max(0) as usize
+}
+
+/// The taps `[lo, hi)` of one axis that can reach the input from some window: `t` is in
+/// bounds for window `o` when `pad − o·s ≤ t < n + pad − o·s`, so over the windows
+/// `o < out` only `pad − (out−1)·s ≤ t < n + pad` (and `0 ≤ t < k`) can be. The tap
+/// loops run over this range, so a window far larger than its input (`pool_size`
+/// 2^31 on a length-4 input) costs the input's length, not the window's.
+fn tap_range(k: usize, s: usize, pad: usize, n: usize, out: usize) -> (usize, usize) {
+    let lo = (pad as i128 - (out.saturating_sub(1) as i128) * s as i128).max(0);
+    let hi = (n as i128 + pad as i128).min(k as i128);
+    (lo as usize, (hi.max(lo)) as usize)
 }
 
 /// Where channel `ch` of spatial offset `sp` (both affine) lives in one sample.
@@ -89,6 +103,8 @@ struct Geom {
     out_sp: Vec<usize>,
     /// TF padding before the first element, per axis.
     pad: Vec<usize>,
+    /// Per axis, the taps `[lo, hi)` the tap loops visit (see [`tap_range`]).
+    taps: Vec<(usize, usize)>,
     n_in: usize,
     n_out: usize,
     /// Row-major strides of the input and output spatial axes.
@@ -103,10 +119,14 @@ impl Geom {
         let in_shape = &cx.graph.nodes[n.inputs[0]].shape;
         let (in_sp, c) = split_channels(&name, in_shape, pl.rank, pl.data_format)?;
         let (out_sp, _) = split_channels(&name, &n.shape, pl.rank, pl.data_format)?;
-        let pad = (0..pl.rank)
+        let pad: Vec<usize> = (0..pl.rank)
             .map(|a| tf_pad_before(in_sp[a], pl.pool[a], pl.strides[a], 1, pl.padding))
             .collect();
+        let taps = (0..pl.rank)
+            .map(|a| tap_range(pl.pool[a], pl.strides[a], pad[a], in_sp[a], out_sp[a]))
+            .collect();
         Ok(Geom {
+            taps,
             name,
             rank: pl.rank,
             cl: pl.data_format == DataFormat::ChannelsLast,
@@ -128,12 +148,13 @@ impl Geom {
             .fold(Affine::constant(0), |acc, (&v, &s)| acc.plus_term(v, s))
     }
 
-    /// Input position `o·s − pad + t` on axis `a`.
+    /// Input position `o·s − pad + (lo + t)` on axis `a` (`t` counts from the first
+    /// visited tap `lo`).
     fn pos(&self, pl: &Pool, a: usize, o: &[Var], t: &[Var]) -> Affine {
         Affine::var(o[a])
             .scale(pl.strides[a] as i64)
             .plus_term(t[a], 1)
-            .plus(-(self.pad[a] as i64))
+            .plus(self.taps[a].0 as i64 - self.pad[a] as i64)
     }
 
     /// Flat index of input element (row `b`, tap `t` of window `o`, channel `ch`).
@@ -153,8 +174,8 @@ impl Geom {
             .plus_affine(&chan_index(self.cl, self.p_at(o), ch, self.c, self.n_out))
     }
 
-    /// `body` inside the serial loops over the window taps `t`, each guarded (with
-    /// `same` padding) by `0 ≤ o·s − pad + t < n`.
+    /// `body` inside the serial loops over the window taps `t` that can reach the input,
+    /// each guarded (with `same` padding) by `0 ≤ o·s − pad + lo + t < n`.
     fn taps(&self, pl: &Pool, o: &[Var], t: &[Var], mut body: Vec<Stmt>) -> Vec<Stmt> {
         for a in (0..self.rank).rev() {
             if pl.padding != Padding::Valid {
@@ -163,7 +184,8 @@ impl Geom {
                     body,
                 }];
             }
-            body = vec![for_(t[a], pl.pool[a] as u64, LoopKind::Serial, body)];
+            let (lo, hi) = self.taps[a];
+            body = vec![for_(t[a], (hi - lo) as u64, LoopKind::Serial, body)];
         }
         body
     }
@@ -220,9 +242,9 @@ pub fn forward(cx: &mut Cx, node: NodeId, pl: &Pool) -> Result<()> {
     let (ckind, ct) = channel_tile(gm.cl, c);
     let acc = kb.local("acc", ct);
     let ch = |cc: Var| Affine::var(cti).scale(ct as i64).plus_term(cc, 1);
-    let (init, op) = match pl.kind {
-        PoolKind::Max => (f32::NEG_INFINITY, BinOp::Max),
-        PoolKind::Average => (0.0, BinOp::Add),
+    let init = match pl.kind {
+        PoolKind::Max => f32::MIN,
+        PoolKind::Average => 0.0,
     };
     let set = |cc: Var, value: Expr| {
         for_(
@@ -236,13 +258,15 @@ pub fn forward(cx: &mut Cx, node: NodeId, pl: &Pool) -> Result<()> {
             }],
         )
     };
+    let tap = load(x, gm.x_at(pl, b, &o, &t, ch(cc_u)));
+    let held = load_local(acc, Affine::var(cc_u));
     let update = set(
         cc_u,
-        bin(
-            op,
-            load(x, gm.x_at(pl, b, &o, &t, ch(cc_u))),
-            load_local(acc, Affine::var(cc_u)),
-        ),
+        match pl.kind {
+            // `acc < x ? x : acc`: NaN taps ignored (one `maxps x, acc` on x64).
+            PoolKind::Max => select(CmpOp::Lt, held.clone(), tap.clone(), tap, held),
+            PoolKind::Average => bin(BinOp::Add, tap, held),
+        },
     );
     let taps = gm.taps(pl, &o, &t, vec![update]);
     let result = divide(load_local(acc, Affine::var(cc_s)), divisor, gm.p_at(&o));
@@ -282,26 +306,44 @@ pub fn forward(cx: &mut Cx, node: NodeId, pl: &Pool) -> Result<()> {
 }
 
 /// Max-pooling backward, first pass, one lane: `any = 1` where tap value `x` reaches the
-/// window maximum `ym`.
-fn note_reached(any: LocalId, cc: Var, x: Expr, ym: Expr) -> Stmt {
-    Stmt::SetLocal {
-        local: any,
-        index: Affine::var(cc),
-        value: select(
-            CmpOp::Ge,
-            x,
-            ym,
-            Expr::Const(1.0),
-            load_local(any, Affine::var(cc)),
-        ),
-    }
+/// window maximum `ym`; `lead` records the window's first tap (0 before it, then 1 for a
+/// number, 2 for NaN: `x ≥ x` is false only for NaN).
+fn note_reached([any, lead]: [LocalId; 2], cc: Var, x: Expr, ym: Expr) -> Vec<Stmt> {
+    let lane = Affine::var(cc);
+    let kind = select(
+        CmpOp::Ge,
+        x.clone(),
+        x.clone(),
+        Expr::Const(1.0),
+        Expr::Const(2.0),
+    );
+    vec![
+        Stmt::SetLocal {
+            local: lead,
+            index: lane.clone(),
+            value: select(
+                CmpOp::Gt,
+                load_local(lead, lane.clone()),
+                Expr::Const(0.0),
+                load_local(lead, lane.clone()),
+                kind,
+            ),
+        },
+        Stmt::SetLocal {
+            local: any,
+            index: lane.clone(),
+            value: select(CmpOp::Ge, x, ym, Expr::Const(1.0), load_local(any, lane)),
+        },
+    ]
 }
 
 /// Max-pooling backward, second pass, one lane: `dst[at] = base + (dy at the first
-/// eligible tap, else 0)`, where a tap is eligible when its value `x ≥ ym` or no tap
-/// reached `ym` (`any = 0`); `found` records that the window's gradient was given.
+/// eligible tap, else 0)`, where a tap is eligible when its value `x ≥ ym`, when no tap
+/// reached `ym` (`any = 0`) or when the first tap was NaN (`lead = 2`): TensorFlow's
+/// `MaxPoolGrad` keeps a NaN first tap as the window's argmax. `found` records that the
+/// window's gradient was given.
 fn give_first(
-    [any, found]: [LocalId; 2],
+    [any, lead, found]: [LocalId; 3],
     cc: Var,
     [x, ym, dy]: [Expr; 3],
     dst: BufId,
@@ -310,7 +352,9 @@ fn give_first(
 ) -> Vec<Stmt> {
     let lane = Affine::var(cc);
     let not_any = bin(BinOp::Sub, Expr::Const(1.0), load_local(any, lane.clone()));
-    let eligible = select(CmpOp::Ge, x, ym, Expr::Const(1.0), not_any);
+    let nan_lead = bin(BinOp::Sub, load_local(lead, lane.clone()), Expr::Const(1.0));
+    let fallback = bin(BinOp::Max, not_any, nan_lead);
+    let eligible = select(CmpOp::Ge, x, ym, Expr::Const(1.0), fallback);
     let found_now = load_local(found, lane.clone());
     let mut value = select(
         CmpOp::Gt,
@@ -396,18 +440,22 @@ pub fn backward(cx: &mut Cx, node: NodeId, pl: &Pool, dy: BufId) -> Result<()> {
             }
         }
         PoolKind::Max => {
-            let flags = [kb.local("any", ct), kb.local("found", ct)];
+            let flags = [
+                kb.local("any", ct),
+                kb.local("lead", ct),
+                kb.local("found", ct),
+            ];
             let c0 = kb.var("c0");
             window.push(lanes(c0, zero_locals(&flags, c0)));
             let t1: Vec<Var> = (0..rank).map(|a| kb.var(&format!("t{a}"))).collect();
             let c1 = kb.var("c1");
             let pass1 = note_reached(
-                flags[0],
+                [flags[0], flags[1]],
                 c1,
                 load(x, gm.x_at(pl, b, &o, &t1, ch(c1))),
                 load(ym, gm.y_at(b, &o, ch(c1))),
             );
-            window.extend(gm.taps(pl, &o, &t1, vec![lanes(c1, vec![pass1])]));
+            window.extend(gm.taps(pl, &o, &t1, vec![lanes(c1, pass1)]));
             let t2: Vec<Var> = (0..rank).map(|a| kb.var(&format!("t{a}_2"))).collect();
             let c2 = kb.var("c2");
             let at = gm.x_at(pl, b, &o, &t2, ch(c2));

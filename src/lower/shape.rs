@@ -12,8 +12,9 @@
 //!
 //! Reinterpretations (Reshape, Flatten of channels_last data or of channels_first data
 //! with one channel or no spatial extent) alias their input — except when the node is a
-//! graph output, because the memory plan refuses an output that shares its tensor with an
-//! input or another output; then they copy.
+//! graph output, which gets a tensor of its own (the memory plan gives each tensor one
+//! role); then they copy. An output that is itself a graph input, or listed twice, is
+//! copied by `Cx::finish_forward`.
 
 use super::Cx;
 use crate::error::{Error, Result};

@@ -72,7 +72,9 @@ pub fn activation_scalar(a: &Activation, x: f32) -> f32 {
         // x / (1 + |x|)
         Activation::Softsign => (xd / (1.0 + xd.abs())) as f32,
         // clip(0.2·x + 0.5, 0, 1), in f32 as tf-keras computes it
-        Activation::HardSigmoid => (0.2f32 * x + 0.5).clamp(0.0, 1.0),
+        Activation::HardSigmoid => {
+            crate::loop_ir::interp::min(crate::loop_ir::interp::relu(0.2f32 * x + 0.5), 1.0)
+        }
         Activation::Exponential => xd.exp() as f32,
         // x · sigmoid(x)
         Activation::Swish => (xd * sigmoid(xd)) as f32,
@@ -86,7 +88,7 @@ pub fn activation_scalar(a: &Activation, x: f32) -> f32 {
             (0.5 * xd * (1.0 + (c * (xd + 0.044715 * xd * xd * xd)).tanh())) as f32
         }
         // min(max(x, 0), 6)
-        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Relu6 => crate::loop_ir::interp::min(crate::loop_ir::interp::relu(x), 6.0),
         // x · tanh(softplus(x))
         Activation::Mish => (xd * softplus(xd).tanh()) as f32,
         // x for x ≥ 0, alpha·x otherwise
@@ -100,30 +102,34 @@ pub fn activation_scalar(a: &Activation, x: f32) -> f32 {
     }
 }
 
-/// Keras `backend.relu(x, alpha, max_value, threshold)`:
-/// `pos = x if x > threshold else 0` (plain `max(x, 0)` when `threshold == 0`), clipped to
-/// `[0, max_value]` when there is a cap; then `pos − alpha·max(threshold − x, 0)`.
-/// So `x < threshold → alpha·(x − threshold)` and `x == threshold → 0`.
+/// Keras `backend.relu(x, alpha, max_value, threshold)` (tf-keras), operation for
+/// operation in f32:
+///
+/// ```text
+/// neg = relu(−x + threshold)                       (when alpha ≠ 0)
+/// pos = threshold ≠ 0 ? x · (x > threshold ? 1 : 0) : relu(x)
+/// pos = clip(pos, 0, max(max_value, 0))           (when capped)
+/// y   = pos − alpha · neg                         (when alpha ≠ 0)
+/// ```
+///
+/// `relu`, `clip` propagate NaN (`tf.nn.relu`, `tf.maximum`); `−∞ · 0` makes a thresholded
+/// relu of `−∞` NaN, as in Keras.
 fn relu(x: f32, alpha: f32, max_value: Option<f32>, threshold: f32) -> f32 {
+    use crate::loop_ir::interp::{max, min, relu as r};
     let mut pos = if threshold != 0.0 {
-        if x > threshold {
-            x
-        } else {
-            0.0
-        }
+        x * if x > threshold { 1.0 } else { 0.0 }
     } else {
-        x.max(0.0)
+        r(x)
     };
     if let Some(m) = max_value {
         // backend.clip raises max_value to min_value when it is below it.
-        pos = pos.max(0.0).min(m.max(0.0));
+        pos = min(max(pos, 0.0), m.max(0.0));
     }
-    let neg = if alpha != 0.0 {
-        alpha * (threshold - x).max(0.0)
+    if alpha != 0.0 {
+        pos - alpha * r(-x + threshold)
     } else {
-        0.0
-    };
-    pos - neg
+        pos
+    }
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -218,9 +224,16 @@ fn along_axis(x: &mut ArrayD<f32>, axis: i64, f: fn(&mut [f32])) {
     }
 }
 
-/// `softmax(v)_i = e^{v_i − max v} / Σ_j e^{v_j − max v}`, in f32.
+/// `softmax(v)_i = e^{v_i − max v} / Σ_j e^{v_j − max v}`, in f32, as TensorFlow's Eigen
+/// kernel: a NaN or `+∞` makes the whole lane NaN, a `−∞` entry gives 0, an all-`−∞` lane
+/// NaN. (oneDNN's softmax, which TensorFlow uses on some hosts, returns 0 instead of NaN
+/// at the finite entries of a lane holding NaN or `+∞`; lcjit follows the reference
+/// kernel.)
 fn softmax_lane(v: &mut [f32]) {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let m = v
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, super::pool::nan_max);
     let mut sum = 0.0f32;
     for e in v.iter_mut() {
         *e = (*e - m).exp();
@@ -233,7 +246,10 @@ fn softmax_lane(v: &mut [f32]) {
 
 /// `log_softmax(v)_i = v_i − max v − ln Σ_j e^{v_j − max v}`, in f32.
 fn log_softmax_lane(v: &mut [f32]) {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let m = v
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, super::pool::nan_max);
     let sum: f32 = v.iter().map(|e| (e - m).exp()).sum();
     let ln = sum.ln();
     for e in v.iter_mut() {

@@ -30,8 +30,9 @@ pub(super) fn merge(kind: MergeKind, xs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>>
                 MergeKind::Add | MergeKind::Average => *a + b,
                 MergeKind::Subtract => *a - b,
                 MergeKind::Multiply => *a * b,
-                MergeKind::Maximum => a.max(b),
-                MergeKind::Minimum => a.min(b),
+                // tf.maximum / tf.minimum: NaN propagates.
+                MergeKind::Maximum => super::pool::nan_max(*a, b),
+                MergeKind::Minimum => super::pool::nan_min(*a, b),
             }
         });
     }

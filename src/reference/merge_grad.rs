@@ -1,7 +1,7 @@
 //! Merge and Concatenate backward passes (see [`super::merge`]).
 //!
 //! Add: every input gets `dy`; Subtract: `dy`, `−dy`; Average: `dy / n`; Multiply: `dy`
-//! times the product of the other inputs; Maximum/Minimum: `dy` goes to the winning
+//! times the product of the other inputs (in TF's order, see the code); Maximum/Minimum: `dy` goes to the winning
 //! input, the first one on ties (Keras folds `tf.maximum` left to right and TF's gradient
 //! goes to its first argument on ties); Concatenate: `dy` split along the axis.
 
@@ -28,17 +28,29 @@ pub(super) fn merge_backward(
             Ok(vec![dy.clone(), dy.mapv(|v| -v)])
         }
         MergeKind::Average => Ok(vec![dy.mapv(|v| v / n as f32); n]),
-        MergeKind::Multiply => (0..n)
-            .map(|i| {
-                let mut g = dy.clone();
-                for (j, x) in xs.iter().enumerate() {
-                    if j != i {
-                        Zip::from(&mut g).and(*x).for_each(|a, &b| *a *= b);
-                    }
-                }
-                Ok(g)
-            })
-            .collect(),
+        MergeKind::Multiply if n == 1 => Ok(vec![dy.clone()]),
+        MergeKind::Multiply => {
+            // TF's chain rule through Keras's left fold `out_k = out_{k−1} · x_k`:
+            // `dx_k = out_{k−1} · g_k`, `g_{k−1} = g_k · x_k`, `dx_0 = g_0`, with
+            // `g_{n−1} = dy` — linear in the number of inputs.
+            let mut prefix = Vec::with_capacity(n);
+            prefix.push(xs[0].clone());
+            for x in &xs[1..n - 1] {
+                let mut p = prefix[prefix.len() - 1].clone();
+                Zip::from(&mut p).and(*x).for_each(|a, &b| *a *= b);
+                prefix.push(p);
+            }
+            let mut out = vec![ArrayD::zeros(dy.raw_dim()); n];
+            let mut g = dy.clone();
+            for k in (1..n).rev() {
+                let mut d = prefix[k - 1].clone();
+                Zip::from(&mut d).and(&g).for_each(|a, &b| *a *= b);
+                out[k] = d;
+                Zip::from(&mut g).and(xs[k]).for_each(|a, &b| *a *= b);
+            }
+            out[0] = g;
+            Ok(out)
+        }
         MergeKind::Maximum | MergeKind::Minimum => {
             // winner[k]: index of the input that produced output element k.
             let mut best = xs[0].clone();

@@ -45,27 +45,36 @@ pub(super) fn windows(pl: &Pool, in_sp: &[usize]) -> Result<Windows> {
         pad.push(tf_pad_before(n, k, s, 1, pl.padding) as i64);
     }
     let n_pos: usize = out_sp.iter().product();
-    let n_taps: usize = pl.pool.iter().product();
-    let (mut o, mut t, mut i) = (vec![0usize; rank], vec![0usize; rank], vec![0usize; rank]);
+    let mut o = vec![0usize; rank];
     let mut taps = Vec::with_capacity(n_pos);
     for p in 0..n_pos {
         unravel(p, &out_sp, &mut o);
-        let mut window = Vec::with_capacity(n_taps);
-        'tap: for tt in 0..n_taps {
-            unravel(tt, &pl.pool, &mut t);
-            for a in 0..rank {
-                let ia = (o[a] * pl.strides[a]) as i64 - pad[a] + t[a] as i64;
-                if ia < 0 || ia >= in_sp[a] as i64 {
-                    continue 'tap;
-                }
-                i[a] = ia as usize;
-            }
-            window.push(ravel(&i, in_sp));
-        }
-        if window.is_empty() {
+        // Per axis, the in-bounds input range of this window; the window is their
+        // product in row-major (= tap) order. Computed from the bounds, never by visiting
+        // every tap, so a window far larger than the input costs the input's size.
+        let ranges: Vec<(usize, usize)> = (0..rank)
+            .map(|a| {
+                let start = (o[a] * pl.strides[a]) as i128 - i128::from(pad[a]);
+                let lo = start.max(0);
+                let hi = (start + pl.pool[a] as i128).min(in_sp[a] as i128);
+                (lo as usize, hi.max(lo) as usize)
+            })
+            .collect();
+        let sizes: Vec<usize> = ranges.iter().map(|r| r.1 - r.0).collect();
+        let count: usize = sizes.iter().product();
+        if count == 0 {
             return Err(Error::internal(
                 "reference pool: window without input elements",
             ));
+        }
+        let mut window = Vec::with_capacity(count);
+        let (mut t, mut i) = (vec![0usize; rank], vec![0usize; rank]);
+        for tt in 0..count {
+            unravel(tt, &sizes, &mut t);
+            for a in 0..rank {
+                i[a] = ranges[a].0 + t[a];
+            }
+            window.push(ravel(&i, in_sp));
         }
         taps.push(window);
     }
@@ -92,10 +101,12 @@ pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         for b in 0..batch {
             for ch in 0..c {
                 let v = match pl.kind {
+                    // TF's MaxPool: start from −FLT_MAX, take strictly greater taps
+                    // (NaN ignored).
                     PoolKind::Max => window
                         .iter()
                         .map(|&sp| xs[at(b, sp, ch)])
-                        .fold(f32::NEG_INFINITY, f32::max),
+                        .fold(f32::MIN, |m, v| if v > m { v } else { m }),
                     PoolKind::Average => {
                         let sum: f32 = window.iter().map(|&sp| xs[at(b, sp, ch)]).sum();
                         sum / window.len() as f32
@@ -112,6 +123,16 @@ pub(super) fn pool(pl: &Pool, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     let mut shape = vec![batch];
     shape.extend_from_slice(&join_channels(&out_sp, c, pl.data_format));
     from_vec(&shape, y)
+}
+
+/// `tf.maximum(a, b)`: NaN when either is NaN (as the loop IR's `max`).
+pub(super) fn nan_max(a: f32, b: f32) -> f32 {
+    crate::loop_ir::interp::max(a, b)
+}
+
+/// `tf.minimum(a, b)`: NaN when either is NaN.
+pub(super) fn nan_min(a: f32, b: f32) -> f32 {
+    crate::loop_ir::interp::min(a, b)
 }
 
 /// GlobalMax/GlobalAveragePooling: `y[b, c] = max_sp x[b, sp, c]` or the mean over all
@@ -135,7 +156,8 @@ pub(super) fn global_pool(
                 DataFormat::ChannelsFirst => xs[(b * c + ch) * n_in + sp],
             });
             y[b * c + ch] = match kind {
-                PoolKind::Max => vals.fold(f32::NEG_INFINITY, f32::max),
+                // `reduce_max`: NaN propagates.
+                PoolKind::Max => vals.fold(f32::NEG_INFINITY, nan_max),
                 PoolKind::Average => vals.sum::<f32>() / n_in as f32,
             };
         }

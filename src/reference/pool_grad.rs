@@ -1,9 +1,12 @@
 //! Pooling backward passes (see [`super::pool`]).
 //!
-//! Max pooling sends each output's gradient to the FIRST maximum of its window in window
-//! order (row-major over the in-bounds taps), as TensorFlow's `MaxPoolGrad` does; average
-//! pooling spreads it evenly over the in-bounds taps (`dy / count`). Global pooling: the
-//! first maximum over all spatial positions, or `dy / n`.
+//! Max pooling sends each output's gradient to the tap TensorFlow's `MaxPoolGrad` picks:
+//! the first in-bounds tap (row-major), replaced by each later tap strictly greater than
+//! the current pick — so ties go to the first, NaN taps never win, and a NaN first tap
+//! keeps the gradient. Average pooling spreads it evenly over the in-bounds taps
+//! (`dy / count`). Global max pooling is `tf.reduce_max` in Keras, whose gradient is
+//! `(x == y) / count · dy` (ties share; a NaN maximum gives NaN everywhere); global
+//! average gives `dy / n`.
 
 use super::pool::{windows, Windows};
 use super::{from_vec, slice_of, split_batched};
@@ -39,7 +42,7 @@ pub(super) fn pool_backward(pl: &Pool, x: &ArrayD<f32>, dy: &ArrayD<f32>) -> Res
                 let g = dys[y_at(b, p, ch)];
                 match pl.kind {
                     PoolKind::Max => {
-                        let sp = first_max(window.iter().map(|&sp| (sp, xs[at(b, sp, ch)])));
+                        let sp = window_argmax(window.iter().map(|&sp| (sp, xs[at(b, sp, ch)])));
                         dx[at(b, sp, ch)] += g;
                     }
                     PoolKind::Average => {
@@ -83,8 +86,19 @@ pub(super) fn global_pool_backward(
             let g = dys[b * c + ch];
             match kind {
                 PoolKind::Max => {
-                    let sp = first_max((0..n_in).map(|sp| (sp, xs[at(b, sp, ch)])));
-                    dx[at(b, sp, ch)] += g;
+                    let y = (0..n_in).fold(f32::NEG_INFINITY, |m, sp| {
+                        let v = xs[at(b, sp, ch)];
+                        if v.is_nan() || m.is_nan() {
+                            f32::NAN
+                        } else {
+                            m.max(v)
+                        }
+                    });
+                    let hit = |sp: usize| if xs[at(b, sp, ch)] == y { 1.0 } else { 0.0 };
+                    let count: f32 = (0..n_in).map(hit).sum();
+                    for sp in 0..n_in {
+                        dx[at(b, sp, ch)] = hit(sp) / count * g;
+                    }
                 }
                 PoolKind::Average => {
                     for sp in 0..n_in {
@@ -97,16 +111,17 @@ pub(super) fn global_pool_backward(
     from_vec(x.shape(), dx)
 }
 
-/// The key of the first (strictly) largest value; the first key for an empty or all-NaN
-/// sequence.
-fn first_max(items: impl Iterator<Item = (usize, f32)>) -> usize {
-    let mut best: Option<(usize, f32)> = None;
+/// The tap of a pooling window that receives the gradient: TensorFlow's `MaxPoolGrad`
+/// argmax (the first tap, then each later tap strictly greater than the current pick);
+/// the first key for an empty window.
+fn window_argmax(mut items: impl Iterator<Item = (usize, f32)>) -> usize {
+    let Some(mut best) = items.next() else {
+        return 0;
+    };
     for (k, v) in items {
-        match best {
-            None => best = Some((k, v)),
-            Some((_, bv)) if v > bv || (bv.is_nan() && !v.is_nan()) => best = Some((k, v)),
-            Some(_) => {}
+        if best.1 < v {
+            best = (k, v);
         }
     }
-    best.map_or(0, |(k, _)| k)
+    best.0
 }

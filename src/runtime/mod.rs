@@ -166,6 +166,8 @@ impl CompiledModel {
                 detail: "threads and max_batch must be at least 1".into(),
             });
         }
+        // Every layer's output at the compiled batch, before lowering sizes a buffer.
+        crate::budget::check_run(model.graph(), opts.max_batch, false)?;
         let cm = CompiledModel {
             model,
             opts,

@@ -24,6 +24,7 @@ use super::off_mask::OffMaskParams;
 use super::optimizer::Optimizer;
 use super::step::StepModel;
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 use crate::model::Model;
 use crate::runtime::CompileOptions;
 use ndarray::ArrayD;
@@ -45,6 +46,16 @@ pub fn fit_compiled(
     callbacks: &mut [&mut dyn Callback],
 ) -> Result<History> {
     check_trainable(model.graph())?;
+    // Weights, outputs, gradients and optimizer state at the compiled batch, before
+    // any of them is allocated (first: a model that cannot be trained here at all is
+    // refused for that, whatever the targets).
+    if opts.batch_size > 0 {
+        crate::budget::check_fit(model.graph(), opts.batch_size, opts.stop_on_non_finite)?;
+    }
+    check_targets(model.graph(), loss, "y", ys)?;
+    if let Some((_, vy)) = validation {
+        check_targets(model.graph(), loss, "validation y", vy)?;
+    }
     let copts = CompileOptions {
         max_batch: opts.batch_size.max(1),
         ..compile.clone()
@@ -109,4 +120,45 @@ pub fn fit_compiled(
         extended.store(&mut target.borrow_mut(), params)?;
     }
     result
+}
+
+/// The targets must fit the model's output as a whole, checked before training so the
+/// message gives the whole shapes (a per-batch check would report the batch slice):
+/// `(N, *output)`, or for sparse labels `N` times the output's rows.
+fn check_targets(graph: &Graph, loss: &Loss, what: &str, ys: &ArrayD<f32>) -> Result<()> {
+    let Some(&out) = graph.outputs.first() else {
+        return Ok(());
+    };
+    let out = &graph.nodes[out].shape;
+    let (n, per) = match ys.shape().split_first() {
+        Some((&n, per)) => (n, per),
+        None => (0, &[][..]),
+    };
+    let mut want = vec![n];
+    want.extend_from_slice(out);
+    let fits = match loss {
+        Loss::SparseCategoricalCrossentropy { .. } => {
+            let rows: usize = out[..out.len().saturating_sub(1)].iter().product();
+            per.iter().product::<usize>() == rows
+        }
+        _ => per == out.as_slice(),
+    };
+    if fits {
+        return Ok(());
+    }
+    let detail = match loss {
+        Loss::SparseCategoricalCrossentropy { .. } => format!(
+            "{what} of shape {:?} does not fit the model's output {want:?}: sparse labels \
+             need {} per sample",
+            ys.shape(),
+            out[..out.len().saturating_sub(1)].iter().product::<usize>()
+        ),
+        _ => format!(
+            "{what} of shape {:?} does not fit the model's output: expected {want:?}",
+            ys.shape()
+        ),
+    };
+    // Data that does not fit the model is an input error, as the per-batch loss check
+    // reports it (Python: `InputError`).
+    Err(Error::Input { detail })
 }

@@ -69,6 +69,15 @@ pub struct FitOptions {
     /// `Some((engine, threads))` as a compiled loop nest over all parameters
     /// ([`Optimizer::step_compiled`]; bitwise the same result).
     pub update: Option<(crate::Engine, usize)>,
+    /// Stop before a step whose loss or gradient is not finite, so the weights stay those
+    /// of the last finite step (found by a scan of the gradients; no copy of the weights);
+    /// and when a finite gradient's update overflows float32 (a huge learning rate),
+    /// restore the weights of the epoch's start (one copy per epoch, counted in the
+    /// memory budget) and stop. Off by default, as in Keras, where training runs on through a NaN loss unless the
+    /// `TerminateOnNaN` callback stops it (after the non-finite update). `lcjit fit` turns
+    /// it on, because a diverged run would otherwise write NaN weights over the user's
+    /// file.
+    pub stop_on_non_finite: bool,
 }
 
 impl Default for FitOptions {
@@ -83,6 +92,7 @@ impl Default for FitOptions {
             progress: None,
             seed: 0,
             update: None,
+            stop_on_non_finite: false,
         }
     }
 }
@@ -162,6 +172,11 @@ struct Run<'r, 'c> {
     stop: Option<String>,
     warnings: Vec<String>,
     fit_params: FitParams,
+    /// With `stop_on_non_finite`: the weights at the start of the running epoch (one
+    /// copy per epoch, into the same allocations), restored when an update overflows.
+    epoch_start: Vec<ArrayD<f32>>,
+    /// The running epoch (for messages).
+    epoch: usize,
 }
 
 impl Run<'_, '_> {
@@ -228,6 +243,8 @@ pub fn fit(
             steps,
             verbose: opts.verbose,
         },
+        epoch_start: Vec::new(),
+        epoch: 0,
     };
     let trainable = table.trainable();
     let terminal = match &opts.progress {
@@ -240,6 +257,18 @@ pub fn fit(
     let mut last = Logs::new();
     run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
     for epoch in 0..opts.epochs {
+        run.epoch = epoch;
+        if opts.stop_on_non_finite {
+            // One copy per epoch (not per step): what an overflowing update falls back
+            // to, written into the previous epoch's allocations.
+            if run.epoch_start.len() == run.params.len() {
+                for (kept, p) in run.epoch_start.iter_mut().zip(run.params.iter()) {
+                    kept.assign(p);
+                }
+            } else {
+                run.epoch_start = run.params.to_vec();
+            }
+        }
         run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
         if opts.verbose && opts.epochs > 1 {
             show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
@@ -349,6 +378,13 @@ impl EpochRun<'_, '_> {
             if let Some(p) = bar.as_deref_mut() {
                 show(self.opts.progress.as_ref(), p.update(b + 1, &logs, false));
             }
+            if crate::interrupt::interrupted() {
+                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
+                // the weights of this last finished step.
+                return Err(Error::Interrupted {
+                    detail: format!("training stopped after step {} of an epoch", b + 1),
+                });
+            }
             if run.stop.is_some() {
                 break;
             }
@@ -386,6 +422,19 @@ impl EpochRun<'_, '_> {
         }
         check_updates(&out.updates, run.params, self.trainable)?;
         let reg = self.table.regularize(run.params, Some(&mut grads))?;
+        // Divergence under `stop_on_non_finite`: a non-finite loss or gradient would make
+        // the weights non-finite. Stop before the update, so the weights stay those of
+        // the last finite step (a scan, no copy of the weights).
+        let finite =
+            !self.opts.stop_on_non_finite || ((out.loss + reg).is_finite() && all_finite(&grads));
+        if !finite {
+            run.stop = Some(format!(
+                "the loss or its gradient became non-finite (loss {}); the weights of the \
+                 last finite step are kept",
+                out.loss + reg
+            ));
+            return Ok(out.loss + reg);
+        }
         if let Some(yp) = &out.y_pred {
             for st in states.iter_mut() {
                 st.update(yb, yp)?;
@@ -402,11 +451,28 @@ impl EpochRun<'_, '_> {
         for (pid, value) in out.updates {
             run.params[pid] = value;
         }
+        if self.opts.stop_on_non_finite && !all_finite(run.params) {
+            // A finite gradient whose update overflowed float32 (a huge learning rate):
+            // the step's inputs are gone, so fall back to the epoch's start.
+            for (p, kept) in run.params.iter_mut().zip(&run.epoch_start) {
+                p.assign(kept);
+            }
+            run.stop = Some(format!(
+                "an update overflowed float32 in epoch {}; the weights of the start of \
+                 that epoch (the last finite ones kept) are restored",
+                run.epoch + 1
+            ));
+        }
         if let Some(r) = self.recycle.as_deref_mut() {
             r(xb.shape()[0], grads);
         }
         Ok(out.loss + reg)
     }
+}
+
+/// Whether every element of every array is finite.
+fn all_finite(arrays: &[ArrayD<f32>]) -> bool {
+    arrays.iter().all(|a| a.iter().all(|v| v.is_finite()))
 }
 
 /// `model.evaluate` on `(vx, vy)` in batches ([`super::evaluate::evaluate_batches_with`]):

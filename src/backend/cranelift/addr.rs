@@ -186,6 +186,18 @@ impl<'f> Emitter<'_, 'f> {
                     .load(types::F32, mem_flags(Shape::Scalar), addr, off);
                 self.b.ins().splat(types::F32X4, s)
             }
+            Shape::Strided(stride) => {
+                // Gather: lane i from element `index + stride·i`.
+                let flags = mem_flags(shape);
+                let s = self.b.ins().load(types::F32, flags, addr, off);
+                let mut v = self.b.ins().scalar_to_vector(types::F32X4, s);
+                for i in 1..4u8 {
+                    let (a, o) = self.lane_addr(addr, off, stride, i)?;
+                    let s = self.b.ins().load(types::F32, flags, a, o);
+                    v = self.b.ins().insertlane(v, s, i);
+                }
+                v
+            }
         };
         if cache {
             if let Some(sc) = self.scopes.last_mut() {
@@ -196,12 +208,33 @@ impl<'f> Emitter<'_, 'f> {
     }
 }
 
+impl Emitter<'_, '_> {
+    /// Address and immediate offset of lane `i` of a strided access whose lane 0 is at
+    /// `addr + off` and whose lanes are `stride` elements apart.
+    pub(super) fn lane_addr(
+        &mut self,
+        addr: Value,
+        off: i32,
+        stride: i64,
+        i: u8,
+    ) -> Result<(Value, i32)> {
+        let bytes = stride
+            .checked_mul(4 * i64::from(i))
+            .and_then(|b| b.checked_add(i64::from(off)))
+            .ok_or_else(|| ice(self.kernel, "lane offset overflow"))?;
+        Ok(match i32::try_from(bytes) {
+            Ok(o) => (addr, o),
+            Err(_) => (self.b.ins().iadd_imm_s(addr, bytes), 0),
+        })
+    }
+}
+
 /// Memory flags: scalar f32 accesses are naturally aligned (`trusted` = notrap +
 /// aligned); `f32x4` accesses are only 4-byte aligned, so they are `notrap` but not
 /// `aligned` (which would promise 16 bytes and allow aligned-only memory operands).
 pub(super) fn mem_flags(shape: Shape) -> MemFlagsData {
     match shape {
         Shape::Vector => MemFlagsData::new().with_notrap(),
-        Shape::Scalar | Shape::Splat => MemFlagsData::trusted(),
+        Shape::Scalar | Shape::Splat | Shape::Strided(_) => MemFlagsData::trusted(),
     }
 }

@@ -94,6 +94,8 @@ pub(super) enum Shape {
     Scalar,
     Splat,
     Vector,
+    /// Lanes `stride` elements apart: gathered by a load, scattered by a store.
+    Strided(i64),
 }
 
 /// Builds one kernel's function.
@@ -292,11 +294,21 @@ impl<'f> Emitter<'_, 'f> {
             Stmt::If { conds, body } => self.guarded(conds, body)?,
             Stmt::Store { buf, index, value } => {
                 let shape = self.store_shape(index)?;
-                let v = self.expr(value, shape == Shape::Vector)?;
+                let v = self.expr(value, shape != Shape::Scalar)?;
                 let (terms, c) = self.split(index)?;
                 let (addr, off) = self.addr(*buf, &terms, c)?;
                 let flags = mem_flags(shape);
-                self.b.ins().store(flags, v, addr, off);
+                if let Shape::Strided(stride) = shape {
+                    // Scatter: lane i to element `index + stride·i` (distinct elements,
+                    // the verifier rejects stride 0), in lane order.
+                    for i in 0..4u8 {
+                        let (a, o) = self.lane_addr(addr, off, stride, i)?;
+                        let x = self.b.ins().extractlane(v, i);
+                        self.b.ins().store(flags, x, a, o);
+                    }
+                } else {
+                    self.b.ins().store(flags, v, addr, off);
+                }
                 for sc in &mut self.scopes {
                     sc.loads.retain(|k, _| k.0 != *buf);
                 }
@@ -314,15 +326,19 @@ impl<'f> Emitter<'_, 'f> {
         Ok(())
     }
 
-    /// Shape of a store in the current context: vector lanes inside a vector loop.
+    /// Shape of a store in the current context: vector lanes inside a vector loop,
+    /// contiguous (coefficient 1) or strided (a scatter; local tiles reject it).
     fn store_shape(&self, index: &Affine) -> Result<Shape> {
         match self.vector_var {
             None => Ok(Shape::Scalar),
-            Some(v) if index.coef(v) == 1 => Ok(Shape::Vector),
-            Some(v) => Err(ice(
-                self.kernel,
-                format!("store in vector loop v{v} without coefficient 1"),
-            )),
+            Some(v) => match index.coef(v) {
+                1 => Ok(Shape::Vector),
+                0 => Err(ice(
+                    self.kernel,
+                    format!("store in vector loop v{v} that does not depend on it"),
+                )),
+                c => Ok(Shape::Strided(c)),
+            },
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Invariants: inside a vector loop every sub-expression is evaluated as `f32x4` (a load
 //! with coefficient 1 on the vector variable is a vector load, coefficient 0 a scalar load
-//! plus splat, a constant a splat), so lane `i` computes exactly what the interpreter
+//! plus splat, another coefficient four scalar loads gathered into lanes in lane order,
+//! a constant a splat), so lane `i` computes exactly what the interpreter
 //! computes at vector-variable value `4g + i`. Local elements are Cranelift `Variable`s
 //! whose index must be a compile-time constant here (else `Error::Internal`).
 
@@ -52,6 +53,10 @@ impl<'f> Emitter<'_, 'f> {
                 }
             }
             Expr::Binary(op, a, b) => {
+                // With a right operand that is a constant other than NaN, `max`/`min`
+                // need no NaN fix-up: one `maxps`/`minps` (the fast path of relu6,
+                // clipping and hard_sigmoid).
+                let b_plain = matches!(**b, Expr::Const(c) if !c.is_nan());
                 let a = self.expr(a, vector)?;
                 let b = self.expr(b, vector)?;
                 let mut fx = self.fx(vector);
@@ -60,6 +65,8 @@ impl<'f> Emitter<'_, 'f> {
                     BinOp::Sub => fx.sub(a, b),
                     BinOp::Mul => fx.mul(a, b),
                     BinOp::Div => fx.div(a, b),
+                    BinOp::Max if b_plain => fx.max_nan_free(a, b),
+                    BinOp::Min if b_plain => fx.min_nan_free(a, b),
                     BinOp::Max => fx.max(a, b),
                     BinOp::Min => fx.min(a, b),
                 }
@@ -87,7 +94,8 @@ impl<'f> Emitter<'_, 'f> {
     }
 
     /// Shape of a buffer or local read: scalar outside vector loops; inside, vector lanes
-    /// for coefficient 1 on the vector variable, a splat for coefficient 0.
+    /// for coefficient 1 on the vector variable, a splat for coefficient 0, strided lanes
+    /// (a gather; buffers only) for any other.
     fn load_shape(&self, index: &Affine, vector: bool) -> Result<Shape> {
         if !vector {
             return Ok(Shape::Scalar);
@@ -98,10 +106,7 @@ impl<'f> Emitter<'_, 'f> {
         match index.coef(v) {
             0 => Ok(Shape::Splat),
             1 => Ok(Shape::Vector),
-            c => Err(ice(
-                self.kernel,
-                format!("vector variable v{v} with coefficient {c} in an index"),
-            )),
+            c => Ok(Shape::Strided(c)),
         }
     }
 
@@ -143,6 +148,12 @@ impl<'f> Emitter<'_, 'f> {
     /// scalar variable.
     fn get_local(&mut self, local: LocalId, index: &Affine, vector: bool) -> Result<Value> {
         let shape = self.load_shape(index, vector)?;
+        if let Shape::Strided(c) = shape {
+            return Err(ice(
+                self.kernel,
+                format!("local {local} read with lanes {c} elements apart"),
+            ));
+        }
         let e = self.local_index(local, index)?;
         let (group, lane) = self.group_of(local, e)?;
         let scalar = match (group, shape) {

@@ -132,27 +132,49 @@ impl Fx<'_, '_> {
         self.pick(c, t, f)
     }
 
-    /// `x > 0 ? x : 0` (interp `relu`), written `0 < x` so x64 emits one `maxps`.
+    /// `x < 0 ? 0 : x` (interp `relu`, NaN passes through), written so that x64 emits
+    /// one `maxps 0, x` (`maxps` returns its second operand when either is NaN).
     pub fn relu(&mut self, x: Value) -> Value {
         let z = self.k(0.0);
-        self.sel(FloatCC::LessThan, z, x, x, z)
+        self.max_nan_free(x, z)
     }
 
-    /// `a > b ? a : b` (interp `max`), as `b < a` for the `maxps` pattern.
+    /// Interp `max`: `b` when `b` is NaN, else `a < b ? b : a`. When the lowering knows
+    /// `b` is not NaN (a constant) it calls [`Fx::max_nan_free`] instead, one `maxps`.
     pub fn max(&mut self, a: Value, b: Value) -> Value {
-        self.sel(FloatCC::LessThan, b, a, a, b)
+        let m = self.max_nan_free(a, b);
+        self.nan_wins(b, m)
     }
 
-    /// `a < b ? a : b` (interp `min`).
+    /// Interp `min`: `b` when `b` is NaN, else `b < a ? b : a`.
     pub fn min(&mut self, a: Value, b: Value) -> Value {
-        self.sel(FloatCC::LessThan, a, b, a, b)
+        let m = self.min_nan_free(a, b);
+        self.nan_wins(b, m)
+    }
+
+    /// `a < b ? b : a`: interp `max` when `b` is not NaN (a NaN `a` passes through). The
+    /// operand order matches Cranelift's `maxps b, a` pattern (`bitselect(fcmp lt y x, x,
+    /// y)` with `x = b`, `y = a`).
+    pub fn max_nan_free(&mut self, a: Value, b: Value) -> Value {
+        self.sel(FloatCC::LessThan, a, b, b, a)
+    }
+
+    /// `b < a ? b : a`: interp `min` when `b` is not NaN; Cranelift's `minps b, a`
+    /// pattern (`bitselect(fcmp lt x y, x, y)` with `x = b`, `y = a`).
+    pub fn min_nan_free(&mut self, a: Value, b: Value) -> Value {
+        self.sel(FloatCC::LessThan, b, a, b, a)
+    }
+
+    /// `b` is NaN ? `b` : `m` (`cmpunordps` and a blend).
+    fn nan_wins(&mut self, b: Value, m: Value) -> Value {
+        self.sel(FloatCC::Unordered, b, b, b, m)
     }
 
     /// `loop_ir::math::exp`.
     pub fn exp(&mut self, x: Value) -> Value {
         // f32::clamp: `if x < lo { lo }` then `if x > hi { hi }` (NaN passes through).
-        let lo = self.k(-87.336_54);
-        let hi = self.k(88.722_83);
+        let lo = self.k(crate::loop_ir::math::EXP_LO);
+        let hi = self.k(crate::loop_ir::math::EXP_HI);
         let x = self.sel(FloatCC::LessThan, x, lo, lo, x);
         let x = self.sel(FloatCC::GreaterThan, x, hi, hi, x);
         let log2e = self.k(std::f32::consts::LOG2_E);

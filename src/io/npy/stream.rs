@@ -13,8 +13,7 @@
 //!   leaves a partial output behind (the rule of every writer in [`crate::io`]).
 
 use std::cell::Cell;
-use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, UncheckedAdvice};
@@ -47,13 +46,25 @@ impl NpyInput {
     /// Opens `path`: maps it when it holds little-endian `f32` in C order, else reads it
     /// whole with [`super::read_npy`]. Errors as `read_npy`.
     pub fn open(path: &Path) -> Result<NpyInput> {
-        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::open_within(path, crate::budget::default_memory_budget())
+    }
+
+    /// [`NpyInput::open`] within a memory budget: a mapped file takes no memory of its
+    /// own (its pages are the page cache's, handed back batch by batch), so the budget
+    /// bounds only the fallback read. Either way the file must be a regular file, and its
+    /// header is validated before the mapping is viewed.
+    pub fn open_within(path: &Path, budget: u64) -> Result<NpyInput> {
+        let (file, _) = crate::io::open_regular(path, u64::MAX)?;
         // SAFETY: the mapping is read-only and private to this process; what memmap2
         // cannot rule out is another process truncating or rewriting the file while it
         // is mapped. lcjit never writes its own inputs, and an input changed under a
         // running prediction is outside what any reader can make sense of; a view is
         // only ever read as plain f32 values, for which every bit pattern is valid.
         let map = unsafe { Mmap::map(&file) };
+        if let Ok(m) = &map {
+            // ndarray-npy trusts the header's shape; a corrupt one is refused here.
+            super::parse_header(m).map_err(|d| Error::format(path, "npy", d))?;
+        }
         let reason = match &map {
             Ok(m) => match ArrayViewD::<f32>::view_npy(m) {
                 Ok(v) if v.is_standard_layout() => None,
@@ -70,7 +81,7 @@ impl NpyInput {
                 released: Cell::new(0),
             }),
             (_, reason) => {
-                let array = super::read_npy(path)?;
+                let array = super::read_npy_within(path, budget)?;
                 Ok(NpyInput {
                     data: Data::Owned(array),
                     path: path.to_path_buf(),
@@ -140,8 +151,9 @@ impl NpyInput {
 /// Writes an `f32` `.npy` file of a known shape block by block (see the module docs).
 pub struct NpyWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    out: Option<BufWriter<fs::File>>,
+    /// The output (temporary renamed into place, or a device written in place; see
+    /// `crate::write_file`), `None` once finished.
+    out: Option<crate::write_file::OutputFile>,
     /// Floats per row (product of the shape after the first axis).
     row_len: usize,
     /// Floats the header promises, and floats written so far.
@@ -164,24 +176,17 @@ impl NpyWriter {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::internal(format!("output shape {shape:?} overflows")))?;
-        let tmp = crate::io::temp_sibling(path)?;
-        let mut w = NpyWriter {
+        let mut out = crate::write_file::OutputFile::create(path)?;
+        out.writer()?
+            .write_all(&header)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(NpyWriter {
             path: path.to_path_buf(),
-            tmp,
-            out: None,
+            out: Some(out),
             row_len: shape.iter().skip(1).product(),
             total,
             written: 0,
-        };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&w.tmp)
-            .map_err(|e| Error::io(path, e))?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&header).map_err(|e| Error::io(path, e))?;
-        w.out = Some(out);
-        Ok(w)
+        })
     }
 
     /// Appends whole rows (a multiple of the row length) after those written so far.
@@ -201,7 +206,7 @@ impl NpyWriter {
             .out
             .as_mut()
             .ok_or_else(|| Error::internal("npy writer already finished"))?;
-        f32::write_slice(data, out)
+        f32::write_slice(data, out.writer()?)
             .map_err(|e| Error::io(&self.path, io::Error::other(e.to_string())))?;
         self.written += data.len();
         Ok(())
@@ -219,25 +224,7 @@ impl NpyWriter {
             .out
             .take()
             .ok_or_else(|| Error::internal("npy writer already finished"))?;
-        let result = (|| {
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&self.tmp, &self.path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&self.tmp);
-            Error::io(&self.path, e)
-        })
-    }
-}
-
-impl Drop for NpyWriter {
-    fn drop(&mut self) {
-        // Not finished (an error stopped the run): leave no partial file behind.
-        if self.out.take().is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
+        out.commit()
     }
 }
 
@@ -246,6 +233,7 @@ mod tests {
     use super::*;
     use crate::io::{read_npy, test_dir, write_npy};
     use ndarray::IxDyn;
+    use std::fs;
 
     fn arr(shape: &[usize]) -> ArrayD<f32> {
         let n: usize = shape.iter().product();

@@ -3,8 +3,9 @@
 //! it, enumerated per residue of the input index modulo the stride.
 
 use super::super::lc::{reduction_kind, Geo};
+use super::super::schedule::lc as sched;
 use super::super::Cx;
-use super::{divisor_upto, tile2};
+use super::tile2;
 use crate::graph::LocallyConnected;
 use crate::loop_ir::{
     bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
@@ -84,38 +85,27 @@ fn residues(l: &LocallyConnected, g: &Geo, a: usize) -> Vec<Residue> {
         .collect()
 }
 
-/// dx's register tile: `(TC channels, TB batch rows)`. Vectorised (lanes over filters):
-/// 8 f32x4 accumulators, as 2 rows × 4 channels (measured on DeepFace L4, one thread:
-/// 2×4 131 ms, 4×2 150, 8×1 159, 1×8 158, 2×2 158; 3×4 = 12 accumulators spilled, 220);
-/// scalar: up to 12 `f32`.
-fn dx_tile(vec: bool, c: usize, batch: usize) -> (usize, usize) {
-    let tc = divisor_upto(c, 4);
-    let budget = if vec { 8 } else { 12 };
-    (tc, (budget / tc).clamp(1, 8).min(batch))
-}
-
 /// The input gradient as a gather (see the module docs).
 pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, bufs: [BufId; 3]) {
     let [k, dz, dx] = bufs;
     let mut kb = KernelBuilder::new(format!("{name}.backward_dx"));
-    let vec = g.cl && g.f.is_multiple_of(4);
-    let (tc, tb) = dx_tile(vec, g.c, cx.batch);
-    let lanes = if vec { 4 } else { 1 };
-    let acc = kb.local("acc", tb * tc * lanes);
     let res: Vec<Vec<Residue>> = (0..g.rank).map(|a| residues(l, g, a)).collect();
     // Interior segments need no guards, at the price of one copy of the position code
     // per segment: split only while the copies stay few.
-    let segmented = {
-        let copies: usize = (0..g.rank)
-            .map(|a| {
-                res[a]
-                    .iter()
-                    .map(|r| segments(g, a, r, true).len())
-                    .sum::<usize>()
-            })
-            .product();
-        copies <= MAX_GATHER_NESTS
-    };
+    let copies: usize = (0..g.rank)
+        .map(|a| {
+            res[a]
+                .iter()
+                .map(|r| segments(g, a, r, true).len())
+                .sum::<usize>()
+        })
+        .product();
+    let s = sched::input_grad(g, cx.batch, copies);
+    kb.schedule(s.to_string());
+    let (tc, tb, segmented) = (s.tc, s.tb, s.segmented);
+    let vec = s.vec == sched::VectorAxis::Filters;
+    let lanes = if vec { 4 } else { 1 };
+    let acc = kb.local("acc", tb * tc * lanes);
     let n0 = g.in_sp[0].div_ceil(l.strides[0]) as i64;
     // Per input index of the parallel axis: the accumulators of one position between
     // tap rows (2D and 3D, see `GatherCx::position`).
@@ -162,9 +152,6 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
     writes.extend(scratch);
     cx.push(kb.finish(vec![nest]), &reads, &writes);
 }
-
-/// Most copies of the per-position gather code in one `dx` kernel (see `segments`).
-const MAX_GATHER_NESTS: usize = 64;
 
 /// The segments `[lo, hi)` of the indices `i'` of residue `r` along axis `a`, and
 /// whether each is interior: every tap of the progression then reaches an output in

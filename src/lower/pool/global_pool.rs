@@ -6,16 +6,20 @@
 //!
 //! Backward ([`global_backward`]): batch rows in parallel, every `dx` element stored once.
 //! The mean gives `dy / n` to every position (the sample walked in memory order, the
-//! contiguous axis in `Vector(4)` lanes when a multiple of 4); the max gives `dy` to the
-//! first maximum of each channel over all positions and 0 elsewhere, by the two passes of
-//! [`super`]'s first-maximum rule.
+//! contiguous axis in `Vector(4)` lanes when a multiple of 4). The max follows
+//! `tf.reduce_max`'s gradient (Keras's global max pooling is `reduce_max`), not
+//! `MaxPoolGrad`'s: a first pass counts the positions equal to the maximum `y`, a second
+//! stores `(x == y) / count · dy` in that order, so ties share `dy` evenly and a NaN
+//! maximum (no position equal to it) gives `0 / 0 · dy` = NaN everywhere, as TensorFlow
+//! does. The count is an f32 sum, exact up to 2^24 tied positions.
 
-use super::{chan_index, channel_tile, give_first, note_reached, zero_locals};
+use super::{chan_index, channel_tile, select, zero_locals};
 use crate::error::Result;
 use crate::graph::infer::split_channels;
 use crate::graph::{DataFormat, NodeId, PoolKind};
 use crate::loop_ir::{
-    bin, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind, Stmt, Var,
+    bin, for_, load, load_local, Affine, BinOp, BufId, CmpOp, Expr, KernelBuilder, LoopKind, Stmt,
+    Var,
 };
 use crate::lower::Cx;
 
@@ -151,7 +155,7 @@ pub fn global_backward(
     let ym = cx.value(node)?;
     let cti = kb.var("ct");
     let (ckind, ct) = channel_tile(cl, c);
-    let flags = [kb.local("any", ct), kb.local("found", ct)];
+    let count = kb.local("count", ct);
     let ch = |cc: Var| Affine::var(cti).scale(ct as i64).plus_term(cc, 1);
     let lanes = |cc: Var, body: Vec<Stmt>| for_(cc, ct as u64, ckind, body);
     let x_at = |sp: Var, cc: Var| {
@@ -160,30 +164,57 @@ pub fn global_backward(
             .plus_affine(&chan_index(cl, Affine::var(sp), ch(cc), c, n_in))
     };
     let y_at = |cc: Var| dy_row.clone().plus_affine(&ch(cc));
+    // `x == y` as 1/0 (ordered: 0 when either is NaN), from the two comparisons the
+    // loop IR has.
+    let equal = |sp: Var, cc: Var| {
+        let (xv, yv) = (load(x, x_at(sp, cc)), load(ym, y_at(cc)));
+        select(
+            CmpOp::Ge,
+            xv.clone(),
+            yv.clone(),
+            select(CmpOp::Le, xv, yv, Expr::Const(1.0), Expr::Const(0.0)),
+            Expr::Const(0.0),
+        )
+    };
     let (c0, sp1, c1) = (kb.var("c0"), kb.var("sp"), kb.var("c1"));
     let (sp2, c2) = (kb.var("sp_2"), kb.var("c2"));
-    let pass1 = note_reached(flags[0], c1, load(x, x_at(sp1, c1)), load(ym, y_at(c1)));
-    let pass2 = give_first(
-        flags,
-        c2,
-        [
-            load(x, x_at(sp2, c2)),
-            load(ym, y_at(c2)),
+    let tally = Stmt::SetLocal {
+        local: count,
+        index: Affine::var(c1),
+        value: bin(
+            BinOp::Add,
+            load_local(count, Affine::var(c1)),
+            equal(sp1, c1),
+        ),
+    };
+    // `tf.reduce_max`'s gradient, in its order: `(indicator / count) · dy`.
+    let share = Stmt::Store {
+        buf: dx,
+        index: x_at(sp2, c2),
+        value: bin(
+            BinOp::Mul,
+            bin(
+                BinOp::Div,
+                equal(sp2, c2),
+                load_local(count, Affine::var(c2)),
+            ),
             load(dy, y_at(c2)),
-        ],
-        dx,
-        x_at(sp2, c2),
-        None,
-    );
+        ),
+    };
     let tile = vec![
-        lanes(c0, zero_locals(&flags, c0)),
+        lanes(c0, zero_locals(&[count], c0)),
         for_(
             sp1,
             n_in as u64,
             LoopKind::Serial,
-            vec![lanes(c1, vec![pass1])],
+            vec![lanes(c1, vec![tally])],
         ),
-        for_(sp2, n_in as u64, LoopKind::Serial, vec![lanes(c2, pass2)]),
+        for_(
+            sp2,
+            n_in as u64,
+            LoopKind::Serial,
+            vec![lanes(c2, vec![share])],
+        ),
     ];
     let per_row = vec![for_(cti, (c / ct) as u64, LoopKind::Serial, tile)];
     let nest = for_(b, cx.batch as u64, LoopKind::Parallel, per_row);

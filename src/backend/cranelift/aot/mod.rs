@@ -444,12 +444,8 @@ fn temp_next_to(path: &Path, tag: &str) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_next_to(path, "lcjit");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    use std::io::Write;
+    crate::write_file::write_atomic(path, |w| w.write_all(bytes))
 }
 
 /// Writes the library (`.o`, `.a` or `.so` by `output`'s extension) and the header, each

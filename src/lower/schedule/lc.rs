@@ -1,0 +1,486 @@
+//! The schedules of the locally connected layers: forward, `dK`, `db` and `dx`, all
+//! chosen here from the layer's geometry and the batch size, with the measurements that
+//! justify each choice. The emitters (`lower/lc.rs`, `lower/lc_backward.rs`,
+//! `lower/lc_backward/gather.rs`) follow these structs and decide nothing themselves.
+//!
+//! Invariants: tile sizes divide the extents they tile (`ft | F`, `tq | run`,
+//! `tc | C`), except the batch tile, whose remainder rows get one narrower nest
+//! ([`LcForward::batch_nests`]); a vectorised tile's lane axis holds 4 contiguous
+//! elements of every vector operand.
+
+use std::fmt;
+
+use crate::graph::{LocallyConnected, Padding};
+use crate::loop_ir::LoopKind;
+
+use super::super::lc::Geo;
+
+/// Which axis the f32x4 lanes of a kernel's register tile run along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorAxis {
+    /// No vector lanes: scalar tiles.
+    Scalar,
+    /// Four consecutive filters (`F % 4 == 0`; a channels_first output is stored and
+    /// its bias read with lanes `P` elements apart, once per output element).
+    Filters,
+    /// Four consecutive output positions along the last spatial axis (see [`Lanes`]).
+    Positions,
+}
+
+impl fmt::Display for VectorAxis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VectorAxis::Scalar => "scalar",
+            VectorAxis::Filters => "filters",
+            VectorAxis::Positions => "positions",
+        })
+    }
+}
+
+/// The forward kernel's schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LcForward {
+    /// The lanes' axis.
+    pub vec: VectorAxis,
+    /// Batch rows per register tile (`TB`, at most the batch).
+    pub tb: usize,
+    /// Filters per register tile (`FT`, divides `F`).
+    pub ft: usize,
+    /// Channel block length of the channel-blocked loop order (see [`block_channels`]).
+    pub cblock: Option<usize>,
+    /// Whether the last tap axis and the channels form one reduction loop (see
+    /// [`LcForward::merge`]).
+    pub merge: bool,
+    /// Schedule of the innermost reduction loop (see [`reduction_kind`]).
+    pub reduction: LoopKind,
+    /// With [`VectorAxis::Positions`]: which positions of the last axis run in lanes.
+    pub lanes: Option<Lanes>,
+    /// The layer's spatial rank.
+    pub rank: usize,
+}
+
+/// The split of the last output axis under [`VectorAxis::Positions`]: positions
+/// `lo..lo + blocks·width` run in blocks of `width` (a multiple of 4) lanes, with every
+/// tap inside the input (no guard); the head `0..lo` and the tail up to `out` run one
+/// position at a time, guarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lanes {
+    /// First vectorised position.
+    pub lo: usize,
+    /// Number of vector blocks (≥ 1).
+    pub blocks: usize,
+    /// Positions per block (4, 8, 12 or 16: `width / 4` f32x4 per accumulator row).
+    pub width: usize,
+    /// Extent of the last output axis.
+    pub out: usize,
+}
+
+impl Lanes {
+    /// First position of the scalar tail.
+    pub fn tail_start(&self) -> usize {
+        self.lo + self.blocks * self.width
+    }
+}
+
+impl LcForward {
+    /// The batch nests `(first row, tiles, rows per tile)`: full tiles of `tb` rows, and
+    /// one narrower tile for the remainder rows when `tb` does not divide the batch.
+    pub fn batch_nests(&self, batch: usize) -> Vec<(usize, usize, usize)> {
+        let tiles = batch / self.tb;
+        let mut nests = vec![(0usize, tiles, self.tb)];
+        if !batch.is_multiple_of(self.tb) {
+            nests.push((tiles * self.tb, 1, batch % self.tb));
+        }
+        nests
+    }
+
+    /// The loop kind of the filter loop of a register tile.
+    pub fn filter_kind(&self) -> LoopKind {
+        match self.vec {
+            VectorAxis::Filters => LoopKind::Vector(4),
+            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
+        }
+    }
+
+    /// Whether the parallel loop is the one over position blocks (rank-1 layers under
+    /// [`VectorAxis::Positions`]) rather than the first output axis.
+    pub fn par_blocks(&self) -> bool {
+        self.lanes.is_some() && self.rank == 1
+    }
+}
+
+impl fmt::Display for LcForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ln) = &self.lanes {
+            return write!(
+                f,
+                "lc.forward(vec=positions, tile={}x{}x{}, lanes=[{}, {}), par={}, reduce={})",
+                self.tb,
+                self.ft,
+                ln.width,
+                ln.lo,
+                ln.tail_start(),
+                if self.par_blocks() { "blocks" } else { "o0" },
+                kind_text(self.reduction),
+            );
+        }
+        write!(
+            f,
+            "lc.forward(vec={}, tile={}x{}, par=o0, cblock={}, merge={}, reduce={})",
+            self.vec,
+            self.tb,
+            self.ft,
+            self.cblock.map_or("none".into(), |c| c.to_string()),
+            if self.merge { "row" } else { "none" },
+            kind_text(self.reduction),
+        )
+    }
+}
+
+/// `serial`, `unroll(n)`, … as in the loop IR printer.
+fn kind_text(k: LoopKind) -> String {
+    match k {
+        LoopKind::Serial => "serial".into(),
+        LoopKind::Parallel => "parallel".into(),
+        LoopKind::Vector(w) => format!("vector({w})"),
+        LoopKind::Unroll(u) => format!("unroll({u})"),
+    }
+}
+
+/// The forward schedule of an LC layer of geometry `g` at batch size `batch`.
+pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> LcForward {
+    if let Some(s) = positions(g, l, batch) {
+        return s;
+    }
+    let (vec, ft, tb) = tile(g.f, batch);
+    let vec = if vec {
+        VectorAxis::Filters
+    } else {
+        VectorAxis::Scalar
+    };
+    // The reduction's innermost loop. When the patch row is contiguous (channels_last,
+    // dilation 1 and no padding guard on the last axis), the last tap axis and the
+    // channels form one run of `kw·C` floats in both x and the kernel, so they become
+    // one loop `m = t_last·C + c` (same summation order, hence bitwise the same sums).
+    // Measured reason: with C = 16 (DeepFace) or C = 3/4 (seed_lc2d, snp_lc1d) the
+    // channel loop alone is too short to amortise the loop overhead and the
+    // accumulator rotation moves (one `movdqa` per accumulator per iteration: x64's
+    // fma writes a multiplicand register, cranelift notes §0.4).
+    let last = g.rank - 1;
+    let merge = g.cl && l.dilation[last] == 1 && l.padding != Padding::Same;
+    let red_extent = if merge { l.kernel[last] * g.c } else { g.c };
+    let cblock = block_channels(g, ft, vec == VectorAxis::Filters && !merge);
+    let reduction = reduction_kind(cblock.unwrap_or(red_extent) as u64);
+    LcForward {
+        vec,
+        tb,
+        ft,
+        cblock,
+        merge,
+        reduction,
+        lanes: None,
+        rank: g.rank,
+    }
+}
+
+/// The positions schedule, when it applies: the filters cannot fill the lanes
+/// (`F % 4 != 0`) and consecutive output positions of the last
+/// axis read consecutive input elements (stride 1, and channels_first input or one
+/// channel), so the input operand is one f32x4 load per batch row and tap, and the
+/// kernel operand (`K[p, q, f]`, positions `Q·F` apart) one gather per filter and tap,
+/// shared by the `TB` rows of the tile. The tile is `TB` rows × `FT` filters × `width`
+/// positions with at most 8 f32x4 accumulators (as the filters tile, see [`tile`]):
+/// rows first (each row reuses the gathered kernel vector), then filters, then more
+/// positions (independent FMA chains at batch 1).
+fn positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
+    let last = g.rank - 1;
+    let vec_filters = g.f.is_multiple_of(4);
+    let contiguous = l.strides[last] == 1 && (!g.cl || g.c == 1);
+    if vec_filters || !contiguous {
+        return None;
+    }
+    let tb = batch.clamp(1, 8);
+    let ft = divisor_upto(g.f, (8 / tb).max(1));
+    let (lo, hi) = interior(g, l, last);
+    let width = 4 * (8 / (tb * ft)).clamp(1, 4);
+    // Narrower blocks when the interior is short, so that most positions still run in
+    // lanes.
+    let width = (4..=width)
+        .rev()
+        .step_by(4)
+        .find(|w| (hi - lo) / w >= 2)
+        .unwrap_or(4);
+    let blocks = (hi - lo) / width;
+    if blocks == 0 {
+        return None;
+    }
+    let kw = l.kernel[last];
+    Some(LcForward {
+        vec: VectorAxis::Positions,
+        tb,
+        ft,
+        cblock: None,
+        merge: false,
+        reduction: reduction_kind(kw as u64),
+        lanes: Some(Lanes {
+            lo,
+            blocks,
+            width,
+            out: g.out_sp[last],
+        }),
+        rank: g.rank,
+    })
+}
+
+/// The output positions `[lo, hi)` along axis `a` whose every tap lies inside the input.
+fn interior(g: &Geo, l: &LocallyConnected, a: usize) -> (usize, usize) {
+    let (s, d, k) = (
+        l.strides[a] as i64,
+        l.dilation[a] as i64,
+        l.kernel[a] as i64,
+    );
+    let (pad, n, out) = (g.pad[a], g.in_sp[a] as i64, g.out_sp[a] as i64);
+    // o·s − pad ≥ 0 and o·s + (k−1)·d − pad ≤ n − 1.
+    let lo = if pad > 0 { (pad + s - 1) / s } else { 0 }.min(out);
+    let top = n - 1 + pad - (k - 1) * d;
+    let hi = if top < 0 { 0 } else { (top / s + 1).min(out) }.max(lo);
+    (lo as usize, hi as usize)
+}
+
+/// The register tile: `(vectorised, FT filters per tile, TB batch rows per tile)`.
+///
+/// Both data formats vectorise over filters when `F % 4 == 0`: the kernel operand is
+/// contiguous in `f` either way, and channels_first only makes the once-per-element
+/// output store (and bias load) strided.
+///
+/// Vectorised: 8 f32x4 accumulators, as TB = 4 rows × FT = 8 filters (2 vectors) when
+/// F % 8 == 0, else 8 rows × 1 vector. Measured (on-CPU time, one thread,
+/// `examples/perf_lc.rs`), DeepFace L4–L6 at batch 32: 4×8 118–126 ms, 6×8 116–124 ms
+/// (spills 3 registers), 8×4 125–131 ms, 2×16 130–137 ms, 3×16 140–144 ms (12
+/// accumulators force re-loading each weight vector per FMA to stay under 16
+/// registers; the extra loads cost more than the reuse gains), 3×8 140 ms. The x64
+/// fma overwrites one multiplicand, so a weight vector and a broadcast kept in
+/// registers cost one `movdqa` per reuse (notes §0.4); 4×8 keeps 8 accumulators, 2
+/// weight vectors, the broadcast and its copy in 12 registers with no spills, and
+/// divides the usual batch sizes (no remainder tile). Below batch 4 the layer is
+/// memory-bound: the widest filter tile reads each position's weights in one contiguous
+/// pass (DeepFace batch 1: 1.04× the streaming time).
+pub fn tile(f: usize, batch: usize) -> (bool, usize, usize) {
+    if f.is_multiple_of(4) && batch < 4 {
+        let ft = [16, 12, 8, 4]
+            .into_iter()
+            .find(|t| f.is_multiple_of(*t))
+            .unwrap_or(4);
+        (true, ft, (12 / (ft / 4)).clamp(1, 4).min(batch))
+    } else if f.is_multiple_of(4) {
+        let ft = if f.is_multiple_of(8) { 8 } else { 4 };
+        let tb = (32 / ft).clamp(1, 8).min(batch);
+        (true, ft, tb)
+    } else {
+        let ft = (1..=8).rev().find(|t| f.is_multiple_of(*t)).unwrap_or(1);
+        let tb = (12 / ft).clamp(1, 4).min(batch);
+        (false, ft, tb)
+    }
+}
+
+/// Channel block length when one position's weights are too large to stay in cache while
+/// the register tile walks them once per filter tile (`F/FT ≥ 2` passes over `Q·F`
+/// floats with a stride of `F`): then the reduction is cut into blocks of up to 64
+/// channels (≤ 64·F floats per tap, L2-resident) and every filter tile runs over a block
+/// before the next block is read. Measured on YOLO's local layer (C = 1024, F = 256,
+/// 9.4 MB of weights per position) at batch 1, where the unblocked walk ran slower than
+/// the reference path. `None` when blocking does not apply.
+fn block_channels(g: &Geo, ft: usize, vectorised_unmerged: bool) -> Option<usize> {
+    let passes = g.f / ft.max(1);
+    let bytes = g.q * g.f * 4;
+    if !vectorised_unmerged || passes < 2 || bytes < 1 << 20 {
+        return None;
+    }
+    (2..=64).rev().find(|b| g.c.is_multiple_of(*b))
+}
+
+/// Longest unroll of the reduction loop. Measured: DeepFace L4 (12 accumulators) body of
+/// 16 steps is ~200 FMAs, ~2 KB of code, well inside L1i.
+const REDUCTION_UNROLL_MAX: u64 = 16;
+
+/// The reduction loop's schedule: fully unrolled up to [`REDUCTION_UNROLL_MAX`],
+/// otherwise unrolled by its largest divisor up to that, so each loop iteration carries
+/// many FMAs per compare/branch and per accumulator rotation.
+pub fn reduction_kind(extent: u64) -> LoopKind {
+    let u = (1..=REDUCTION_UNROLL_MAX.min(extent))
+        .rev()
+        .find(|u| extent.is_multiple_of(*u))
+        .unwrap_or(1);
+    match u {
+        1 if extent > 1 => LoopKind::Serial,
+        u => LoopKind::Unroll(u as u32),
+    }
+}
+
+/// Largest divisor of `n` that is at most `max` (≥ 1).
+pub fn divisor_upto(n: usize, max: usize) -> usize {
+    (1..=max.max(1))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// The `dK` kernel's schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LcKernelGrad {
+    /// The lanes' axis.
+    pub vec: VectorAxis,
+    /// Filters per register tile (`FT`, divides `F`).
+    pub ft: usize,
+    /// Patch entries per register tile (`TQ`, divides the run).
+    pub tq: usize,
+    /// Whether the last tap axis and the channels form one run (as in the forward).
+    pub merge: bool,
+    /// Length of the patch run one tile loop walks (`kw·C` merged, else `C`).
+    pub run: usize,
+    /// Schedule of the batch loop (the reduction).
+    pub reduction: LoopKind,
+}
+
+impl LcKernelGrad {
+    /// The loop kind of the filter loop of a register tile.
+    pub fn filter_kind(&self) -> LoopKind {
+        match self.vec {
+            VectorAxis::Filters => LoopKind::Vector(4),
+            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
+        }
+    }
+}
+
+impl fmt::Display for LcKernelGrad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lc.dk(vec={}, tile={}x{}, par=o0, merge={}, reduce={})",
+            self.vec,
+            self.tq,
+            self.ft,
+            if self.merge { "row" } else { "none" },
+            kind_text(self.reduction),
+        )
+    }
+}
+
+/// The `dK` schedule: vectorised over filters (broadcast input, contiguous `dz`) when
+/// channels_last and `F % 4 == 0`; a register tile of `TQ patch entries × FT filters`:
+/// vectorised 8 f32x4 accumulators, as in the forward (see [`tile`]); scalar up to 12
+/// `f32` accumulators.
+pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize) -> LcKernelGrad {
+    let vec = g.cl && g.f.is_multiple_of(4);
+    let last = g.rank - 1;
+    // As in the forward: a channels_last patch row without padding guard or dilation is
+    // one contiguous run of `kw·C` floats in x and in dK, walked by one loop.
+    let merge = g.cl && l.dilation[last] == 1 && l.padding == Padding::Valid;
+    let run = if merge { l.kernel[last] * g.c } else { g.c };
+    let (ft, tq) = if vec {
+        let ft = if g.f.is_multiple_of(8) { 8 } else { 4 };
+        (ft, divisor_upto(run, 32 / ft))
+    } else {
+        let ft = divisor_upto(g.f, 4);
+        (ft, divisor_upto(run, (12 / ft).min(4)))
+    };
+    LcKernelGrad {
+        vec: if vec {
+            VectorAxis::Filters
+        } else {
+            VectorAxis::Scalar
+        },
+        ft,
+        tq,
+        merge,
+        run,
+        reduction: reduction_kind(batch as u64),
+    }
+}
+
+/// The `db` kernel's schedule: `dbias[e] = Σ_b dz[b, e]` in parallel blocks of `blk`
+/// elements of the per-sample output, vectorised when `4 | blk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LcBiasGrad {
+    /// Elements per parallel block (divides `P·F`).
+    pub blk: usize,
+    /// The loop kind over a block's elements.
+    pub kind: LoopKind,
+}
+
+impl fmt::Display for LcBiasGrad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lc.db(block={}, par=blocks, lanes={})",
+            self.blk,
+            kind_text(self.kind)
+        )
+    }
+}
+
+/// The `db` schedule: the largest power-of-two block up to 256 that divides `P·F`.
+pub(in crate::lower) fn bias_grad(g: &Geo) -> LcBiasGrad {
+    let n = g.p * g.f;
+    let blk = [256, 128, 64, 32, 16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1);
+    let kind = if blk.is_multiple_of(4) {
+        LoopKind::Vector(4)
+    } else {
+        LoopKind::Serial
+    };
+    LcBiasGrad { blk, kind }
+}
+
+/// The `dx` gather's schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LcInputGrad {
+    /// The lanes' axis (filters: lanes hold partial sums over `f mod 4`).
+    pub vec: VectorAxis,
+    /// Channels per register tile (`TC`, divides `C`).
+    pub tc: usize,
+    /// Batch rows per register tile (`TB`).
+    pub tb: usize,
+    /// Whether interior input segments get unguarded copies of the position code.
+    pub segmented: bool,
+}
+
+impl fmt::Display for LcInputGrad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lc.dx(vec={}, tile={}x{}, par=i0, segments={})",
+            self.vec,
+            self.tb,
+            self.tc,
+            if self.segmented { "split" } else { "guarded" },
+        )
+    }
+}
+
+/// The `dx` schedule. The register tile `(TC channels, TB batch rows)`: vectorised
+/// (lanes over filters) 8 f32x4 accumulators, as 2 rows × 4 channels (measured on
+/// DeepFace L4, one thread: 2×4 131 ms, 4×2 150, 8×1 159, 1×8 158, 2×2 158; 3×4 = 12
+/// accumulators spilled, 220); scalar: up to 12 `f32`. `copies` is how many copies of
+/// the per-position code splitting off the interior segments would make: split only
+/// while they stay few ([`MAX_GATHER_NESTS`]).
+pub(in crate::lower) fn input_grad(g: &Geo, batch: usize, copies: usize) -> LcInputGrad {
+    let vec = g.cl && g.f.is_multiple_of(4);
+    let tc = divisor_upto(g.c, 4);
+    let budget = if vec { 8 } else { 12 };
+    LcInputGrad {
+        vec: if vec {
+            VectorAxis::Filters
+        } else {
+            VectorAxis::Scalar
+        },
+        tc,
+        tb: (budget / tc).clamp(1, 8).min(batch),
+        segmented: copies <= MAX_GATHER_NESTS,
+    }
+}
+
+/// Most copies of the per-position gather code in one `dx` kernel.
+pub const MAX_GATHER_NESTS: usize = 64;
