@@ -35,10 +35,15 @@ use super::optimizer::Optimizer;
 use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::graph::ParamId;
+use data::{check_validation, epoch_order, split_validation, SplitMix};
 use ndarray::{ArrayD, Axis};
 use std::io::{IsTerminal, Write};
 
 pub use super::callbacks::History;
+pub use data::epoch_orders;
+
+mod data;
+mod resumption;
 
 /// Options of [`fit`] (Keras `fit` arguments).
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +81,9 @@ pub struct FitOptions {
     /// it on, because a diverged run would otherwise write NaN weights over the user's
     /// file.
     pub stop_on_non_finite: bool,
+    /// Resuming: leave a [`super::resume::ResumeState`] behind when interrupted, or
+    /// continue from one (see [`super::resume`]). The default does neither.
+    pub resume: super::resume::Resume,
 }
 
 impl Default for FitOptions {
@@ -91,6 +99,7 @@ impl Default for FitOptions {
             seed: 0,
             update: None,
             stop_on_non_finite: false,
+            resume: Default::default(),
         }
     }
 }
@@ -157,7 +166,14 @@ pub struct StepFns<'c> {
     /// reuse their weight-sized storage for the next step instead of allocating it anew
     /// (e.g. [`crate::CompiledModel::recycle_gradients`]); `None` drops them.
     pub recycle: Option<&'c mut RecycleFn<'c>>,
+    /// Reads the state of the step's training randomness (the Dropout masks' generator),
+    /// after setting it when given one: what a resume state keeps so that a resumed run
+    /// draws the masks the uninterrupted one draws. `None`: the step draws nothing.
+    pub randomness: Option<&'c mut RandomnessFn<'c>>,
 }
+
+/// `Some(state)` sets the generator's state; the state after that is returned.
+pub type RandomnessFn<'c> = dyn FnMut(Option<[u64; 4]>) -> [u64; 4] + 'c;
 
 /// `(batch size, gradients)`: storage handed back after the optimizer step.
 pub type RecycleFn<'c> = dyn FnMut(usize, Vec<ArrayD<f32>>) + 'c;
@@ -199,7 +215,9 @@ impl Run<'_, '_> {
 
 /// Trains `params` in place and returns Keras's history. `validation`, if given,
 /// overrides `validation_split`. `callbacks` are called in order (see
-/// [`super::callbacks`]).
+/// [`super::callbacks`]). An interruption ([`crate::interrupt::interrupted`]) ends the
+/// run between steps with [`Error::Interrupted`], the weights those of the last finished
+/// step; with [`FitOptions::resume`] it leaves a resume state, or the run continues one.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     params: &mut [ArrayD<f32>],
@@ -223,8 +241,26 @@ pub fn fit(
         mut predict,
         save,
         mut recycle,
+        mut randomness,
     } = fns;
     let steps = train_n.div_ceil(opts.batch_size);
+    let terminal = match &opts.progress {
+        Some(sink) => sink.dynamic,
+        None => std::io::stderr().is_terminal(),
+    };
+    let fingerprint = opts.resume.active().then(|| {
+        super::resume::fingerprint(&super::resume::RunFacts {
+            params,
+            table,
+            optimizer: &optimizer.config,
+            loss,
+            xs,
+            ys,
+            validation,
+            opts,
+            callbacks: super::resume::callback_kinds(callbacks),
+        })
+    });
     let mut run = Run {
         params,
         optimizer,
@@ -238,17 +274,40 @@ pub fn fit(
         },
     };
     let trainable = table.trainable();
-    let terminal = match &opts.progress {
-        Some(sink) => sink.dynamic,
-        None => std::io::stderr().is_terminal(),
-    };
     let sink = opts.progress.as_ref();
-    let mut hist = History::new();
-    let mut rng = opts.shuffle.map(SplitMix);
+    let start = match (&opts.resume.from, &fingerprint) {
+        (Some(state), Some(print)) => {
+            resumption::restore(state, print, &mut run, randomness.as_deref_mut(), callbacks, opts)?
+        }
+        _ => {
+            run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
+            resumption::Start::fresh(opts)
+        }
+    };
+    let resumption::Start {
+        epoch: first,
+        mut hist,
+        mut rng,
+        mut acc,
+    } = start;
     let mut last = Logs::new();
-    run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
-    for epoch in 0..opts.epochs {
-        run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
+    for epoch in first..opts.epochs {
+        let resumed = acc.take().filter(|a| a.steps_done > 0);
+        let rng_at_start = rng.as_ref().map(|r| r.0);
+        let at = resumption::At {
+            epoch,
+            rng_at_start,
+            fingerprint: fingerprint.as_ref(),
+        };
+        if crate::interrupt::interrupted() {
+            // Between epochs (a signal during the last validation): the state of a fresh
+            // epoch.
+            let fresh = EpochAcc::fresh(opts);
+            return Err(at.interrupted(&mut run, &fresh, &hist, randomness.as_deref_mut(), callbacks, opts));
+        }
+        if resumed.is_none() {
+            run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
+        }
         if opts.verbose && opts.epochs > 1 {
             show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
         }
@@ -266,7 +325,13 @@ pub fn fit(
             opts,
             recycle: recycle.as_deref_mut(),
         };
-        let mut logs = epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut())?;
+        let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
+        let mut logs = match epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)? {
+            EpochEnd::Done(logs) => logs,
+            EpochEnd::Interrupted(acc) => {
+                return Err(at.interrupted(&mut run, &acc, &hist, randomness.as_deref_mut(), callbacks, opts))
+            }
+        };
         if let Some((vx, vy)) = val {
             let pf = predict
                 .as_deref_mut()
@@ -332,9 +397,38 @@ struct EpochRun<'e, 'c> {
     recycle: Option<&'e mut RecycleFn<'c>>,
 }
 
+/// The running loss and metrics of an epoch, and how many of its steps are done.
+struct EpochAcc {
+    steps_done: usize,
+    loss_sum: f64,
+    loss_count: f64,
+    metrics: Vec<MetricState>,
+}
+
+impl EpochAcc {
+    /// Before the first step of an epoch.
+    fn fresh(opts: &FitOptions) -> Self {
+        EpochAcc {
+            steps_done: 0,
+            loss_sum: 0.0,
+            loss_count: 0.0,
+            metrics: opts.metrics.iter().map(|m| m.state()).collect(),
+        }
+    }
+}
+
+/// How an epoch's batches ended.
+enum EpochEnd {
+    /// All ran (or a callback stopped training): the epoch's logs.
+    Done(Logs),
+    /// Interrupted after `steps_done` steps: the accumulators at that point.
+    Interrupted(EpochAcc),
+}
+
 impl EpochRun<'_, '_> {
-    /// Runs every batch (until a callback stops training) and returns the epoch's logs:
-    /// the size-weighted mean loss and the metrics.
+    /// Runs the batches from `acc.steps_done` on (until a callback stops training, or an
+    /// interruption) and returns the epoch's logs: the size-weighted mean loss and the
+    /// metrics.
     fn train(
         &mut self,
         run: &mut Run,
@@ -342,33 +436,34 @@ impl EpochRun<'_, '_> {
         step: &mut StepFn,
         callbacks: &mut [&mut dyn Callback],
         mut bar: Option<&mut Progbar>,
-    ) -> Result<Logs> {
-        let (mut lsum, mut lcount) = (0f64, 0f64);
-        let mut states: Vec<MetricState> = self.opts.metrics.iter().map(|m| m.state()).collect();
-        for b in 0..batches.count() {
+        mut acc: EpochAcc,
+    ) -> Result<EpochEnd> {
+        for b in acc.steps_done..batches.count() {
             run.each(callbacks, |cb, ctl| cb.on_train_batch_begin(b, ctl))?;
             let (xb, yb) = batches.get(b);
-            let total = self.step(run, step, &xb, &yb, &mut states)?;
+            let total = self.step(run, step, &xb, &yb, &mut acc.metrics)?;
             let n = xb.shape()[0] as f64;
-            lsum += total * n;
-            lcount += n;
-            let logs = self.logs(lsum / lcount, &states);
+            acc.loss_sum += total * n;
+            acc.loss_count += n;
+            acc.steps_done = b + 1;
+            let logs = self.logs(acc.loss_sum / acc.loss_count, &acc.metrics);
             run.each(callbacks, |cb, ctl| cb.on_train_batch_end(b, &logs, ctl))?;
             if let Some(p) = bar.as_deref_mut() {
                 show(self.opts.progress.as_ref(), p.update(b + 1, &logs, false));
             }
-            if crate::interrupt::interrupted() {
-                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
-                // the weights of this last finished step.
-                return Err(Error::Interrupted {
-                    detail: format!("training stopped after step {} of an epoch", b + 1),
-                });
-            }
             if run.stop.is_some() {
+                // A stop ends the epoch here (validation and `on_epoch_end` still run,
+                // as in Keras), also when an interruption came with it.
                 break;
             }
+            if crate::interrupt::interrupted() {
+                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
+                // the weights of this last finished step (and its resume state).
+                return Ok(EpochEnd::Interrupted(acc));
+            }
         }
-        Ok(self.logs(lsum / lcount.max(1.0), &states))
+        let logs = self.logs(acc.loss_sum / acc.loss_count.max(1.0), &acc.metrics);
+        Ok(EpochEnd::Done(logs))
     }
 
     /// `loss` then each metric, as Keras's logs.
@@ -467,92 +562,6 @@ fn validate(
     Ok(logs)
 }
 
-/// Checks the options and data, and splits off `validation_split` when no validation
-/// data is given: the number of training samples and the split-off set.
-#[allow(clippy::type_complexity)]
-fn split_validation(
-    xs: &ArrayD<f32>,
-    ys: &ArrayD<f32>,
-    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
-    opts: &FitOptions,
-) -> Result<(usize, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
-    let usage = |d: String| Error::Usage { detail: d };
-    if opts.batch_size == 0 {
-        return Err(usage("batch size must be at least 1".into()));
-    }
-    let n = xs.shape().first().copied().unwrap_or(0);
-    if ys.shape().first().copied() != Some(n) || n == 0 {
-        return Err(usage(format!(
-            "x has {n} samples, y has {}: need the same non-zero number",
-            samples(ys)
-        )));
-    }
-    if !(0.0..1.0).contains(&opts.validation_split) {
-        return Err(usage(format!(
-            "validation split {} is not in [0, 1)",
-            opts.validation_split
-        )));
-    }
-    if validation.is_some() || opts.validation_split == 0.0 {
-        return Ok((n, None));
-    }
-    // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
-    let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
-    let at = (n as f64 * (1.0 - split)).floor() as usize;
-    if at == 0 || at == n {
-        return Err(usage(format!(
-            "validation split {} of {n} samples leaves an empty training or validation set",
-            opts.validation_split
-        )));
-    }
-    let vx = xs.slice_axis(Axis(0), (at..n).into()).to_owned();
-    let vy = ys.slice_axis(Axis(0), (at..n).into()).to_owned();
-    Ok((at, Some((vx, vy))))
-}
-
-/// The number of samples of `a` in words (a 0-d array has none).
-fn samples(a: &ArrayD<f32>) -> String {
-    match a.shape().first() {
-        Some(n) => n.to_string(),
-        None => "no sample axis (a scalar)".into(),
-    }
-}
-
-/// Validation inputs and targets must hold the same non-zero number of samples.
-fn check_validation(vx: &ArrayD<f32>, vy: &ArrayD<f32>) -> Result<()> {
-    let n = vx.shape().first().copied().unwrap_or(0);
-    if vy.shape().first().copied() != Some(n) || n == 0 {
-        return Err(Error::Usage {
-            detail: format!(
-                "validation x has {n} samples, validation y has {}: need the same non-zero \
-                 number",
-                samples(vy)
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The sample order of each of `epochs` epochs over `n` training samples, exactly as
-/// [`fit`] draws them with `shuffle: seed` (`None`: `0..n` every epoch): for custom and
-/// data-parallel loops that must see the batches `fit` sees.
-pub fn epoch_orders(n: usize, epochs: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
-    let mut rng = seed.map(SplitMix);
-    (0..epochs).map(|_| epoch_order(n, rng.as_mut())).collect()
-}
-
-/// The sample order of one epoch: `0..n`, shuffled when a generator is given.
-fn epoch_order(n: usize, rng: Option<&mut SplitMix>) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if let Some(r) = rng {
-        for i in (1..n).rev() {
-            let j = (r.next() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
-    }
-    order
-}
-
 /// Checks that every update of a step targets an existing non-trainable parameter with
 /// the parameter's shape.
 fn check_updates(
@@ -580,17 +589,4 @@ fn check_updates(
         }
     }
     Ok(())
-}
-
-/// SplitMix64: a small deterministic generator for shuffling.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
