@@ -8,7 +8,7 @@
 //! Covered: shuffle on, Dropout and BatchNorm (training randomness and non-trainable
 //! parameters), validation_split, metrics (accuracy and AUC's confusion counts),
 //! EarlyStopping with restore_best_weights, ReduceLROnPlateau with cooldown, CSVLogger,
-//! TerminateOnNaN; Adam, SGD with momentum, Nadam and RMSprop; interruptions mid-epoch,
+//! ModelCheckpoint (save_best_only), TerminateOnNaN; Adam, SGD with momentum, Nadam and RMSprop; interruptions mid-epoch,
 //! after an epoch's last step, between epochs, and twice in one run; refusals of a state
 //! for other options or data and of corrupt files.
 
@@ -19,7 +19,8 @@ use lcjit::graph::{Activation, BatchNorm, DataFormat, Dense, Graph, Op, WeightOp
 use lcjit::train::callbacks::Logs;
 use lcjit::train::{
     fit_compiled, parse_loss_arg, parse_optimizer_arg, CSVLogger, Callback, Control,
-    EarlyStopping, EarlyStoppingConfig, FitOptions, History, Metric, Optimizer, OptimizerState,
+    EarlyStopping, EarlyStoppingConfig, FitOptions, History, Metric, ModelCheckpoint,
+    ModelCheckpointConfig, Optimizer, OptimizerState,
     ReduceLROnPlateau, ReduceLROnPlateauConfig, Resume, ResumeSlot, ResumeState, TerminateOnNaN,
 };
 use lcjit::{CompileOptions, Engine, Error, Model};
@@ -113,6 +114,21 @@ impl Callback for Interrupter {
     }
 }
 
+/// The checkpoint files `<prefix>-ck*.npz`, sorted: name after the prefix, arrays.
+fn checkpoints(prefix: &str) -> Vec<(String, Vec<(String, ArrayD<f32>)>)> {
+    let mut out = Vec::new();
+    let dir = Path::new(prefix).parent().expect("dir");
+    for e in std::fs::read_dir(dir).expect("list") {
+        let p = e.expect("entry").path();
+        let name = p.display().to_string();
+        if let Some(rest) = name.strip_prefix(&format!("{prefix}-ck")) {
+            out.push((rest.to_string(), lcjit::io::read_npz(&p).expect("checkpoint")));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// How a run that did not finish ended.
 #[derive(Debug)]
 enum Stop {
@@ -139,6 +155,8 @@ struct Outcome {
     optimizer: OptimizerState,
     history: History,
     csv: String,
+    /// ModelCheckpoint's files (save_best_only): name after the run's prefix, arrays.
+    checkpoints: Vec<(String, Vec<(String, ArrayD<f32>)>)>,
     stopped_epoch: usize,
     best: f64,
 }
@@ -203,6 +221,14 @@ impl Setup {
         })
         .expect("rlr");
         let mut log = CSVLogger::new(csv);
+        let prefix = csv.with_extension("").display().to_string();
+        let mut ck = ModelCheckpoint::new(ModelCheckpointConfig {
+            monitor: "val_loss".into(),
+            save_best_only: true,
+            save_weights_only: true,
+            ..ModelCheckpointConfig::new(format!("{prefix}-ck{{epoch:02d}}.npz"))
+        })
+        .expect("checkpoint");
         let mut nan = TerminateOnNaN::new();
         let mut interrupter = interrupter;
         let slot = ResumeSlot::new();
@@ -216,8 +242,8 @@ impl Setup {
             max_batch: self.batch_size,
         };
         let result = {
-            let mut cbs: [&mut dyn Callback; 5] =
-                [&mut nan, &mut rlr, &mut es, &mut log, &mut interrupter];
+            let mut cbs: [&mut dyn Callback; 6] =
+                [&mut nan, &mut rlr, &mut es, &mut ck, &mut log, &mut interrupter];
             fit_compiled(&mut model, &mut opt, &loss, &xs, &ys, None, &opts, &compile, &mut cbs)
         };
         lcjit::interrupt::reset();
@@ -227,6 +253,7 @@ impl Setup {
                 optimizer: opt.export_state(),
                 history,
                 csv: std::fs::read_to_string(csv).expect("csv"),
+                checkpoints: checkpoints(&prefix),
                 stopped_epoch: es.stopped_epoch(),
                 best: es.best(),
             }),
@@ -286,6 +313,8 @@ impl Setup {
         assert_eq!(got.optimizer, want.optimizer, "optimizer state");
         assert_eq!(got.params, want.params, "weights");
         assert_eq!(got.csv, want.csv, "CSV log");
+        assert!(!want.checkpoints.is_empty());
+        assert_eq!(got.checkpoints, want.checkpoints, "checkpoints");
         assert_eq!((got.stopped_epoch, got.best.to_bits()), (want.stopped_epoch, want.best.to_bits()));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -382,6 +411,13 @@ fn a_state_for_other_options_or_data_is_refused_naming_the_field() {
     let mut bad = state.clone();
     bad.callbacks.swap(1, 2);
     refused(&setup, bad, "callbacks[1].kind");
+    // Another patience for EarlyStopping.
+    let mut bad = state.clone();
+    if let Some(Some(es)) = bad.callbacks.get_mut(2) {
+        let config = es.text("config").expect("config").replace("patience: 3", "patience: 4");
+        es.set("config", lcjit::train::callbacks::StateValue::Text(config));
+    }
+    refused(&setup, bad, "callbacks[2].config");
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 

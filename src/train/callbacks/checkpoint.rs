@@ -213,7 +213,8 @@ impl ModelCheckpoint {
 impl Callback for ModelCheckpoint {
     fn export_state(&self) -> Option<CallbackState> {
         let mut s = CallbackState::new("ModelCheckpoint");
-        s.set("best", StateValue::Float(self.best))
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("best", StateValue::Float(self.best))
             .set("epoch", StateValue::Count(self.epoch as u64))
             .set(
                 "batches_since_save",
@@ -243,6 +244,7 @@ impl Callback for ModelCheckpoint {
         _ctl: &mut Control<'_>,
     ) -> Result<()> {
         let s = required(state, "ModelCheckpoint")?;
+        s.expect_config(&format!("{:?}", self.config))?;
         let best = s.float("best")?;
         let epoch = s.count("epoch")?;
         let since = s.count("batches_since_save")?;

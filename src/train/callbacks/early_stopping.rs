@@ -174,7 +174,8 @@ impl Callback for EarlyStopping {
 
     fn export_state(&self) -> Option<CallbackState> {
         let mut s = CallbackState::new("EarlyStopping");
-        s.set("wait", StateValue::Count(self.wait as u64))
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("wait", StateValue::Count(self.wait as u64))
             .set("stopped_epoch", StateValue::Count(self.stopped_epoch as u64))
             .set("best", StateValue::Float(self.best))
             .set("best_epoch", StateValue::Count(self.best_epoch as u64))
@@ -193,6 +194,7 @@ impl Callback for EarlyStopping {
         ctl: &mut Control<'_>,
     ) -> Result<()> {
         let s = required(state, "EarlyStopping")?;
+        s.expect_config(&format!("{:?}", self.config))?;
         let best_weights = if s.flag("has_best_weights")? {
             let n = ctl.weights().len();
             let fits = s.arrays.len() == n

@@ -56,6 +56,14 @@ impl CSVLogger {
         self.text.push_str("\r\n");
     }
 
+    /// The arguments, as a resume state compares them.
+    fn config_text(&self) -> String {
+        format!(
+            "CSVLogger {{ filename: {:?}, separator: {:?}, append: {} }}",
+            self.filename, self.separator, self.append
+        )
+    }
+
     fn flush(&self) -> Result<()> {
         let text = &self.text;
         crate::io::write_atomic(&self.filename, |w| w.write_all(text.as_bytes()))
@@ -90,7 +98,8 @@ impl Callback for CSVLogger {
     // uninterrupted run had it at the interruption and appends to that.
     fn export_state(&self) -> Option<CallbackState> {
         let mut s = CallbackState::new("CSVLogger");
-        s.set(
+        s.set("config", StateValue::Text(self.config_text()))
+            .set(
             "keys",
             self.keys
                 .clone()
@@ -107,6 +116,7 @@ impl Callback for CSVLogger {
         _ctl: &mut Control<'_>,
     ) -> Result<()> {
         let s = required(state, "CSVLogger")?;
+        s.expect_config(&self.config_text())?;
         let keys = s.opt_texts("keys")?.map(<[String]>::to_vec);
         let text = s.text("text")?.to_string();
         let header = s.flag("header")?;

@@ -127,7 +127,8 @@ impl Callback for ReduceLROnPlateau {
     // The learning rate it set lives in the optimizer, whose state the resume keeps.
     fn export_state(&self) -> Option<CallbackState> {
         let mut s = CallbackState::new("ReduceLROnPlateau");
-        s.set("best", StateValue::Float(self.best))
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("best", StateValue::Float(self.best))
             .set("wait", StateValue::Count(self.wait as u64))
             .set(
                 "cooldown_counter",
@@ -143,6 +144,7 @@ impl Callback for ReduceLROnPlateau {
         _ctl: &mut Control<'_>,
     ) -> Result<()> {
         let s = required(state, "ReduceLROnPlateau")?;
+        s.expect_config(&format!("{:?}", self.config))?;
         let (best, wait) = (s.float("best")?, s.count("wait")?);
         let (cooldown, warned) = (s.count("cooldown_counter")?, s.flag("warned")?);
         self.best = best;

@@ -122,6 +122,20 @@ impl CallbackState {
         }
     }
 
+    /// Checks the `config` field against this run's callback configuration (as text):
+    /// a resumed run must decide with the interrupted run's patience, thresholds, files.
+    pub fn expect_config(&self, config: &str) -> Result<()> {
+        let kept = self.text("config")?;
+        if kept == config {
+            Ok(())
+        } else {
+            Err(Error::resume(
+                "config",
+                format!("the state was written for {kept}, this run has {config}"),
+            ))
+        }
+    }
+
     /// Checks that the state is of `kind` (what a callback's resume does first).
     pub fn expect_kind(&self, kind: &str) -> Result<()> {
         if self.kind == kind {
