@@ -175,12 +175,17 @@ impl At<'_> {
                 callbacks: callbacks.iter().map(|c| c.export_state()).collect(),
             });
         }
-        Error::Interrupted {
-            detail: format!(
-                "training stopped after step {} of epoch {}",
+        let epochs = run.fit_params.epochs;
+        let detail = if acc.steps_done == 0 {
+            format!("training stopped before epoch {} of {epochs}", self.epoch + 1)
+        } else {
+            format!(
+                "training stopped after step {} of {} in epoch {} of {epochs}",
                 acc.steps_done,
+                run.fit_params.steps,
                 self.epoch + 1
-            ),
-        }
+            )
+        };
+        Error::Interrupted { detail }
     }
 }
