@@ -55,7 +55,8 @@ fn stderr(o: &Output) -> String {
 /// with shuffle, validation split, a metric, ReduceLROnPlateau and a CSV log, long
 /// enough (`epochs`) to be interrupted.
 fn setup(t: &Tmp, epochs: usize) -> Vec<String> {
-    let layer = |class: &str, config: serde_json::Value| json!({"class_name": class, "config": config});
+    let layer =
+        |class: &str, config: serde_json::Value| json!({"class_name": class, "config": config});
     let model = json!({"class_name": "Sequential", "config": {"name": "s", "layers": [
         layer("InputLayer", json!({"name": "x", "batch_input_shape": [null, 12]})),
         layer("Dense", json!({"name": "h", "units": 24, "activation": "relu"})),
@@ -185,7 +186,10 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
         let err = stderr(&out);
         if out.status.code() == Some(130) && Path::new(&state).exists() {
             assert!(err.contains(&format!("--resume {state}")), "{err}");
-            assert!(err.contains("error: interrupted: training stopped "), "{err}");
+            assert!(
+                err.contains("error: interrupted: training stopped "),
+                "{err}"
+            );
             assert!(t.debris().is_empty(), "{:?}", t.debris());
             landed = Some(err);
             break;
@@ -211,12 +215,19 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
     };
     refused(
         &other("--batch-size", "4"),
-        &[&state, "field 'fingerprint.batch_size'", "written for 8, this run has 4"],
+        &[
+            &state,
+            "field 'fingerprint.batch_size'",
+            "written for 8, this run has 4",
+        ],
     );
     let mut ys = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(t.path("y.npy")).expect("y");
     ys[[0, 0]] += 1.0;
     ndarray_npy::write_npy(t.path("y2.npy"), &ys).expect("y2");
-    refused(&other("--y", &t.path("y2.npy")), &[&state, "field 'fingerprint.data'"]);
+    refused(
+        &other("--y", &t.path("y2.npy")),
+        &[&state, "field 'fingerprint.data'"],
+    );
     let model = std::fs::read_to_string(t.path("m.json"))
         .expect("model")
         .replace("\"units\":24", "\"units\":25");

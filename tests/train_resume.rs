@@ -18,15 +18,18 @@ use common::{random, relu, uniform};
 use lcjit::graph::{Activation, BatchNorm, DataFormat, Dense, Graph, Op, WeightOptions};
 use lcjit::train::callbacks::Logs;
 use lcjit::train::{
-    fit_compiled, parse_loss_arg, parse_optimizer_arg, CSVLogger, Callback, Control,
-    EarlyStopping, EarlyStoppingConfig, FitOptions, History, Metric, ModelCheckpoint,
-    ModelCheckpointConfig, Optimizer, OptimizerState,
-    ReduceLROnPlateau, ReduceLROnPlateauConfig, Resume, ResumeSlot, ResumeState, TerminateOnNaN,
+    fit_compiled, parse_loss_arg, parse_optimizer_arg, CSVLogger, Callback, Control, EarlyStopping,
+    EarlyStoppingConfig, FitOptions, History, Metric, ModelCheckpoint, ModelCheckpointConfig,
+    Optimizer, OptimizerState, ReduceLROnPlateau, ReduceLROnPlateauConfig, Resume, ResumeSlot,
+    ResumeState, TerminateOnNaN,
 };
 use lcjit::{CompileOptions, Engine, Error, Model};
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// Named arrays, as a weights file holds them.
+type Arrays = Vec<(String, ArrayD<f32>)>;
 
 /// The interruption flag is global: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -34,7 +37,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const ADAM: &str = r#"{"class_name":"Adam","config":{"learning_rate":0.01}}"#;
 const SGD: &str = r#"{"class_name":"SGD","config":{"learning_rate":0.05,"momentum":0.9}}"#;
 const NADAM: &str = r#"{"class_name":"Nadam","config":{"learning_rate":0.01}}"#;
-const RMSPROP: &str = r#"{"class_name":"RMSprop","config":{"learning_rate":0.01,"momentum":0.5,"centered":true}}"#;
+const RMSPROP: &str =
+    r#"{"class_name":"RMSprop","config":{"learning_rate":0.01,"momentum":0.5,"centered":true}}"#;
 
 fn dense(units: usize, activation: Activation) -> Op {
     Op::Dense(Dense {
@@ -86,7 +90,10 @@ fn data() -> (ArrayD<f32>, ArrayD<f32>) {
     let labels: Vec<f32> = (0..22)
         .flat_map(|i| (0..3).map(move |c| if (i * 7) % 3 == c { 1.0 } else { 0.0 }))
         .collect();
-    (xs, ArrayD::from_shape_vec(IxDyn(&[22, 3]), labels).expect("ys"))
+    (
+        xs,
+        ArrayD::from_shape_vec(IxDyn(&[22, 3]), labels).expect("ys"),
+    )
 }
 
 /// Raises the interruption after global step `at_step` (1-based, counted over epochs)
@@ -98,7 +105,12 @@ struct Interrupter {
 }
 
 impl Callback for Interrupter {
-    fn on_train_batch_end(&mut self, _b: usize, _l: &Logs, _c: &mut Control<'_>) -> lcjit::Result<()> {
+    fn on_train_batch_end(
+        &mut self,
+        _b: usize,
+        _l: &Logs,
+        _c: &mut Control<'_>,
+    ) -> lcjit::Result<()> {
         self.steps += 1;
         if Some(self.steps) == self.at_step {
             lcjit::interrupt::raise();
@@ -106,7 +118,12 @@ impl Callback for Interrupter {
         Ok(())
     }
 
-    fn on_epoch_end(&mut self, epoch: usize, _l: &mut Logs, _c: &mut Control<'_>) -> lcjit::Result<()> {
+    fn on_epoch_end(
+        &mut self,
+        epoch: usize,
+        _l: &mut Logs,
+        _c: &mut Control<'_>,
+    ) -> lcjit::Result<()> {
         if Some(epoch) == self.at_epoch {
             lcjit::interrupt::raise();
         }
@@ -115,14 +132,17 @@ impl Callback for Interrupter {
 }
 
 /// The checkpoint files `<prefix>-ck*.npz`, sorted: name after the prefix, arrays.
-fn checkpoints(prefix: &str) -> Vec<(String, Vec<(String, ArrayD<f32>)>)> {
+fn checkpoints(prefix: &str) -> Vec<(String, Arrays)> {
     let mut out = Vec::new();
     let dir = Path::new(prefix).parent().expect("dir");
     for e in std::fs::read_dir(dir).expect("list") {
         let p = e.expect("entry").path();
         let name = p.display().to_string();
         if let Some(rest) = name.strip_prefix(&format!("{prefix}-ck")) {
-            out.push((rest.to_string(), lcjit::io::read_npz(&p).expect("checkpoint")));
+            out.push((
+                rest.to_string(),
+                lcjit::io::read_npz(&p).expect("checkpoint"),
+            ));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -156,7 +176,7 @@ struct Outcome {
     history: History,
     csv: String,
     /// ModelCheckpoint's files (save_best_only): name after the run's prefix, arrays.
-    checkpoints: Vec<(String, Vec<(String, ArrayD<f32>)>)>,
+    checkpoints: Vec<(String, Arrays)>,
     stopped_epoch: usize,
     best: f64,
 }
@@ -242,9 +262,17 @@ impl Setup {
             max_batch: self.batch_size,
         };
         let result = {
-            let mut cbs: [&mut dyn Callback; 6] =
-                [&mut nan, &mut rlr, &mut es, &mut ck, &mut log, &mut interrupter];
-            fit_compiled(&mut model, &mut opt, &loss, &xs, &ys, None, &opts, &compile, &mut cbs)
+            let mut cbs: [&mut dyn Callback; 6] = [
+                &mut nan,
+                &mut rlr,
+                &mut es,
+                &mut ck,
+                &mut log,
+                &mut interrupter,
+            ];
+            fit_compiled(
+                &mut model, &mut opt, &loss, &xs, &ys, None, &opts, &compile, &mut cbs,
+            )
         };
         lcjit::interrupt::reset();
         match result {
@@ -257,9 +285,9 @@ impl Setup {
                 stopped_epoch: es.stopped_epoch(),
                 best: es.best(),
             }),
-            Err(Error::Interrupted { .. }) => {
-                Err(Stop::Interrupted(Box::new(slot.take().expect("state captured"))))
-            }
+            Err(Error::Interrupted { .. }) => Err(Stop::Interrupted(Box::new(
+                slot.take().expect("state captured"),
+            ))),
             Err(e) => Err(Stop::Failed(e)),
         }
     }
@@ -315,7 +343,10 @@ impl Setup {
         assert_eq!(got.csv, want.csv, "CSV log");
         assert!(!want.checkpoints.is_empty());
         assert_eq!(got.checkpoints, want.checkpoints, "checkpoints");
-        assert_eq!((got.stopped_epoch, got.best.to_bits()), (want.stopped_epoch, want.best.to_bits()));
+        assert_eq!(
+            (got.stopped_epoch, got.best.to_bits()),
+            (want.stopped_epoch, want.best.to_bits())
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -414,7 +445,10 @@ fn a_state_for_other_options_or_data_is_refused_naming_the_field() {
     // Another patience for EarlyStopping.
     let mut bad = state.clone();
     if let Some(Some(es)) = bad.callbacks.get_mut(2) {
-        let config = es.text("config").expect("config").replace("patience: 3", "patience: 4");
+        let config = es
+            .text("config")
+            .expect("config")
+            .replace("patience: 3", "patience: 4");
         es.set("config", lcjit::train::callbacks::StateValue::Text(config));
     }
     refused(&setup, bad, "callbacks[2].config");
@@ -451,22 +485,35 @@ fn corrupt_state_files_are_refused_naming_file_and_field() {
     for (edit, field) in [
         (("\"epoch\":1", "\"epoch\":\"one\""), "epoch"),
         (("\"version\":1", "\"version\":7"), "version"),
-        (("\"iterations\":", "\"iterationz\":"), "optimizer.iterations"),
-        (("\"steps_done\":", "\"steps_done\":-"), "accumulators.steps_done"),
+        (
+            ("\"iterations\":", "\"iterationz\":"),
+            "optimizer.iterations",
+        ),
+        (
+            ("\"steps_done\":", "\"steps_done\":-"),
+            "accumulators.steps_done",
+        ),
     ] {
         let p = setup.dir.join("edit.resume");
         rewrite_json(&path, &p, edit);
         let e = lcjit::io::read_resume_state(&p).expect_err("edited");
         let msg = e.to_string();
         assert!(matches!(e, Error::Resume { .. }), "{msg}");
-        assert!(msg.contains(&format!("field '{field}'")) && msg.contains("edit.resume"), "{msg}");
+        assert!(
+            msg.contains(&format!("field '{field}'")) && msg.contains("edit.resume"),
+            "{msg}"
+        );
     }
     // An array missing from the archive.
     let p = setup.dir.join("noarray.resume");
     copy_zip(&path, &p, |n, t| (n != "params/0.npy").then(|| t.to_vec()));
     let e = lcjit::io::read_resume_state(&p).expect_err("missing array");
     let msg = e.to_string();
-    assert!(msg.contains("'params/0.npy' is missing") && msg.contains(&name.replace("s.resume", "noarray.resume")), "{msg}");
+    assert!(
+        msg.contains("'params/0.npy' is missing")
+            && msg.contains(&name.replace("s.resume", "noarray.resume")),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 

@@ -203,4 +203,3 @@ pub(super) fn callbacks(a: &FitArgs) -> Result<Vec<Box<dyn Callback>>> {
     }
     Ok(out)
 }
-

@@ -119,7 +119,8 @@ pub fn write_resume_state(path: &Path, state: &ResumeState) -> Result<()> {
         let mut zip = zip::ZipWriter::new(w);
         let stored = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
-        zip.start_file("state.json", stored).map_err(io::Error::other)?;
+        zip.start_file("state.json", stored)
+            .map_err(io::Error::other)?;
         zip.write_all(text.as_bytes())?;
         for (name, a) in &arrays {
             // Zip64 for an entry that may pass 4 GiB (a 4-byte float per element).
@@ -182,9 +183,8 @@ pub fn read_resume_state_within(path: &Path, budget: u64) -> Result<ResumeState>
     drop(text);
     // The parsed JSON stays alive while the arrays are read.
     let rest = budget.saturating_sub(json_need);
-    let arrays = super::npy::read_archive_arrays(path, KIND, &mut archive, rest, &|n| {
-        n != "state.json"
-    })?;
+    let arrays =
+        super::npy::read_archive_arrays(path, KIND, &mut archive, rest, &|n| n != "state.json")?;
     let mut arrays: HashMap<String, ArrayD<f32>> = arrays.into_iter().collect();
     let f = Field {
         file: path.display().to_string(),
@@ -194,10 +194,7 @@ pub fn read_resume_state_within(path: &Path, budget: u64) -> Result<ResumeState>
     let mut state = parse(&f, &mut arrays)?;
     state.source_name = f.file.clone();
     if let Some(extra) = arrays.keys().next() {
-        return Err(f.err(
-            "arrays",
-            format!("entry '{extra}.npy' belongs to no field"),
-        ));
+        return Err(f.err("arrays", format!("entry '{extra}.npy' belongs to no field")));
     }
     Ok(state)
 }
@@ -249,7 +246,10 @@ impl<'a> Field<'a> {
     }
 
     fn list(&self) -> Result<Vec<Field<'a>>> {
-        let items = self.v.as_array().ok_or_else(|| self.err("", "is not a list"))?;
+        let items = self
+            .v
+            .as_array()
+            .ok_or_else(|| self.err("", "is not a list"))?;
         Ok(items
             .iter()
             .enumerate()
@@ -278,7 +278,9 @@ impl<'a> Field<'a> {
     }
 
     fn bool(&self) -> Result<bool> {
-        self.v.as_bool().ok_or_else(|| self.err("", "is not true or false"))
+        self.v
+            .as_bool()
+            .ok_or_else(|| self.err("", "is not true or false"))
     }
 
     fn str(&self) -> Result<&'a str> {
@@ -397,7 +399,11 @@ fn accumulators(f: &Field) -> Result<EpochAccumulators> {
         let confusion = m.get("confusion")?;
         let confusion = match confusion.opt() {
             Some(c) => {
-                let lists = c.list()?.iter().map(Field::f64s).collect::<Result<Vec<_>>>()?;
+                let lists = c
+                    .list()?
+                    .iter()
+                    .map(Field::f64s)
+                    .collect::<Result<Vec<_>>>()?;
                 let four = <[Vec<f64>; 4]>::try_from(lists)
                     .map_err(|_| c.err("", "is not four lists (tp, fp, tn, fn)"))?;
                 Some(four)
@@ -478,7 +484,9 @@ fn callback(
     }
     let n = f.get("arrays")?;
     for k in 0..n.usize()? {
-        state.arrays.push(n.array(arrays, &format!("callbacks/{i}/{k}"))?);
+        state
+            .arrays
+            .push(n.array(arrays, &format!("callbacks/{i}/{k}"))?);
     }
     Ok(Some(state))
 }

@@ -276,9 +276,14 @@ pub fn fit(
     let trainable = table.trainable();
     let sink = opts.progress.as_ref();
     let start = match (&opts.resume.from, &fingerprint) {
-        (Some(state), Some(print)) => {
-            resumption::restore(state, print, &mut run, randomness.as_deref_mut(), callbacks, opts)?
-        }
+        (Some(state), Some(print)) => resumption::restore(
+            state,
+            print,
+            &mut run,
+            randomness.as_deref_mut(),
+            callbacks,
+            opts,
+        )?,
         _ => {
             run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
             resumption::Start::fresh(opts)
@@ -303,7 +308,14 @@ pub fn fit(
             // Between epochs (a signal during the last validation): the state of a fresh
             // epoch.
             let fresh = EpochAcc::fresh(opts);
-            return Err(at.interrupted(&mut run, &fresh, &hist, randomness.as_deref_mut(), callbacks, opts));
+            return Err(at.interrupted(
+                &mut run,
+                &fresh,
+                &hist,
+                randomness.as_deref_mut(),
+                callbacks,
+                opts,
+            ));
         }
         if resumed.is_none() {
             run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
@@ -326,12 +338,20 @@ pub fn fit(
             recycle: recycle.as_deref_mut(),
         };
         let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
-        let mut logs = match epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)? {
-            EpochEnd::Done(logs) => logs,
-            EpochEnd::Interrupted(acc) => {
-                return Err(at.interrupted(&mut run, &acc, &hist, randomness.as_deref_mut(), callbacks, opts))
-            }
-        };
+        let mut logs =
+            match epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)? {
+                EpochEnd::Done(logs) => logs,
+                EpochEnd::Interrupted(acc) => {
+                    return Err(at.interrupted(
+                        &mut run,
+                        &acc,
+                        &hist,
+                        randomness.as_deref_mut(),
+                        callbacks,
+                        opts,
+                    ))
+                }
+            };
         if let Some((vx, vy)) = val {
             let pf = predict
                 .as_deref_mut()

@@ -265,7 +265,10 @@ impl MetricState {
         if snap.name != self.metric.name {
             return Err(Error::resume(
                 "name",
-                format!("'{}', this run's metric is '{}'", snap.name, self.metric.name),
+                format!(
+                    "'{}', this run's metric is '{}'",
+                    snap.name, self.metric.name
+                ),
             ));
         }
         let resolved = match snap.resolution.as_deref() {

@@ -52,7 +52,7 @@ pub use metrics::{Metric, MetricKind, MetricSnapshot, MetricState};
 pub use model_fit::{check_trainable, fit_model};
 pub use off_mask::{regularization_loss, OffMaskParams};
 pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig, OptimizerState};
-pub use resume::{EpochAccumulators, Fingerprint, Resume, ResumeSlot, ResumeState};
 pub use regularize::{apply_constraint, regularization, ParamTable};
+pub use resume::{EpochAccumulators, Fingerprint, Resume, ResumeSlot, ResumeState};
 pub use schedule::LearningRate;
 pub use step::{StepModel, Trainer};

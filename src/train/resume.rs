@@ -59,7 +59,11 @@ impl Fingerprint {
                 None => return Err(Error::resume(format!("fingerprint.{key}"), "missing")),
             }
         }
-        if let Some((key, _)) = self.0.iter().find(|(k, _)| !this_run.0.iter().any(|m| &m.0 == k)) {
+        if let Some((key, _)) = self
+            .0
+            .iter()
+            .find(|(k, _)| !this_run.0.iter().any(|m| &m.0 == k))
+        {
             return Err(Error::resume(
                 format!("fingerprint.{key}"),
                 "unknown to this lcjit",
@@ -208,7 +212,11 @@ pub(crate) fn fingerprint(f: &RunFacts<'_>) -> Fingerprint {
                 "{}{:?}{}",
                 spec.map_or("?", |s| s.name.as_str()),
                 p.shape(),
-                if spec.is_some_and(|s| s.trainable) { "" } else { " frozen" }
+                if spec.is_some_and(|s| s.trainable) {
+                    ""
+                } else {
+                    " frozen"
+                }
             )
         })
         .collect();

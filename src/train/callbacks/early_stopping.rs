@@ -10,7 +10,9 @@
 //! improving epoch, and they are restored at the end of training whether or not it
 //! stopped early (tf-keras 2.21's `on_train_end`).
 
-use super::{monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue};
+use super::{
+    monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue,
+};
 use crate::error::{Error, Result};
 use ndarray::ArrayD;
 
@@ -176,7 +178,10 @@ impl Callback for EarlyStopping {
         let mut s = CallbackState::new("EarlyStopping");
         s.set("config", StateValue::Text(format!("{:?}", self.config)))
             .set("wait", StateValue::Count(self.wait as u64))
-            .set("stopped_epoch", StateValue::Count(self.stopped_epoch as u64))
+            .set(
+                "stopped_epoch",
+                StateValue::Count(self.stopped_epoch as u64),
+            )
             .set("best", StateValue::Float(self.best))
             .set("best_epoch", StateValue::Count(self.best_epoch as u64))
             .set("warned", StateValue::Flag(self.warned))

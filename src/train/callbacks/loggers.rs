@@ -100,13 +100,13 @@ impl Callback for CSVLogger {
         let mut s = CallbackState::new("CSVLogger");
         s.set("config", StateValue::Text(self.config_text()))
             .set(
-            "keys",
-            self.keys
-                .clone()
-                .map_or(StateValue::Absent, StateValue::Texts),
-        )
-        .set("text", StateValue::Text(self.text.clone()))
-        .set("header", StateValue::Flag(self.header));
+                "keys",
+                self.keys
+                    .clone()
+                    .map_or(StateValue::Absent, StateValue::Texts),
+            )
+            .set("text", StateValue::Text(self.text.clone()))
+            .set("header", StateValue::Flag(self.header));
         Some(s)
     }
 

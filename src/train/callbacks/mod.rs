@@ -338,9 +338,15 @@ pub trait Callback {
 
 /// The state a stateful callback's [`Callback::on_train_resume`] needs, or an error
 /// saying it is missing.
-pub(crate) fn required<'s>(state: Option<&'s CallbackState>, kind: &str) -> Result<&'s CallbackState> {
+pub(crate) fn required<'s>(
+    state: Option<&'s CallbackState>,
+    kind: &str,
+) -> Result<&'s CallbackState> {
     let s = state.ok_or_else(|| {
-        Error::resume("kind", format!("no state kept, this run's callback is {kind}"))
+        Error::resume(
+            "kind",
+            format!("no state kept, this run's callback is {kind}"),
+        )
     })?;
     s.expect_kind(kind)?;
     Ok(s)

@@ -4,7 +4,9 @@
 //! history. The rate is Keras's float32 variable: reductions are computed in float32 as
 //! NumPy 2 does (`np.float32 · python float` stays float32).
 
-use super::{monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue};
+use super::{
+    monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue,
+};
 use crate::error::{Error, Result};
 
 /// Arguments of [`ReduceLROnPlateau`], Keras's names and defaults.

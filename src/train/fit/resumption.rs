@@ -53,7 +53,8 @@ pub(super) fn restore(
         move |e: Error| e.in_resume_file(file, &scope)
     };
     state.fingerprint.check(print).map_err(scoped(""))?;
-    let fail = |field: &str, detail: String| Err(Error::resume(field, detail).in_resume_file(file, ""));
+    let fail =
+        |field: &str, detail: String| Err(Error::resume(field, detail).in_resume_file(file, ""));
     let (epochs, steps) = (run.fit_params.epochs, run.fit_params.steps);
     let acc = &state.accumulators;
     if state.epoch >= epochs || acc.steps_done > steps {
@@ -68,7 +69,10 @@ pub(super) fn restore(
     }
     if state.params.len() != run.params.len() {
         let n = run.params.len();
-        return fail("params", format!("{} arrays, the model has {n}", state.params.len()));
+        return fail(
+            "params",
+            format!("{} arrays, the model has {n}", state.params.len()),
+        );
     }
     for (i, (p, q)) in state.params.iter().zip(run.params.iter()).enumerate() {
         if p.shape() != q.shape() {
@@ -94,7 +98,10 @@ pub(super) fn restore(
         fresh.push(m);
     }
     if fresh.len() != metrics.len() {
-        return fail("accumulators.metrics", "fewer metrics than this run's".into());
+        return fail(
+            "accumulators.metrics",
+            "fewer metrics than this run's".into(),
+        );
     }
     if state.callbacks.len() != callbacks.len() {
         let detail = format!(
@@ -177,7 +184,10 @@ impl At<'_> {
         }
         let epochs = run.fit_params.epochs;
         let detail = if acc.steps_done == 0 {
-            format!("training stopped before epoch {} of {epochs}", self.epoch + 1)
+            format!(
+                "training stopped before epoch {} of {epochs}",
+                self.epoch + 1
+            )
         } else {
             format!(
                 "training stopped after step {} of {} in epoch {} of {epochs}",
