@@ -28,9 +28,8 @@
 
 use super::callbacks::progbar::Progbar;
 use super::callbacks::{Callback, Control, FitParams, Logs, SaveFn};
-use super::evaluate::BatchOutput;
 use super::loss::Loss;
-use super::metrics::{Metric, MetricState};
+use super::metrics::MetricState;
 use super::optimizer::Optimizer;
 use super::regularize::ParamTable;
 use crate::error::{Error, Result};
@@ -43,140 +42,12 @@ pub use super::callbacks::History;
 pub use data::epoch_orders;
 
 mod data;
+mod options;
 mod resumption;
 
-/// Options of [`fit`] (Keras `fit` arguments).
-#[derive(Clone, Debug, PartialEq)]
-pub struct FitOptions {
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Samples per batch (the last batch may be smaller); also the validation batch.
-    pub batch_size: usize,
-    /// `None`: no shuffling (`shuffle=False`); `Some(seed)`: a new permutation per epoch.
-    pub shuffle: Option<u64>,
-    /// Fraction of the data, taken from the end, held out for validation (ignored when
-    /// validation data is given).
-    pub validation_split: f32,
-    /// Metrics to report (`loss` always is).
-    pub metrics: Vec<Metric>,
-    /// Print progress to stderr as Keras does: a bar per epoch on a terminal, one line
-    /// per epoch elsewhere.
-    pub verbose: bool,
-    /// Where progress goes with `verbose`: `None` to stderr (a redrawn bar on a
-    /// terminal, one line per epoch elsewhere); `Some` to that sink, a bar when it says
-    /// it is dynamic (Keras's `verbose=1` on a console) and one line per epoch otherwise
-    /// (`verbose=2`).
-    pub progress: Option<ProgressSink>,
-    /// Seed of the training-mode randomness the step draws (Dropout masks in
-    /// [`super::fit_model`]); the fixed default makes runs reproducible.
-    pub seed: u64,
-    /// Where the optimizer update runs: `None` on the host ([`Optimizer::step`]),
-    /// `Some((engine, threads))` as a compiled loop nest over all parameters
-    /// ([`Optimizer::step_compiled`]; bitwise the same result).
-    pub update: Option<(crate::Engine, usize)>,
-    /// Stop before a step whose loss or gradient is not finite, so the weights stay those
-    /// of the last finite step (found by a scan of the gradients; no copy of the weights).
-    /// Off by default, as in Keras, where training runs on through a NaN loss unless the
-    /// `TerminateOnNaN` callback stops it (after the non-finite update). `lcjit fit` turns
-    /// it on, because a diverged run would otherwise write NaN weights over the user's
-    /// file.
-    pub stop_on_non_finite: bool,
-    /// Resuming: leave a [`super::resume::ResumeState`] behind when interrupted, or
-    /// continue from one (see [`super::resume`]). The default does neither.
-    pub resume: super::resume::Resume,
-}
-
-impl Default for FitOptions {
-    fn default() -> Self {
-        FitOptions {
-            epochs: 1,
-            batch_size: 32,
-            shuffle: None,
-            validation_split: 0.0,
-            metrics: Vec::new(),
-            verbose: false,
-            progress: None,
-            seed: 0,
-            update: None,
-            stop_on_non_finite: false,
-            resume: Default::default(),
-        }
-    }
-}
-
-/// A destination for `fit`'s progress display (e.g. Python's `sys.stdout`, where a
-/// notebook shows it): `write` receives each piece of text as Keras would print it
-/// (`\r` redraws included); `dynamic` asks for the redrawn bar.
-#[derive(Clone)]
-pub struct ProgressSink {
-    /// Writes one piece of progress text.
-    pub write: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
-    /// Redraw a bar in place (a console) rather than one line per epoch.
-    pub dynamic: bool,
-}
-
-impl std::fmt::Debug for ProgressSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressSink")
-            .field("dynamic", &self.dynamic)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for ProgressSink {
-    fn eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.write, &other.write) && self.dynamic == other.dynamic
-    }
-}
-
-/// What the gradient side returns for one batch.
-#[derive(Clone, Debug)]
-pub struct StepOutput {
-    /// Data loss of the batch (`sum_over_batch_size`), activity regularization included.
-    pub loss: f64,
-    /// Gradient of `loss` for every parameter (zeros or anything for non-trainable ones).
-    pub grads: Vec<ArrayD<f32>>,
-    /// The batch's predictions, if metrics are wanted.
-    pub y_pred: Option<ArrayD<f32>>,
-    /// New values of non-trainable parameters computed by the step (BatchNorm moving
-    /// statistics), assigned after the optimizer step. A trainable parameter here is an
-    /// error: those belong to the optimizer.
-    pub updates: Vec<(ParamId, ArrayD<f32>)>,
-}
-
-/// `(params, x batch, y batch) → loss and gradients` at those params.
-pub type StepFn<'c> =
-    dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput> + 'c;
-
-/// `(params, x) → predictions` in inference mode, with the logits of a softmax/sigmoid
-/// output and the batch's activity penalty when the trainer has them (Keras's
-/// `test_step` computes cross-entropies from the logits and adds the activity losses).
-pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<BatchOutput> + 'c;
-
-/// The functions [`fit`] calls: the trainer's side of the loop.
-pub struct StepFns<'c> {
-    /// The training step.
-    pub step: &'c mut StepFn<'c>,
-    /// Predictions for validation (needed when there is validation data).
-    pub predict: Option<&'c mut PredictFn<'c>>,
-    /// Writes the current weights to a file for callbacks ([`Control::save`]), when the
-    /// trainer knows the model they belong to.
-    pub save: Option<&'c mut SaveFn<'c>>,
-    /// Takes back a step's gradients once the update has used them, so the trainer can
-    /// reuse their weight-sized storage for the next step instead of allocating it anew
-    /// (e.g. [`crate::CompiledModel::recycle_gradients`]); `None` drops them.
-    pub recycle: Option<&'c mut RecycleFn<'c>>,
-    /// Reads the state of the step's training randomness (the Dropout masks' generator),
-    /// after setting it when given one: what a resume state keeps so that a resumed run
-    /// draws the masks the uninterrupted one draws. `None`: the step draws nothing.
-    pub randomness: Option<&'c mut RandomnessFn<'c>>,
-}
-
-/// `Some(state)` sets the generator's state; the state after that is returned.
-pub type RandomnessFn<'c> = dyn FnMut(Option<[u64; 4]>) -> [u64; 4] + 'c;
-
-/// `(batch size, gradients)`: storage handed back after the optimizer step.
-pub type RecycleFn<'c> = dyn FnMut(usize, Vec<ArrayD<f32>>) + 'c;
+pub use options::{
+    FitOptions, PredictFn, ProgressSink, RandomnessFn, RecycleFn, StepFn, StepFns, StepOutput,
+};
 
 /// The mutable state callbacks act on, lent to them as a [`Control`].
 struct Run<'r, 'c> {
@@ -188,7 +59,30 @@ struct Run<'r, 'c> {
     fit_params: FitParams,
 }
 
-impl Run<'_, '_> {
+impl<'r, 'c> Run<'r, 'c> {
+    /// The state of a run about to start.
+    fn new(
+        params: &'r mut [ArrayD<f32>],
+        optimizer: &'r mut Optimizer,
+        save: Option<&'c mut SaveFn<'c>>,
+        opts: &FitOptions,
+        steps: usize,
+    ) -> Self {
+        let fit_params = FitParams {
+            epochs: opts.epochs,
+            steps,
+            verbose: opts.verbose,
+        };
+        Run {
+            params,
+            optimizer,
+            save,
+            stop: None,
+            warnings: Vec::new(),
+            fit_params,
+        }
+    }
+
     /// Calls `f` on every callback in order, each with a fresh [`Control`].
     fn each(
         &mut self,
@@ -248,47 +142,12 @@ pub fn fit(
         Some(sink) => sink.dynamic,
         None => std::io::stderr().is_terminal(),
     };
-    let fingerprint = opts.resume.active().then(|| {
-        super::resume::fingerprint(&super::resume::RunFacts {
-            params,
-            table,
-            optimizer: &optimizer.config,
-            loss,
-            xs,
-            ys,
-            validation,
-            opts,
-            callbacks: super::resume::callback_kinds(callbacks),
-        })
-    });
-    let mut run = Run {
-        params,
-        optimizer,
-        save,
-        stop: None,
-        warnings: Vec::new(),
-        fit_params: FitParams {
-            epochs: opts.epochs,
-            steps,
-            verbose: opts.verbose,
-        },
-    };
+    let mut run = Run::new(params, optimizer, save, opts, steps);
     let trainable = table.trainable();
     let sink = opts.progress.as_ref();
-    let start = match (&opts.resume.from, &fingerprint) {
-        (Some(state), Some(print)) => resumption::restore(
-            state,
-            print,
-            &mut run,
-            randomness.as_deref_mut(),
-            callbacks,
-            opts,
-        )?,
-        _ => {
-            run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
-            resumption::Start::fresh(opts)
-        }
-    };
+    let data = resumption::Data::new(table, loss, (xs, ys), validation, opts);
+    let (fingerprint, start) =
+        resumption::begin(&mut run, &data, randomness.as_deref_mut(), callbacks)?;
     let resumption::Start {
         epoch: first,
         mut hist,
@@ -304,61 +163,43 @@ pub fn fit(
             rng_at_start,
             fingerprint: fingerprint.as_ref(),
         };
-        if crate::interrupt::interrupted() {
-            // Between epochs (a signal during the last validation): the state of a fresh
-            // epoch.
-            let fresh = EpochAcc::fresh(opts);
-            return Err(at.interrupted(
-                &mut run,
-                &fresh,
-                &hist,
-                randomness.as_deref_mut(),
-                callbacks,
-                opts,
-            ));
-        }
-        if resumed.is_none() {
-            run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
-        }
-        if opts.verbose && opts.epochs > 1 {
-            show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
-        }
         let mut bar = opts.verbose.then(|| Progbar::new(steps, terminal));
-        let order = epoch_order(train_n, rng.as_mut());
-        let batches = Batches {
-            xs,
-            ys,
-            order: &order,
-            size: opts.batch_size,
-        };
-        let mut epoch_run = EpochRun {
-            table,
-            trainable: &trainable,
-            opts,
-            recycle: recycle.as_deref_mut(),
-        };
-        let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
-        let mut logs =
-            match epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)? {
-                EpochEnd::Done(logs) => logs,
-                EpochEnd::Interrupted(acc) => {
-                    return Err(at.interrupted(
-                        &mut run,
-                        &acc,
-                        &hist,
-                        randomness.as_deref_mut(),
-                        callbacks,
-                        opts,
-                    ))
-                }
+        let end = if crate::interrupt::interrupted() {
+            // Between epochs (a signal during the last validation): a fresh epoch's state.
+            EpochEnd::Interrupted(EpochAcc::fresh(opts))
+        } else {
+            if resumed.is_none() {
+                run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
+            }
+            if opts.verbose && opts.epochs > 1 {
+                show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
+            }
+            let order = epoch_order(train_n, rng.as_mut());
+            let batches = Batches::new(xs, ys, &order, opts.batch_size);
+            let mut epoch_run = EpochRun {
+                table,
+                trainable: &trainable,
+                opts,
+                recycle: recycle.as_deref_mut(),
             };
+            let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
+            epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)?
+        };
+        let mut logs = match end {
+            EpochEnd::Done(logs) => logs,
+            EpochEnd::Interrupted(acc) => {
+                let rnd = randomness.as_deref_mut();
+                return Err(at.interrupted(&mut run, &acc, &hist, rnd, callbacks, opts));
+            }
+        };
         if let Some((vx, vy)) = val {
             let pf = predict
                 .as_deref_mut()
                 .ok_or_else(|| Error::internal("validation needs a predict function"))?;
-            for (k, v) in validate(run.params, table, loss, vx, vy, opts, pf)?.iter() {
-                logs.set(&format!("val_{k}"), v);
-            }
+            let found = validate(run.params, table, loss, vx, vy, opts, pf)?;
+            found
+                .iter()
+                .for_each(|(k, v)| logs.set(&format!("val_{k}"), v));
         }
         run.each(callbacks, |cb, ctl| cb.on_epoch_end(epoch, &mut logs, ctl))?;
         hist.record(epoch, &logs);
@@ -397,7 +238,16 @@ struct Batches<'d> {
     size: usize,
 }
 
-impl Batches<'_> {
+impl<'d> Batches<'d> {
+    fn new(xs: &'d ArrayD<f32>, ys: &'d ArrayD<f32>, order: &'d [usize], size: usize) -> Self {
+        Batches {
+            xs,
+            ys,
+            order,
+            size,
+        }
+    }
+
     fn count(&self) -> usize {
         self.order.len().div_ceil(self.size)
     }

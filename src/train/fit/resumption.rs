@@ -8,7 +8,12 @@
 use super::{EpochAcc, FitOptions, RandomnessFn, Run, SplitMix};
 use crate::error::{Error, Result};
 use crate::train::callbacks::{Callback, History};
-use crate::train::resume::{EpochAccumulators, Fingerprint, ResumeState};
+use crate::train::loss::Loss;
+use crate::train::regularize::ParamTable;
+use crate::train::resume::{
+    callback_kinds, fingerprint, EpochAccumulators, Fingerprint, ResumeState, RunFacts,
+};
+use ndarray::ArrayD;
 
 /// Where the epoch loop starts.
 pub(super) struct Start {
@@ -34,12 +39,75 @@ impl Start {
     }
 }
 
+/// What the run trains on, for its fingerprint.
+pub(super) struct Data<'a> {
+    pub table: &'a ParamTable<'a>,
+    pub loss: &'a Loss,
+    pub xs: &'a ArrayD<f32>,
+    pub ys: &'a ArrayD<f32>,
+    pub validation: Option<(&'a ArrayD<f32>, &'a ArrayD<f32>)>,
+    pub opts: &'a FitOptions,
+}
+
+impl<'a> Data<'a> {
+    /// The data and options of a run.
+    pub fn new(
+        table: &'a ParamTable<'a>,
+        loss: &'a Loss,
+        (xs, ys): (&'a ArrayD<f32>, &'a ArrayD<f32>),
+        validation: Option<(&'a ArrayD<f32>, &'a ArrayD<f32>)>,
+        opts: &'a FitOptions,
+    ) -> Self {
+        Data {
+            table,
+            loss,
+            xs,
+            ys,
+            validation,
+            opts,
+        }
+    }
+}
+
+/// Starts the run: the fingerprint (when resuming or capturing) and where the epoch
+/// loop starts — from [`FitOptions::resume`]'s state ([`restore`]) or from the beginning
+/// (after `on_train_begin`).
+pub(super) fn begin(
+    run: &mut Run,
+    data: &Data,
+    randomness: Option<&mut RandomnessFn>,
+    callbacks: &mut [&mut dyn Callback],
+) -> Result<(Option<Fingerprint>, Start)> {
+    let opts = data.opts;
+    let fingerprint = opts.resume.active().then(|| {
+        fingerprint(&RunFacts {
+            params: run.params,
+            table: data.table,
+            optimizer: &run.optimizer.config,
+            loss: data.loss,
+            xs: data.xs,
+            ys: data.ys,
+            validation: data.validation,
+            opts,
+            callbacks: callback_kinds(callbacks),
+        })
+    });
+    let start = match (&opts.resume.from, &fingerprint) {
+        (Some(state), Some(print)) => restore(state, print, run, randomness, callbacks, opts)?,
+        _ => {
+            run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
+            Start::fresh(opts)
+        }
+    };
+    Ok((fingerprint, start))
+}
+
 /// Continues from `state`: checks it against this run (`print`, the options, the
 /// parameters) and restores the parameters, the optimizer, the training randomness,
 /// the warnings and each callback's state (their `on_train_resume` replaces
 /// `on_train_begin`). Every refusal is an [`Error::Resume`] naming the state's file and
 /// field.
-pub(super) fn restore(
+fn restore(
     state: &ResumeState,
     print: &Fingerprint,
     run: &mut Run,
