@@ -20,6 +20,12 @@
 //! Callbacks ([`super::callbacks`]) are called as `Model.fit` calls them, and the
 //! returned [`History`] is Keras's (every logged key, in Keras's order).
 //!
+//! Interruptions ([`crate::interrupt::interrupted`], raised by SIGINT/SIGTERM under
+//! `lcjit fit`) are noticed after each step and before each epoch: `fit` returns
+//! [`Error::Interrupted`] with the weights of the last finished step and, when
+//! [`FitOptions::resume`] asks for it, leaves a [`super::resume::ResumeState`] from which
+//! a later `fit` continues exactly (see [`super::resume`]).
+//!
 //! Non-finite values: like Keras, nothing special happens. A NaN or infinite loss is
 //! recorded and training goes on unless [`super::callbacks::TerminateOnNaN`] stops it
 //! (after that batch's update, as in Keras); no copy of the weights is kept to undo a
