@@ -465,7 +465,10 @@ fn corrupt_state_files_are_refused_naming_file_and_field() {
     let name = path.display().to_string();
     // Over the memory budget: the file, then state.json at 4× its size.
     let e = lcjit::io::read_resume_state_within(&path, 100).expect_err("budget");
-    assert!(matches!(e, Error::FileBudget { .. }) && e.to_string().contains(&name), "{e}");
+    assert!(
+        matches!(e, Error::FileBudget { .. }) && e.to_string().contains(&name),
+        "{e}"
+    );
     let e = lcjit::io::read_resume_state_within(&path, bytes.len() as u64 + 10).expect_err("json");
     assert!(matches!(e, Error::FileBudget { .. }), "{e}");
     assert!(e.to_string().contains("entry 'state.json'"), "{e}");
