@@ -407,7 +407,8 @@ fn a_state_for_other_options_or_data_is_refused_naming_the_field() {
     let state = setup.through_file(state_of(&setup), "s.resume");
     let file = state.source_name.clone();
     let refused = |setup: &Setup, state: ResumeState, field: &str| {
-        let csv = setup.dir.join("r.csv");
+        // The state's own CSV and checkpoint paths: callback configurations are checked.
+        let csv = setup.dir.join("s.csv");
         let never = Interrupter {
             at_step: None,
             at_epoch: None,
@@ -436,6 +437,18 @@ fn a_state_for_other_options_or_data_is_refused_naming_the_field() {
     let mut bad = state.clone();
     bad.params.pop();
     refused(&setup, bad, "params");
+    let mut bad = state.clone();
+    bad.shuffle_state = None;
+    refused(&setup, bad, "shuffle_state");
+    let mut bad = state.clone();
+    bad.randomness = None;
+    refused(&setup, bad, "randomness");
+    let mut bad = state.clone();
+    bad.accumulators.steps_done = 5;
+    refused(&setup, bad, "position");
+    let mut bad = state.clone();
+    bad.optimizer.slots[0][0] = Some(ArrayD::zeros(IxDyn(&[1])));
+    refused(&setup, bad, "optimizer.slots[0][0]");
     let mut bad = state.clone();
     bad.accumulators.metrics[0].resolution = Some("sideways".into());
     refused(&setup, bad, "accumulators.metrics[0].resolution");

@@ -148,6 +148,10 @@ fn restore(
             return fail(&format!("params[{i}]"), detail);
         }
     }
+    if state.shuffle_state.is_some() != opts.shuffle.is_some() {
+        let detail = "a shuffle generator's state must be there exactly when the run shuffles";
+        return fail("shuffle_state", detail.into());
+    }
     if state.randomness.is_some() != randomness.is_some() {
         let detail = "kept for a step that draws none, or missing for one that does";
         return fail("randomness", detail.into());
