@@ -168,7 +168,7 @@ fn refused(args: &[String], needles: &[&str]) {
 #[test]
 fn sigint_then_resume_equals_the_uninterrupted_run() {
     let t = Tmp::new("sigint");
-    let epochs = 30;
+    let epochs = 150;
     let base = setup(&t, epochs);
     let start = Instant::now();
     let full = lcjit(&with_outputs(&t, &base, "full"));
