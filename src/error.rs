@@ -166,6 +166,17 @@ pub enum Error {
         /// Where the run stopped.
         detail: String,
     },
+    /// A resume state (`lcjit fit --resume`) that cannot continue this run: corrupt,
+    /// written by another lcjit, or for another model, data or set of options.
+    #[error("{}resume state: field '{field}': {detail}", prefix(source_name))]
+    Resume {
+        /// The state file (empty for a state held in memory).
+        source_name: String,
+        /// The field of the state concerned (`fingerprint.batch_size`, `optimizer.slots`…).
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
 
     /// An external program lcjit needs is missing or failed: the system C compiler that
     /// links shared libraries (`lcjit aot --output X.so`, the ahead-of-time test
@@ -267,6 +278,41 @@ impl Error {
             what: what.into(),
             bytes,
             budget,
+        }
+    }
+
+    /// A resume state's `field` is unusable (see [`Error::Resume`]); the file is named
+    /// later with [`Error::in_resume_file`].
+    pub fn resume(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Resume {
+            source_name: String::new(),
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Names the state file of an [`Error::Resume`] that lacks it and puts `scope`
+    /// (`callbacks[1]`) before its field; other errors are returned unchanged.
+    pub fn in_resume_file(self, file: &str, scope: &str) -> Self {
+        match self {
+            Error::Resume {
+                source_name,
+                field,
+                detail,
+            } => Error::Resume {
+                source_name: if source_name.is_empty() {
+                    file.to_string()
+                } else {
+                    source_name
+                },
+                field: if scope.is_empty() {
+                    field
+                } else {
+                    format!("{scope}.{field}")
+                },
+                detail,
+            },
+            other => other,
         }
     }
 

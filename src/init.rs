@@ -40,6 +40,17 @@ impl Rng {
         }
     }
 
+    /// The generator's whole state: with [`Rng::from_state`] a stream continues exactly
+    /// where it was (a resumed `fit` draws the Dropout masks the uninterrupted one would).
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator continuing the stream whose [`Rng::state`] was `s`.
+    pub fn from_state(s: [u64; 4]) -> Self {
+        Rng { s }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);

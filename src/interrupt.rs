@@ -60,6 +60,21 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// Raises [`interrupted`] as a signal under a [`Cooperative`] guard would, without a
+/// signal: for embedders that learn of an interruption another way (a Python
+/// `KeyboardInterrupt`) and for tests that must interrupt `fit` at an exact step. The
+/// flag is process-wide: every `fit` running in the process stops after its step.
+pub fn raise() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Lowers [`interrupted`] (and forgets the signal), so that a later `fit` in the same
+/// process (a resumed one) runs to its end.
+pub fn reset() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    SIGNAL.store(0, Ordering::SeqCst);
+}
+
 /// The signal that set [`interrupted`] (0 if none).
 pub fn signal() -> i32 {
     SIGNAL.load(Ordering::SeqCst)

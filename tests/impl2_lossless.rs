@@ -190,6 +190,7 @@ fn fit_opts(epochs: usize, batch_size: usize) -> FitOptions {
         seed: 0,
         update: None,
         stop_on_non_finite: false,
+        resume: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ fn train(
         seed: 0,
         update: None,
         stop_on_non_finite: false,
+        resume: Default::default(),
     };
     let compile = CompileOptions {
         engine,

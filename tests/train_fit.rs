@@ -118,6 +118,7 @@ fn run_opts(
             predict: Some(&mut pred),
             save: None,
             recycle: None,
+            randomness: None,
         },
         callbacks,
     )
@@ -275,6 +276,7 @@ fn step_updates_assign_non_trainable_parameters() {
             predict: None,
             save: None,
             recycle: None,
+            randomness: None,
         };
         fit(
             &mut params,

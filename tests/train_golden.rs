@@ -77,6 +77,7 @@ fn opts(seed: u64) -> FitOptions {
         seed,
         update: None,
         stop_on_non_finite: false,
+        resume: Default::default(),
     }
 }
 

@@ -35,7 +35,7 @@ pub(crate) fn to_py(e: lcjit::Error) -> PyErr {
         E::Budget { .. } | E::FileBudget { .. } => "BudgetError",
         E::Weights { .. } => "WeightsError",
         E::Input { .. } => "InputError",
-        E::Usage { .. } | E::Tool { .. } => "UsageError",
+        E::Usage { .. } | E::Tool { .. } | E::Resume { .. } => "UsageError",
         E::Interrupted { .. } => "InterruptedError",
         E::Internal { .. } => "InternalError",
     };

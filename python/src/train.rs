@@ -311,6 +311,7 @@ impl NativeModel {
             seed,
             update: None,
             stop_on_non_finite: false,
+            resume: Default::default(),
         };
         let compile = self.compile_options(batch_size);
         let mut optimizer = training.take_optimizer();

@@ -5,17 +5,23 @@
 //! Keras does, with the keys that exist.
 //!
 //! The callbacks run in this order: TerminateOnNaN, ReduceLROnPlateau, EarlyStopping,
-//! ModelCheckpoint, CSVLogger (so the CSV log and the history include `lr`).
+//! ModelCheckpoint, CSVLogger (so the CSV log and the history include `lr`); their flags
+//! are parsed in `fit_callbacks`.
+//!
+//! SIGINT/SIGTERM stop training after the running step: the weights of that step are
+//! written where the finished run would write them, and a resume state
+//! ([`lcjit::train::resume`]) goes to `--resume-state` (by default beside the first
+//! output, `<file>.resume`). `lcjit fit <same arguments> --resume <state>` then finishes
+//! the run exactly as if it had never stopped; a state for another model, data or options
+//! is refused naming the field that differs.
 
+use super::fit_callbacks::{callbacks, usage};
 use super::{load, Engine};
 use clap::Args;
-use lcjit::train::{
-    callbacks::plot_history_svg, CSVLogger, Callback, EarlyStopping, EarlyStoppingConfig, Metric,
-    Mode, ModelCheckpoint, ModelCheckpointConfig, ReduceLROnPlateau, ReduceLROnPlateauConfig,
-    SaveFreq, TerminateOnNaN,
-};
+use lcjit::train::{callbacks::plot_history_svg, Callback, Metric, Resume, ResumeSlot};
 use lcjit::{io, Error, LoadOptions, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Arguments of `lcjit fit`.
 #[derive(Args, Debug)]
@@ -102,201 +108,33 @@ pub struct FitArgs {
     /// No progress on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Where an interrupted run (SIGINT/SIGTERM) writes the state --resume continues
+    /// from. Default: beside --save-weights, else --save-model, else the model file,
+    /// with `.resume` appended.
+    #[arg(long, value_name = "PATH")]
+    pub resume_state: Option<PathBuf>,
+    /// Continue the interrupted run whose state is PATH; give the same arguments as the
+    /// interrupted run (anything else is refused naming the field). The result is the
+    /// uninterrupted run's, bit for bit.
+    #[arg(long, value_name = "PATH")]
+    pub resume: Option<PathBuf>,
 }
 
-/// A usage error about `flag`.
-fn usage(flag: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Usage {
-        detail: format!("--{flag}: {detail}"),
-    }
-}
-
-/// `key=value` pairs of a callback spec; each key must be one of `known`.
-fn pairs<'s>(flag: &str, spec: &'s str, known: &[&str]) -> Result<Vec<(&'s str, &'s str)>> {
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| usage(flag, format!("'{item}' is not key=value")))?;
-        let k = k.trim();
-        if !known.contains(&k) {
-            return Err(usage(
-                flag,
-                format!("unknown key '{k}' (keys: {})", known.join(", ")),
-            ));
+impl FitArgs {
+    /// Where an interrupted run writes its resume state.
+    fn resume_state_path(&self) -> PathBuf {
+        if let Some(p) = &self.resume_state {
+            return p.clone();
         }
-        if out.iter().any(|(seen, _)| *seen == k) {
-            return Err(usage(flag, format!("key '{k}' given twice")));
-        }
-        out.push((k, v.trim()));
+        let beside = [&self.save_weights, &self.save_model]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or(&self.model);
+        let mut name = beside.as_os_str().to_owned();
+        name.push(".resume");
+        PathBuf::from(name)
     }
-    Ok(out)
-}
-
-/// Typed values of a callback spec, each error naming the flag and key.
-struct Value<'a> {
-    flag: &'a str,
-    key: &'a str,
-    text: &'a str,
-}
-
-impl Value<'_> {
-    fn bad(&self, what: &str) -> Error {
-        usage(
-            self.flag,
-            format!("{}='{}' is not {what}", self.key, self.text),
-        )
-    }
-
-    fn count(&self) -> Result<usize> {
-        self.text
-            .parse()
-            .map_err(|_| self.bad("a whole number ≥ 0"))
-    }
-
-    fn number(&self) -> Result<f64> {
-        match self.text.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(self.bad("a finite number")),
-        }
-    }
-
-    fn flag(&self) -> Result<bool> {
-        match self.text {
-            "true" | "True" | "1" => Ok(true),
-            "false" | "False" | "0" => Ok(false),
-            _ => Err(self.bad("true or false")),
-        }
-    }
-
-    fn mode(&self) -> Result<Mode> {
-        Mode::parse(self.text).ok_or_else(|| self.bad("auto, min or max"))
-    }
-
-    fn monitor(&self) -> Result<String> {
-        if self.text.is_empty() {
-            return Err(self.bad("a logged quantity's name"));
-        }
-        Ok(self.text.to_string())
-    }
-}
-
-fn values<'a>(flag: &'a str, spec: &'a str, known: &[&str]) -> Result<Vec<Value<'a>>> {
-    Ok(pairs(flag, spec, known)?
-        .into_iter()
-        .map(|(key, text)| Value { flag, key, text })
-        .collect())
-}
-
-fn early_stopping(spec: &str) -> Result<EarlyStopping> {
-    let known = [
-        "monitor",
-        "min_delta",
-        "patience",
-        "mode",
-        "baseline",
-        "restore_best_weights",
-        "start_from_epoch",
-        "verbose",
-    ];
-    let mut c = EarlyStoppingConfig::default();
-    for v in values("early-stopping", spec, &known)? {
-        match v.key {
-            "monitor" => c.monitor = v.monitor()?,
-            "min_delta" => c.min_delta = v.number()?,
-            "patience" => c.patience = v.count()?,
-            "mode" => c.mode = v.mode()?,
-            "baseline" if v.text == "None" => c.baseline = None,
-            "baseline" => c.baseline = Some(v.number()?),
-            "restore_best_weights" => c.restore_best_weights = v.flag()?,
-            "start_from_epoch" => c.start_from_epoch = v.count()?,
-            _ => c.verbose = v.flag()?,
-        }
-    }
-    Ok(EarlyStopping::new(c))
-}
-
-fn reduce_lr(spec: &str) -> Result<ReduceLROnPlateau> {
-    let flag = "reduce-lr-on-plateau";
-    let known = [
-        "monitor",
-        "factor",
-        "patience",
-        "mode",
-        "min_delta",
-        "cooldown",
-        "min_lr",
-        "verbose",
-    ];
-    let mut c = ReduceLROnPlateauConfig::default();
-    for v in values(flag, spec, &known)? {
-        match v.key {
-            "monitor" => c.monitor = v.monitor()?,
-            "factor" => c.factor = v.number()?,
-            "patience" => c.patience = v.count()?,
-            "mode" => c.mode = v.mode()?,
-            "min_delta" => c.min_delta = v.number()?,
-            "cooldown" => c.cooldown = v.count()?,
-            "min_lr" => c.min_lr = v.number()?,
-            _ => c.verbose = v.flag()?,
-        }
-    }
-    ReduceLROnPlateau::new(c).map_err(|e| usage(flag, e))
-}
-
-fn checkpoint(spec: &str) -> Result<ModelCheckpoint> {
-    let flag = "checkpoint";
-    let (path, rest) = spec.split_once(',').unwrap_or((spec, ""));
-    if path.trim().is_empty() || path.contains('=') {
-        return Err(usage(flag, "the first item must be the file path"));
-    }
-    let known = [
-        "monitor",
-        "save_best_only",
-        "save_weights_only",
-        "mode",
-        "save_freq",
-        "initial_value_threshold",
-        "verbose",
-    ];
-    let mut c = ModelCheckpointConfig::new(path.trim());
-    for v in values(flag, rest, &known)? {
-        match v.key {
-            "monitor" => c.monitor = v.monitor()?,
-            "save_best_only" => c.save_best_only = v.flag()?,
-            "save_weights_only" => c.save_weights_only = v.flag()?,
-            "mode" => c.mode = v.mode()?,
-            "save_freq" if v.text == "epoch" => c.save_freq = SaveFreq::Epoch,
-            "save_freq" => match v.count()? {
-                0 => return Err(v.bad("'epoch' or a number of batches ≥ 1")),
-                n => c.save_freq = SaveFreq::Batches(n),
-            },
-            "initial_value_threshold" => c.initial_value_threshold = Some(v.number()?),
-            _ => c.verbose = v.flag()?,
-        }
-    }
-    ModelCheckpoint::new(c).map_err(|e| usage(flag, e))
-}
-
-/// The callbacks the flags ask for, in the documented order.
-fn callbacks(a: &FitArgs) -> Result<Vec<Box<dyn Callback>>> {
-    let mut out: Vec<Box<dyn Callback>> = Vec::new();
-    if a.terminate_on_nan {
-        out.push(Box::new(TerminateOnNaN::new()));
-    }
-    if let Some(s) = &a.reduce_lr_on_plateau {
-        out.push(Box::new(reduce_lr(s)?));
-    }
-    if let Some(s) = &a.early_stopping {
-        out.push(Box::new(early_stopping(s)?));
-    }
-    if let Some(s) = &a.checkpoint {
-        out.push(Box::new(checkpoint(s)?));
-    }
-    if let Some(p) = &a.csv_log {
-        out.push(Box::new(CSVLogger::new(p)));
-    }
-    Ok(out)
 }
 
 /// `--metrics m1,m2` resolved against the loss (None: not given).
@@ -311,6 +149,30 @@ fn metrics(spec: Option<&str>, loss: &lcjit::train::Loss) -> Result<Option<Vec<M
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// Writes the state of an interrupted run and says how to continue it.
+fn write_resume_state(a: &FitArgs, state: &lcjit::train::ResumeState) -> Result<()> {
+    let path = a.resume_state_path();
+    io::write_resume_state(&path, state)?;
+    eprintln!(
+        "lcjit: training state saved to {}; continue with the same arguments plus \
+         --resume {}",
+        path.display(),
+        shell_word(&path)
+    );
+    Ok(())
+}
+
+/// `path` as one shell word (quoted when it holds anything but safe characters).
+fn shell_word(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Checks the flags that need no file.
@@ -375,6 +237,12 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         }
     };
     let chosen = metrics(a.metrics.as_deref(), &loss_fn)?;
+    // A state to continue from, read before the data (a bad one is refused sooner).
+    let from = match &a.resume {
+        Some(p) => Some(Arc::new(io::read_resume_state_within(p, budget)?)),
+        None => None,
+    };
+    let slot = ResumeSlot::new();
     let xs = io::read_npy_within(&a.x, budget)?;
     let ys = io::read_npy_within(&a.y, budget)?;
     m.check_inputs(std::slice::from_ref(&xs))?;
@@ -397,6 +265,10 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         seed: a.seed,
         update: None,
         stop_on_non_finite: true,
+        resume: Resume {
+            from,
+            capture: Some(slot.clone()),
+        },
     };
     let mut opt = lcjit::train::Optimizer::new(opt_cfg);
     let compile = lcjit::CompileOptions {
@@ -427,12 +299,16 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         Ok(h) => h,
         Err(e @ lcjit::Error::Interrupted { .. }) => {
             // The model holds the weights of the last finished step: write them where
-            // the finished run would have, then report the interruption.
+            // the finished run would have, and the state to continue from, then report
+            // the interruption.
             if let Some(p) = &a.save_weights {
                 m.save_weights(p)?;
             }
             if let Some(p) = &a.save_model {
                 m.save(p)?;
+            }
+            if let Some(state) = slot.take() {
+                write_resume_state(&a, &state)?;
             }
             return Err(e);
         }

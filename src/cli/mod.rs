@@ -6,6 +6,7 @@ mod aot;
 mod bench;
 mod evaluate;
 mod fit;
+mod fit_callbacks;
 mod grad;
 mod inspect;
 mod run;

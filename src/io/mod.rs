@@ -19,8 +19,9 @@
 //!   rename it over the destination only once it is complete, so a failure never leaves a
 //!   half-written file behind (see `write_atomic`).
 //!
-//! The formats live in [`npy`] (`.npy`/`.npz`), [`h5`] (Keras's legacy HDF5 layout) and
-//! [`keras_archive`] (tf-keras `.keras` zip archives).
+//! The formats live in [`npy`] (`.npy`/`.npz`), [`h5`] (Keras's legacy HDF5 layout),
+//! [`keras_archive`] (tf-keras `.keras` zip archives) and [`resume`] (the resume state
+//! of an interrupted `lcjit fit`).
 
 use std::fs;
 use std::io::{self, BufWriter};
@@ -33,10 +34,12 @@ use crate::error::{Error, Result};
 pub mod h5;
 pub mod keras_archive;
 pub mod npy;
+pub mod resume;
 
 pub use h5::{read_h5, read_h5_within, write_h5_weights, H5Model};
 pub use keras_archive::{read_keras_archive, read_keras_archive_within};
 pub use npy::{read_npy, read_npy_within, read_npz, read_npz_within, write_npy, write_npz};
+pub use resume::{read_resume_state, read_resume_state_within, write_resume_state};
 
 /// A JSON text parsed into `serde_json::Value`s takes up to this many times its size;
 /// a configuration is admitted when this multiple of its size fits the budget.

@@ -105,14 +105,28 @@ pub fn read_npz_within(path: &Path, budget: u64) -> Result<Vec<(String, ArrayD<f
     let (file, _) = super::open_regular(path, budget)?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| zip_error(path, NPZ, "reading the zip directory", e))?;
+    read_archive_arrays(path, NPZ, &mut archive, budget, &|_| true)
+}
+
+/// The `.npy` entries of an open zip archive that `keep` selects by entry name, as
+/// [`read_npz_within`] reads them (two passes; the arrays, and the largest entry while
+/// it is decoded, within `budget`); keys without the `.npy` suffix. Errors name the
+/// file as a `format` file.
+pub(crate) fn read_archive_arrays<R: Read + io::Seek>(
+    path: &Path,
+    format: &'static str,
+    archive: &mut zip::ZipArchive<R>,
+    budget: u64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, ArrayD<f32>)>> {
     let mut arrays = 0u64;
     // The f32 arrays accumulate; one entry's bytes and decoded array exist at a time.
     let mut largest_transient = 0u64;
     for index in 0..archive.len() {
         let mut entry = archive
             .by_index(index)
-            .map_err(|e| zip_error(path, NPZ, &format!("opening entry #{index}"), e))?;
-        if entry.is_dir() {
+            .map_err(|e| zip_error(path, format, &format!("opening entry #{index}"), e))?;
+        if entry.is_dir() || !keep(entry.name()) {
             continue;
         }
         let name = entry.name().to_owned();
@@ -126,7 +140,7 @@ pub fn read_npz_within(path: &Path, budget: u64) -> Result<Vec<(String, ArrayD<f
                 )?;
                 Ok(info)
             })
-            .map_err(|d| Error::format(path, NPZ, format!("entry '{name}': {d}")))?;
+            .map_err(|d| Error::format(path, format, format!("entry '{name}': {d}")))?;
         arrays = size::add64(arrays, info.f32_bytes).unwrap_or(u64::MAX);
         largest_transient = largest_transient.max(declared.saturating_add(info.data_bytes));
         let need = arrays.saturating_add(largest_transient);
@@ -146,15 +160,15 @@ pub fn read_npz_within(path: &Path, budget: u64) -> Result<Vec<(String, ArrayD<f
     for index in 0..archive.len() {
         let mut entry = archive
             .by_index(index)
-            .map_err(|e| zip_error(path, NPZ, &format!("opening entry #{index}"), e))?;
-        if entry.is_dir() {
+            .map_err(|e| zip_error(path, format, &format!("opening entry #{index}"), e))?;
+        if entry.is_dir() || !keep(entry.name()) {
             continue;
         }
         let name = entry.name().to_owned();
         let bytes = read_entry(&mut entry)
-            .map_err(|e| io_in_archive(path, NPZ, &format!("entry '{name}'"), e))?;
+            .map_err(|e| io_in_archive(path, format, &format!("entry '{name}'"), e))?;
         let array = parse_npy(&bytes)
-            .map_err(|d| Error::format(path, NPZ, format!("entry '{name}': {d}")))?;
+            .map_err(|d| Error::format(path, format, format!("entry '{name}': {d}")))?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_owned();
         out.push((key, array));
     }

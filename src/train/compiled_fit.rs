@@ -83,6 +83,14 @@ pub fn fit_compiled(
         grads.truncate(n);
         step_cell.borrow().recycle(batch, grads);
     };
+    // The Dropout masks' generator, kept in and restored from a resume state.
+    let mut randomness = |set: Option<[u64; 4]>| {
+        let mut s = step_cell.borrow_mut();
+        if let Some(state) = set {
+            s.set_randomness(state);
+        }
+        s.randomness()
+    };
     // The update runs compiled on the same engine (bitwise the host's result).
     let opts = &FitOptions {
         update: Some((compile.engine, compile.threads)),
@@ -112,6 +120,7 @@ pub fn fit_compiled(
             predict: Some(&mut predict),
             save: Some(&mut save),
             recycle: Some(&mut recycle),
+            randomness: Some(&mut randomness),
         },
         callbacks,
     );

@@ -20,6 +20,12 @@
 //! Callbacks ([`super::callbacks`]) are called as `Model.fit` calls them, and the
 //! returned [`History`] is Keras's (every logged key, in Keras's order).
 //!
+//! Interruptions ([`crate::interrupt::interrupted`], raised by SIGINT/SIGTERM under
+//! `lcjit fit`) are noticed after each step and before each epoch: `fit` returns
+//! [`Error::Interrupted`] with the weights of the last finished step and, when
+//! [`FitOptions::resume`] asks for it, leaves a [`super::resume::ResumeState`] from which
+//! a later `fit` continues exactly (see [`super::resume`]).
+//!
 //! Non-finite values: like Keras, nothing special happens. A NaN or infinite loss is
 //! recorded and training goes on unless [`super::callbacks::TerminateOnNaN`] stops it
 //! (after that batch's update, as in Keras); no copy of the weights is kept to undo a
@@ -28,141 +34,26 @@
 
 use super::callbacks::progbar::Progbar;
 use super::callbacks::{Callback, Control, FitParams, Logs, SaveFn};
-use super::evaluate::BatchOutput;
 use super::loss::Loss;
-use super::metrics::{Metric, MetricState};
+use super::metrics::MetricState;
 use super::optimizer::Optimizer;
 use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::graph::ParamId;
+use data::{check_validation, epoch_order, split_validation, SplitMix};
 use ndarray::{ArrayD, Axis};
 use std::io::{IsTerminal, Write};
 
 pub use super::callbacks::History;
+pub use data::epoch_orders;
 
-/// Options of [`fit`] (Keras `fit` arguments).
-#[derive(Clone, Debug, PartialEq)]
-pub struct FitOptions {
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Samples per batch (the last batch may be smaller); also the validation batch.
-    pub batch_size: usize,
-    /// `None`: no shuffling (`shuffle=False`); `Some(seed)`: a new permutation per epoch.
-    pub shuffle: Option<u64>,
-    /// Fraction of the data, taken from the end, held out for validation (ignored when
-    /// validation data is given).
-    pub validation_split: f32,
-    /// Metrics to report (`loss` always is).
-    pub metrics: Vec<Metric>,
-    /// Print progress to stderr as Keras does: a bar per epoch on a terminal, one line
-    /// per epoch elsewhere.
-    pub verbose: bool,
-    /// Where progress goes with `verbose`: `None` to stderr (a redrawn bar on a
-    /// terminal, one line per epoch elsewhere); `Some` to that sink, a bar when it says
-    /// it is dynamic (Keras's `verbose=1` on a console) and one line per epoch otherwise
-    /// (`verbose=2`).
-    pub progress: Option<ProgressSink>,
-    /// Seed of the training-mode randomness the step draws (Dropout masks in
-    /// [`super::fit_model`]); the fixed default makes runs reproducible.
-    pub seed: u64,
-    /// Where the optimizer update runs: `None` on the host ([`Optimizer::step`]),
-    /// `Some((engine, threads))` as a compiled loop nest over all parameters
-    /// ([`Optimizer::step_compiled`]; bitwise the same result).
-    pub update: Option<(crate::Engine, usize)>,
-    /// Stop before a step whose loss or gradient is not finite, so the weights stay those
-    /// of the last finite step (found by a scan of the gradients; no copy of the weights);
-    /// and when a finite gradient's update overflows float32 (a huge learning rate),
-    /// restore the weights of the epoch's start (one copy per epoch, counted in the
-    /// memory budget) and stop. Off by default, as in Keras, where training runs on through a NaN loss unless the
-    /// `TerminateOnNaN` callback stops it (after the non-finite update). `lcjit fit` turns
-    /// it on, because a diverged run would otherwise write NaN weights over the user's
-    /// file.
-    pub stop_on_non_finite: bool,
-}
+mod data;
+mod options;
+mod resumption;
 
-impl Default for FitOptions {
-    fn default() -> Self {
-        FitOptions {
-            epochs: 1,
-            batch_size: 32,
-            shuffle: None,
-            validation_split: 0.0,
-            metrics: Vec::new(),
-            verbose: false,
-            progress: None,
-            seed: 0,
-            update: None,
-            stop_on_non_finite: false,
-        }
-    }
-}
-
-/// A destination for `fit`'s progress display (e.g. Python's `sys.stdout`, where a
-/// notebook shows it): `write` receives each piece of text as Keras would print it
-/// (`\r` redraws included); `dynamic` asks for the redrawn bar.
-#[derive(Clone)]
-pub struct ProgressSink {
-    /// Writes one piece of progress text.
-    pub write: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
-    /// Redraw a bar in place (a console) rather than one line per epoch.
-    pub dynamic: bool,
-}
-
-impl std::fmt::Debug for ProgressSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressSink")
-            .field("dynamic", &self.dynamic)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for ProgressSink {
-    fn eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.write, &other.write) && self.dynamic == other.dynamic
-    }
-}
-
-/// What the gradient side returns for one batch.
-#[derive(Clone, Debug)]
-pub struct StepOutput {
-    /// Data loss of the batch (`sum_over_batch_size`), activity regularization included.
-    pub loss: f64,
-    /// Gradient of `loss` for every parameter (zeros or anything for non-trainable ones).
-    pub grads: Vec<ArrayD<f32>>,
-    /// The batch's predictions, if metrics are wanted.
-    pub y_pred: Option<ArrayD<f32>>,
-    /// New values of non-trainable parameters computed by the step (BatchNorm moving
-    /// statistics), assigned after the optimizer step. A trainable parameter here is an
-    /// error: those belong to the optimizer.
-    pub updates: Vec<(ParamId, ArrayD<f32>)>,
-}
-
-/// `(params, x batch, y batch) → loss and gradients` at those params.
-pub type StepFn<'c> =
-    dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput> + 'c;
-
-/// `(params, x) → predictions` in inference mode, with the logits of a softmax/sigmoid
-/// output and the batch's activity penalty when the trainer has them (Keras's
-/// `test_step` computes cross-entropies from the logits and adds the activity losses).
-pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<BatchOutput> + 'c;
-
-/// The functions [`fit`] calls: the trainer's side of the loop.
-pub struct StepFns<'c> {
-    /// The training step.
-    pub step: &'c mut StepFn<'c>,
-    /// Predictions for validation (needed when there is validation data).
-    pub predict: Option<&'c mut PredictFn<'c>>,
-    /// Writes the current weights to a file for callbacks ([`Control::save`]), when the
-    /// trainer knows the model they belong to.
-    pub save: Option<&'c mut SaveFn<'c>>,
-    /// Takes back a step's gradients once the update has used them, so the trainer can
-    /// reuse their weight-sized storage for the next step instead of allocating it anew
-    /// (e.g. [`crate::CompiledModel::recycle_gradients`]); `None` drops them.
-    pub recycle: Option<&'c mut RecycleFn<'c>>,
-}
-
-/// `(batch size, gradients)`: storage handed back after the optimizer step.
-pub type RecycleFn<'c> = dyn FnMut(usize, Vec<ArrayD<f32>>) + 'c;
+pub use options::{
+    FitOptions, PredictFn, ProgressSink, RandomnessFn, RecycleFn, StepFn, StepFns, StepOutput,
+};
 
 /// The mutable state callbacks act on, lent to them as a [`Control`].
 struct Run<'r, 'c> {
@@ -179,7 +70,49 @@ struct Run<'r, 'c> {
     epoch: usize,
 }
 
-impl Run<'_, '_> {
+impl<'r, 'c> Run<'r, 'c> {
+    /// The state of a run about to start.
+    fn new(
+        params: &'r mut [ArrayD<f32>],
+        optimizer: &'r mut Optimizer,
+        save: Option<&'c mut SaveFn<'c>>,
+        opts: &FitOptions,
+        steps: usize,
+    ) -> Self {
+        let fit_params = FitParams {
+            epochs: opts.epochs,
+            steps,
+            verbose: opts.verbose,
+        };
+        Run {
+            params,
+            optimizer,
+            save,
+            stop: None,
+            warnings: Vec::new(),
+            fit_params,
+            epoch_start: Vec::new(),
+            epoch: 0,
+        }
+    }
+
+    /// Notes the running epoch and, with `stop_on_non_finite`, copies the weights at
+    /// its start (or at the resumed step): one copy per epoch, not per step, into the
+    /// previous epoch's allocations; what an overflowing update falls back to.
+    fn keep_epoch_start(&mut self, epoch: usize, opts: &FitOptions) {
+        self.epoch = epoch;
+        if !opts.stop_on_non_finite {
+            return;
+        }
+        if self.epoch_start.len() == self.params.len() {
+            for (kept, p) in self.epoch_start.iter_mut().zip(self.params.iter()) {
+                kept.assign(p);
+            }
+        } else {
+            self.epoch_start = self.params.to_vec();
+        }
+    }
+
     /// Calls `f` on every callback in order, each with a fresh [`Control`].
     fn each(
         &mut self,
@@ -206,7 +139,9 @@ impl Run<'_, '_> {
 
 /// Trains `params` in place and returns Keras's history. `validation`, if given,
 /// overrides `validation_split`. `callbacks` are called in order (see
-/// [`super::callbacks`]).
+/// [`super::callbacks`]). An interruption ([`crate::interrupt::interrupted`]) ends the
+/// run between steps with [`Error::Interrupted`], the weights those of the last finished
+/// step; with [`FitOptions::resume`] it leaves a resume state, or the run continues one.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     params: &mut [ArrayD<f32>],
@@ -230,71 +165,72 @@ pub fn fit(
         mut predict,
         save,
         mut recycle,
+        mut randomness,
     } = fns;
     let steps = train_n.div_ceil(opts.batch_size);
-    let mut run = Run {
-        params,
-        optimizer,
-        save,
-        stop: None,
-        warnings: Vec::new(),
-        fit_params: FitParams {
-            epochs: opts.epochs,
-            steps,
-            verbose: opts.verbose,
-        },
-        epoch_start: Vec::new(),
-        epoch: 0,
-    };
-    let trainable = table.trainable();
     let terminal = match &opts.progress {
         Some(sink) => sink.dynamic,
         None => std::io::stderr().is_terminal(),
     };
+    let mut run = Run::new(params, optimizer, save, opts, steps);
+    let trainable = table.trainable();
     let sink = opts.progress.as_ref();
-    let mut hist = History::new();
-    let mut rng = opts.shuffle.map(SplitMix);
+    let data = resumption::Data::new(table, loss, (xs, ys), validation, opts);
+    let (fingerprint, start) =
+        resumption::begin(&mut run, &data, randomness.as_deref_mut(), callbacks)?;
+    let resumption::Start {
+        epoch: first,
+        mut hist,
+        mut rng,
+        mut acc,
+    } = start;
     let mut last = Logs::new();
-    run.each(callbacks, |cb, ctl| cb.on_train_begin(ctl))?;
-    for epoch in 0..opts.epochs {
-        run.epoch = epoch;
-        if opts.stop_on_non_finite {
-            // One copy per epoch (not per step): what an overflowing update falls back
-            // to, written into the previous epoch's allocations.
-            if run.epoch_start.len() == run.params.len() {
-                for (kept, p) in run.epoch_start.iter_mut().zip(run.params.iter()) {
-                    kept.assign(p);
-                }
-            } else {
-                run.epoch_start = run.params.to_vec();
-            }
-        }
-        run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
-        if opts.verbose && opts.epochs > 1 {
-            show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
-        }
+    for epoch in first..opts.epochs {
+        run.keep_epoch_start(epoch, opts);
+        let resumed = acc.take().filter(|a| a.steps_done > 0);
+        let rng_at_start = rng.as_ref().map(|r| r.0);
+        let at = resumption::At {
+            epoch,
+            rng_at_start,
+            fingerprint: fingerprint.as_ref(),
+        };
         let mut bar = opts.verbose.then(|| Progbar::new(steps, terminal));
-        let order = epoch_order(train_n, rng.as_mut());
-        let batches = Batches {
-            xs,
-            ys,
-            order: &order,
-            size: opts.batch_size,
+        let end = if crate::interrupt::interrupted() {
+            // Between epochs (a signal during the last validation): a fresh epoch's state.
+            EpochEnd::Interrupted(EpochAcc::fresh(opts))
+        } else {
+            if resumed.is_none() {
+                run.each(callbacks, |cb, ctl| cb.on_epoch_begin(epoch, ctl))?;
+            }
+            if opts.verbose && opts.epochs > 1 {
+                show(sink, Some(format!("Epoch {}/{}\n", epoch + 1, opts.epochs)));
+            }
+            let order = epoch_order(train_n, rng.as_mut());
+            let batches = Batches::new(xs, ys, &order, opts.batch_size);
+            let mut epoch_run = EpochRun {
+                table,
+                trainable: &trainable,
+                opts,
+                recycle: recycle.as_deref_mut(),
+            };
+            let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
+            epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)?
         };
-        let mut epoch_run = EpochRun {
-            table,
-            trainable: &trainable,
-            opts,
-            recycle: recycle.as_deref_mut(),
+        let mut logs = match end {
+            EpochEnd::Done(logs) => logs,
+            EpochEnd::Interrupted(acc) => {
+                let rnd = randomness.as_deref_mut();
+                return Err(at.interrupted(&mut run, &acc, &hist, rnd, callbacks, opts));
+            }
         };
-        let mut logs = epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut())?;
         if let Some((vx, vy)) = val {
             let pf = predict
                 .as_deref_mut()
                 .ok_or_else(|| Error::internal("validation needs a predict function"))?;
-            for (k, v) in validate(run.params, table, loss, vx, vy, opts, pf)?.iter() {
-                logs.set(&format!("val_{k}"), v);
-            }
+            let found = validate(run.params, table, loss, vx, vy, opts, pf)?;
+            found
+                .iter()
+                .for_each(|(k, v)| logs.set(&format!("val_{k}"), v));
         }
         run.each(callbacks, |cb, ctl| cb.on_epoch_end(epoch, &mut logs, ctl))?;
         hist.record(epoch, &logs);
@@ -333,7 +269,16 @@ struct Batches<'d> {
     size: usize,
 }
 
-impl Batches<'_> {
+impl<'d> Batches<'d> {
+    fn new(xs: &'d ArrayD<f32>, ys: &'d ArrayD<f32>, order: &'d [usize], size: usize) -> Self {
+        Batches {
+            xs,
+            ys,
+            order,
+            size,
+        }
+    }
+
     fn count(&self) -> usize {
         self.order.len().div_ceil(self.size)
     }
@@ -353,9 +298,38 @@ struct EpochRun<'e, 'c> {
     recycle: Option<&'e mut RecycleFn<'c>>,
 }
 
+/// The running loss and metrics of an epoch, and how many of its steps are done.
+struct EpochAcc {
+    steps_done: usize,
+    loss_sum: f64,
+    loss_count: f64,
+    metrics: Vec<MetricState>,
+}
+
+impl EpochAcc {
+    /// Before the first step of an epoch.
+    fn fresh(opts: &FitOptions) -> Self {
+        EpochAcc {
+            steps_done: 0,
+            loss_sum: 0.0,
+            loss_count: 0.0,
+            metrics: opts.metrics.iter().map(|m| m.state()).collect(),
+        }
+    }
+}
+
+/// How an epoch's batches ended.
+enum EpochEnd {
+    /// All ran (or a callback stopped training): the epoch's logs.
+    Done(Logs),
+    /// Interrupted after `steps_done` steps: the accumulators at that point.
+    Interrupted(EpochAcc),
+}
+
 impl EpochRun<'_, '_> {
-    /// Runs every batch (until a callback stops training) and returns the epoch's logs:
-    /// the size-weighted mean loss and the metrics.
+    /// Runs the batches from `acc.steps_done` on (until a callback stops training, or an
+    /// interruption) and returns the epoch's logs: the size-weighted mean loss and the
+    /// metrics.
     fn train(
         &mut self,
         run: &mut Run,
@@ -363,33 +337,34 @@ impl EpochRun<'_, '_> {
         step: &mut StepFn,
         callbacks: &mut [&mut dyn Callback],
         mut bar: Option<&mut Progbar>,
-    ) -> Result<Logs> {
-        let (mut lsum, mut lcount) = (0f64, 0f64);
-        let mut states: Vec<MetricState> = self.opts.metrics.iter().map(|m| m.state()).collect();
-        for b in 0..batches.count() {
+        mut acc: EpochAcc,
+    ) -> Result<EpochEnd> {
+        for b in acc.steps_done..batches.count() {
             run.each(callbacks, |cb, ctl| cb.on_train_batch_begin(b, ctl))?;
             let (xb, yb) = batches.get(b);
-            let total = self.step(run, step, &xb, &yb, &mut states)?;
+            let total = self.step(run, step, &xb, &yb, &mut acc.metrics)?;
             let n = xb.shape()[0] as f64;
-            lsum += total * n;
-            lcount += n;
-            let logs = self.logs(lsum / lcount, &states);
+            acc.loss_sum += total * n;
+            acc.loss_count += n;
+            acc.steps_done = b + 1;
+            let logs = self.logs(acc.loss_sum / acc.loss_count, &acc.metrics);
             run.each(callbacks, |cb, ctl| cb.on_train_batch_end(b, &logs, ctl))?;
             if let Some(p) = bar.as_deref_mut() {
                 show(self.opts.progress.as_ref(), p.update(b + 1, &logs, false));
             }
-            if crate::interrupt::interrupted() {
-                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
-                // the weights of this last finished step.
-                return Err(Error::Interrupted {
-                    detail: format!("training stopped after step {} of an epoch", b + 1),
-                });
-            }
             if run.stop.is_some() {
+                // A stop ends the epoch here (validation and `on_epoch_end` still run,
+                // as in Keras), also when an interruption came with it.
                 break;
             }
+            if crate::interrupt::interrupted() {
+                // SIGINT/SIGTERM under `lcjit fit`: stop between steps; the caller keeps
+                // the weights of this last finished step (and its resume state).
+                return Ok(EpochEnd::Interrupted(acc));
+            }
         }
-        Ok(self.logs(lsum / lcount.max(1.0), &states))
+        let logs = self.logs(acc.loss_sum / acc.loss_count.max(1.0), &acc.metrics);
+        Ok(EpochEnd::Done(logs))
     }
 
     /// `loss` then each metric, as Keras's logs.
@@ -504,92 +479,6 @@ fn validate(
     Ok(logs)
 }
 
-/// Checks the options and data, and splits off `validation_split` when no validation
-/// data is given: the number of training samples and the split-off set.
-#[allow(clippy::type_complexity)]
-fn split_validation(
-    xs: &ArrayD<f32>,
-    ys: &ArrayD<f32>,
-    validation: Option<(&ArrayD<f32>, &ArrayD<f32>)>,
-    opts: &FitOptions,
-) -> Result<(usize, Option<(ArrayD<f32>, ArrayD<f32>)>)> {
-    let usage = |d: String| Error::Usage { detail: d };
-    if opts.batch_size == 0 {
-        return Err(usage("batch size must be at least 1".into()));
-    }
-    let n = xs.shape().first().copied().unwrap_or(0);
-    if ys.shape().first().copied() != Some(n) || n == 0 {
-        return Err(usage(format!(
-            "x has {n} samples, y has {}: need the same non-zero number",
-            samples(ys)
-        )));
-    }
-    if !(0.0..1.0).contains(&opts.validation_split) {
-        return Err(usage(format!(
-            "validation split {} is not in [0, 1)",
-            opts.validation_split
-        )));
-    }
-    if validation.is_some() || opts.validation_split == 0.0 {
-        return Ok((n, None));
-    }
-    // The split as the decimal the user wrote (0.2f32 → 0.2), then Keras's floor.
-    let split: f64 = opts.validation_split.to_string().parse().unwrap_or(0.0);
-    let at = (n as f64 * (1.0 - split)).floor() as usize;
-    if at == 0 || at == n {
-        return Err(usage(format!(
-            "validation split {} of {n} samples leaves an empty training or validation set",
-            opts.validation_split
-        )));
-    }
-    let vx = xs.slice_axis(Axis(0), (at..n).into()).to_owned();
-    let vy = ys.slice_axis(Axis(0), (at..n).into()).to_owned();
-    Ok((at, Some((vx, vy))))
-}
-
-/// The number of samples of `a` in words (a 0-d array has none).
-fn samples(a: &ArrayD<f32>) -> String {
-    match a.shape().first() {
-        Some(n) => n.to_string(),
-        None => "no sample axis (a scalar)".into(),
-    }
-}
-
-/// Validation inputs and targets must hold the same non-zero number of samples.
-fn check_validation(vx: &ArrayD<f32>, vy: &ArrayD<f32>) -> Result<()> {
-    let n = vx.shape().first().copied().unwrap_or(0);
-    if vy.shape().first().copied() != Some(n) || n == 0 {
-        return Err(Error::Usage {
-            detail: format!(
-                "validation x has {n} samples, validation y has {}: need the same non-zero \
-                 number",
-                samples(vy)
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The sample order of each of `epochs` epochs over `n` training samples, exactly as
-/// [`fit`] draws them with `shuffle: seed` (`None`: `0..n` every epoch): for custom and
-/// data-parallel loops that must see the batches `fit` sees.
-pub fn epoch_orders(n: usize, epochs: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
-    let mut rng = seed.map(SplitMix);
-    (0..epochs).map(|_| epoch_order(n, rng.as_mut())).collect()
-}
-
-/// The sample order of one epoch: `0..n`, shuffled when a generator is given.
-fn epoch_order(n: usize, rng: Option<&mut SplitMix>) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if let Some(r) = rng {
-        for i in (1..n).rev() {
-            let j = (r.next() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
-    }
-    order
-}
-
 /// Checks that every update of a step targets an existing non-trainable parameter with
 /// the parameter's shape.
 fn check_updates(
@@ -617,17 +506,4 @@ fn check_updates(
         }
     }
     Ok(())
-}
-
-/// SplitMix64: a small deterministic generator for shuffling.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }

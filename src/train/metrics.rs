@@ -209,6 +209,103 @@ impl MetricState {
     }
 }
 
+/// A [`MetricState`] as plain values, for a resume state: the sums, how `accuracy` or
+/// `crossentropy` was resolved, and AUC's confusion counts, all exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSnapshot {
+    /// The metric's logged name.
+    pub name: String,
+    /// How the kind was fixed at the first batch: `binary`, `sparse`, `categorical` (for
+    /// `accuracy` and `crossentropy`), `as_given` (every other kind); `None` before it.
+    pub resolution: Option<String>,
+    /// Sum of the per-sample values.
+    pub sum: f64,
+    /// Their count.
+    pub count: f64,
+    /// AUC's counts per threshold (tp, fp, tn, fn), once a batch was added.
+    pub confusion: Option<[Vec<f64>; 4]>,
+}
+
+/// Shapes `(y_true, y_pred)` that make [`resolve`] choose each resolution.
+const RESOLUTIONS: [(&str, &[usize], &[usize]); 3] = [
+    ("binary", &[1, 1], &[1, 1]),
+    ("sparse", &[1], &[1, 2]),
+    ("categorical", &[1, 2], &[1, 2]),
+];
+
+impl MetricState {
+    /// The state as plain values (see [`MetricSnapshot`]).
+    pub fn snapshot(&self) -> MetricSnapshot {
+        let kind = &self.metric.kind;
+        let resolution = self.resolved.as_ref().map(|r| {
+            let by_shape = matches!(kind, MetricKind::Accuracy | MetricKind::Crossentropy);
+            RESOLUTIONS
+                .iter()
+                .find(|(_, t, p)| by_shape && resolve(kind, t, p) == *r)
+                .map_or("as_given", |(tag, _, _)| tag)
+                .to_string()
+        });
+        MetricSnapshot {
+            name: self.metric.name.clone(),
+            resolution,
+            sum: self.sum,
+            count: self.count,
+            confusion: self
+                .confusion
+                .as_ref()
+                .map(|c| c.counts().map(<[f64]>::to_vec)),
+        }
+    }
+
+    /// Takes over `snap`, taken from a state of the same metric; a snapshot of another
+    /// metric, an unknown resolution or confusion counts for other thresholds are an
+    /// [`Error::Resume`] naming the field.
+    pub fn restore(&mut self, snap: &MetricSnapshot) -> Result<()> {
+        let kind = &self.metric.kind;
+        if snap.name != self.metric.name {
+            return Err(Error::resume(
+                "name",
+                format!(
+                    "'{}', this run's metric is '{}'",
+                    snap.name, self.metric.name
+                ),
+            ));
+        }
+        let resolved = match snap.resolution.as_deref() {
+            None => None,
+            Some("as_given") => Some(kind.clone()),
+            Some(tag) => match RESOLUTIONS.iter().find(|(t, _, _)| *t == tag) {
+                Some((_, t, p)) => Some(resolve(kind, t, p)),
+                None => return Err(Error::resume("resolution", format!("unknown '{tag}'"))),
+            },
+        };
+        let confusion = match (&snap.confusion, &resolved) {
+            (None, _) => None,
+            (Some(c), Some(MetricKind::Auc(cfg))) => {
+                let n = cfg.thresholds().0.len();
+                if c.iter().any(|v| v.len() != n) {
+                    return Err(Error::resume(
+                        "confusion",
+                        format!("counts are not {n} per list, one per threshold"),
+                    ));
+                }
+                Some(auc::Confusion::from_counts(c.clone()))
+            }
+            (Some(_), _) => {
+                return Err(Error::resume(
+                    "confusion",
+                    "confusion counts for a metric that is not an AUC",
+                ))
+            }
+        };
+        self.resolved = resolved;
+        self.sum = snap.sum;
+        self.count = snap.count;
+        self.confusion = confusion;
+        Ok(())
+    }
+}
+
 /// The concrete kind of `accuracy` / `crossentropy` for these shapes
 /// (`compile_utils.MetricsContainer._get_metric_object`); other kinds unchanged.
 fn resolve(kind: &MetricKind, y_true: &[usize], y_pred: &[usize]) -> MetricKind {

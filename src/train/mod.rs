@@ -25,6 +25,7 @@ pub mod off_mask;
 mod opt_parts;
 pub mod optimizer;
 pub mod regularize;
+pub mod resume;
 pub mod schedule;
 pub mod step;
 pub mod update;
@@ -43,12 +44,15 @@ pub use evaluate::{
     evaluate, evaluate_batches, evaluate_batches_with, evaluate_compiled, BatchOutput,
     EvaluateOptions, Evaluator, Logs,
 };
-pub use fit::{epoch_orders, fit, FitOptions, History, ProgressSink, StepFns, StepOutput};
+pub use fit::{
+    epoch_orders, fit, FitOptions, History, ProgressSink, RandomnessFn, StepFns, StepOutput,
+};
 pub use loss::{Loss, OutputActivation};
-pub use metrics::{Metric, MetricKind, MetricState};
+pub use metrics::{Metric, MetricKind, MetricSnapshot, MetricState};
 pub use model_fit::{check_trainable, fit_model};
 pub use off_mask::{regularization_loss, OffMaskParams};
-pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig};
+pub use optimizer::{Algorithm, Flavor, Optimizer, OptimizerConfig, OptimizerState};
 pub use regularize::{apply_constraint, regularization, ParamTable};
+pub use resume::{EpochAccumulators, Fingerprint, Resume, ResumeSlot, ResumeState};
 pub use schedule::LearningRate;
 pub use step::{StepModel, Trainer};

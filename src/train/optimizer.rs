@@ -145,6 +145,25 @@ pub struct OptimizerConfig {
     pub decay: f32,
 }
 
+/// Everything an [`Optimizer`] has learnt while training, apart from its configuration:
+/// what a resumed run must start from to take the very steps the uninterrupted run takes
+/// ([`Optimizer::export_state`], [`Optimizer::restore_state`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// Updates applied so far.
+    pub iterations: u64,
+    /// The slot arrays of each parameter (`a, b, c`, see [`Optimizer::slots`]); empty
+    /// before the first step.
+    pub slots: Vec<[Option<ArrayD<f32>>; 3]>,
+    /// Nadam's running product of the momentum schedule (1 for the other rules).
+    pub u_product: f32,
+    /// The Keras trace Nadam's counter follows ([`Optimizer::set_keras_trace`]).
+    pub keras_trace: u64,
+    /// The learning rate in force when it is a constant (callbacks such as
+    /// ReduceLROnPlateau change it); `None` for a schedule, which nothing changes.
+    pub constant_learning_rate: Option<f32>,
+}
+
 /// An optimizer with its state.
 ///
 /// Two ways to apply a step share that state (slot arrays, `iterations`, Nadam's running
@@ -220,6 +239,71 @@ impl Optimizer {
     /// accumulator, linear).
     pub fn slots(&self, param: usize) -> [Option<&ArrayD<f32>>; 3] {
         self.slots.get(param).map(Slots::all).unwrap_or([None; 3])
+    }
+
+    /// A copy of the state (see [`OptimizerState`]).
+    pub fn export_state(&self) -> OptimizerState {
+        OptimizerState {
+            iterations: self.iterations,
+            slots: self
+                .slots
+                .iter()
+                .map(|s| [s.a.clone(), s.b.clone(), s.c.clone()])
+                .collect(),
+            u_product: self.u_product,
+            keras_trace: self.keras_trace,
+            constant_learning_rate: match self.config.learning_rate {
+                LearningRate::Constant(lr) => Some(lr),
+                _ => None,
+            },
+        }
+    }
+
+    /// Takes over `state` (exported from an optimizer of the same configuration) for
+    /// parameters of the shapes of `params`. A state that does not fit — slots for another
+    /// number of parameters or of another shape, a constant rate for a schedule — is an
+    /// [`Error::Resume`] naming the field, and the optimizer is left unchanged.
+    pub fn restore_state(&mut self, state: OptimizerState, params: &[ArrayD<f32>]) -> Result<()> {
+        if !state.slots.is_empty() && state.slots.len() != params.len() {
+            return Err(Error::resume(
+                "optimizer.slots",
+                format!(
+                    "slots for {} parameters, the model has {}",
+                    state.slots.len(),
+                    params.len()
+                ),
+            ));
+        }
+        for (i, (slots, p)) in state.slots.iter().zip(params).enumerate() {
+            for (j, s) in slots.iter().enumerate() {
+                if let Some(s) = s.as_ref().filter(|s| s.shape() != p.shape()) {
+                    return Err(Error::resume(
+                        format!("optimizer.slots[{i}][{j}]"),
+                        format!("shape {:?}, the parameter's is {:?}", s.shape(), p.shape()),
+                    ));
+                }
+            }
+        }
+        let constant = matches!(self.config.learning_rate, LearningRate::Constant(_));
+        match state.constant_learning_rate {
+            Some(lr) if constant => self.config.learning_rate = LearningRate::Constant(lr),
+            None if !constant => {}
+            _ => {
+                return Err(Error::resume(
+                    "optimizer.learning_rate",
+                    "a constant rate and a schedule do not mix (another optimizer)",
+                ))
+            }
+        }
+        self.iterations = state.iterations;
+        self.slots = state
+            .slots
+            .into_iter()
+            .map(|[a, b, c]| Slots { a, b, c })
+            .collect();
+        self.u_product = state.u_product;
+        self.keras_trace = state.keras_trace;
+        Ok(())
     }
 
     /// Checks the arguments of a step and resets the state when the number of

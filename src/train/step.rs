@@ -125,6 +125,18 @@ impl StepModel {
         })
     }
 
+    /// The state of the generator the Dropout masks are drawn from (see
+    /// [`Rng::state`]), for a resume state.
+    pub fn randomness(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+
+    /// Continues the Dropout masks' stream from `state` (taken by
+    /// [`StepModel::randomness`]).
+    pub fn set_randomness(&mut self, state: [u64; 4]) {
+        self.rng = Rng::from_state(state);
+    }
+
     /// Hands a step's graph-parameter gradients back to the program's buffer pool.
     pub fn recycle(&self, batch: usize, grads: Vec<ArrayD<f32>>) {
         self.compiled.recycle_gradients(batch, grads);

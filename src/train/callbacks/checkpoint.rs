@@ -10,7 +10,7 @@
 //! `.keras`, `.npz` for a model; `.h5`, `.npz` for weights) — and missing parent
 //! directories are created, as Keras does.
 
-use super::{format_path, Callback, Control, Logs, Mode};
+use super::{format_path, required, Callback, CallbackState, Control, Logs, Mode, StateValue};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -211,6 +211,55 @@ impl ModelCheckpoint {
 }
 
 impl Callback for ModelCheckpoint {
+    fn export_state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("ModelCheckpoint");
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("best", StateValue::Float(self.best))
+            .set("epoch", StateValue::Count(self.epoch as u64))
+            .set(
+                "batches_since_save",
+                StateValue::Count(self.batches_since_save as u64),
+            )
+            .set(
+                "last_batch",
+                self.last_batch
+                    .map_or(StateValue::Absent, |b| StateValue::Count(b as u64)),
+            )
+            .set("warned", StateValue::Flag(self.warned))
+            .set(
+                "saved",
+                StateValue::Texts(
+                    self.saved
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect(),
+                ),
+            );
+        Some(s)
+    }
+
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        _ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        let s = required(state, "ModelCheckpoint")?;
+        s.expect_config(&format!("{:?}", self.config))?;
+        let best = s.float("best")?;
+        let epoch = s.count("epoch")?;
+        let since = s.count("batches_since_save")?;
+        let last_batch = s.opt_count("last_batch")?;
+        let warned = s.flag("warned")?;
+        let saved = s.opt_texts("saved")?.unwrap_or_default();
+        self.best = best;
+        self.epoch = epoch;
+        self.batches_since_save = since;
+        self.last_batch = last_batch;
+        self.warned = warned;
+        self.saved = saved.iter().map(PathBuf::from).collect();
+        Ok(())
+    }
+
     fn on_epoch_begin(&mut self, epoch: usize, _ctl: &mut Control<'_>) -> Result<()> {
         self.epoch = epoch;
         Ok(())

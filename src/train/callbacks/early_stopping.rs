@@ -10,8 +10,10 @@
 //! improving epoch, and they are restored at the end of training whether or not it
 //! stopped early (tf-keras 2.21's `on_train_end`).
 
-use super::{monitored, Callback, Control, Logs, Mode, Monitor};
-use crate::error::Result;
+use super::{
+    monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue,
+};
+use crate::error::{Error, Result};
 use ndarray::ArrayD;
 
 /// Arguments of [`EarlyStopping`], Keras's names and defaults.
@@ -169,6 +171,61 @@ impl Callback for EarlyStopping {
                 self.best_epoch + 1
             ));
         }
+        Ok(())
+    }
+
+    fn export_state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("EarlyStopping");
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("wait", StateValue::Count(self.wait as u64))
+            .set(
+                "stopped_epoch",
+                StateValue::Count(self.stopped_epoch as u64),
+            )
+            .set("best", StateValue::Float(self.best))
+            .set("best_epoch", StateValue::Count(self.best_epoch as u64))
+            .set("warned", StateValue::Flag(self.warned))
+            .set(
+                "has_best_weights",
+                StateValue::Flag(self.best_weights.is_some()),
+            );
+        s.arrays = self.best_weights.clone().unwrap_or_default();
+        Some(s)
+    }
+
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        let s = required(state, "EarlyStopping")?;
+        s.expect_config(&format!("{:?}", self.config))?;
+        let best_weights = if s.flag("has_best_weights")? {
+            let n = ctl.weights().len();
+            let fits = s.arrays.len() == n
+                && s.arrays
+                    .iter()
+                    .zip(ctl.weights())
+                    .all(|(a, w)| a.shape() == w.shape());
+            if !fits {
+                return Err(Error::resume(
+                    "best_weights",
+                    format!(
+                        "{} arrays that are not the model's {n} weights",
+                        s.arrays.len()
+                    ),
+                ));
+            }
+            Some(s.arrays.clone())
+        } else {
+            None
+        };
+        self.wait = s.count("wait")?;
+        self.stopped_epoch = s.count("stopped_epoch")?;
+        self.best = s.float("best")?;
+        self.best_epoch = s.count("best_epoch")?;
+        self.warned = s.flag("warned")?;
+        self.best_weights = best_weights;
         Ok(())
     }
 

@@ -44,6 +44,17 @@ impl History {
         }
     }
 
+    /// A history of `entries` (each key with its values, in Keras's order) over
+    /// `epochs`, as a resume state keeps it.
+    pub fn from_parts(entries: Vec<(String, Vec<f64>)>, epochs: Vec<usize>) -> History {
+        History {
+            entries,
+            epochs,
+            stopped: None,
+            warnings: Vec::new(),
+        }
+    }
+
     /// The values of `key` per epoch, if it was ever logged.
     pub fn get(&self, key: &str) -> Option<&[f64]> {
         self.entries

@@ -9,7 +9,7 @@
 //! learning rate, Keras's float32 variable) prints as NumPy prints a float32 (`0.03`).
 
 use super::format::{python_f32, python_float};
-use super::{Callback, Control, Logs};
+use super::{required, Callback, CallbackState, Control, Logs, StateValue};
 use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +56,14 @@ impl CSVLogger {
         self.text.push_str("\r\n");
     }
 
+    /// The arguments, as a resume state compares them.
+    fn config_text(&self) -> String {
+        format!(
+            "CSVLogger {{ filename: {:?}, separator: {:?}, append: {} }}",
+            self.filename, self.separator, self.append
+        )
+    }
+
     fn flush(&self) -> Result<()> {
         let text = &self.text;
         crate::io::write_atomic(&self.filename, |w| w.write_all(text.as_bytes()))
@@ -83,6 +91,38 @@ impl Callback for CSVLogger {
             self.header = self.text.lines().next().is_none_or(str::is_empty);
         }
         // Keras opens the file here ("w" or "a"), so it exists from the start.
+        self.flush()
+    }
+
+    // The rows written so far are kept whole: the resumed run rewrites the file as the
+    // uninterrupted run had it at the interruption and appends to that.
+    fn export_state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("CSVLogger");
+        s.set("config", StateValue::Text(self.config_text()))
+            .set(
+                "keys",
+                self.keys
+                    .clone()
+                    .map_or(StateValue::Absent, StateValue::Texts),
+            )
+            .set("text", StateValue::Text(self.text.clone()))
+            .set("header", StateValue::Flag(self.header));
+        Some(s)
+    }
+
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        _ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        let s = required(state, "CSVLogger")?;
+        s.expect_config(&self.config_text())?;
+        let keys = s.opt_texts("keys")?.map(<[String]>::to_vec);
+        let text = s.text("text")?.to_string();
+        let header = s.flag("header")?;
+        self.keys = keys;
+        self.text = text;
+        self.header = header;
         self.flush()
     }
 
@@ -139,6 +179,21 @@ impl TerminateOnNaN {
 impl Callback for TerminateOnNaN {
     fn on_epoch_begin(&mut self, epoch: usize, _ctl: &mut Control<'_>) -> Result<()> {
         self.epoch = epoch;
+        Ok(())
+    }
+
+    fn export_state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("TerminateOnNaN");
+        s.set("epoch", StateValue::Count(self.epoch as u64));
+        Some(s)
+    }
+
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        _ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        self.epoch = required(state, "TerminateOnNaN")?.count("epoch")?;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ mod loggers;
 mod plot;
 pub(crate) mod progbar;
 mod reduce_lr;
+mod state;
 
 pub use checkpoint::{ModelCheckpoint, ModelCheckpointConfig, SaveFreq};
 pub use early_stopping::{EarlyStopping, EarlyStoppingConfig};
@@ -33,6 +34,7 @@ pub use history::History;
 pub use loggers::{CSVLogger, TerminateOnNaN};
 pub use plot::plot_history_svg;
 pub use reduce_lr::{LearningRateScheduler, ReduceLROnPlateau, ReduceLROnPlateauConfig};
+pub use state::{CallbackState, StateValue};
 
 use super::optimizer::Optimizer;
 use super::schedule::LearningRate;
@@ -307,6 +309,47 @@ pub trait Callback {
     fn on_train_end(&mut self, _logs: &Logs, _ctl: &mut Control<'_>) -> Result<()> {
         Ok(())
     }
+
+    /// What this callback must carry across an interrupted `fit` (kept in the resume
+    /// state, see [`crate::train::resume`]); `None`, the default, for a callback that
+    /// keeps nothing from one call to the next.
+    fn export_state(&self) -> Option<CallbackState> {
+        None
+    }
+
+    /// Called instead of [`Callback::on_train_begin`] when `fit` resumes an interrupted
+    /// run, with what [`Callback::export_state`] returned at the interruption. A stateful
+    /// callback takes its state back; the default (a stateless callback) runs
+    /// `on_train_begin` and refuses a state it cannot use.
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        match state {
+            None => self.on_train_begin(ctl),
+            Some(s) => Err(Error::resume(
+                "kind",
+                format!("a state of {}, this run's callback keeps none", s.kind),
+            )),
+        }
+    }
+}
+
+/// The state a stateful callback's [`Callback::on_train_resume`] needs, or an error
+/// saying it is missing.
+pub(crate) fn required<'s>(
+    state: Option<&'s CallbackState>,
+    kind: &str,
+) -> Result<&'s CallbackState> {
+    let s = state.ok_or_else(|| {
+        Error::resume(
+            "kind",
+            format!("no state kept, this run's callback is {kind}"),
+        )
+    })?;
+    s.expect_kind(kind)?;
+    Ok(s)
 }
 
 /// A monitored quantity's improvement test, in the two forms Keras writes it (the same

@@ -4,7 +4,9 @@
 //! history. The rate is Keras's float32 variable: reductions are computed in float32 as
 //! NumPy 2 does (`np.float32 · python float` stays float32).
 
-use super::{monitored, Callback, Control, Logs, Mode, Monitor};
+use super::{
+    monitored, required, Callback, CallbackState, Control, Logs, Mode, Monitor, StateValue,
+};
 use crate::error::{Error, Result};
 
 /// Arguments of [`ReduceLROnPlateau`], Keras's names and defaults.
@@ -121,6 +123,36 @@ impl Callback for ReduceLROnPlateau {
         self.best = self.monitor.worst();
         self.cooldown_counter = 0;
         self.wait = 0;
+        Ok(())
+    }
+
+    // The learning rate it set lives in the optimizer, whose state the resume keeps.
+    fn export_state(&self) -> Option<CallbackState> {
+        let mut s = CallbackState::new("ReduceLROnPlateau");
+        s.set("config", StateValue::Text(format!("{:?}", self.config)))
+            .set("best", StateValue::Float(self.best))
+            .set("wait", StateValue::Count(self.wait as u64))
+            .set(
+                "cooldown_counter",
+                StateValue::Count(self.cooldown_counter as u64),
+            )
+            .set("warned", StateValue::Flag(self.warned));
+        Some(s)
+    }
+
+    fn on_train_resume(
+        &mut self,
+        state: Option<&CallbackState>,
+        _ctl: &mut Control<'_>,
+    ) -> Result<()> {
+        let s = required(state, "ReduceLROnPlateau")?;
+        s.expect_config(&format!("{:?}", self.config))?;
+        let (best, wait) = (s.float("best")?, s.count("wait")?);
+        let (cooldown, warned) = (s.count("cooldown_counter")?, s.flag("warned")?);
+        self.best = best;
+        self.wait = wait;
+        self.cooldown_counter = cooldown;
+        self.warned = warned;
         Ok(())
     }
 

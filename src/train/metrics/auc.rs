@@ -100,6 +100,19 @@ pub struct Confusion {
     fn_: Vec<f64>,
 }
 
+impl Confusion {
+    /// The counts per threshold: true positives, false positives, true negatives, false
+    /// negatives (what a resume state keeps).
+    pub fn counts(&self) -> [&[f64]; 4] {
+        [&self.tp, &self.fp, &self.tn, &self.fn_]
+    }
+
+    /// Confusion matrices from [`Confusion::counts`]' four lists (of equal length).
+    pub fn from_counts([tp, fp, tn, fn_]: [Vec<f64>; 4]) -> Confusion {
+        Confusion { tp, fp, tn, fn_ }
+    }
+}
+
 impl AucConfig {
     /// The thresholds as Keras builds them (f32, as the variable dtype), and whether they
     /// are evenly spaced (Keras's `is_evenly_distributed_thresholds` on the inner list).
