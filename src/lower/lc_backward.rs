@@ -65,6 +65,9 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
 /// `dK[p, q, f] = Σ_b x[b, patch(p, q)] · dz[b, p, f]` (see the module docs).
 fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, dk]: [BufId; 3]) {
     let s = sched::kernel_grad(g, l, cx.batch);
+    if let Some(ln) = &s.lanes {
+        return dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
+    }
     let mut kb = KernelBuilder::new(format!("{name}.backward_dk"));
     kb.schedule(s.to_string());
     let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
@@ -232,5 +235,6 @@ fn bias_grad(cx: &mut Cx, name: &str, g: &Geo, dz: BufId, db: BufId) {
     cx.push(kb.finish(vec![nest]), &[dz, db], &[db]);
 }
 
+mod dk_positions;
 mod gather;
 use gather::input_grad;

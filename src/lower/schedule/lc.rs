@@ -332,8 +332,17 @@ pub struct LcKernelGrad {
     pub vec: VectorAxis,
     /// Filters per register tile (`FT`, divides `F`).
     pub ft: usize,
-    /// Patch entries per register tile (`TQ`, divides the run).
+    /// Patch entries per register tile (`TQ`, divides the run); under
+    /// [`VectorAxis::Positions`] the channels per tile (divides `C`).
     pub tq: usize,
+    /// Taps of the last axis per register tile under [`VectorAxis::Positions`]
+    /// (divides its kernel extent); 1 otherwise.
+    pub tt: usize,
+    /// With [`VectorAxis::Positions`]: which output positions of the last axis run in
+    /// lanes (the others one at a time, guarded).
+    pub lanes: Option<Lanes>,
+    /// The layer's spatial rank.
+    pub rank: usize,
     /// Whether the last tap axis and the channels form one run (as in the forward).
     pub merge: bool,
     /// Length of the patch run one tile loop walks (`kw·C` merged, else `C`).
@@ -352,8 +361,30 @@ impl LcKernelGrad {
     }
 }
 
+impl LcKernelGrad {
+    /// Whether the parallel loop is the one over position blocks (rank-1 layers under
+    /// [`VectorAxis::Positions`]) rather than the first output axis.
+    pub fn par_blocks(&self) -> bool {
+        self.lanes.is_some() && self.rank == 1
+    }
+}
+
 impl fmt::Display for LcKernelGrad {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ln) = &self.lanes {
+            return write!(
+                f,
+                "lc.dk(vec=positions, tile={}x{}x{}x{}, lanes=[{}, {}), par={}, reduce={})",
+                self.tt,
+                self.tq,
+                self.ft,
+                ln.width,
+                ln.lo,
+                ln.tail_start(),
+                if self.par_blocks() { "blocks" } else { "o0" },
+                kind_text(self.reduction),
+            );
+        }
         write!(
             f,
             "lc.dk(vec={}, tile={}x{}, par=o0, merge={}, reduce={})",
@@ -372,6 +403,11 @@ impl fmt::Display for LcKernelGrad {
 /// `f32` accumulators.
 pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize) -> LcKernelGrad {
     let vec = g.cl && g.f.is_multiple_of(4);
+    if !vec {
+        if let Some(s) = kernel_grad_positions(g, l, batch) {
+            return s;
+        }
+    }
     let last = g.rank - 1;
     // As in the forward: a channels_last patch row without padding guard or dilation is
     // one contiguous run of `kw·C` floats in x and in dK, walked by one loop.
@@ -392,10 +428,65 @@ pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize)
         },
         ft,
         tq,
+        tt: 1,
+        lanes: None,
+        rank: g.rank,
         merge,
         run,
         reduction: reduction_kind(batch as u64),
     }
+}
+
+/// The positions schedule of `dK`, when the filters cannot fill the lanes
+/// (channels_first, or `F % 4 != 0`) and at least one operand is contiguous along output
+/// positions of the last axis: the input (stride 1, and channels_first or one channel)
+/// or `dz` (channels_first or one filter); the other is gathered, once per batch row and
+/// shared by the tile's filters (input) or taps and channels (`dz`). The sums run over
+/// the batch in order, as in every other `dK` schedule.
+///
+/// The tile is `TT` last-axis taps × `TQ` channels × `FT` filters × `width` positions,
+/// at most 8 f32x4 accumulators: taps first (one unaligned input load each, the `dz`
+/// vector reused by all of them), then channels, filters, and more positions. Measured
+/// on GpNet's layers (one filter and channel, kernel 2–5, 44 k positions) as callgrind
+/// instructions per training step, see the commit introducing it.
+fn kernel_grad_positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcKernelGrad> {
+    let last = g.rank - 1;
+    let x_contiguous = l.strides[last] == 1 && (!g.cl || g.c == 1);
+    let dz_contiguous = !g.cl || g.f == 1;
+    if !x_contiguous && !dz_contiguous {
+        return None;
+    }
+    let kw = l.kernel[last];
+    let tt = divisor_upto(kw, 8);
+    let tq = divisor_upto(g.c, 8 / tt);
+    let ft = divisor_upto(g.f, 8 / (tt * tq));
+    let (lo, hi) = interior(g, l, last);
+    let width = 4 * (8 / (tt * tq * ft)).clamp(1, 4);
+    let width = (4..=width)
+        .rev()
+        .step_by(4)
+        .find(|w| (hi - lo) / w >= 2)
+        .unwrap_or(4);
+    let blocks = (hi - lo) / width;
+    if blocks == 0 {
+        return None;
+    }
+    Some(LcKernelGrad {
+        vec: VectorAxis::Positions,
+        ft,
+        tq,
+        tt,
+        lanes: Some(Lanes {
+            lo,
+            blocks,
+            width,
+            out: g.out_sp[last],
+        }),
+        rank: g.rank,
+        merge: false,
+        run: g.c,
+        reduction: reduction_kind(batch as u64),
+    })
 }
 
 /// The `db` kernel's schedule: `dbias[e] = Σ_b dz[b, e]` in parallel blocks of `blk`
