@@ -248,15 +248,16 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
         same: false,
         bias: true,
     };
-    let cases = [
-        (base.clone(), "lc.dk(vec=positions"),
+    let pos = ["lc.dk(vec=positions", "lc.dx(vec=positions"];
+    let cases: [(Spec, &[&str]); 7] = [
+        (base.clone(), &pos),
         (
             Spec {
                 same: true,
                 d: 2,
                 ..base.clone()
             },
-            "lc.dk(vec=positions",
+            &pos,
         ),
         (
             Spec {
@@ -265,7 +266,7 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
                 f: 3,
                 ..base.clone()
             },
-            "lc.dk(vec=positions",
+            &pos,
         ),
         (
             Spec {
@@ -276,7 +277,7 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
                 same: true,
                 ..base.clone()
             },
-            "lc.dk(vec=positions",
+            &pos,
         ),
         (
             Spec {
@@ -289,7 +290,19 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
                 same: true,
                 ..base.clone()
             },
-            "lc.dk(vec=positions",
+            &pos,
+        ),
+        (
+            Spec {
+                rank: 2,
+                spatial: vec![7, 30],
+                f: 1,
+                k: 2,
+                s: 2,
+                d: 2,
+                ..base.clone()
+            },
+            &pos,
         ),
         (
             Spec {
@@ -298,16 +311,18 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
                 s: 2,
                 ..base.clone()
             },
-            "lc.dk(vec=scalar",
+            &["lc.dk(vec=scalar", "lc.dx(vec=scalar"],
         ),
     ];
     for (sp, want) in cases {
         for batch in [1, 11] {
             let schedules = check(&sp, batch, 7).expect("agree");
-            assert!(
-                schedules.contains(want),
-                "{sp:?} at batch {batch}: {schedules}, wanted {want}"
-            );
+            for w in want {
+                assert!(
+                    schedules.contains(w),
+                    "{sp:?} at batch {batch}: {schedules}, wanted {w}"
+                );
+            }
         }
     }
 }

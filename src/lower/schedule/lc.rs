@@ -490,39 +490,62 @@ fn kernel_grad_positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<
 }
 
 /// The `db` kernel's schedule: `dbias[e] = Σ_b dz[b, e]` in parallel blocks of `blk`
-/// elements of the per-sample output, vectorised when `4 | blk`.
+/// elements of the per-sample output, each summed over the batch rows in a register
+/// tile (`blk` f32 lanes) and stored once; the `rem` elements after the last full block
+/// run in the last iteration (their multiple of 4 in lanes, the rest one by one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LcBiasGrad {
-    /// Elements per parallel block (divides `P·F`).
+    /// Elements per parallel block (≤ 32; a multiple of 4 unless `P·F < 4`).
     pub blk: usize,
+    /// Number of full blocks (≥ 1).
+    pub blocks: usize,
+    /// Elements after the last full block (`P·F mod blk`).
+    pub rem: usize,
     /// The loop kind over a block's elements.
     pub kind: LoopKind,
+    /// Schedule of the batch loop.
+    pub reduction: LoopKind,
 }
 
 impl fmt::Display for LcBiasGrad {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "lc.db(block={}, par=blocks, lanes={})",
+            "lc.db(block={}, tail={}, par=blocks, lanes={}, reduce={})",
             self.blk,
-            kind_text(self.kind)
+            self.rem,
+            kind_text(self.kind),
+            kind_text(self.reduction),
         )
     }
 }
 
-/// The `db` schedule: the largest power-of-two block up to 256 that divides `P·F`.
-pub(in crate::lower) fn bias_grad(g: &Geo) -> LcBiasGrad {
+/// The `db` schedule: blocks of 32 elements (8 f32x4 accumulators, the register budget
+/// of the other LC kernels), fewer when the output is smaller, with a remainder instead
+/// of a block length that must divide `P·F`. Measured on GpNet (`P·F` = 44,314 = 2 ×
+/// 22,157, where the old divisor rule gave scalar blocks of 2 summed through memory):
+/// see the commit introducing it. The sum order per element (batch rows in order from
+/// zero) is the one of the old schedule, so the results are bitwise unchanged.
+pub(in crate::lower) fn bias_grad(g: &Geo, batch: usize) -> LcBiasGrad {
     let n = g.p * g.f;
-    let blk = [256, 128, 64, 32, 16, 8, 4, 2, 1]
-        .into_iter()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1);
-    let kind = if blk.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
-    LcBiasGrad { blk, kind }
+    let reduction = reduction_kind(batch as u64);
+    if n < 4 {
+        return LcBiasGrad {
+            blk: n,
+            blocks: 1,
+            rem: 0,
+            kind: LoopKind::Unroll(n as u32),
+            reduction,
+        };
+    }
+    let blk = [32, 16, 8, 4].into_iter().find(|b| *b <= n).unwrap_or(4);
+    LcBiasGrad {
+        blk,
+        blocks: n / blk,
+        rem: n % blk,
+        kind: LoopKind::Vector(4),
+        reduction,
+    }
 }
 
 /// The `dx` gather's schedule.
@@ -536,10 +559,27 @@ pub struct LcInputGrad {
     pub tb: usize,
     /// Whether interior input segments get unguarded copies of the position code.
     pub segmented: bool,
+    /// The layer's spatial rank (rank 1 under positions: the parallel loop runs over
+    /// blocks of `width` input positions).
+    pub rank: usize,
+    /// Under [`VectorAxis::Positions`]: input positions (of one residue class of the
+    /// last axis) per vector block, a multiple of 4; 1 otherwise.
+    pub width: usize,
 }
 
 impl fmt::Display for LcInputGrad {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.vec == VectorAxis::Positions {
+            return write!(
+                f,
+                "lc.dx(vec=positions, tile={}x{}x{}, par={}, segments={})",
+                self.tb,
+                self.tc,
+                self.width,
+                if self.rank == 1 { "blocks" } else { "i0" },
+                if self.segmented { "split" } else { "guarded" },
+            );
+        }
         write!(
             f,
             "lc.dx(vec={}, tile={}x{}, par=i0, segments={})",
@@ -557,9 +597,39 @@ impl fmt::Display for LcInputGrad {
 /// accumulators spilled, 220); scalar: up to 12 `f32`. `copies` is how many copies of
 /// the per-position code splitting off the interior segments would make: split only
 /// while they stay few ([`MAX_GATHER_NESTS`]).
-pub(in crate::lower) fn input_grad(g: &Geo, batch: usize, copies: usize) -> LcInputGrad {
+///
+/// Positions (lanes over 4 input positions of one residue class of the last axis, see
+/// `lc_backward/gather.rs`) when the filters cannot fill the lanes and `dz` is
+/// contiguous along output positions (channels_first or one filter): the kernel operand
+/// is then gathered once per tap, filter and channel and shared by the `TB` rows, `dz`
+/// is one f32x4 load per row, and `dx` is stored per lane without a horizontal sum. The
+/// tile is `TB rows × TC channels × width positions`, at most 8 f32x4 accumulators, rows
+/// first (each reuses the gathered kernel vector). Only interior segments (every tap
+/// reaching an output) at least `width` long run in lanes.
+pub(in crate::lower) fn input_grad(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    copies: usize,
+) -> LcInputGrad {
     let vec = g.cl && g.f.is_multiple_of(4);
     let tc = divisor_upto(g.c, 4);
+    let segmented = copies <= MAX_GATHER_NESTS;
+    let last = g.rank - 1;
+    let dz_contiguous = !g.cl || g.f == 1;
+    let lanes_fit = g.in_sp[last].div_ceil(l.strides[last]) >= 8;
+    if !vec && dz_contiguous && segmented && lanes_fit {
+        let tb = batch.clamp(1, 8);
+        let tc = divisor_upto(g.c, (8 / tb).max(1));
+        return LcInputGrad {
+            vec: VectorAxis::Positions,
+            tc,
+            tb,
+            segmented,
+            rank: g.rank,
+            width: 4 * (8 / (tb * tc)).clamp(1, 4),
+        };
+    }
     let budget = if vec { 8 } else { 12 };
     LcInputGrad {
         vec: if vec {
@@ -569,7 +639,9 @@ pub(in crate::lower) fn input_grad(g: &Geo, batch: usize, copies: usize) -> LcIn
         },
         tc,
         tb: (budget / tc).clamp(1, 8).min(batch),
-        segmented: copies <= MAX_GATHER_NESTS,
+        segmented,
+        rank: g.rank,
+        width: 1,
     }
 }
 
