@@ -163,14 +163,26 @@ fn check(sp: &Spec, batch: usize, seed: u64) -> Result<String, TestCaseError> {
     for (i, (a, w)) in interp.iter().zip(&want).enumerate() {
         prop_assert_eq!(a.shape(), w.shape());
         let e = rel_err(a, w);
-        prop_assert!(e <= 1e-4, "{}: gradient {} interp vs reference {}", schedules, i, e);
+        prop_assert!(
+            e <= 1e-4,
+            "{}: gradient {} interp vs reference {}",
+            schedules,
+            i,
+            e
+        );
     }
     for threads in [1, 2] {
         let (dx, dp) = grads(&model, Engine::Jit, threads, &x, &dy);
         let jit: Vec<ArrayD<f32>> = dx.into_iter().chain(dp).collect();
         for (i, (a, w)) in jit.iter().zip(&interp).enumerate() {
             let e = rel_err(a, w);
-            prop_assert!(e <= 1e-5, "{}: gradient {} jit vs interp {}", schedules, i, e);
+            prop_assert!(
+                e <= 1e-5,
+                "{}: gradient {} jit vs interp {}",
+                schedules,
+                i,
+                e
+            );
         }
         if lcjit::backend::host_has_fma() {
             prop_assert!(

@@ -252,7 +252,13 @@ struct BiasRun {
 impl BiasRun {
     /// `dbias[base + e] = Σ_b dz[b, base + e]` for `e in 0..len` (loop kind `kind`):
     /// zero the tile, add the batch rows in order, store.
-    fn chunk(&self, kb: &mut KernelBuilder, base: &Affine, len: usize, kind: LoopKind) -> Vec<Stmt> {
+    fn chunk(
+        &self,
+        kb: &mut KernelBuilder,
+        base: &Affine,
+        len: usize,
+        kind: LoopKind,
+    ) -> Vec<Stmt> {
         let (e0, b, e, e1) = (kb.var("e0"), kb.var("b"), kb.var("e"), kb.var("e1"));
         let at = |v: Var| base.clone().plus_term(v, 1);
         vec![

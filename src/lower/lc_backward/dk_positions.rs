@@ -18,7 +18,7 @@
 //! positions' weight blocks are zeroed first wherever a tap can be clipped.
 
 use super::super::lc::{tap_loops, Geo};
-use super::super::schedule::lc::{LcKernelGrad, Lanes};
+use super::super::schedule::lc::{Lanes, LcKernelGrad};
 use super::super::Cx;
 use crate::graph::{LocallyConnected, Padding};
 use crate::loop_ir::{
@@ -200,7 +200,11 @@ impl DkCx<'_> {
         )];
         if !vector && l.padding == Padding::Same {
             red = vec![Stmt::If {
-                conds: vec![(c.last_tap_pos(Affine::var(t[last])), 0, g.in_sp[last] as i64)],
+                conds: vec![(
+                    c.last_tap_pos(Affine::var(t[last])),
+                    0,
+                    g.in_sp[last] as i64,
+                )],
                 body: red,
             }];
         }
@@ -254,7 +258,9 @@ impl TileCx<'_, '_> {
         } else {
             LoopKind::Unroll(1)
         };
-        let un = |v: Var, n: usize, body: Stmt| for_(v, n as u64, LoopKind::Unroll(n as u32), vec![body]);
+        let un = |v: Var, n: usize, body: Stmt| {
+            for_(v, n as u64, LoopKind::Unroll(n as u32), vec![body])
+        };
         let lanes = for_(ln, self.seg.width as u64, lane_kind, vec![st]);
         un(ti, self.tt, un(ci, s.tq, un(fi, s.ft, lanes)))
     }
@@ -327,10 +333,7 @@ impl TileCx<'_, '_> {
             .map(|a| super::super::lc::tap_pos(l, g, self.d.o[a], self.t[a], a))
             .collect();
         let stride = l.strides[last] as i64;
-        sp.push(
-            self.last_tap_pos(self.last_tap(ti))
-                .plus_term(ln, stride),
-        );
+        sp.push(self.last_tap_pos(self.last_tap(ti)).plus_term(ln, stride));
         g.x_index(&Affine::var(b), &sp, &self.channel(ci))
     }
 

@@ -12,11 +12,12 @@
 use super::super::lc::{reduction_kind, Geo};
 use super::super::schedule::lc as sched;
 use super::super::Cx;
-use super::tile2;
+use tile::Tile;
+
+mod tile;
 use crate::graph::LocallyConnected;
 use crate::loop_ir::{
-    bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
-    Stmt, Var,
+    fma, for_, load, load_local, Affine, BufId, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
 };
 
 /// The input indices `i = s·i' + r` of one residue `r` modulo the stride along one axis,
@@ -462,106 +463,6 @@ impl GatherCx<'_, '_> {
             }
         }
         for_(jb, ((n0 + w - 1) / w) as u64, LoopKind::Parallel, body)
-    }
-}
-
-/// A batch-and-channel tile of the `dx` gather: rows `b..b+tb`, channels `c..c+tc`,
-/// each accumulator `lanes` wide: over filters (4, summed at the store), over input
-/// positions of the last axis (`positions`), or one scalar.
-struct Tile {
-    b: Affine,
-    c: Affine,
-    tb: usize,
-    tc: usize,
-    lanes: usize,
-    positions: bool,
-}
-
-impl Tile {
-    fn lanes(&self) -> i64 {
-        self.lanes as i64
-    }
-
-    /// Whether the lanes hold partial sums over filters.
-    fn filters(&self) -> bool {
-        self.lanes > 1 && !self.positions
-    }
-
-    /// The index `i'` along span `a` of lane `lane` (only a span in lanes moves).
-    fn along(&self, a: &Span, lane: Option<Var>) -> Affine {
-        match lane {
-            Some(v) if a.width > 1 => a.i.clone().plus_term(v, 1),
-            _ => a.i.clone(),
-        }
-    }
-
-    /// `for bb in 0..tb unroll { for cc in 0..tc unroll { [for lane in 0..4 vector] { st } } }`
-    /// (the lane loop when vectorised and `lanes`).
-    fn each(
-        &self,
-        kb: &mut KernelBuilder,
-        lanes: bool,
-        st: impl Fn(Var, Var, Option<Var>) -> Stmt,
-    ) -> Stmt {
-        let (bb, cc) = (kb.var("bb"), kb.var("cc"));
-        let inner = if self.lanes > 1 && lanes {
-            let lane = kb.var("lane");
-            let n = self.lanes as u64;
-            for_(lane, n, LoopKind::Vector(4), vec![st(bb, cc, Some(lane))])
-        } else {
-            st(bb, cc, None)
-        };
-        let unroll = |n: usize| (n, LoopKind::Unroll(n as u32));
-        let ((nb, kb_), (nc, kc)) = (unroll(self.tb), unroll(self.tc));
-        tile2((bb, nb, kb_), (cc, nc, kc), inner)
-    }
-
-    /// Accumulator element of row `bb`, channel `cc` (and lane).
-    fn acc_at(&self, bb: Var, cc: Var, lane: Option<Var>) -> Affine {
-        let a = Affine::var(bb)
-            .scale(self.tc as i64)
-            .plus_term(cc, 1)
-            .scale(self.lanes());
-        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
-    }
-
-    /// Element of the scratch rows `(i0, b, c, lane)` for row `bb`, channel `cc`.
-    fn scratch_at(
-        &self,
-        g: &Geo,
-        batch: usize,
-        i0: Var,
-        bb: Var,
-        cc: Var,
-        lane: Option<Var>,
-    ) -> Affine {
-        let a = Affine::var(i0)
-            .scale(batch as i64)
-            .plus_affine(&self.b)
-            .plus_term(bb, 1)
-            .scale(g.c as i64)
-            .plus_affine(&self.c)
-            .plus_term(cc, 1)
-            .scale(self.lanes());
-        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
-    }
-
-    /// The value stored for accumulator `(bb, cc)`: over filters the sum of its lanes,
-    /// `(l0 + l1) + (l2 + l3)`; over positions lane `lane`.
-    fn lane_sum(&self, acc: LocalId, bb: Var, cc: Var, lane: Option<Var>) -> Expr {
-        if self.positions {
-            return load_local(acc, self.acc_at(bb, cc, lane));
-        }
-        let at = |j: i64| load_local(acc, self.acc_at(bb, cc, None).plus(j));
-        if self.filters() {
-            bin(
-                BinOp::Add,
-                bin(BinOp::Add, at(0), at(1)),
-                bin(BinOp::Add, at(2), at(3)),
-            )
-        } else {
-            at(0)
-        }
     }
 }
 
