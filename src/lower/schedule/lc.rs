@@ -307,7 +307,12 @@ const REDUCTION_UNROLL_MAX: u64 = 16;
 /// otherwise unrolled by its largest divisor up to that, so each loop iteration carries
 /// many FMAs per compare/branch and per accumulator rotation.
 pub fn reduction_kind(extent: u64) -> LoopKind {
-    let u = (1..=REDUCTION_UNROLL_MAX.min(extent))
+    reduction_kind_upto(extent, REDUCTION_UNROLL_MAX)
+}
+
+/// [`reduction_kind`] with at most `max` unrolled iterations.
+pub fn reduction_kind_upto(extent: u64, max: u64) -> LoopKind {
+    let u = (1..=max.min(extent))
         .rev()
         .find(|u| extent.is_multiple_of(*u))
         .unwrap_or(1);
