@@ -62,7 +62,7 @@ fn graph(sp: &Spec) -> Option<Graph> {
             Padding::Valid
         },
         data_format: df,
-        activation: if sp.f % 2 == 0 {
+        activation: if sp.f.is_multiple_of(2) {
             Activation::Tanh
         } else {
             Activation::Linear
