@@ -10,6 +10,10 @@
 //! compiled alone and run `COUNT_REPS` times each (after one warm-up) over buffers
 //! allocated once, so one kernel's count is the difference of two such runs.
 //!
+//! With `COUNT_NO_STEP=1` no step runs (the forward program is compiled, the gradient
+//! and update programs are not): `Ir(REPS = 0) − Ir(NO_STEP) − one step` is then the
+//! cost of compiling the gradient and update programs (the first step compiles them).
+//!
 //! Run with `COUNT_MODELS=genomics_lc1d:32 COUNT_REPS=4 valgrind --tool=callgrind
 //! target/release/examples/count_train` (workloads from `tests/data/workloads`;
 //! `COUNT_THREADS` defaults to 1).
@@ -152,6 +156,10 @@ fn main() {
         .expect("compile");
         let n: usize = shape.iter().product();
         let x = ArrayD::from_shape_vec(IxDyn(&shape), values(n, 0)).expect("input");
+        if std::env::var("COUNT_NO_STEP").is_ok() {
+            println!("{name} batch {batch}: compiled, no step");
+            continue;
+        }
         let sum = train_steps(&compiled, &x, reps);
         println!("{name} batch {batch}: {reps} steps after one warm-up (checksum {sum:.6e})");
     }
