@@ -111,15 +111,24 @@ fn check_vec(layer: &str, field: &str, v: &[usize], rank: usize) -> Result<()> {
     Ok(())
 }
 
-/// Number of taps of the window of output `o` that lie inside `[0, n)`.
+/// Number of taps of the window of output `o` that lie inside `[0, n)`: the taps
+/// `t < k` with `0 ≤ start + t·d < n`, counted in O(1) (a fuzzed kernel of 2^31 taps
+/// made the former walk over every tap take minutes).
 pub fn lc_taps_in_range(o: usize, n: usize, k: usize, s: usize, d: usize, p: Padding) -> usize {
-    let start = lc_window_start(o, k, s, d, p);
-    (0..k)
-        .filter(|&t| {
-            let i = start + (t * d) as i64;
-            i >= 0 && (i as usize) < n
-        })
-        .count()
+    let start = i128::from(lc_window_start(o, k, s, d, p));
+    let (n, k, d) = (n as i128, k as i128, d.max(1) as i128);
+    if k == 0 || n == 0 || start >= n {
+        return 0;
+    }
+    // First tap at or after 0 and last tap before n (integer division rounds down
+    // for the non-negative numerators used here).
+    let first = if start >= 0 { 0 } else { (-start + d - 1) / d };
+    let last = ((n - 1 - start) / d).min(k - 1);
+    if last < first {
+        0
+    } else {
+        (last - first + 1) as usize
+    }
 }
 
 /// The Keras file shape of an LC kernel for its `implementation` (keras-lc-semantics
@@ -323,6 +332,23 @@ fn resolve_axis(layer: &str, axis: i64, rank: usize) -> Result<usize> {
 
 /// Infers the output shape and parameters of `op` applied to inputs of `inputs` shapes.
 pub fn infer(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
+    let inferred = infer_op(layer, op, inputs)?;
+    // A softmax fused into a layer is checked against the layer's output, as a
+    // standalone Softmax is against its input (the engines assume a valid axis).
+    let fused = match op {
+        Op::LocallyConnected(l) => Some(&l.activation),
+        Op::Dense(d) => Some(&d.activation),
+        Op::Conv(c) => Some(&c.activation),
+        _ => None,
+    };
+    if let Some(Activation::Softmax { axis }) = fused {
+        resolve_axis(layer, *axis, inferred.shape.len())?;
+    }
+    Ok(inferred)
+}
+
+/// [`infer`] without the fused-activation check.
+fn infer_op(layer: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Inferred> {
     let plain = |shape: Vec<usize>| -> Result<Inferred> {
         if shape.contains(&0) {
             return err(
