@@ -5,13 +5,17 @@
 //!   axis (an iteration writes only its positions' weights), around a register tile of
 //!   `TQ patch entries × FT filters` accumulated over the batch in order; vectorised over
 //!   filters (broadcast input, contiguous `dz`) when channels_last and `F % 4 == 0`.
-//!   Taps outside the input (`same`) get zeros.
-//! - `dbias = Σ_b dz[b]` in the per-sample output layout: parallel over blocks of it.
+//!   Taps outside the input (`same`) get zeros. Few or odd filters and channels_first
+//!   vectorise over output positions instead (`lc_backward/dk_positions.rs`).
+//! - `dbias = Σ_b dz[b]` in the per-sample output layout: parallel over blocks of it,
+//!   each summed in a register tile, with a remainder block.
 //! - `dx` as a gather: parallel over the first input axis; every input element sums the
 //!   (output position, tap) pairs whose window covers it, enumerated by affine indices
 //!   and guards (see [`Residue`]), so no two iterations write the same element and the
 //!   sums do not depend on the thread count. Vectorised over filters (lanes hold partial
-//!   sums over `f mod 4`, added up at the store) when channels_last and `F % 4 == 0`.
+//!   sums over `f mod 4`, added up at the store) when channels_last and `F % 4 == 0`, or
+//!   over input positions of the last axis when `dz` is contiguous along them
+//!   (channels_first or one filter; rank 1 then runs blocks of positions in parallel).
 //!   Interior input segments run without guards; in 2D/3D the accumulators go through
 //!   a per-thread scratch row between tap rows; taps are walked so that kernel rows
 //!   ascend (see `GatherCx::position` and [`Residue::tap`] for the measurements).
@@ -19,8 +23,10 @@
 //! Every schedule choice (vector axis, tiles, merging, segments) is made in
 //! `schedule/lc.rs`; the emitters here follow it.
 //!
-//! channels_first and `F % 4 != 0` use scalar tiles: `dz` is strided along filters
-//! there, so neither dK nor dx has a contiguous vector operand.
+//! channels_last layers with several filters not a multiple of 4 and several channels
+//! or strides keep scalar tiles where neither operand is contiguous along positions.
+//! Whatever the schedule, each element's sum runs in the same order (`dK`, `db`: batch
+//! rows in order; `dx`: taps, then filters), so schedules change speed, not results.
 
 use super::lc::{geometry, tap_loops, tap_pos, Geo};
 use super::schedule::lc as sched;
@@ -28,8 +34,8 @@ use super::Cx;
 use crate::error::Result;
 use crate::graph::{LocallyConnected, NodeId, Padding};
 use crate::loop_ir::{
-    bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind, Stmt,
-    Var,
+    bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
+    Stmt, Var,
 };
 
 /// Lowers the backward pass of LC node `node` given `dz`, the gradient of its
@@ -65,6 +71,9 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
 /// `dK[p, q, f] = Σ_b x[b, patch(p, q)] · dz[b, p, f]` (see the module docs).
 fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, dk]: [BufId; 3]) {
     let s = sched::kernel_grad(g, l, cx.batch);
+    if let Some(ln) = &s.lanes {
+        return dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
+    }
     let mut kb = KernelBuilder::new(format!("{name}.backward_dk"));
     kb.schedule(s.to_string());
     let o: Vec<Var> = (0..g.rank).map(|a| kb.var(&format!("o{a}"))).collect();
@@ -188,49 +197,114 @@ fn position_nest(g: &Geo, o: &[Var], body: Vec<Stmt>) -> Vec<Stmt> {
 }
 
 /// `dbias[e] = Σ_b dz[b, e]` over the per-sample output layout (which is the canonical
-/// bias layout in both data formats), in blocks of it in parallel, batch rows in order.
+/// bias layout in both data formats), in blocks of it in parallel, each summed over the
+/// batch rows in order in a register tile; the remainder after the last full block in
+/// the last iteration.
 fn bias_grad(cx: &mut Cx, name: &str, g: &Geo, dz: BufId, db: BufId) {
-    let n = g.p * g.f;
-    let s = sched::bias_grad(g);
-    let (blk, kind) = (s.blk, s.kind);
+    let s = sched::bias_grad(g, cx.batch);
     let mut kb = KernelBuilder::new(format!("{name}.backward_db"));
     kb.schedule(s.to_string());
-    let (j, e0, b, e) = (kb.var("j"), kb.var("e0"), kb.var("b"), kb.var("e"));
-    let at = |v: Var| Affine::var(j).scale(blk as i64).plus_term(v, 1);
-    let body = vec![
-        for_(
-            e0,
-            blk as u64,
-            kind,
-            vec![Stmt::Store {
-                buf: db,
-                index: at(e0),
-                value: Expr::Const(0.0),
-            }],
-        ),
-        for_(
-            b,
-            cx.batch as u64,
-            LoopKind::Serial,
-            vec![for_(
-                e,
-                blk as u64,
-                kind,
-                vec![Stmt::Store {
-                    buf: db,
-                    index: at(e),
-                    value: bin(
-                        BinOp::Add,
-                        load(db, at(e)),
-                        load(dz, at(e).plus_term(b, n as i64)),
-                    ),
-                }],
-            )],
-        ),
-    ];
-    let nest = for_(j, (n / blk) as u64, LoopKind::Parallel, body);
+    let j = kb.var("j");
+    let acc = kb.local("acc", s.blk);
+    let run = BiasRun {
+        dz,
+        db,
+        acc,
+        n: g.p * g.f,
+        batch: cx.batch,
+        reduction: s.reduction,
+    };
+    let base = Affine::var(j).scale(s.blk as i64);
+    let mut body = run.chunk(&mut kb, &base, s.blk, s.kind);
+    if s.rem > 0 {
+        let at = Affine::constant((s.blocks * s.blk) as i64);
+        let lanes = s.rem / 4 * 4;
+        let mut tail = Vec::new();
+        if lanes > 0 {
+            tail.extend(run.chunk(&mut kb, &at, lanes, LoopKind::Vector(4)));
+        }
+        let one = s.rem - lanes;
+        if one > 0 {
+            let at = at.plus(lanes as i64);
+            tail.extend(run.chunk(&mut kb, &at, one, LoopKind::Unroll(one as u32)));
+        }
+        let last = s.blocks as i64 - 1;
+        body.push(Stmt::If {
+            conds: vec![(Affine::var(j), last, last + 1)],
+            body: tail,
+        });
+    }
+    let nest = for_(j, s.blocks as u64, LoopKind::Parallel, body);
     cx.push(kb.finish(vec![nest]), &[dz, db], &[db]);
 }
 
+/// What the chunks of one `db` kernel share.
+struct BiasRun {
+    dz: BufId,
+    db: BufId,
+    acc: LocalId,
+    /// Elements per sample (`P·F`).
+    n: usize,
+    batch: usize,
+    reduction: LoopKind,
+}
+
+impl BiasRun {
+    /// `dbias[base + e] = Σ_b dz[b, base + e]` for `e in 0..len` (loop kind `kind`):
+    /// zero the tile, add the batch rows in order, store.
+    fn chunk(
+        &self,
+        kb: &mut KernelBuilder,
+        base: &Affine,
+        len: usize,
+        kind: LoopKind,
+    ) -> Vec<Stmt> {
+        let (e0, b, e, e1) = (kb.var("e0"), kb.var("b"), kb.var("e"), kb.var("e1"));
+        let at = |v: Var| base.clone().plus_term(v, 1);
+        vec![
+            for_(
+                e0,
+                len as u64,
+                kind,
+                vec![Stmt::SetLocal {
+                    local: self.acc,
+                    index: Affine::var(e0),
+                    value: Expr::Const(0.0),
+                }],
+            ),
+            for_(
+                b,
+                self.batch as u64,
+                self.reduction,
+                vec![for_(
+                    e,
+                    len as u64,
+                    kind,
+                    vec![Stmt::SetLocal {
+                        local: self.acc,
+                        index: Affine::var(e),
+                        value: bin(
+                            BinOp::Add,
+                            load_local(self.acc, Affine::var(e)),
+                            load(self.dz, at(e).plus_term(b, self.n as i64)),
+                        ),
+                    }],
+                )],
+            ),
+            for_(
+                e1,
+                len as u64,
+                kind,
+                vec![Stmt::Store {
+                    buf: self.db,
+                    index: at(e1),
+                    value: load_local(self.acc, Affine::var(e1)),
+                }],
+            ),
+        ]
+    }
+}
+
+mod dk_positions;
 mod gather;
 use gather::input_grad;

@@ -1,15 +1,23 @@
 //! The input gradient of a locally connected layer as a gather (see the parent module's
 //! docs): for every input element, the (output position, tap) pairs whose window covers
 //! it, enumerated per residue of the input index modulo the stride.
+//!
+//! Under the positions schedule the lanes hold `width` consecutive indices `i'` of one
+//! residue class of the last axis, taken only from interior segments (every tap of each
+//! lane reaches an output, so the lanes need no guard): lane `l` reaches output `o + l`
+//! by the same tap, so `dz` is one load per row and the kernel one gather per tap,
+//! filter and channel. Invariant: each element sums its taps (ascending kernel rows),
+//! then filters, in the same order in every segment, lane or scalar.
 
 use super::super::lc::{reduction_kind, Geo};
 use super::super::schedule::lc as sched;
 use super::super::Cx;
-use super::tile2;
+use tile::Tile;
+
+mod tile;
 use crate::graph::LocallyConnected;
 use crate::loop_ir::{
-    bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
-    Stmt, Var,
+    fma, for_, load, load_local, Affine, BufId, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
 };
 
 /// The input indices `i = s·i' + r` of one residue `r` modulo the stride along one axis,
@@ -100,11 +108,14 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
                 .sum::<usize>()
         })
         .product();
-    let s = sched::input_grad(g, cx.batch, copies);
+    let s = sched::input_grad(g, l, cx.batch, copies);
     kb.schedule(s.to_string());
     let (tc, tb, segmented) = (s.tc, s.tb, s.segmented);
-    let vec = s.vec == sched::VectorAxis::Filters;
-    let lanes = if vec { 4 } else { 1 };
+    let lanes = match s.vec {
+        sched::VectorAxis::Filters => 4,
+        sched::VectorAxis::Positions => s.width,
+        sched::VectorAxis::Scalar => 1,
+    };
     let acc = kb.local("acc", tb * tc * lanes);
     let n0 = g.in_sp[0].div_ceil(l.strides[0]) as i64;
     // Per input index of the parallel axis: the accumulators of one position between
@@ -117,13 +128,21 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
         g,
         bufs: [k, dz, dx],
         acc,
-        vec,
+        axis: s.vec,
+        width: s.width,
         tc,
         tb,
         batch: cx.batch,
         segmented,
         scratch,
     };
+    if s.vec == sched::VectorAxis::Positions && g.rank == 1 {
+        let nest = gx.blocks_1d(&res[0], n0);
+        let (mut reads, writes) = (vec![k, dz], vec![dx]);
+        reads.extend(scratch);
+        cx.push(kb.finish(vec![nest]), &reads, &writes);
+        return;
+    }
     let mut body = Vec::new();
     for r0 in &res[0] {
         for (lo, hi, interior) in segments(g, 0, r0, segmented) {
@@ -134,6 +153,7 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
                 hi,
                 res: *r0,
                 interior,
+                width: 1,
             };
             let nest = gx.axes(&res, vec![here]);
             if lo == 0 && hi == n0 {
@@ -183,6 +203,9 @@ struct Span {
     hi: i64,
     res: Residue,
     interior: bool,
+    /// Input positions in lanes (`i + lane`, the last axis under the positions
+    /// schedule), else 1.
+    width: usize,
 }
 
 /// `[min, max]` of `a` when each `(var, lo, hi)` of `ranges` lies in `[lo, hi]`; `None`
@@ -203,7 +226,10 @@ struct GatherCx<'a, 'b> {
     g: &'a Geo,
     bufs: [BufId; 3],
     acc: LocalId,
-    vec: bool,
+    /// The lanes' axis of the schedule.
+    axis: sched::VectorAxis,
+    /// Positions per vector block under the positions schedule.
+    width: usize,
     tc: usize,
     tb: usize,
     batch: usize,
@@ -222,20 +248,33 @@ impl GatherCx<'_, '_> {
             return self.position(&chosen);
         }
         let mut out = Vec::new();
+        let lanes = self.axis == sched::VectorAxis::Positions && a + 1 == self.g.rank;
+        let w = self.width as i64;
         for r in &res[a] {
             for (lo, hi, interior) in segments(self.g, a, r, self.segmented) {
-                let v = self.kb.var(&format!("i{a}"));
-                let mut next = chosen.clone();
-                next.push(Span {
-                    i: Affine::var(v).plus(lo),
-                    var: v,
-                    lo: 0,
-                    hi: hi - lo,
-                    res: *r,
-                    interior,
-                });
-                let body = self.axes(res, next);
-                out.push(for_(v, (hi - lo) as u64, LoopKind::Serial, body));
+                // Under positions, an interior segment runs in blocks of `w` lanes and
+                // its remainder one position at a time.
+                let blocks = if lanes && interior { (hi - lo) / w } else { 0 };
+                let mut pieces = vec![(lo, hi, 1)];
+                if blocks > 0 {
+                    pieces = vec![(lo, lo + blocks * w, w), (lo + blocks * w, hi, 1)];
+                }
+                for (plo, phi, pw) in pieces.into_iter().filter(|p| p.0 < p.1) {
+                    let v = self.kb.var(&format!("i{a}"));
+                    let n = (phi - plo) / pw;
+                    let mut next = chosen.clone();
+                    next.push(Span {
+                        i: Affine::var(v).scale(pw).plus(plo),
+                        var: v,
+                        lo: 0,
+                        hi: n,
+                        res: *r,
+                        interior,
+                        width: pw as usize,
+                    });
+                    let body = self.axes(res, next);
+                    out.push(for_(v, n as u64, LoopKind::Serial, body));
+                }
             }
         }
         out
@@ -243,7 +282,11 @@ impl GatherCx<'_, '_> {
 
     /// The batch and channel tiles, `for bt { for cb { body } }` (batch rows in tiles of
     /// `TB` plus a remainder tile), with `body` given the tile.
-    fn tiles(&mut self, mut body: impl FnMut(&mut KernelBuilder, &Tile) -> Vec<Stmt>) -> Vec<Stmt> {
+    fn tiles(
+        &mut self,
+        lanes: usize,
+        mut body: impl FnMut(&mut KernelBuilder, &Tile) -> Vec<Stmt>,
+    ) -> Vec<Stmt> {
         let mut nests = vec![(0usize, self.batch / self.tb, self.tb)];
         if !self.batch.is_multiple_of(self.tb) {
             nests.push((self.batch / self.tb * self.tb, 1, self.batch % self.tb));
@@ -256,7 +299,8 @@ impl GatherCx<'_, '_> {
                 c: Affine::var(cb).scale(self.tc as i64),
                 tb,
                 tc: self.tc,
-                vec: self.vec,
+                lanes,
+                positions: self.axis == sched::VectorAxis::Positions,
             };
             let inner = body(self.kb, &tile);
             out.push(for_(
@@ -294,6 +338,10 @@ impl GatherCx<'_, '_> {
             Vec::new()
         };
         let (batch, strides) = (self.batch, &self.l.strides);
+        let lanes = match self.axis {
+            sched::VectorAxis::Filters => 4,
+            _ => at[at.len() - 1].width,
+        };
         let pass = |kb: &mut KernelBuilder, t: &Tile, first: bool, last: bool| {
             let mut body = vec![t.each(kb, true, |bb, cc, lane| Stmt::SetLocal {
                 local: acc,
@@ -307,7 +355,7 @@ impl GatherCx<'_, '_> {
             if covered && !(split && first) && !(split && last) {
                 body.extend(gather_taps(kb, g, at, &outer, t, bufs, acc));
             }
-            body.push(t.each(kb, !last, |bb, cc, lane| {
+            body.push(t.each(kb, !last || t.positions, |bb, cc, lane| {
                 if split && !last {
                     Stmt::Store {
                         buf: scratch,
@@ -318,7 +366,7 @@ impl GatherCx<'_, '_> {
                     let sp: Vec<Affine> = at
                         .iter()
                         .zip(strides)
-                        .map(|(a, &s)| a.i.clone().scale(s as i64).plus(a.res.r))
+                        .map(|(a, &s)| t.along(a, lane).scale(s as i64).plus(a.res.r))
                         .collect();
                     Stmt::Store {
                         buf: bufs[2],
@@ -327,18 +375,18 @@ impl GatherCx<'_, '_> {
                             &sp,
                             &t.c.clone().plus_term(cc, 1),
                         ),
-                        value: t.lane_sum(acc, bb, cc),
+                        value: t.lane_sum(acc, bb, cc, lane),
                     }
                 }
             }));
             body
         };
         if !split {
-            return self.tiles(|kb, t| pass(kb, t, true, true));
+            return self.tiles(lanes, |kb, t| pass(kb, t, true, true));
         }
         // Zero the scratch row, accumulate tap row by tap row, then sum it into dx.
-        let mut out = self.tiles(|kb, t| pass(kb, t, true, false));
-        let rows = self.tiles(|kb, t| pass(kb, t, false, false));
+        let mut out = self.tiles(lanes, |kb, t| pass(kb, t, true, false));
+        let rows = self.tiles(lanes, |kb, t| pass(kb, t, false, false));
         let row = if at[0].interior {
             rows
         } else {
@@ -354,92 +402,67 @@ impl GatherCx<'_, '_> {
             LoopKind::Serial,
             row,
         ));
-        out.extend(self.tiles(|kb, t| pass(kb, t, false, true)));
+        out.extend(self.tiles(lanes, |kb, t| pass(kb, t, false, true)));
         out
     }
-}
 
-/// A batch-and-channel tile of the `dx` gather: rows `b..b+tb`, channels `c..c+tc`, as
-/// `f32x4` lane groups over filters when `vec`.
-struct Tile {
-    b: Affine,
-    c: Affine,
-    tb: usize,
-    tc: usize,
-    vec: bool,
-}
-
-impl Tile {
-    fn lanes(&self) -> i64 {
-        if self.vec {
-            4
-        } else {
-            1
+    /// The rank-1 positions nest: a parallel loop over blocks of `width` input indices
+    /// `i'` (of every residue); per residue, the blocks wholly inside its interior
+    /// segment run in lanes, and the other indices of a block (borders, the interior's
+    /// ends) one at a time under the usual segment guards. An iteration writes only its
+    /// block's inputs.
+    fn blocks_1d(&mut self, res0: &[Residue], n0: i64) -> Stmt {
+        let w = self.width as i64;
+        let jb = self.kb.var("ib");
+        let mut body = Vec::new();
+        for r in res0 {
+            for (lo, hi, interior) in segments(self.g, 0, r, self.segmented) {
+                let (vlo, vhi) = if interior {
+                    ((lo + w - 1) / w, hi / w)
+                } else {
+                    (0, 0)
+                };
+                let mut singles = vec![(lo, hi)];
+                if vlo < vhi {
+                    let span = Span {
+                        i: Affine::var(jb).scale(w),
+                        var: jb,
+                        lo: vlo,
+                        hi: vhi,
+                        res: *r,
+                        interior,
+                        width: self.width,
+                    };
+                    body.push(Stmt::If {
+                        conds: vec![(Affine::var(jb), vlo, vhi)],
+                        body: self.position(&[span]),
+                    });
+                    singles = vec![(lo, vlo * w), (vhi * w, hi)];
+                }
+                for (plo, phi) in singles.into_iter().filter(|p| p.0 < p.1) {
+                    let e = self.kb.var("ie");
+                    let i = Affine::var(jb).scale(w).plus_term(e, 1);
+                    let span = Span {
+                        i: i.clone(),
+                        var: e,
+                        lo: 0,
+                        hi: w,
+                        res: *r,
+                        interior,
+                        width: 1,
+                    };
+                    let one = vec![Stmt::If {
+                        conds: vec![(i, plo, phi)],
+                        body: self.position(&[span]),
+                    }];
+                    body.push(Stmt::If {
+                        conds: vec![(Affine::var(jb), plo / w, (phi + w - 1) / w)],
+                        body: vec![for_(e, w as u64, LoopKind::Serial, one)],
+                    });
+                }
+            }
         }
-    }
-
-    /// `for bb in 0..tb unroll { for cc in 0..tc unroll { [for lane in 0..4 vector] { st } } }`
-    /// (the lane loop when vectorised and `lanes`).
-    fn each(
-        &self,
-        kb: &mut KernelBuilder,
-        lanes: bool,
-        st: impl Fn(Var, Var, Option<Var>) -> Stmt,
-    ) -> Stmt {
-        let (bb, cc) = (kb.var("bb"), kb.var("cc"));
-        let inner = if self.vec && lanes {
-            let lane = kb.var("lane");
-            for_(lane, 4, LoopKind::Vector(4), vec![st(bb, cc, Some(lane))])
-        } else {
-            st(bb, cc, None)
-        };
-        let unroll = |n: usize| (n, LoopKind::Unroll(n as u32));
-        let ((nb, kb_), (nc, kc)) = (unroll(self.tb), unroll(self.tc));
-        tile2((bb, nb, kb_), (cc, nc, kc), inner)
-    }
-
-    /// Accumulator element of row `bb`, channel `cc` (and lane).
-    fn acc_at(&self, bb: Var, cc: Var, lane: Option<Var>) -> Affine {
-        let a = Affine::var(bb)
-            .scale(self.tc as i64)
-            .plus_term(cc, 1)
-            .scale(self.lanes());
-        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
-    }
-
-    /// Element of the scratch rows `(i0, b, c, lane)` for row `bb`, channel `cc`.
-    fn scratch_at(
-        &self,
-        g: &Geo,
-        batch: usize,
-        i0: Var,
-        bb: Var,
-        cc: Var,
-        lane: Option<Var>,
-    ) -> Affine {
-        let a = Affine::var(i0)
-            .scale(batch as i64)
-            .plus_affine(&self.b)
-            .plus_term(bb, 1)
-            .scale(g.c as i64)
-            .plus_affine(&self.c)
-            .plus_term(cc, 1)
-            .scale(self.lanes());
-        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
-    }
-
-    /// The sum of the lanes of accumulator `(bb, cc)`: `(l0 + l1) + (l2 + l3)`.
-    fn lane_sum(&self, acc: LocalId, bb: Var, cc: Var) -> Expr {
-        let at = |j: i64| load_local(acc, self.acc_at(bb, cc, None).plus(j));
-        if self.vec {
-            bin(
-                BinOp::Add,
-                bin(BinOp::Add, at(0), at(1)),
-                bin(BinOp::Add, at(2), at(3)),
-            )
-        } else {
-            at(0)
-        }
+        for_(jb, ((n0 + w - 1) / w) as u64, LoopKind::Parallel, body)
     }
 }
 
@@ -466,11 +489,19 @@ fn gather_taps(
         .map(|(a, &v)| a.res.output(&a.i, v))
         .collect();
     let taps: Vec<Affine> = at.iter().zip(&u).map(|(a, &v)| a.res.tap(v)).collect();
-    let p = g.position(&o);
+    // The output position of a lane: over positions, lane `l` of input `i' + l` reaches
+    // output `o + l` by the same tap.
+    let p_at = |lane: Option<Var>| {
+        let p = g.position(&o);
+        match lane {
+            Some(v) if t.positions => p.plus_term(v, 1),
+            _ => p,
+        }
+    };
     let fg = kb.var("fg");
     let f_at = |lane: Option<Var>| match lane {
-        Some(v) => Affine::var(fg).scale(4).plus_term(v, 1),
-        None => Affine::var(fg),
+        Some(v) if t.filters() => Affine::var(fg).scale(4).plus_term(v, 1),
+        _ => Affine::var(fg),
     };
     let upd = t.each(kb, true, |bb, cc, lane| Stmt::SetLocal {
         local: acc,
@@ -478,25 +509,32 @@ fn gather_taps(
         value: fma(
             load(
                 k,
-                g.k_index(&p, &taps, &t.c.clone().plus_term(cc, 1), &f_at(lane)),
+                g.k_index(
+                    &p_at(lane),
+                    &taps,
+                    &t.c.clone().plus_term(cc, 1),
+                    &f_at(lane),
+                ),
             ),
             load(
                 dz,
-                g.z_index(&t.b.clone().plus_term(bb, 1), &p, &f_at(lane)),
+                g.z_index(&t.b.clone().plus_term(bb, 1), &p_at(lane), &f_at(lane)),
             ),
             load_local(acc, t.acc_at(bb, cc, lane)),
         ),
     });
-    let f_ext = (g.f as i64 / t.lanes()) as u64;
+    let p = g.position(&o);
+    let f_ext = if t.filters() { g.f / 4 } else { g.f } as u64;
     let update = for_(fg, f_ext, reduction_kind(f_ext), vec![upd]);
     // The kernel index mixes u into p and into q, which the verifier cannot bound
     // through the `o` guards; a guard on its position-and-tap part (implied by them)
     // does, unless every axis is interior and the loop ranges alone keep it in bounds.
     let zero = Affine::constant(0);
     let k_pt = g.k_index(&p, &taps, &zero, &zero);
+    let last_lane = if t.positions { t.lanes() - 1 } else { 0 };
     let k_rest = g
         .k_index(
-            &zero,
+            &Affine::constant(last_lane),
             &vec![zero.clone(); g.rank],
             &Affine::constant(g.c as i64 - 1),
             &Affine::constant(g.f as i64 - 1),

@@ -1,6 +1,6 @@
 //! The schedules of the locally connected layers: forward, `dK`, `db` and `dx`, all
-//! chosen here from the layer's geometry and the batch size, with the measurements that
-//! justify each choice. The emitters (`lower/lc.rs`, `lower/lc_backward.rs`,
+//! chosen here (the gradient kernels' in the child module `lc/backward.rs`) from the
+//! layer's geometry and the batch size, with the measurements that justify each choice. The emitters (`lower/lc.rs`, `lower/lc_backward.rs`,
 //! `lower/lc_backward/gather.rs`) follow these structs and decide nothing themselves.
 //!
 //! Invariants: tile sizes divide the extents they tile (`ft | F`, `tq | run`,
@@ -138,7 +138,7 @@ impl fmt::Display for LcForward {
 }
 
 /// `serial`, `unroll(n)`, … as in the loop IR printer.
-fn kind_text(k: LoopKind) -> String {
+pub(super) fn kind_text(k: LoopKind) -> String {
     match k {
         LoopKind::Serial => "serial".into(),
         LoopKind::Parallel => "parallel".into(),
@@ -233,7 +233,7 @@ fn positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
 }
 
 /// The output positions `[lo, hi)` along axis `a` whose every tap lies inside the input.
-fn interior(g: &Geo, l: &LocallyConnected, a: usize) -> (usize, usize) {
+pub(super) fn interior(g: &Geo, l: &LocallyConnected, a: usize) -> (usize, usize) {
     let (s, d, k) = (
         l.strides[a] as i64,
         l.dilation[a] as i64,
@@ -307,7 +307,12 @@ const REDUCTION_UNROLL_MAX: u64 = 16;
 /// otherwise unrolled by its largest divisor up to that, so each loop iteration carries
 /// many FMAs per compare/branch and per accumulator rotation.
 pub fn reduction_kind(extent: u64) -> LoopKind {
-    let u = (1..=REDUCTION_UNROLL_MAX.min(extent))
+    reduction_kind_upto(extent, REDUCTION_UNROLL_MAX)
+}
+
+/// [`reduction_kind`] with at most `max` unrolled iterations.
+pub fn reduction_kind_upto(extent: u64, max: u64) -> LoopKind {
+    let u = (1..=max.min(extent))
         .rev()
         .find(|u| extent.is_multiple_of(*u))
         .unwrap_or(1);
@@ -325,162 +330,6 @@ pub fn divisor_upto(n: usize, max: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// The `dK` kernel's schedule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LcKernelGrad {
-    /// The lanes' axis.
-    pub vec: VectorAxis,
-    /// Filters per register tile (`FT`, divides `F`).
-    pub ft: usize,
-    /// Patch entries per register tile (`TQ`, divides the run).
-    pub tq: usize,
-    /// Whether the last tap axis and the channels form one run (as in the forward).
-    pub merge: bool,
-    /// Length of the patch run one tile loop walks (`kw·C` merged, else `C`).
-    pub run: usize,
-    /// Schedule of the batch loop (the reduction).
-    pub reduction: LoopKind,
-}
-
-impl LcKernelGrad {
-    /// The loop kind of the filter loop of a register tile.
-    pub fn filter_kind(&self) -> LoopKind {
-        match self.vec {
-            VectorAxis::Filters => LoopKind::Vector(4),
-            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
-        }
-    }
-}
-
-impl fmt::Display for LcKernelGrad {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "lc.dk(vec={}, tile={}x{}, par=o0, merge={}, reduce={})",
-            self.vec,
-            self.tq,
-            self.ft,
-            if self.merge { "row" } else { "none" },
-            kind_text(self.reduction),
-        )
-    }
-}
-
-/// The `dK` schedule: vectorised over filters (broadcast input, contiguous `dz`) when
-/// channels_last and `F % 4 == 0`; a register tile of `TQ patch entries × FT filters`:
-/// vectorised 8 f32x4 accumulators, as in the forward (see [`tile`]); scalar up to 12
-/// `f32` accumulators.
-pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize) -> LcKernelGrad {
-    let vec = g.cl && g.f.is_multiple_of(4);
-    let last = g.rank - 1;
-    // As in the forward: a channels_last patch row without padding guard or dilation is
-    // one contiguous run of `kw·C` floats in x and in dK, walked by one loop.
-    let merge = g.cl && l.dilation[last] == 1 && l.padding == Padding::Valid;
-    let run = if merge { l.kernel[last] * g.c } else { g.c };
-    let (ft, tq) = if vec {
-        let ft = if g.f.is_multiple_of(8) { 8 } else { 4 };
-        (ft, divisor_upto(run, 32 / ft))
-    } else {
-        let ft = divisor_upto(g.f, 4);
-        (ft, divisor_upto(run, (12 / ft).min(4)))
-    };
-    LcKernelGrad {
-        vec: if vec {
-            VectorAxis::Filters
-        } else {
-            VectorAxis::Scalar
-        },
-        ft,
-        tq,
-        merge,
-        run,
-        reduction: reduction_kind(batch as u64),
-    }
-}
-
-/// The `db` kernel's schedule: `dbias[e] = Σ_b dz[b, e]` in parallel blocks of `blk`
-/// elements of the per-sample output, vectorised when `4 | blk`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LcBiasGrad {
-    /// Elements per parallel block (divides `P·F`).
-    pub blk: usize,
-    /// The loop kind over a block's elements.
-    pub kind: LoopKind,
-}
-
-impl fmt::Display for LcBiasGrad {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "lc.db(block={}, par=blocks, lanes={})",
-            self.blk,
-            kind_text(self.kind)
-        )
-    }
-}
-
-/// The `db` schedule: the largest power-of-two block up to 256 that divides `P·F`.
-pub(in crate::lower) fn bias_grad(g: &Geo) -> LcBiasGrad {
-    let n = g.p * g.f;
-    let blk = [256, 128, 64, 32, 16, 8, 4, 2, 1]
-        .into_iter()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1);
-    let kind = if blk.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
-    LcBiasGrad { blk, kind }
-}
-
-/// The `dx` gather's schedule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LcInputGrad {
-    /// The lanes' axis (filters: lanes hold partial sums over `f mod 4`).
-    pub vec: VectorAxis,
-    /// Channels per register tile (`TC`, divides `C`).
-    pub tc: usize,
-    /// Batch rows per register tile (`TB`).
-    pub tb: usize,
-    /// Whether interior input segments get unguarded copies of the position code.
-    pub segmented: bool,
-}
-
-impl fmt::Display for LcInputGrad {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "lc.dx(vec={}, tile={}x{}, par=i0, segments={})",
-            self.vec,
-            self.tb,
-            self.tc,
-            if self.segmented { "split" } else { "guarded" },
-        )
-    }
-}
-
-/// The `dx` schedule. The register tile `(TC channels, TB batch rows)`: vectorised
-/// (lanes over filters) 8 f32x4 accumulators, as 2 rows × 4 channels (measured on
-/// DeepFace L4, one thread: 2×4 131 ms, 4×2 150, 8×1 159, 1×8 158, 2×2 158; 3×4 = 12
-/// accumulators spilled, 220); scalar: up to 12 `f32`. `copies` is how many copies of
-/// the per-position code splitting off the interior segments would make: split only
-/// while they stay few ([`MAX_GATHER_NESTS`]).
-pub(in crate::lower) fn input_grad(g: &Geo, batch: usize, copies: usize) -> LcInputGrad {
-    let vec = g.cl && g.f.is_multiple_of(4);
-    let tc = divisor_upto(g.c, 4);
-    let budget = if vec { 8 } else { 12 };
-    LcInputGrad {
-        vec: if vec {
-            VectorAxis::Filters
-        } else {
-            VectorAxis::Scalar
-        },
-        tc,
-        tb: (budget / tc).clamp(1, 8).min(batch),
-        segmented: copies <= MAX_GATHER_NESTS,
-    }
-}
-
-/// Most copies of the per-position gather code in one `dx` kernel.
-pub const MAX_GATHER_NESTS: usize = 64;
+mod backward;
+pub(in crate::lower) use backward::{bias_grad, input_grad, kernel_grad};
+pub use backward::{LcBiasGrad, LcInputGrad, LcKernelGrad, MAX_GATHER_NESTS};

@@ -1,0 +1,113 @@
+//! The register tile of the `dx` gather (see the parent module): `TB` batch rows ×
+//! `TC` channels of accumulators, each a scalar, an f32x4 over filters (partial sums
+//! over `f mod 4`, added up at the store) or `width` lanes over input positions of the
+//! last axis. Invariant: accumulator and scratch elements are indexed by the tile's
+//! unrolled row and channel variables and its lane variable only, so they can live in
+//! registers.
+
+use super::Span;
+use crate::loop_ir::{
+    bin, for_, load_local, Affine, BinOp, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
+};
+use crate::lower::lc::Geo;
+use crate::lower::lc_backward::tile2;
+
+/// A batch-and-channel tile of the `dx` gather: rows `b..b+tb`, channels `c..c+tc`,
+/// each accumulator `lanes` wide: over filters (4, summed at the store), over input
+/// positions of the last axis (`positions`), or one scalar.
+pub(super) struct Tile {
+    pub(super) b: Affine,
+    pub(super) c: Affine,
+    pub(super) tb: usize,
+    pub(super) tc: usize,
+    pub(super) lanes: usize,
+    pub(super) positions: bool,
+}
+
+impl Tile {
+    pub(super) fn lanes(&self) -> i64 {
+        self.lanes as i64
+    }
+
+    /// Whether the lanes hold partial sums over filters.
+    pub(super) fn filters(&self) -> bool {
+        self.lanes > 1 && !self.positions
+    }
+
+    /// The index `i'` along span `a` of lane `lane` (only a span in lanes moves).
+    pub(super) fn along(&self, a: &Span, lane: Option<Var>) -> Affine {
+        match lane {
+            Some(v) if a.width > 1 => a.i.clone().plus_term(v, 1),
+            _ => a.i.clone(),
+        }
+    }
+
+    /// `for bb in 0..tb unroll { for cc in 0..tc unroll { [for lane in 0..4 vector] { st } } }`
+    /// (the lane loop when vectorised and `lanes`).
+    pub(super) fn each(
+        &self,
+        kb: &mut KernelBuilder,
+        lanes: bool,
+        st: impl Fn(Var, Var, Option<Var>) -> Stmt,
+    ) -> Stmt {
+        let (bb, cc) = (kb.var("bb"), kb.var("cc"));
+        let inner = if self.lanes > 1 && lanes {
+            let lane = kb.var("lane");
+            let n = self.lanes as u64;
+            for_(lane, n, LoopKind::Vector(4), vec![st(bb, cc, Some(lane))])
+        } else {
+            st(bb, cc, None)
+        };
+        let unroll = |n: usize| (n, LoopKind::Unroll(n as u32));
+        let ((nb, kb_), (nc, kc)) = (unroll(self.tb), unroll(self.tc));
+        tile2((bb, nb, kb_), (cc, nc, kc), inner)
+    }
+
+    /// Accumulator element of row `bb`, channel `cc` (and lane).
+    pub(super) fn acc_at(&self, bb: Var, cc: Var, lane: Option<Var>) -> Affine {
+        let a = Affine::var(bb)
+            .scale(self.tc as i64)
+            .plus_term(cc, 1)
+            .scale(self.lanes());
+        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
+    }
+
+    /// Element of the scratch rows `(i0, b, c, lane)` for row `bb`, channel `cc`.
+    pub(super) fn scratch_at(
+        &self,
+        g: &Geo,
+        batch: usize,
+        i0: Var,
+        bb: Var,
+        cc: Var,
+        lane: Option<Var>,
+    ) -> Affine {
+        let a = Affine::var(i0)
+            .scale(batch as i64)
+            .plus_affine(&self.b)
+            .plus_term(bb, 1)
+            .scale(g.c as i64)
+            .plus_affine(&self.c)
+            .plus_term(cc, 1)
+            .scale(self.lanes());
+        lane.map_or(a.clone(), |v| a.plus_term(v, 1))
+    }
+
+    /// The value stored for accumulator `(bb, cc)`: over filters the sum of its lanes,
+    /// `(l0 + l1) + (l2 + l3)`; over positions lane `lane`.
+    pub(super) fn lane_sum(&self, acc: LocalId, bb: Var, cc: Var, lane: Option<Var>) -> Expr {
+        if self.positions {
+            return load_local(acc, self.acc_at(bb, cc, lane));
+        }
+        let at = |j: i64| load_local(acc, self.acc_at(bb, cc, None).plus(j));
+        if self.filters() {
+            bin(
+                BinOp::Add,
+                bin(BinOp::Add, at(0), at(1)),
+                bin(BinOp::Add, at(2), at(3)),
+            )
+        } else {
+            at(0)
+        }
+    }
+}
