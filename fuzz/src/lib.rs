@@ -141,7 +141,10 @@ pub fn npz(data: &[u8]) -> Result<(), String> {
     let file = TempInput::new(data, "npz")?;
     let mut model = fixed_model()?.clone();
     judge("load_weights .npz", model.load_weights(&file.0))?;
-    judge("read_npz", lcjit::io::read_npz_within(&file.0, MEMORY_BUDGET))?;
+    judge(
+        "read_npz",
+        lcjit::io::read_npz_within(&file.0, MEMORY_BUDGET),
+    )?;
     Ok(())
 }
 
@@ -150,7 +153,10 @@ pub fn npz(data: &[u8]) -> Result<(), String> {
 /// through `check_inputs` and `predict`.
 pub fn npy(data: &[u8]) -> Result<(), String> {
     let file = TempInput::new(data, "npy")?;
-    let x = judge("read_npy", lcjit::io::read_npy_within(&file.0, MEMORY_BUDGET))?;
+    let x = judge(
+        "read_npy",
+        lcjit::io::read_npy_within(&file.0, MEMORY_BUDGET),
+    )?;
     if let Some(input) = judge("NpyInput::open", NpyInput::open(&file.0))? {
         let view = judge("NpyInput::view", input.view())?;
         if let (Some(x), Some(view)) = (&x, view) {
@@ -499,12 +505,7 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     let interp = run(Engine::Interp, 1)?;
     let jit1 = run(Engine::Jit, 1)?;
     let jit2 = run(Engine::Jit, 2)?;
-    compare(
-        &want,
-        interp.as_ref(),
-        jit1.as_ref(),
-        jit2.as_ref(),
-    )
+    compare(&want, interp.as_ref(), jit1.as_ref(), jit2.as_ref())
 }
 
 /// The comparisons documented on [`structural`]. A compiled engine that refused the model
