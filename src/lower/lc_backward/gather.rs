@@ -342,12 +342,22 @@ impl GatherCx<'_, '_> {
             sched::VectorAxis::Filters => 4,
             _ => at[at.len() - 1].width,
         };
+        // Lanes per scratch element: the widest tile of the schedule, as the scratch
+        // buffer is sized (every tile of an iteration `i0` stays in its own row).
+        let stride = match self.axis {
+            sched::VectorAxis::Filters => 4,
+            sched::VectorAxis::Positions => self.width,
+            sched::VectorAxis::Scalar => 1,
+        };
         let pass = |kb: &mut KernelBuilder, t: &Tile, first: bool, last: bool| {
             let mut body = vec![t.each(kb, true, |bb, cc, lane| Stmt::SetLocal {
                 local: acc,
                 index: t.acc_at(bb, cc, lane),
                 value: if split && !first {
-                    load(scratch, t.scratch_at(g, batch, at[0].var, bb, cc, lane))
+                    load(
+                        scratch,
+                        t.scratch_at(g, batch, stride, at[0].var, bb, cc, lane),
+                    )
                 } else {
                     Expr::Const(0.0)
                 },
@@ -359,7 +369,7 @@ impl GatherCx<'_, '_> {
                 if split && !last {
                     Stmt::Store {
                         buf: scratch,
-                        index: t.scratch_at(g, batch, at[0].var, bb, cc, lane),
+                        index: t.scratch_at(g, batch, stride, at[0].var, bb, cc, lane),
                         value: load_local(acc, t.acc_at(bb, cc, lane)),
                     }
                 } else {

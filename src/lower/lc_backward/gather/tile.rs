@@ -72,11 +72,17 @@ impl Tile {
         lane.map_or(a.clone(), |v| a.plus_term(v, 1))
     }
 
-    /// Element of the scratch rows `(i0, b, c, lane)` for row `bb`, channel `cc`.
+    /// Element of the scratch rows `(i0, b, c, lane)` for row `bb`, channel `cc`, with
+    /// `stride` lanes per element: the schedule's widest tile, the same for every tile
+    /// of the kernel. Scaling by this tile's own lanes made a 1-lane border tile of
+    /// iteration `i0` share scratch with an 8-lane tile of another `i0` (a race between
+    /// threads that checked mode caught).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn scratch_at(
         &self,
         g: &Geo,
         batch: usize,
+        stride: usize,
         i0: Var,
         bb: Var,
         cc: Var,
@@ -89,7 +95,7 @@ impl Tile {
             .scale(g.c as i64)
             .plus_affine(&self.c)
             .plus_term(cc, 1)
-            .scale(self.lanes());
+            .scale(stride as i64);
         lane.map_or(a.clone(), |v| a.plus_term(v, 1))
     }
 
