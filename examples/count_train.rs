@@ -20,7 +20,7 @@
 
 use lcjit::backend::{CodegenOptions, CompiledModule};
 use lcjit::loop_ir::{BufRole, Module};
-use lcjit::train::{Algorithm, Flavor, LearningRate, Loss, Optimizer, OptimizerConfig};
+use lcjit::train::Loss;
 use ndarray::{ArrayD, IxDyn};
 use std::sync::Arc;
 
@@ -44,22 +44,8 @@ fn train_steps(compiled: &lcjit::CompiledModel, x: &ArrayD<f32>, reps: usize) ->
     let graph = compiled.model().graph();
     let trainable: Vec<bool> = graph.params.iter().map(|p| p.trainable).collect();
     let mut params = compiled.model().params().to_vec();
-    let mut opt = Optimizer::new(OptimizerConfig {
-        name: "Adam".into(),
-        algorithm: Algorithm::Adam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            amsgrad: false,
-        },
-        learning_rate: LearningRate::Constant(1e-6),
-        flavor: Flavor::TfKeras,
-        clipnorm: None,
-        clipvalue: None,
-        global_clipnorm: None,
-        weight_decay: None,
-        decay: 0.0,
-    });
+    // The same step `lcjit bench` times.
+    let mut opt = lcjit::bench::train_step_optimizer();
     let mut rng = lcjit::init::Rng::new(0);
     let (engine, threads) = (compiled.options().engine, compiled.options().threads);
     for _ in 0..=reps {

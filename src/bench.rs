@@ -503,19 +503,11 @@ pub fn bench_model(
     })
 }
 
-/// Median time of one training step of `compiled` on `x` (forward, backward of a mean
-/// squared error against zeros, and an Adam update of every trainable weight, compiled on
-/// the same engine), and the compile time of the gradient and update programs for the
-/// JIT.
-fn train_step_ms(
-    compiled: &crate::CompiledModel,
-    x: &ndarray::ArrayD<f32>,
-) -> Result<(f64, Option<f64>)> {
-    use crate::train::{Algorithm, Flavor, LearningRate, Loss, Optimizer, OptimizerConfig};
-    let graph = compiled.model().graph();
-    let trainable: Vec<bool> = graph.params.iter().map(|p| p.trainable).collect();
-    let mut params = compiled.model().params().to_vec();
-    let mut opt = Optimizer::new(OptimizerConfig {
+/// The optimizer of the benchmarked training step: tf-keras Adam at a learning rate of
+/// 1e-6 (small, so repeated steps keep the weights near their trained values).
+pub fn train_step_optimizer() -> crate::train::Optimizer {
+    use crate::train::{Algorithm, Flavor, LearningRate, Optimizer, OptimizerConfig};
+    Optimizer::new(OptimizerConfig {
         name: "Adam".into(),
         algorithm: Algorithm::Adam {
             beta_1: 0.9,
@@ -530,7 +522,22 @@ fn train_step_ms(
         global_clipnorm: None,
         weight_decay: None,
         decay: 0.0,
-    });
+    })
+}
+
+/// Median time of one training step of `compiled` on `x` (forward, backward of a mean
+/// squared error against zeros, and an Adam update of every trainable weight, compiled on
+/// the same engine), and the compile time of the gradient and update programs for the
+/// JIT.
+fn train_step_ms(
+    compiled: &crate::CompiledModel,
+    x: &ndarray::ArrayD<f32>,
+) -> Result<(f64, Option<f64>)> {
+    use crate::train::Loss;
+    let graph = compiled.model().graph();
+    let trainable: Vec<bool> = graph.params.iter().map(|p| p.trainable).collect();
+    let mut params = compiled.model().params().to_vec();
+    let mut opt = train_step_optimizer();
     let loss = Loss::MeanSquaredError;
     let inputs = std::slice::from_ref(x);
     // Training mode, as fit runs it (Dropout masks, batch statistics, no input gradient).
