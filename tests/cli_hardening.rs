@@ -9,40 +9,18 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-struct Tmp(PathBuf);
+mod common;
+
+use common::TestDir as Tmp;
+
 impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let d = std::env::temp_dir().join(format!("lcjit-hard-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        Tmp(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
     fn json(&self, name: &str, v: &Value) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, v.to_string()).expect("write");
-        p.to_string_lossy().to_string()
+        std::fs::write(self.path(name), v.to_string()).expect("write");
+        self.arg(name)
     }
     fn npy(&self, name: &str, a: &ndarray::ArrayD<f32>) -> String {
-        let p = self.path(name);
-        ndarray_npy::write_npy(&p, a).expect("write npy");
-        p.to_string_lossy().to_string()
-    }
-    /// Names in the directory that look like temporaries.
-    fn debris(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .expect("read dir")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect()
-    }
-}
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        ndarray_npy::write_npy(self.path(name), a).expect("write npy");
+        self.arg(name)
     }
 }
 
@@ -89,7 +67,7 @@ fn dense(name: &str, units: usize, extra: Value) -> Value {
 
 #[test]
 fn out_of_range_softmax_axis_is_reported_as_written() {
-    let t = Tmp::new("softmax");
+    let t = Tmp::new("hard-softmax");
     let m = t.json(
         "sm.json",
         &sequential(vec![
@@ -103,7 +81,7 @@ fn out_of_range_softmax_axis_is_reported_as_written() {
 
 #[test]
 fn constraint_axis_error_names_layer_and_weight() {
-    let t = Tmp::new("constraint");
+    let t = Tmp::new("hard-constraint");
     let maxnorm = json!({"class_name": "MaxNorm", "config": {"max_value": 2.0, "axis": 5}});
     let m = t.json(
         "c.json",
@@ -117,7 +95,7 @@ fn constraint_axis_error_names_layer_and_weight() {
 
 #[test]
 fn fit_target_shape_error_gives_whole_shapes() {
-    let t = Tmp::new("fit_y");
+    let t = Tmp::new("hard-fit_y");
     let m = t.json(
         "m.json",
         &sequential(vec![input_layer("x", &[4]), dense("d", 3, json!({}))]),
@@ -147,7 +125,7 @@ fn fit_target_shape_error_gives_whole_shapes() {
 
 #[test]
 fn identity_model_runs_on_every_engine() {
-    let t = Tmp::new("identity");
+    let t = Tmp::new("hard-identity");
     let model = json!({"class_name": "Functional", "config": {"name": "id",
         "layers": [{"class_name": "InputLayer", "name": "x", "inbound_nodes": [],
                     "config": {"batch_input_shape": [null, 3], "dtype": "float32", "name": "x"}}],
@@ -178,7 +156,7 @@ fn identity_model_runs_on_every_engine() {
 
 #[test]
 fn summary_never_runs_an_initializer() {
-    let t = Tmp::new("ortho");
+    let t = Tmp::new("hard-ortho");
     let ortho = json!({"class_name": "Orthogonal", "config": {"gain": 1.0, "seed": null}});
     let m = t.json(
         "o.json",
@@ -225,7 +203,7 @@ fn small_model(t: &Tmp) -> (String, String) {
 #[test]
 fn output_onto_dev_null_writes_in_place() {
     use std::os::unix::fs::FileTypeExt;
-    let t = Tmp::new("devnull");
+    let t = Tmp::new("hard-devnull");
     let (m, x) = small_model(&t);
     let out = lcjit(&["run", &m, "--input", &x, "--output", "/dev/null"]);
     assert!(
@@ -248,7 +226,7 @@ fn output_onto_dev_null_writes_in_place() {
 #[test]
 fn output_onto_a_fifo_streams_into_it() {
     use std::os::unix::fs::FileTypeExt;
-    let t = Tmp::new("fifo");
+    let t = Tmp::new("hard-fifo");
     let (m, x) = small_model(&t);
     let fifo = t.path("pipe.npy");
     let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("path");
@@ -329,7 +307,7 @@ fn signal(child: &std::process::Child, sig: libc::c_int) {
 #[test]
 fn interrupted_fit_keeps_its_weights_and_leaves_no_debris() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        let t = Tmp::new(&format!("sig{sig}"));
+        let t = Tmp::new(&format!("hard-sig{sig}"));
         let (args, w) = long_fit(&t);
         let child = Command::new(env!("CARGO_BIN_EXE_lcjit"))
             .args(&args)
@@ -354,7 +332,7 @@ fn interrupted_fit_keeps_its_weights_and_leaves_no_debris() {
 
 #[test]
 fn a_second_signal_aborts_and_still_leaves_no_debris() {
-    let t = Tmp::new("abort");
+    let t = Tmp::new("hard-abort");
     let (args, _) = long_fit(&t);
     let child = Command::new(env!("CARGO_BIN_EXE_lcjit"))
         .args(&args)
@@ -380,7 +358,7 @@ fn a_second_signal_aborts_and_still_leaves_no_debris() {
 /// not infinities.
 #[test]
 fn diverging_fit_writes_finite_weights() {
-    let t = Tmp::new("diverge");
+    let t = Tmp::new("hard-diverge");
     let m = t.json(
         "m.json",
         &sequential(vec![input_layer("x", &[4]), dense("d", 2, json!({}))]),

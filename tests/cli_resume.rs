@@ -5,40 +5,13 @@
 //! one line naming the file and the field.
 
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Tmp(PathBuf);
+mod common;
 
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let d = std::env::temp_dir().join(format!("lcjit-cli-resume-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        Tmp(d)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().to_string()
-    }
-
-    /// Names in the directory that look like temporaries.
-    fn debris(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .expect("read dir")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect()
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TestDir as Tmp;
 
 fn lcjit(args: &[String]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lcjit"))
@@ -63,22 +36,22 @@ fn setup(t: &Tmp, epochs: usize) -> Vec<String> {
         layer("Dropout", json!({"name": "drop", "rate": 0.25})),
         layer("Dense", json!({"name": "y", "units": 3})),
     ]}});
-    std::fs::write(t.path("m.json"), model.to_string()).expect("model");
+    std::fs::write(t.arg("m.json"), model.to_string()).expect("model");
     let xs = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[600, 12]), |i| {
         ((i[0] * 7 + i[1] * 3) % 17) as f32 * 0.05 - 0.4
     });
     let ys = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[600, 3]), |i| {
         ((i[0] + 2 * i[1]) % 5) as f32 * 0.2
     });
-    ndarray_npy::write_npy(t.path("x.npy"), &xs).expect("x");
-    ndarray_npy::write_npy(t.path("y.npy"), &ys).expect("y");
+    ndarray_npy::write_npy(t.arg("x.npy"), &xs).expect("x");
+    ndarray_npy::write_npy(t.arg("y.npy"), &ys).expect("y");
     [
         "fit",
-        &t.path("m.json"),
+        &t.arg("m.json"),
         "--x",
-        &t.path("x.npy"),
+        &t.arg("x.npy"),
         "--y",
-        &t.path("y.npy"),
+        &t.arg("y.npy"),
         "--epochs",
         &epochs.to_string(),
         "--batch-size",
@@ -111,7 +84,7 @@ fn with_outputs(t: &Tmp, base: &[String], tag: &str) -> Vec<String> {
         ("--csv-log", format!("{tag}.csv")),
     ] {
         a.push(flag.into());
-        a.push(t.path(&file));
+        a.push(t.arg(&file));
     }
     a
 }
@@ -167,7 +140,7 @@ fn refused(args: &[String], needles: &[&str]) {
 
 #[test]
 fn sigint_then_resume_equals_the_uninterrupted_run() {
-    let t = Tmp::new("sigint");
+    let t = Tmp::new("cli-resume-sigint");
     let epochs = 150;
     let base = setup(&t, epochs);
     let start = Instant::now();
@@ -178,7 +151,7 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
     // run's time (retried earlier and later if it came before training started, when
     // SIGINT simply ends the process, or after the run finished).
     let part = with_outputs(&t, &base, "part");
-    let state = t.path("part.npz.resume");
+    let state = t.arg("part.npz.resume");
     let mut landed = None;
     for frac in [0.5, 0.3, 0.7, 0.2, 0.85] {
         let _ = std::fs::remove_file(&state);
@@ -200,7 +173,7 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
     eprintln!("{note}");
 
     // Refusals, each one line naming the file and the field.
-    let cut = t.path("cut.resume");
+    let cut = t.arg("cut.resume");
     let bytes = read(&state);
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).expect("write");
     let mut a = part.clone();
@@ -221,19 +194,19 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
             "written for 8, this run has 4",
         ],
     );
-    let mut ys = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(t.path("y.npy")).expect("y");
+    let mut ys = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(t.arg("y.npy")).expect("y");
     ys[[0, 0]] += 1.0;
-    ndarray_npy::write_npy(t.path("y2.npy"), &ys).expect("y2");
+    ndarray_npy::write_npy(t.arg("y2.npy"), &ys).expect("y2");
     refused(
-        &other("--y", &t.path("y2.npy")),
+        &other("--y", &t.arg("y2.npy")),
         &[&state, "field 'fingerprint.data'"],
     );
-    let model = std::fs::read_to_string(t.path("m.json"))
+    let model = std::fs::read_to_string(t.arg("m.json"))
         .expect("model")
         .replace("\"units\":24", "\"units\":25");
-    std::fs::write(t.path("m2.json"), model).expect("m2");
+    std::fs::write(t.arg("m2.json"), model).expect("m2");
     let mut a = other("--seed", "5");
-    a[1] = t.path("m2.json");
+    a[1] = t.arg("m2.json");
     refused(&a, &[&state, "field 'fingerprint.model'"]);
 
     // The resumed run completes the interrupted one exactly.
@@ -241,10 +214,10 @@ fn sigint_then_resume_equals_the_uninterrupted_run() {
     a.extend(["--resume".to_string(), state.clone()]);
     let out = lcjit(&a);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(weights(&t.path("part.npz")), weights(&t.path("full.npz")));
-    assert_eq!(read(&t.path("part.json")), read(&t.path("full.json")));
-    assert_eq!(read(&t.path("part.csv")), read(&t.path("full.csv")));
-    let history = String::from_utf8(read(&t.path("full.json"))).expect("json");
+    assert_eq!(weights(&t.arg("part.npz")), weights(&t.arg("full.npz")));
+    assert_eq!(read(&t.arg("part.json")), read(&t.arg("full.json")));
+    assert_eq!(read(&t.arg("part.csv")), read(&t.arg("full.csv")));
+    let history = String::from_utf8(read(&t.arg("full.json"))).expect("json");
     assert!(history.contains("\"lr\""), "{history}");
     assert!(t.debris().is_empty(), "{:?}", t.debris());
 }

@@ -3,7 +3,8 @@
 //! backward pass to `1e-4 · max(1, max|ref|)` per array (the golden tolerance; the
 //! lowered programs sum in other orders and use polynomial transcendentals), and the JIT
 //! must be bitwise identical with one and with two threads. Also the list of the bundled
-//! workloads, which several test files walk.
+//! workloads, which several test files walk, and the scratch directory of the
+//! command-line tests ([`TestDir`]).
 
 #![allow(dead_code)]
 
@@ -132,4 +133,45 @@ pub fn workload_names() -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A fresh directory under the system's temporary directory for one test (named by the
+/// test's tag and the process id), removed when dropped.
+pub struct TestDir(pub std::path::PathBuf);
+
+impl TestDir {
+    /// Creates (or empties) the directory of `tag`.
+    pub fn new(tag: &str) -> TestDir {
+        let d = std::env::temp_dir().join(format!("lcjit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TestDir(d)
+    }
+
+    /// The path of `name` in the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
+    /// The path of `name` as a command-line argument.
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().to_string()
+    }
+
+    /// Names in the directory that look like temporaries (`*.tmp`): what an interrupted
+    /// or failed write must not leave behind.
+    pub fn debris(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
