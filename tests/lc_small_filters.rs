@@ -5,78 +5,14 @@
 //! threads) must equal the interpreter bit for bit on FMA hosts, and the interpreter
 //! must agree with the reference path to `1e-5 · max(1, max|ref|)`.
 
-use lcjit::graph::{
-    Activation, DataFormat, Graph, Initializer, LocallyConnected, Op, Padding, WeightOptions,
-};
 use lcjit::{CompileOptions, CompiledModel, Engine, Model};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use std::sync::Arc;
 
-fn uniform(lo: f32, hi: f32) -> Initializer {
-    Initializer::RandomUniform {
-        minval: lo,
-        maxval: hi,
-    }
-}
+mod common;
 
-/// One LC layer: `(rank, channels_last, spatial, channels, filters, kernel, stride,
-/// dilation, same, bias)`.
-#[derive(Clone, Debug)]
-struct Spec {
-    rank: usize,
-    cl: bool,
-    spatial: Vec<usize>,
-    c: usize,
-    f: usize,
-    k: usize,
-    s: usize,
-    d: usize,
-    same: bool,
-    bias: bool,
-}
-
-fn graph(sp: &Spec) -> Option<Graph> {
-    let df = if sp.cl {
-        DataFormat::ChannelsLast
-    } else {
-        DataFormat::ChannelsFirst
-    };
-    let mut shape = sp.spatial.clone();
-    if sp.cl {
-        shape.push(sp.c);
-    } else {
-        shape.insert(0, sp.c);
-    }
-    let mut g = Graph::new("small_f");
-    let x = g.add_input("x", shape).ok()?;
-    let lc = Op::LocallyConnected(LocallyConnected {
-        rank: sp.rank,
-        filters: sp.f,
-        kernel: vec![sp.k; sp.rank],
-        strides: vec![sp.s; sp.rank],
-        dilation: vec![sp.d; sp.rank],
-        padding: if sp.same {
-            Padding::Same
-        } else {
-            Padding::Valid
-        },
-        data_format: df,
-        activation: if sp.f.is_multiple_of(2) {
-            Activation::Tanh
-        } else {
-            Activation::Linear
-        },
-        use_bias: sp.bias,
-        implementation: if sp.same { 2 } else { 1 },
-        kernel_initializer: uniform(-0.5, 0.5),
-        bias_initializer: uniform(-0.5, 0.5),
-        options: WeightOptions::default(),
-    });
-    let y = g.add("lc", lc, &[x]).ok()?;
-    g.outputs = vec![y];
-    Some(g)
-}
+use common::lc_spec::{graph, spec, Spec};
 
 fn input(model: &Model, batch: usize, seed: u64) -> ArrayD<f32> {
     let mut shape = vec![batch];
@@ -151,37 +87,6 @@ fn check(sp: &Spec, batch: usize, seed: u64) -> Result<String, TestCaseError> {
         }
     }
     Ok(schedule)
-}
-
-fn spec() -> impl Strategy<Value = Spec> {
-    (
-        1usize..3,
-        any::<bool>(),
-        (6usize..48, 4usize..14),
-        1usize..5,
-        1usize..10,
-        1usize..6,
-        1usize..3,
-        1usize..3,
-        any::<bool>(),
-        any::<bool>(),
-    )
-        .prop_map(|(rank, cl, (n1, n2), c, f, k, s, d, same, bias)| Spec {
-            rank,
-            cl,
-            spatial: if rank == 1 {
-                vec![n1]
-            } else {
-                vec![n2, n2 + 1]
-            },
-            c,
-            f,
-            k,
-            s,
-            d,
-            same,
-            bias,
-        })
 }
 
 proptest! {

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod lc_spec;
+
 use lcjit::graph::{Activation, Graph, Initializer};
 use lcjit::{CompileOptions, CompiledModel, Engine, Model};
 use ndarray::{ArrayD, IxDyn};
