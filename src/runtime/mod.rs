@@ -213,6 +213,20 @@ impl CompiledModel {
         Ok(self.prepared(batch)?.lowered.clone())
     }
 
+    /// Changes the worker threads of later runs. Compiled programs do not depend on the
+    /// thread count (a parallel loop is split into chunks when it runs, see
+    /// `backend::cranelift::runtime`), so nothing is recompiled and the outputs stay
+    /// bitwise identical to those of any other count.
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if threads == 0 {
+            return Err(Error::Usage {
+                detail: "threads must be at least 1".into(),
+            });
+        }
+        self.opts.threads = threads;
+        Ok(())
+    }
+
     /// The options this model was compiled with.
     pub fn options(&self) -> &CompileOptions {
         &self.opts
