@@ -144,6 +144,72 @@ fn run_limited(args: &[String], scratch: &Path) -> Outcome {
     }
 }
 
+/// The peak resident set of `lcjit args` in KiB, for `LCJIT_HOSTILE_REPORT`, measured by
+/// GNU time (`/usr/bin/time -f %M`) under the same address-space limit; `None` without it.
+///
+/// Why not [`Outcome::max_rss_kib`]: Linux carries a process's high-water mark across
+/// `exec` (`exec_mmap` keeps the larger of the old and new), and a child forked from this
+/// test starts with the test's own resident set, so `wait4`'s `ru_maxrss` never reads
+/// below the test harness's size (57 MiB here). GNU time forks lcjit from a small
+/// process, so its figure is lcjit's own to within time's few hundred KiB.
+fn peak_rss_kib(args: &[String], scratch: &Path) -> Option<u64> {
+    use std::os::unix::process::CommandExt;
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return None;
+    }
+    let out = scratch.join("peak.txt");
+    let mut cmd = Command::new(time);
+    cmd.arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .arg(env!("CARGO_BIN_EXE_lcjit"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: as in `run_limited`: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let as_limit = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            let cpu = libc::rlimit {
+                rlim_cur: 20,
+                rlim_max: 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0
+                || libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().ok()?;
+    let start = Instant::now();
+    while child.try_wait().ok()?.is_none() {
+        if start.elapsed() > TIME_LIMIT {
+            // Only GNU time is killed; a stuck lcjit ends at its CPU limit (and the case
+            // has failed `run_limited` already).
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // GNU time writes "Command exited with non-zero status N" before the figure.
+    std::fs::read_to_string(&out)
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `@name` → corpus path, `%name` → scratch path.
 fn resolve(args: &[String], corpus: &Path, scratch: &Path) -> Vec<String> {
     args.iter()
@@ -254,6 +320,7 @@ fn hostile_corpus() {
     }
 
     let only = std::env::var("LCJIT_HOSTILE_ONLY").ok();
+    let report_path = std::env::var("LCJIT_HOSTILE_REPORT").ok();
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for case in &cases {
@@ -262,21 +329,27 @@ fn hostile_corpus() {
         }
         let scratch = dir.join(format!("scratch-{}", case.name));
         std::fs::create_dir_all(&scratch).expect("scratch");
-        let outcome = run_limited(&resolve(&case.args, &dir, &scratch), &scratch);
+        let args = resolve(&case.args, &dir, &scratch);
+        let outcome = run_limited(&args, &scratch);
         let last = outcome.stderr.lines().last().unwrap_or("").to_owned();
-        report.push(format!(
-            "{:<40} exit {:?} {:>7.0} ms {:>8} KiB  {last}",
-            case.name,
-            outcome.code,
-            outcome.elapsed.as_secs_f64() * 1e3,
-            outcome.max_rss_kib
-        ));
+        if report_path.is_some() {
+            let peak =
+                peak_rss_kib(&args, &scratch).map_or_else(|| "-".to_owned(), |k| k.to_string());
+            report.push(format!(
+                "{:<40} exit {:?} {:>7.0} ms {:>8} KiB peak {:>8} KiB ru_maxrss  {last}",
+                case.name,
+                outcome.code,
+                outcome.elapsed.as_secs_f64() * 1e3,
+                peak,
+                outcome.max_rss_kib
+            ));
+        }
         if let Some(why) = judge(case, &outcome) {
             failures.push(format!("{}: {why}", case.name));
         }
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    if let Ok(p) = std::env::var("LCJIT_HOSTILE_REPORT") {
+    if let Some(p) = report_path {
         std::fs::write(p, report.join("\n") + "\n").expect("report");
     }
     if !keep {

@@ -601,3 +601,32 @@ fn workloads_are_bitwise_the_same_at_any_batch_size() {
         assert_batch_invariant(&name, model, false);
     }
 }
+
+/// `set_threads` changes the thread count of later runs without recompiling: the same
+/// compiled program gives bitwise the same output on 1, 2 and 3 threads, and 0 threads
+/// is a usage error.
+#[test]
+fn set_threads_reuses_the_program_and_keeps_the_bits() {
+    let model = Model::load(data("inner/model.h5")).expect("model.h5");
+    let x = pseudo_random(&[8, 12, 12, 3], 11);
+    for engine in [Engine::Jit, Engine::Interp] {
+        let mut cm = compiled(model.clone(), engine, 8);
+        cm.set_threads(1).expect("1 thread");
+        let before = cm.prepared(8).expect("program");
+        let want = cm.predict(&x).expect("1 thread");
+        for t in [2, 3] {
+            cm.set_threads(t).expect("threads");
+            assert_eq!(cm.options().threads, t);
+            let y = cm.predict(&x).expect("predict");
+            assert!(
+                bits_equal(&y, &want),
+                "{engine:?}: {t} threads differ from 1"
+            );
+        }
+        let after = cm.prepared(8).expect("program");
+        assert!(Arc::ptr_eq(&before, &after), "{engine:?}: recompiled");
+        let err = cm.set_threads(0).expect_err("0 threads");
+        assert!(err.to_string().contains("at least 1"), "{err}");
+        assert_eq!(cm.options().threads, 3, "a refused count changes nothing");
+    }
+}

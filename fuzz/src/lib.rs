@@ -509,7 +509,10 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
         for &t in threads {
             c.set_threads(t)
                 .map_err(|e| format!("harness: set_threads({t}): {e}"))?;
-            outs.push(judge(&format!("predict {engine:?} ({t} threads)"), c.predict(&x))?);
+            outs.push(judge(
+                &format!("predict {engine:?} ({t} threads)"),
+                c.predict(&x),
+            )?);
         }
         Ok(outs)
     };
