@@ -371,9 +371,10 @@ fn dropout_masks(
         };
         let mut shape = vec![batch];
         shape.extend_from_slice(&node.shape);
-        let mask = reference::dropout::dropout_mask(*rate, *spatial, *data_format, &shape, rng)?
-            .ok_or_else(|| Error::internal("dropout mask of a rate-0 Dropout"))?;
-        out.push(mask.iter().copied().collect());
+        let mask =
+            reference::dropout::dropout_mask_vec(*rate, *spatial, *data_format, &shape, rng)?
+                .ok_or_else(|| Error::internal("dropout mask of a rate-0 Dropout"))?;
+        out.push(mask);
     }
     Ok(out)
 }
