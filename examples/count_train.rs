@@ -6,9 +6,10 @@
 //! `(Ir(REPS = n) − Ir(REPS = 0)) / n`, independent of whatever else the machine runs.
 //!
 //! With `COUNT_KERNELS=backward_dk,backward_dx` the kernels of the training-mode
-//! gradient program whose names contain one of the comma-separated parts are instead
-//! compiled alone and run `COUNT_REPS` times each (after one warm-up) over buffers
-//! allocated once, so one kernel's count is the difference of two such runs.
+//! gradient programs (forward phase, then backward) whose names contain one of the
+//! comma-separated parts are instead compiled alone and run `COUNT_REPS` times each
+//! (after one warm-up) over buffers allocated once, so one kernel's count is the
+//! difference of two such runs; each kernel's fastest run is printed too.
 //!
 //! With `COUNT_NO_STEP=1` no step runs (the forward program is compiled, the gradient
 //! and update programs are not): `Ir(REPS = 0) − Ir(NO_STEP) − one step` is then the
@@ -86,11 +87,20 @@ fn kernels(m: &Module, bufs: &mut [Vec<f32>], parts: &[&str], threads: usize, re
             kernels: vec![k.clone()],
         };
         let native = CompiledModule::compile(&one, &CodegenOptions::default()).expect("compile");
+        let mut times = Vec::with_capacity(reps + 1);
         for _ in 0..=reps {
             let mut args: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            let t = std::time::Instant::now();
             native.run(&mut args, threads).expect("run");
+            times.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        println!("  kernel {}: {reps} runs after one warm-up", k.name);
+        // The fastest of the timed runs (the warm-up excluded): a rough ranking of the
+        // kernels on a noisy machine; the instruction counts are the exact figures.
+        let best = times[1..].iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "  kernel {}: {reps} runs after one warm-up, fastest {best:.1} µs",
+            k.name
+        );
     }
 }
 
@@ -128,6 +138,7 @@ fn main() {
                 })
                 .collect();
             println!("{name} batch {batch}:");
+            kernels(&lowered.forward, &mut bufs, &parts, threads, reps);
             kernels(&lowered.backward, &mut bufs, &parts, threads, reps);
             continue;
         }

@@ -29,7 +29,7 @@ use crate::loop_ir::{
 };
 
 /// The tensor of a BatchNorm node viewed as `(B, outer, C, inner)`.
-struct View {
+pub(super) struct View {
     name: String,
     c: usize,
     outer: usize,
@@ -37,7 +37,7 @@ struct View {
 }
 
 impl View {
-    fn new(cx: &Cx, node: NodeId, bn: &BatchNorm) -> Result<View> {
+    pub(super) fn new(cx: &Cx, node: NodeId, bn: &BatchNorm) -> Result<View> {
         let n = &cx.graph.nodes[node];
         let c = *n.shape.get(bn.axis).ok_or_else(|| {
             Error::internal(format!("batch norm '{}': axis out of range", n.name))
@@ -51,7 +51,7 @@ impl View {
     }
 
     /// Flat index of element `(b, o, ch, i)`.
-    fn at(&self, b: Var, o: Var, ch: Affine, i: Var) -> Affine {
+    pub(super) fn at(&self, b: Var, o: Var, ch: Affine, i: Var) -> Affine {
         Affine::var(b)
             .scale((self.outer * self.c * self.inner) as i64)
             .plus_term(o, (self.c * self.inner) as i64)
@@ -60,7 +60,7 @@ impl View {
     }
 
     /// The elementwise nest around `store` (see the module docs for the schedule).
-    fn nest(&self, batch: usize, [b, o, ch, i]: [Var; 4], store: Stmt) -> Stmt {
+    pub(super) fn nest(&self, batch: usize, [b, o, ch, i]: [Var; 4], store: Stmt) -> Stmt {
         let body = if self.inner == 1 {
             // Channels innermost: i has extent 1 and sits outside.
             for_(

@@ -13,7 +13,18 @@
 //! `n·2⁻²⁴` for `n` elements per channel, far inside the training tolerance).
 //!
 //! Backward (`x̂ = (x − mean)/σ`, `σ = sqrt(var + ε)`, `n = outer·inner`):
-//! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/σ · (dy − Σdy/n − x̂·Σ(dy·x̂)/n)`.
+//! `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/σ · (dy − Σdy/n − x̂·Σ(dy·x̂)/n)`. The per-channel
+//! factors `σ`, `γ/σ`, `Σdy/n` and `Σ(dy·x̂)/n` are computed once per channel by small
+//! kernels into program buffers, not per element: the same operations on the same values,
+//! so the same bits, without a square root and three divisions per element.
+//!
+//! Schedule: channels last (`inner == 1`) with `C` a multiple of 4 — the common case of a
+//! BatchNorm after a Conv, Dense or LocallyConnected layer — runs four channels per
+//! `Vector(4)` lane group: the sums keep one accumulator lane per channel, each summing
+//! its channel serially in order (the order of the scalar schedule, so the same bits), and
+//! the elementwise `dx` loads contiguous lanes. Otherwise the sums are scalar per channel
+//! and `dx` follows the inference schedule ([`super::norm`]: `Vector(4)` over `inner`
+//! when a multiple of 4).
 
 use super::Cx;
 use crate::error::Result;
@@ -42,38 +53,65 @@ fn own_buffer(cx: &mut Cx, name: String, len: usize) -> BufId {
     (cx.buffers.len() - 1) as BufId
 }
 
-/// Index of element `(o, ch, i)`.
-fn at(o: u32, ch: u32, i: u32, c: usize, inner: usize) -> Affine {
-    Affine::var(o)
-        .scale((c * inner) as i64)
-        .plus_term(ch, inner as i64)
-        .plus_term(i, 1)
+/// The lanes of the channel-vectorised schedule (module docs), or `None` for scalar
+/// channels.
+fn channel_lanes(c: usize, inner: usize) -> Option<usize> {
+    (inner == 1 && c.is_multiple_of(4)).then_some(4)
 }
 
-/// Per-channel sums over `(outer, inner)` in order: `dst_k[ch] = (Σ term_k) · scale_k`.
-/// `terms` build each summand from the element index and the channel variable.
-#[allow(clippy::type_complexity)]
+/// A summand of a per-channel sum, built from the element index and the channel index.
+type Term<'a> = &'a dyn Fn(&Affine, &Affine) -> Expr;
+
+/// Per-channel sums over `(outer, inner)` in order: `dst_k[ch] = (Σ term_k) · scale_k`,
+/// each channel summed serially in element order, on every schedule.
 fn channel_sums(
     cx: &mut Cx,
     name: String,
     (outer, c, inner): (usize, usize, usize),
-    sums: &[(BufId, f32, &dyn Fn(&Affine, u32) -> Expr)],
+    sums: &[(BufId, f32, Term)],
     reads: &[BufId],
 ) {
     let mut kb = KernelBuilder::new(name);
-    let ch = kb.var("c");
+    let lanes = channel_lanes(c, inner);
+    if let Some(w) = lanes {
+        kb.schedule(format!(
+            "channels in Vector({w}) lanes, one accumulator each"
+        ));
+    }
+    // The parallel loop runs over channels, or over groups of `w` channels.
+    let cb = kb.var("c");
+    let blocks = lanes.map_or(c, |w| c / w);
+    // Each statement on the accumulators sits in a lane loop of its own (a variable is
+    // bound once): `(channel index, accumulator index, wrapper)`.
+    let lane = |kb: &mut KernelBuilder| -> (Affine, Affine, Box<dyn Fn(Stmt) -> Stmt>) {
+        match lanes {
+            Some(w) => {
+                let l = kb.var("l");
+                (
+                    Affine::var(cb).scale(w as i64).plus_term(l, 1),
+                    Affine::var(l),
+                    Box::new(move |st| for_(l, w as u64, LoopKind::Vector(w as u32), vec![st])),
+                )
+            }
+            None => (Affine::var(cb), Affine::constant(0), Box::new(|st| st)),
+        }
+    };
     let mut body = Vec::new();
     for (dst, scale, term) in sums {
+        let acc = kb.local("sum", lanes.unwrap_or(1));
+        let (_, at, wrap) = lane(&mut kb);
+        body.push(wrap(Stmt::SetLocal {
+            local: acc,
+            index: at,
+            value: Expr::Const(0.0),
+        }));
         let o = kb.var("o");
         let i = kb.var("i");
-        let acc = kb.local("sum", 1);
-        let zero = Affine::constant(0);
-        let idx = at(o, ch, i, c, inner);
-        body.push(Stmt::SetLocal {
-            local: acc,
-            index: zero.clone(),
-            value: Expr::Const(0.0),
-        });
+        let (ch, at, wrap) = lane(&mut kb);
+        let idx = Affine::var(o)
+            .scale((c * inner) as i64)
+            .plus_affine(&ch.clone().scale(inner as i64))
+            .plus_term(i, 1);
         body.push(for_(
             o,
             outer as u64,
@@ -82,21 +120,46 @@ fn channel_sums(
                 i,
                 inner as u64,
                 LoopKind::Serial,
-                vec![Stmt::SetLocal {
+                vec![wrap(Stmt::SetLocal {
                     local: acc,
-                    index: zero.clone(),
-                    value: bin(BinOp::Add, load_local(acc, zero.clone()), term(&idx, ch)),
-                }],
+                    index: at.clone(),
+                    value: bin(BinOp::Add, load_local(acc, at), term(&idx, &ch)),
+                })],
             )],
         ));
-        body.push(Stmt::Store {
+        let (ch, at, wrap) = lane(&mut kb);
+        body.push(wrap(Stmt::Store {
+            buf: *dst,
+            index: ch,
+            value: bin(BinOp::Mul, load_local(acc, at), Expr::Const(*scale)),
+        }));
+    }
+    let nest = for_(cb, blocks as u64, LoopKind::Parallel, body);
+    let writes: Vec<BufId> = sums.iter().map(|s| s.0).collect();
+    cx.push(kb.finish(vec![nest]), reads, &writes);
+}
+
+/// A kernel storing `value(ch)` into each `(dst, value)` for every channel: the
+/// per-channel factors of the backward pass (C elements, serial).
+fn per_channel(
+    cx: &mut Cx,
+    name: String,
+    c: usize,
+    stores: &[(BufId, &dyn Fn(&Affine) -> Expr)],
+    reads: &[BufId],
+) {
+    let mut kb = KernelBuilder::new(name);
+    let ch = kb.var("c");
+    let body = stores
+        .iter()
+        .map(|(dst, value)| Stmt::Store {
             buf: *dst,
             index: Affine::var(ch),
-            value: bin(BinOp::Mul, load_local(acc, zero), Expr::Const(*scale)),
-        });
-    }
-    let nest = for_(ch, c as u64, LoopKind::Parallel, body);
-    let writes: Vec<BufId> = sums.iter().map(|s| s.0).collect();
+            value: value(&Affine::var(ch)),
+        })
+        .collect();
+    let nest = for_(ch, c as u64, LoopKind::Serial, body);
+    let writes: Vec<BufId> = stores.iter().map(|s| s.0).collect();
     cx.push(kb.finish(vec![nest]), reads, &writes);
 }
 
@@ -117,12 +180,8 @@ pub fn forward(cx: &mut Cx, node: NodeId, bn: &BatchNorm) -> Result<(BufId, BufI
         &[(mean, 1.0 / n, &|idx, _| load(x, idx.clone()))],
         &[x],
     );
-    let dev = |idx: &Affine, ch: u32| {
-        let d = bin(
-            BinOp::Sub,
-            load(x, idx.clone()),
-            load(mean, Affine::var(ch)),
-        );
+    let dev = |idx: &Affine, ch: &Affine| {
+        let d = bin(BinOp::Sub, load(x, idx.clone()), load(mean, ch.clone()));
         bin(BinOp::Mul, d.clone(), d)
     };
     channel_sums(
@@ -153,30 +212,30 @@ pub fn backward(cx: &mut Cx, node: NodeId, bn: &BatchNorm, dy: BufId) -> Result<
         }
     };
     let x = cx.input(node, 0)?;
-    let sd = |ch: u32| {
-        un(
-            UnOp::Sqrt,
-            bin(
-                BinOp::Add,
-                load(var, Affine::var(ch)),
-                Expr::Const(bn.epsilon),
-            ),
-        )
-    };
-    let xhat = |idx: &Affine, ch: u32| {
+    // σ per channel, once (the same `sqrt(var + ε)` the forward pass divides by).
+    let sd = own_buffer(cx, format!("{name}.sd"), c);
+    per_channel(
+        cx,
+        format!("{name}.backward_sd"),
+        c,
+        &[(sd, &|ch| {
+            un(
+                UnOp::Sqrt,
+                bin(BinOp::Add, load(var, ch.clone()), Expr::Const(bn.epsilon)),
+            )
+        })],
+        &[var],
+    );
+    let xhat = |idx: &Affine, ch: &Affine| {
         bin(
             BinOp::Div,
-            bin(
-                BinOp::Sub,
-                load(x, idx.clone()),
-                load(mean, Affine::var(ch)),
-            ),
-            sd(ch),
+            bin(BinOp::Sub, load(x, idx.clone()), load(mean, ch.clone())),
+            load(sd, ch.clone()),
         )
     };
     let sum_dy = own_buffer(cx, format!("{name}.sum_dy"), c);
     let sum_dy_xhat = own_buffer(cx, format!("{name}.sum_dy_xhat"), c);
-    let dy_xhat = |idx: &Affine, ch: u32| bin(BinOp::Mul, load(dy, idx.clone()), xhat(idx, ch));
+    let dy_xhat = |idx: &Affine, ch: &Affine| bin(BinOp::Mul, load(dy, idx.clone()), xhat(idx, ch));
     channel_sums(
         cx,
         format!("{name}.backward_sums"),
@@ -185,7 +244,7 @@ pub fn backward(cx: &mut Cx, node: NodeId, bn: &BatchNorm, dy: BufId) -> Result<
             (sum_dy, 1.0, &|idx, _| load(dy, idx.clone())),
             (sum_dy_xhat, 1.0, &dy_xhat),
         ],
-        &[x, dy],
+        &[x, dy, mean, sd],
     );
     for (param, sum, on) in [
         ("beta", sum_dy, bn.center),
@@ -193,19 +252,13 @@ pub fn backward(cx: &mut Cx, node: NodeId, bn: &BatchNorm, dy: BufId) -> Result<
     ] {
         if on {
             let d = cx.dparam(node, param)?;
-            let mut kb = KernelBuilder::new(format!("{name}.backward_d{param}"));
-            let ch = kb.var("c");
-            let nest = for_(
-                ch,
-                c as u64,
-                LoopKind::Serial,
-                vec![Stmt::Store {
-                    buf: d,
-                    index: Affine::var(ch),
-                    value: load(sum, Affine::var(ch)),
-                }],
+            per_channel(
+                cx,
+                format!("{name}.backward_d{param}"),
+                c,
+                &[(d, &|ch| load(sum, ch.clone()))],
+                &[sum],
             );
-            cx.push(kb.finish(vec![nest]), &[sum], &[d]);
         }
     }
     let gamma = if bn.scale {
@@ -213,38 +266,49 @@ pub fn backward(cx: &mut Cx, node: NodeId, bn: &BatchNorm, dy: BufId) -> Result<
     } else {
         None
     };
+    // γ/σ, Σdy/n and Σ(dy·x̂)/n per channel, once.
+    let scale = own_buffer(cx, format!("{name}.dx_scale"), c);
+    let mean_dy = own_buffer(cx, format!("{name}.mean_dy"), c);
+    let mean_dy_xhat = own_buffer(cx, format!("{name}.mean_dy_xhat"), c);
+    let g = |ch: &Affine| gamma.map_or(Expr::Const(1.0), |g| load(g, ch.clone()));
+    let per_n =
+        |buf: BufId| move |ch: &Affine| bin(BinOp::Div, load(buf, ch.clone()), Expr::Const(n));
+    let mut reads = vec![sd, sum_dy, sum_dy_xhat];
+    reads.extend(gamma);
+    per_channel(
+        cx,
+        format!("{name}.backward_factors"),
+        c,
+        &[
+            (scale, &|ch| bin(BinOp::Div, g(ch), load(sd, ch.clone()))),
+            (mean_dy, &per_n(sum_dy)),
+            (mean_dy_xhat, &per_n(sum_dy_xhat)),
+        ],
+        &reads,
+    );
     let dx = cx.grad_input(node, 0)?;
+    let view = super::norm::View::new(cx, node, bn)?;
     let mut kb = KernelBuilder::new(format!("{name}.backward_dx"));
-    let (o, ch, i) = (kb.var("o"), kb.var("c"), kb.var("i"));
-    let idx = at(o, ch, i, c, inner);
-    let per_n = |buf: BufId| bin(BinOp::Div, load(buf, Affine::var(ch)), Expr::Const(n));
+    let vars = [kb.var("b"), kb.var("o"), kb.var("c"), kb.var("i")];
+    let [b, o, ch, i] = vars;
+    let ch = Affine::var(ch);
+    let idx = view.at(b, o, ch.clone(), i);
     let centered = bin(
         BinOp::Sub,
-        bin(BinOp::Sub, load(dy, idx.clone()), per_n(sum_dy)),
-        bin(BinOp::Mul, xhat(&idx, ch), per_n(sum_dy_xhat)),
+        bin(BinOp::Sub, load(dy, idx.clone()), load(mean_dy, ch.clone())),
+        bin(BinOp::Mul, xhat(&idx, &ch), load(mean_dy_xhat, ch.clone())),
     );
-    let g = gamma.map_or(Expr::Const(1.0), |g| load(g, Affine::var(ch)));
-    let value = bin(BinOp::Mul, bin(BinOp::Div, g, sd(ch)), centered);
-    let nest = for_(
-        o,
-        outer as u64,
-        LoopKind::Parallel,
-        vec![for_(
-            ch,
-            c as u64,
-            LoopKind::Serial,
-            vec![for_(
-                i,
-                inner as u64,
-                LoopKind::Serial,
-                vec![Stmt::Store {
-                    buf: dx,
-                    index: idx,
-                    value,
-                }],
-            )],
-        )],
+    let value = bin(BinOp::Mul, load(scale, ch), centered);
+    let store = Stmt::Store {
+        buf: dx,
+        index: idx,
+        value,
+    };
+    let nest = view.nest(cx.batch, vars, store);
+    cx.push(
+        kb.finish(vec![nest]),
+        &[x, dy, mean, sd, scale, mean_dy, mean_dy_xhat],
+        &[dx],
     );
-    cx.push(kb.finish(vec![nest]), &[x, dy], &[dx]);
     Ok(())
 }
