@@ -139,13 +139,16 @@ fn channel_sums(
     cx.push(kb.finish(vec![nest]), reads, &writes);
 }
 
+/// A per-channel value, built from the channel index.
+type ChannelValue<'a> = &'a dyn Fn(&Affine) -> Expr;
+
 /// A kernel storing `value(ch)` into each `(dst, value)` for every channel: the
 /// per-channel factors of the backward pass (C elements, serial).
 fn per_channel(
     cx: &mut Cx,
     name: String,
     c: usize,
-    stores: &[(BufId, &dyn Fn(&Affine) -> Expr)],
+    stores: &[(BufId, ChannelValue)],
     reads: &[BufId],
 ) {
     let mut kb = KernelBuilder::new(name);
