@@ -9,7 +9,8 @@
 //! gradient programs (forward phase, then backward) whose names contain one of the
 //! comma-separated parts are instead compiled alone and run `COUNT_REPS` times each
 //! (after one warm-up) over buffers allocated once, so one kernel's count is the
-//! difference of two such runs; each kernel's fastest run is printed too.
+//! difference of two such runs; each kernel's fastest run is printed too, and with
+//! `COUNT_PRINT=1` its loop IR.
 //!
 //! With `COUNT_NO_STEP=1` no step runs (the forward program is compiled, the gradient
 //! and update programs are not): `Ir(REPS = 0) − Ir(NO_STEP) − one step` is then the
@@ -86,6 +87,9 @@ fn kernels(m: &Module, bufs: &mut [Vec<f32>], parts: &[&str], threads: usize, re
             buffers: m.buffers.clone(),
             kernels: vec![k.clone()],
         };
+        if std::env::var_os("COUNT_PRINT").is_some() {
+            print!("{}", lcjit::loop_ir::print::kernel_text(&one, k));
+        }
         let native = CompiledModule::compile(&one, &CodegenOptions::default()).expect("compile");
         let mut times = Vec::with_capacity(reps + 1);
         for _ in 0..=reps {

@@ -53,8 +53,10 @@ pub struct LoweredGrad {
     pub param_bufs: Vec<BufId>,
     /// The cotangent of output 0 (read by phase 2).
     pub cotangent_buf: BufId,
-    /// Gradient of each graph input.
-    pub dinput_bufs: Vec<BufId>,
+    /// Gradient of each graph input; `None` in training mode for an input no layer
+    /// gives a gradient (it is zero: no kernel fills a buffer with zeros each step that
+    /// nothing reads, the runtime returns zeros without touching memory).
+    pub dinput_bufs: Vec<Option<BufId>>,
     /// Gradient of each graph parameter (canonical layout).
     pub dparam_bufs: Vec<BufId>,
     /// Training mode: `(node, mask buffer)` of each Dropout with a rate above 0, in node
@@ -378,8 +380,13 @@ pub fn lower_gradients_in(
         extra.push((c, BufRole::Cotangent(k + 1)));
         activity_slots.push((id, at, k + 1));
     }
-    let n_fixed = extra.len();
+    // Per input, its index in `extra` (None: a zero gradient nothing computes).
+    let mut dinput_slots = Vec::with_capacity(graph.inputs.len());
     for (i, &n) in graph.inputs.iter().enumerate() {
+        if cx.skip_input_grads && cx.grad_parts[n].is_empty() {
+            dinput_slots.push(None);
+            continue;
+        }
         let len = batch * graph.nodes[n].shape.iter().product::<usize>();
         let owned = match cx.grad_parts[n].as_slice() {
             [t] => extra.iter().all(|(e, _)| e != t),
@@ -395,6 +402,7 @@ pub fn lower_gradients_in(
             (dst - TENSOR_BASE) as TensorId
         };
         extra.push((t, BufRole::GradInput(i)));
+        dinput_slots.push(Some(extra.len() - 1));
     }
     // Parameters without a gradient, and non-trainable ones, get zeros.
     for (p, spec) in graph.params.iter().enumerate() {
@@ -433,7 +441,10 @@ pub fn lower_gradients_in(
         output_bufs: lowered.output_bufs,
         param_bufs: lowered.param_bufs,
         cotangent_buf: bufs[0],
-        dinput_bufs: bufs[n_fixed..].to_vec(),
+        dinput_bufs: dinput_slots
+            .iter()
+            .map(|slot| slot.and_then(|i| bufs.get(i).copied()))
+            .collect(),
         dparam_bufs,
         dropout_masks,
         batch_stats,

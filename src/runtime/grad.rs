@@ -310,7 +310,12 @@ impl CompiledModel {
             .dinput_bufs
             .iter()
             .zip(inputs)
-            .map(|(&b, x)| take(&owned, b, x.shape().to_vec()))
+            .map(|(&b, x)| match b {
+                Some(b) => take(&owned, b, x.shape().to_vec()),
+                // Zero-initialised memory from the allocator: no page is touched unless
+                // the caller reads it.
+                None => Ok(ArrayD::zeros(x.raw_dim())),
+            })
             .collect::<Result<Vec<_>>>()?;
         // Parameter gradients move out of the buffers without a copy (they are as large
         // as the weights); `recycle_gradients` hands the storage back.

@@ -225,8 +225,12 @@ fn grad_table<'a>(
     let bind = classify_buffers(&g.forward, lens, offsets, "the gradient program")?;
     let glen = |b: usize| g.forward.buffers.get(b).map_or(usize::MAX, |x| x.len);
     let one = |v: &[u32]| (v.len() == 1).then(|| v[0] as usize);
-    let (Some(gin), Some(cot), Some(dx)) =
-        (one(&g.input_bufs), bind.cotangent, one(&g.dinput_bufs))
+    // Inference-mode gradient programs give every input a gradient buffer.
+    let dx = match g.dinput_bufs.as_slice() {
+        [Some(b)] => Some(*b as usize),
+        _ => None,
+    };
+    let (Some(gin), Some(cot), Some(dx)) = (one(&g.input_bufs), bind.cotangent, dx)
     else {
         return Err(Error::internal(
             "aot: the gradient program lacks its input, cotangent or input gradient",
