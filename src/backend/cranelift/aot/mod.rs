@@ -230,8 +230,7 @@ fn grad_table<'a>(
         [Some(b)] => Some(*b as usize),
         _ => None,
     };
-    let (Some(gin), Some(cot), Some(dx)) = (one(&g.input_bufs), bind.cotangent, dx)
-    else {
+    let (Some(gin), Some(cot), Some(dx)) = (one(&g.input_bufs), bind.cotangent, dx) else {
         return Err(Error::internal(
             "aot: the gradient program lacks its input, cotangent or input gradient",
         ));
