@@ -54,8 +54,8 @@ pub struct LoweredGrad {
     /// The cotangent of output 0 (read by phase 2).
     pub cotangent_buf: BufId,
     /// Gradient of each graph input; `None` in training mode for an input no layer
-    /// gives a gradient (it is zero: no kernel fills a buffer with zeros each step that
-    /// nothing reads, the runtime returns zeros without touching memory).
+    /// gives a gradient (it is zero: rather than a kernel filling a buffer with zeros
+    /// each step that the run then copies out, the runtime returns zeroed arrays).
     pub dinput_bufs: Vec<Option<BufId>>,
     /// Gradient of each graph parameter (canonical layout).
     pub dparam_bufs: Vec<BufId>,

@@ -312,8 +312,8 @@ impl CompiledModel {
             .zip(inputs)
             .map(|(&b, x)| match b {
                 Some(b) => take(&owned, b, x.shape().to_vec()),
-                // Zero-initialised memory from the allocator: no page is touched unless
-                // the caller reads it.
+                // Zeroed by the allocator (calloc: fresh pages are free, reused ones one
+                // memset), instead of a zero-filling kernel and a copy out of its buffer.
                 None => Ok(ArrayD::zeros(x.raw_dim())),
             })
             .collect::<Result<Vec<_>>>()?;
