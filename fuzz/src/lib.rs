@@ -523,7 +523,7 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     let mut jit = run(Engine::Jit, &[1, 2])?;
     let jit2 = jit.pop().flatten();
     let jit1 = jit.pop().flatten();
-    // Asked only when an interpreter value and the reference's differ at an overflow.
+    // Asked only when an interpreter value and the reference's differ.
     let near_range_limit = || runs_near_range_limit(&model, &x);
     compare(
         &want,
@@ -612,24 +612,17 @@ fn compare(
     if bits(jit1) != bits(jit2) {
         return Err("JIT results differ between 1 and 2 threads".into());
     }
-    let mut overflow_ok = None;
     for (i, (a, w)) in interp.iter().zip(want.iter()).enumerate() {
-        if agrees(*a, *w, scale) {
-            continue;
+        // A run whose layers reach the edge of f32's range overflows in some sums in an
+        // order-dependent way (see `runs_near_range_limit`), and every later layer carries
+        // that on (a softmax turns +inf against −inf into NaN against 0): there the
+        // reference is no oracle, and only the JIT-vs-interpreter bits above are checked.
+        if !agrees(*a, *w, scale) {
+            if near_range_limit() {
+                return Ok(());
+            }
+            return Err(format!("element {i}: interpreter {a} but reference {w}"));
         }
-        // Both at the edge of the range, one infinite: a sum whose partial results
-        // overflowed, whose sign (or NaN, from inf − inf) depends on the summation order
-        // the engines may choose. Accepted only when the run really reached the range
-        // limit (see `runs_near_range_limit`).
-        let extreme = |v: f32| v.is_nan() || v.abs() >= HUGE;
-        if extreme(*a)
-            && extreme(*w)
-            && (a.is_infinite() || w.is_infinite())
-            && *overflow_ok.get_or_insert_with(near_range_limit)
-        {
-            continue;
-        }
-        return Err(format!("element {i}: interpreter {a} but reference {w}"));
     }
     Ok(())
 }
@@ -637,16 +630,19 @@ fn compare(
 /// Magnitude from which a finite value counts as at the edge of f32's range.
 const HUGE: f32 = 1e30;
 
-/// Whether the reference run holds a finite value of magnitude at least [`HUGE`] in its
-/// input or in any layer's output: there, summing a few terms can overflow or not
-/// depending on their order (a max pool over a window of NaN gives `f32::MIN`, as
-/// TensorFlow's does, and a LocallyConnected layer summing 64 channels of it overflows
-/// to +inf in one order and to −inf in another).
+/// Magnitude from which a finite layer output makes a run's sums overflow depending on
+/// their order: f32::MAX / 34, so that a sum of a few dozen such terms may or may not
+/// overflow.
+const NEAR_MAX: f32 = 1e37;
+
+/// Whether some layer of the reference run outputs a finite value of magnitude at least
+/// [`NEAR_MAX`]. Asked only when the interpreter and the reference disagree. Found by
+/// fuzzing: a max pool over a window of NaN gives `f32::MIN`, as TensorFlow's does, and a
+/// LocallyConnected layer summing a dozen taps of it overflowed to +inf in the
+/// interpreter's order and to −inf in the reference's (`maxpool_nan_inf_sign`), or to NaN
+/// (+inf − inf) that a softmax then kept as NaN where the reference's gave 0
+/// (`maxpool_nan_overflow_softmax`). The inputs (|x| ≤ 1e30) do not count.
 fn runs_near_range_limit(model: &Arc<Model>, x: &ArrayD<f32>) -> bool {
-    let huge = |y: &ArrayD<f32>| y.iter().any(|v| v.is_finite() && v.abs() >= HUGE);
-    if huge(x) {
-        return true;
-    }
     let names: Vec<&str> = model
         .graph()
         .nodes
@@ -660,7 +656,10 @@ fn runs_near_range_limit(model: &Arc<Model>, x: &ArrayD<f32>) -> bool {
     };
     CompiledModel::new(model.clone(), opts)
         .and_then(|c| c.predict_outputs(&[x.view()], &names[1..], x.shape()[0].max(1)))
-        .is_ok_and(|outs| outs.iter().any(|(_, y)| huge(y)))
+        .is_ok_and(|outs| {
+            outs.iter()
+                .any(|(_, y)| y.iter().any(|v| v.is_finite() && v.abs() >= NEAR_MAX))
+        })
 }
 
 /// The interpreter's value `a` against the reference's `w` (see [`structural`]).
