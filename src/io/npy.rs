@@ -365,12 +365,20 @@ pub(crate) fn parse_header(bytes: &[u8]) -> std::result::Result<(NpyInfo, usize)
 }
 
 /// The deepest bracket nesting a header may have: numpy's own headers nest two deep
-/// (the dictionary and the shape tuple; a structured dtype a few more).
-const MAX_NESTING: usize = 32;
+/// (the dictionary and the shape tuple); a structured dtype with a subarray nests four
+/// (dictionary, field list, field tuple, subarray shape), and is then refused for its
+/// element type, which lcjit does not read.
+///
+/// Why so low: ndarray-npy's Python-literal parser (pest) backtracks on brackets that do
+/// not close, at a cost that grows about 1.8× per level (fuzzing found a 135-byte header
+/// nested 13 deep that took 7 s; 32 levels would take hours). Four levels bound it to a
+/// constant factor over the header's length.
+const MAX_NESTING: usize = 4;
 
 /// Rejects a header nested deeper than [`MAX_NESTING`] before ndarray-npy's recursive
-/// Python-literal parser sees it (a shape of 20,000 nested tuples overflows its stack).
-/// Only the header's own bytes are scanned (at most its declared length).
+/// Python-literal parser sees it (a shape of 20,000 nested tuples overflows its stack,
+/// a dozen unclosed brackets make it backtrack for seconds). Only the header's own bytes
+/// are scanned (at most its declared length).
 fn check_nesting(bytes: &[u8]) -> std::result::Result<(), String> {
     let (start, len): (usize, Option<usize>) = match bytes.get(6) {
         Some(1) => (

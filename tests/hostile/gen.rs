@@ -257,6 +257,9 @@ fn npy_cases(dir: &Path, cases: &mut Vec<Case>) {
         ("garbage_dict", npy_raw("{{{{{{{{", &[0; 32])),
         ("deep_nesting", npy_raw(&format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {}2{}, }}", "(".repeat(20000), ",)".repeat(20000)), &[])),
         ("structured", npy_raw("{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (2, 2), }", &[0; 32])),
+        // Found by fuzzing: brackets that never close make ndarray-npy's parser
+        // backtrack exponentially in their depth (this one would run for hours).
+        ("unclosed_nesting_25", npy_raw(&format!("{{{}", "('<f4',{'a':".repeat(12)), &[0; 8])),
     ];
     for (name, bytes) in raw {
         let file = format!("npy_{name}.npy");
