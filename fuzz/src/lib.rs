@@ -454,11 +454,15 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     g.outputs = vec![last];
-    // Elements per sample are bounded by the budget; keep the run cheap as well.
+    // Elements per sample and weights are bounded by the budget; keep the run cheap as
+    // well (a 3-D LC layer of 64 filters, 3×3×3 taps over 5×5×5×64 has 14 M weights, and
+    // initialising and interpreting them in this instrumented build took 11 s).
     let per_sample: usize = g.nodes[input].shape.iter().product();
-    if g.nodes
-        .iter()
-        .any(|n| n.shape.iter().product::<usize>() > 1 << 14)
+    let weights: usize = g.params.iter().map(|p| p.len()).sum();
+    if weights > 1 << 20
+        || g.nodes
+            .iter()
+            .any(|n| n.shape.iter().product::<usize>() > 1 << 14)
     {
         return Ok(());
     }
