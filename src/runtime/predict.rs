@@ -240,7 +240,20 @@ impl CompiledModel {
             } else if let Some(rp) = &ref_params {
                 let owned: Vec<ArrayD<f32>> = part.iter().map(|v| v.to_owned()).collect();
                 let graph = target.graph(self.model.graph());
-                let outs = crate::reference::forward(graph, rp, &owned)?;
+                // The reference may return an output in another memory order (a layer that
+                // passes a permuted or repeated input through): deliver row-major copies
+                // of those, as every compiled engine does. Found by the structural fuzzer
+                // (an Average merge of one tensor three times, cut at inner layers).
+                let outs: Vec<ArrayD<f32>> = crate::reference::forward(graph, rp, &owned)?
+                    .into_iter()
+                    .map(|a| {
+                        if a.is_standard_layout() {
+                            a
+                        } else {
+                            a.as_standard_layout().into_owned()
+                        }
+                    })
+                    .collect();
                 let slices: Vec<&[f32]> = outs
                     .iter()
                     .map(|a| {
