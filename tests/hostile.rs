@@ -70,6 +70,27 @@ struct Outcome {
     timed_out: bool,
 }
 
+/// The limits of every case, set in the forked child before exec: the address space
+/// ([`MEMORY_LIMIT`]) and 20 s of CPU. Only calls setrlimit, which is
+/// async-signal-safe and touches no memory of the parent.
+fn limit_child() -> std::io::Result<()> {
+    let as_limit = libc::rlimit {
+        rlim_cur: MEMORY_LIMIT,
+        rlim_max: MEMORY_LIMIT,
+    };
+    let cpu = libc::rlimit {
+        rlim_cur: 20,
+        rlim_max: 20,
+    };
+    // SAFETY: setrlimit reads the two structs above and changes only this process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &as_limit) } != 0
+        || unsafe { libc::setrlimit(libc::RLIMIT_CPU, &cpu) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `lcjit args` under the limits and waits for it (see the module docs).
 fn run_limited(args: &[String], scratch: &Path) -> Outcome {
     use std::os::unix::process::CommandExt;
@@ -83,22 +104,7 @@ fn run_limited(args: &[String], scratch: &Path) -> Outcome {
     // SAFETY: the closure runs in the forked child before exec and only calls
     // setrlimit, which is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            let as_limit = libc::rlimit {
-                rlim_cur: MEMORY_LIMIT,
-                rlim_max: MEMORY_LIMIT,
-            };
-            let cpu = libc::rlimit {
-                rlim_cur: 20,
-                rlim_max: 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0
-                || libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(limit_child);
     }
     let start = Instant::now();
     let child = cmd.spawn().expect("spawn lcjit");
@@ -171,22 +177,7 @@ fn peak_rss_kib(args: &[String], scratch: &Path) -> Option<u64> {
         .stderr(Stdio::null());
     // SAFETY: as in `run_limited`: only setrlimit between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            let as_limit = libc::rlimit {
-                rlim_cur: MEMORY_LIMIT,
-                rlim_max: MEMORY_LIMIT,
-            };
-            let cpu = libc::rlimit {
-                rlim_cur: 20,
-                rlim_max: 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &as_limit) != 0
-                || libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(limit_child);
     }
     let mut child = cmd.spawn().ok()?;
     let start = Instant::now();

@@ -539,23 +539,30 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
     )
 }
 
-/// Diagnosing a finding: every layer's output on the reference and the interpreter.
-fn debug_layers(model: &Arc<Model>, x: &ArrayD<f32>) {
-    let names: Vec<&str> = model
-        .graph()
-        .nodes
+/// Every layer's output (the input node excluded: the harness's graphs have one input,
+/// node 0) on `engine`, one thread.
+fn layer_outputs(
+    model: &Arc<Model>,
+    x: &ArrayD<f32>,
+    engine: Engine,
+) -> Result<Vec<(String, ArrayD<f32>)>, Error> {
+    let names: Vec<&str> = model.graph().nodes[1..]
         .iter()
         .map(|n| n.name.as_str())
         .collect();
+    let rows = x.shape()[0].max(1);
+    let opts = CompileOptions {
+        engine,
+        threads: 1,
+        max_batch: rows,
+    };
+    CompiledModel::new(model.clone(), opts)?.predict_outputs(&[x.view()], &names, rows)
+}
+
+/// Diagnosing a finding: every layer's output on the reference and the interpreter.
+fn debug_layers(model: &Arc<Model>, x: &ArrayD<f32>) {
     for engine in [Engine::Reference, Engine::Interp] {
-        let opts = CompileOptions {
-            engine,
-            threads: 1,
-            max_batch: x.shape()[0].max(1),
-        };
-        let outs = CompiledModel::new(model.clone(), opts)
-            .and_then(|c| c.predict_outputs(&[x.view()], &names[1..], x.shape()[0].max(1)));
-        match outs {
+        match layer_outputs(model, x, engine) {
             Ok(outs) => {
                 for (name, y) in outs {
                     eprintln!("{engine:?} {name}: {y:?}");
@@ -648,23 +655,10 @@ const NEAR_MAX: f32 = 1e37;
 /// (+inf − inf) that a softmax then kept as NaN where the reference's gave 0
 /// (`maxpool_nan_overflow_softmax`). The inputs (|x| ≤ 1e30) do not count.
 fn runs_near_range_limit(model: &Arc<Model>, x: &ArrayD<f32>) -> bool {
-    let names: Vec<&str> = model
-        .graph()
-        .nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect();
-    let opts = CompileOptions {
-        engine: Engine::Reference,
-        threads: 1,
-        max_batch: x.shape()[0].max(1),
-    };
-    CompiledModel::new(model.clone(), opts)
-        .and_then(|c| c.predict_outputs(&[x.view()], &names[1..], x.shape()[0].max(1)))
-        .is_ok_and(|outs| {
-            outs.iter()
-                .any(|(_, y)| y.iter().any(|v| v.is_finite() && v.abs() >= NEAR_MAX))
-        })
+    layer_outputs(model, x, Engine::Reference).is_ok_and(|outs| {
+        outs.iter()
+            .any(|(_, y)| y.iter().any(|v| v.is_finite() && v.abs() >= NEAR_MAX))
+    })
 }
 
 /// The interpreter's value `a` against the reference's `w` (see [`structural`]).
