@@ -78,6 +78,7 @@ fn forward(c: &mut Criterion) {
                     engine,
                     threads: threads(),
                     max_batch: batch,
+                    ..Default::default()
                 };
                 let Ok(compiled) = CompiledModel::new(model.clone(), opts) else {
                     continue;

@@ -152,6 +152,7 @@ fn main() {
                 engine: lcjit::Engine::Jit,
                 threads,
                 max_batch: batch,
+                ..Default::default()
             },
         )
         .expect("compile");

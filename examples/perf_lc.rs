@@ -32,6 +32,7 @@ fn main() {
                 engine: lcjit::Engine::Jit,
                 threads: 1,
                 max_batch: batch,
+                ..Default::default()
             },
         )
         .expect("compile");

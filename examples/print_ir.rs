@@ -44,6 +44,7 @@ fn main() -> Result<(), lcjit::Error> {
             engine: Engine::Jit,
             threads: 2,
             max_batch: 1,
+            ..Default::default()
         },
     )?;
     let mut shape = vec![1];

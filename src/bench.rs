@@ -54,7 +54,19 @@ pub fn forward_flops(graph: &Graph, batch: usize) -> u64 {
     total
 }
 
-/// Bytes of all weights (canonical layout).
+/// Bytes of all weights as stored with LC and Dense kernels in `dtype` (16-bit ones
+/// take 2 bytes, see [`crate::lower::weights`]).
+pub fn stored_weight_bytes(graph: &Graph, dtype: crate::loop_ir::Dtype) -> u64 {
+    let narrowed = match dtype {
+        crate::loop_ir::Dtype::F32 => 0,
+        _ => crate::lower::weights::narrowed_bytes(graph),
+    };
+    // Each narrowed weight saves 2 of its 4 bytes.
+    let saved = u64::try_from(narrowed).unwrap_or(u64::MAX);
+    weight_bytes(graph).saturating_sub(saved)
+}
+
+/// Bytes of all weights in f32 (canonical layout).
 pub fn weight_bytes(graph: &Graph) -> u64 {
     graph.params.iter().map(|p| 4 * p.len() as u64).sum()
 }
@@ -178,11 +190,13 @@ fn probe_module(input_len: usize, output_len: usize, kernel: crate::loop_ir::Ker
                 name: "x".into(),
                 len: input_len,
                 role: BufRole::Input(0),
+                dtype: crate::loop_ir::Dtype::F32,
             },
             Buffer {
                 name: "y".into(),
                 len: output_len,
                 role: BufRole::Output(0),
+                dtype: crate::loop_ir::Dtype::F32,
             },
         ],
         kernels: vec![kernel],
@@ -305,8 +319,12 @@ pub struct BenchReport {
     pub threads: usize,
     /// Parameter count (Keras's).
     pub params: usize,
-    /// Bytes of weights.
+    /// Bytes of weights (f32).
     pub weight_bytes: u64,
+    /// How LC and Dense kernels were stored for the forward pass.
+    pub weights_dtype: crate::loop_ir::Dtype,
+    /// Bytes of weights as stored for the forward pass (`weight_bytes` for f32).
+    pub stored_weight_bytes: u64,
     /// Forward flops per batch.
     pub forward_flops: u64,
     /// JIT compile time of the forward program (lowering + codegen), ms.
@@ -365,6 +383,14 @@ impl BenchReport {
             self.weight_bytes as f64 / 1e6,
             self.forward_flops as f64 / 1e9
         );
+        if self.weights_dtype != crate::loop_ir::Dtype::F32 {
+            let _ = writeln!(
+                s,
+                "forward with LC and Dense kernels in {}: weights stored in {:.1} MB",
+                self.weights_dtype.name(),
+                self.stored_weight_bytes as f64 / 1e6
+            );
+        }
         if let Some(c) = self.compile_ms_forward {
             let _ = writeln!(s, "compile (forward, lower + codegen): {c:.1} ms");
         }
@@ -410,7 +436,7 @@ impl BenchReport {
             if let Some(j) = jit {
                 let _ = writeln!(
                     s,
-                    "jit: {:.1} GB/s of weights ({:.2}x the time to stream them once, {stream_ms:.2} ms), \
+                    "jit: {:.1} GB/s of f32 weights ({:.2}x the time to stream them once, {stream_ms:.2} ms), \
 {:.1} GFLOP/s ({:.0}% of the FMA rate; bound {fma_ms:.2} ms)",
                     self.gbps().unwrap_or(0.0),
                     j / stream_ms,
@@ -438,16 +464,38 @@ pub fn adaptive_median_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t[t.len() / 2])
 }
 
-/// Benchmarks `model` on `engines` at one batch size.
+/// What [`bench_model`] measures.
+#[derive(Clone, Debug)]
+pub struct BenchRun<'a> {
+    /// Batch size.
+    pub batch: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Engines to time, in order.
+    pub engines: &'a [crate::Engine],
+    /// Also run the roofline probe.
+    pub probe: bool,
+    /// Also time a training step.
+    pub train: bool,
+    /// How LC and Dense kernels are stored for the forward pass
+    /// ([`crate::CompileOptions::weights_dtype`]); training steps always use f32.
+    pub weights_dtype: crate::loop_ir::Dtype,
+}
+
+/// Benchmarks `model` as `run` says.
 pub fn bench_model(
     name: &str,
     model: std::sync::Arc<crate::Model>,
-    batch: usize,
-    threads: usize,
-    engines: &[crate::Engine],
-    probe: bool,
-    train: bool,
+    run: &BenchRun,
 ) -> Result<BenchReport> {
+    let BenchRun {
+        batch,
+        threads,
+        engines,
+        probe,
+        train,
+        weights_dtype,
+    } = *run;
     let mut shape = vec![batch];
     shape.extend_from_slice(model.input_shape());
     let mut rng = crate::init::Rng::new(7);
@@ -462,20 +510,31 @@ pub fn bench_model(
     let mut train_ms = Vec::new();
     let mut compile_ms_backward = None;
     for &engine in engines {
-        let compiled = crate::CompiledModel::new(
-            model.clone(),
-            crate::CompileOptions {
-                engine,
-                threads,
-                max_batch: batch,
-            },
-        )?;
+        let opts = crate::CompileOptions {
+            engine,
+            threads,
+            max_batch: batch,
+            weights_dtype,
+        };
+        let compiled = crate::CompiledModel::new(model.clone(), opts.clone())?;
         if engine.backend() == Some(Backend::Jit) {
             compile_ms_forward = Some(compiled.prepared(batch)?.compile_ms);
         }
         let ms = adaptive_median_ms(|| compiled.predict(&x).map(|_| ()))?;
         forward_ms.push((engine, ms));
         if train {
+            // Training is f32 (16-bit weights are an inference option).
+            let compiled = if weights_dtype == crate::loop_ir::Dtype::F32 {
+                compiled
+            } else {
+                crate::CompiledModel::new(
+                    model.clone(),
+                    crate::CompileOptions {
+                        weights_dtype: crate::loop_ir::Dtype::F32,
+                        ..opts
+                    },
+                )?
+            };
             let (ms, compile) = train_step_ms(&compiled, &x)?;
             train_ms.push((engine, ms));
             if engine.backend() == Some(Backend::Jit) {
@@ -489,6 +548,8 @@ pub fn bench_model(
         threads,
         params: model.graph().keras_param_count(),
         weight_bytes: weight_bytes(model.graph()),
+        weights_dtype,
+        stored_weight_bytes: stored_weight_bytes(model.graph(), weights_dtype),
         forward_flops: forward_flops(model.graph(), batch),
         compile_ms_forward,
         forward_ms,

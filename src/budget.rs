@@ -165,6 +165,15 @@ pub fn check_run(graph: &Graph, batch: usize, training: bool) -> Result<()> {
     check_memory(graph, batch, training, run_memory(graph, batch, training))
 }
 
+/// [`check_run`] for an inference run that also holds `copies` bytes of weight copies
+/// (the 16-bit weights of `CompileOptions::weights_dtype`, or the rounded f32 weights
+/// the reference engine computes with under it).
+pub fn check_run_with_copies(graph: &Graph, batch: usize, copies: u128) -> Result<()> {
+    let mut mem = run_memory(graph, batch, false);
+    mem.weights += copies;
+    check_memory(graph, batch, false, mem)
+}
+
 /// [`check_run`] for training that also keeps one copy of the weights (the epoch-start
 /// weights `fit` restores when an update overflows; see
 /// `FitOptions::stop_on_non_finite`).

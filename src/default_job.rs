@@ -55,6 +55,7 @@ pub fn run(memory_budget: u64) -> Result<()> {
             engine: Engine::Jit,
             threads,
             max_batch: 1,
+            ..Default::default()
         },
     )?;
     let x = input_for(&model, 1)?;
@@ -73,11 +74,14 @@ pub fn run(memory_budget: u64) -> Result<()> {
         let report = lcjit::bench::bench_model(
             "deepface_l4_l6",
             model.clone(),
-            batch,
-            threads,
-            &[Engine::Jit, Engine::Reference],
-            batch == 1,
-            batch == 32,
+            &lcjit::bench::BenchRun {
+                batch,
+                threads,
+                engines: &[Engine::Jit, Engine::Reference],
+                probe: batch == 1,
+                train: batch == 32,
+                weights_dtype: lcjit::loop_ir::Dtype::F32,
+            },
         )?;
         println!("{}", report.table());
     }
@@ -94,6 +98,7 @@ pub fn run(memory_budget: u64) -> Result<()> {
                 engine: Engine::Jit,
                 threads,
                 max_batch: batch,
+                ..Default::default()
             },
         ) {
             Ok(c) => ("jit", c.predict(&x)?),

@@ -224,6 +224,7 @@ fn jit_model(model: &Arc<Model>, batch: usize) -> CompiledModel {
             engine: Engine::Jit,
             threads: 1,
             max_batch: batch,
+            ..Default::default()
         },
     )
     .expect("jit")

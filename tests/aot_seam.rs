@@ -139,6 +139,7 @@ fn jit_model(model: &Model, batch: usize) -> CompiledModel {
             engine: Engine::Jit,
             threads: 1,
             max_batch: batch,
+            ..Default::default()
         },
     )
     .expect("jit")

@@ -29,6 +29,7 @@ fn compiled(model: &Arc<Model>, engine: Engine, batch: usize) -> CompiledModel {
             engine,
             threads: 2,
             max_batch: batch,
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("{}: {e}", engine.name()))

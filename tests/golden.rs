@@ -7,8 +7,9 @@
 //!
 //! `LCJIT_GOLDEN_DIR` points the tests at another directory of cases of the same kind.
 
+mod common;
+use common::rel_err;
 use lcjit::{io, CompileOptions, CompiledModel, Engine, Model};
-use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -40,16 +41,6 @@ fn cases() -> Vec<PathBuf> {
     v.sort();
     assert!(!v.is_empty(), "no golden cases found");
     v
-}
-
-/// `max|a − b| / max(1, max|b|)`.
-fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    let scale = b.iter().fold(1f32, |m, &v| m.max(v.abs()));
-    a.iter()
-        .zip(b.iter())
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 /// The routes a case offers: (label, model file, optional weights file).
@@ -93,6 +84,7 @@ fn every_golden_case_matches_keras_through_the_api() {
                     engine,
                     threads: 2,
                     max_batch: x.shape()[0],
+                    ..Default::default()
                 };
                 CompiledModel::new(Arc::new(m), opts)?.predict(&x)
             })();

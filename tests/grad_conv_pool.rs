@@ -458,6 +458,7 @@ fn max_pooling_nan_infinite_and_tied_windows_match_keras() {
                 engine,
                 threads,
                 max_batch: 1,
+                ..Default::default()
             };
             let compiled = CompiledModel::new(model.clone(), opts).expect("compile");
             let y = compiled.predict(&inputs[0]).expect("predict");

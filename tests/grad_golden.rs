@@ -4,6 +4,8 @@
 //! `tests/data/keras-grid`) with
 //! `max|g − ref| ≤ 1e-4 · max(1, max|ref|)`, and every key of `grads.npz` is matched.
 
+mod common;
+use common::rel_err;
 use lcjit::graph::layout::canonical_to_keras;
 use lcjit::reference::backward::gradients;
 use lcjit::{io, Model};
@@ -22,16 +24,6 @@ fn cases() -> Vec<PathBuf> {
     v.sort();
     assert!(!v.is_empty(), "no golden cases found");
     v
-}
-
-/// `max|a − b| / max(1, max|b|)`.
-fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    let scale = b.iter().fold(1f32, |m, &v| m.max(v.abs()));
-    a.iter()
-        .zip(b.iter())
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]

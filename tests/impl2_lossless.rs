@@ -205,6 +205,7 @@ fn train(model: &mut Model, case: &Path, epochs: usize, batch: usize, engine: En
         engine,
         threads: 2,
         max_batch: batch,
+        ..Default::default()
     };
     fit_compiled(
         model,
@@ -327,6 +328,7 @@ fn frozen_impl2_layer_is_kept_bit_for_bit() {
         engine: Engine::Jit,
         threads: 1,
         max_batch: 4,
+        ..Default::default()
     };
     fit_compiled(
         &mut model,

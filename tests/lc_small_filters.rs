@@ -49,6 +49,7 @@ fn check(sp: &Spec, batch: usize, seed: u64) -> Result<String, TestCaseError> {
             engine: Engine::Interp,
             threads: 1,
             max_batch: batch,
+            ..Default::default()
         },
     )
     .expect("compile interp");
@@ -67,6 +68,7 @@ fn check(sp: &Spec, batch: usize, seed: u64) -> Result<String, TestCaseError> {
                 engine: Engine::Jit,
                 threads,
                 max_batch: batch,
+                ..Default::default()
             },
         )
         .expect("compile jit");

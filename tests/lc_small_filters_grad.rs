@@ -56,6 +56,7 @@ fn grads(
             engine,
             threads,
             max_batch: x.shape()[0],
+            ..Default::default()
         },
     )
     .expect("compile");

@@ -15,11 +15,13 @@ fn module(kernel: lcjit::loop_ir::Kernel) -> Module {
                 name: "x".into(),
                 len: 16,
                 role: BufRole::Input(0),
+                dtype: lcjit::loop_ir::Dtype::F32,
             },
             Buffer {
                 name: "y".into(),
                 len: 16,
                 role: BufRole::Output(0),
+                dtype: lcjit::loop_ir::Dtype::F32,
             },
         ],
         kernels: vec![kernel],
@@ -164,4 +166,29 @@ fn guards_prove_clipped_windows() {
     let _ = (kb2.var("i"), kb2.var("t"));
     assert!(verify(&module(kb.finish(body(true)))).is_ok());
     assert!(rejected(&module(kb2.finish(body(false)))).contains("outside [0, 16)"));
+}
+
+#[test]
+fn rejects_16_bit_buffers_that_are_written() {
+    let mut m = module({
+        let mut kb = KernelBuilder::new("store16");
+        let i = kb.var("i");
+        kb.finish(vec![for_(
+            i,
+            16,
+            LoopKind::Serial,
+            vec![Stmt::Store {
+                buf: 1,
+                index: Affine::var(i),
+                value: load(0, Affine::var(i)),
+            }],
+        )])
+    });
+    m.buffers[1].dtype = lcjit::loop_ir::Dtype::Bf16;
+    let e = rejected(&m);
+    assert!(e.contains("stored in bf16 but is not read-only"), "{e}");
+    // Read-only 16-bit buffers are fine to load from.
+    m.buffers[1].dtype = lcjit::loop_ir::Dtype::F32;
+    m.buffers[0].dtype = lcjit::loop_ir::Dtype::F16;
+    assert!(verify(&m).is_ok());
 }

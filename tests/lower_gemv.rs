@@ -74,6 +74,7 @@ fn blocked_matrix_vector_product_matches() {
                         engine,
                         threads,
                         max_batch: batch,
+                        ..Default::default()
                     },
                 )
                 .expect("compile")
@@ -169,6 +170,7 @@ fn channel_blocked_lc_matches() {
                     engine,
                     threads: 2,
                     max_batch: batch,
+                    ..Default::default()
                 },
             )
             .expect("compile")

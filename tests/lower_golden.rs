@@ -46,6 +46,7 @@ fn every_golden_case_matches_keras_through_the_interpreter() {
                     engine: Engine::Interp,
                     threads: 2,
                     max_batch: batch,
+                    ..Default::default()
                 },
             )?;
             let got = compiled.predict(&x)?;

@@ -61,6 +61,7 @@ fn check(g: Graph, what: &str) {
                     engine,
                     threads: 2,
                     max_batch: batch,
+                    ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{what} ({}): {e}", engine.name()));

@@ -214,7 +214,7 @@ proptest! {
         let want = model.predict(&x).expect("reference");
         let compiled = CompiledModel::new(
             model.clone(),
-            CompileOptions { engine: Engine::Interp, threads: 2, max_batch: batch },
+            CompileOptions { engine: Engine::Interp, threads: 2, max_batch: batch, ..Default::default() },
         )
         .expect("compile");
         let got = compiled.predict(&x).expect("interp");
@@ -226,7 +226,7 @@ proptest! {
         for threads in [1, 2] {
             let jit = CompiledModel::new(
                 model.clone(),
-                CompileOptions { engine: Engine::Jit, threads, max_batch: batch },
+                CompileOptions { engine: Engine::Jit, threads, max_batch: batch, ..Default::default() },
             )
             .expect("compile jit");
             let y = jit.predict(&x).expect("jit");

@@ -185,6 +185,7 @@ fn special_values_match_keras_on_every_engine() {
                     engine,
                     threads: 1,
                     max_batch: 1,
+                    ..Default::default()
                 },
             )
             .expect("compile");

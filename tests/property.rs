@@ -152,7 +152,7 @@ proptest! {
         let model = Arc::new(Model::from_graph(g, seed).expect("model"));
         let x = input(&model, batch, seed);
         let want = model.predict(&x).expect("reference");
-        let interp = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Interp, threads: 1, max_batch: batch })
+        let interp = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Interp, threads: 1, max_batch: batch, ..Default::default() })
             .expect("compile interp");
         let y_interp = interp.predict(&x).expect("interp");
         prop_assert_eq!(y_interp.shape(), want.shape());
@@ -163,7 +163,7 @@ proptest! {
         // host they agree bit for bit, for every thread count.
         let mut first: Option<Vec<u32>> = None;
         for threads in [1, 2, 3] {
-            let jit = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Jit, threads, max_batch: batch })
+            let jit = CompiledModel::new(model.clone(), CompileOptions { engine: Engine::Jit, threads, max_batch: batch, ..Default::default() })
                 .expect("compile jit");
             let y = jit.predict(&x).expect("jit");
             let err = y.iter().zip(y_interp.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -202,6 +202,7 @@ fn compiled_model_serves_concurrent_callers() {
                 engine: Engine::Jit,
                 threads: 2,
                 max_batch: 3,
+                ..Default::default()
             },
         )
         .expect("compile"),
@@ -264,7 +265,7 @@ proptest! {
         let want: Vec<&ArrayD<f32>> = want_dx.iter().chain(&want_dp).collect();
         let mut first: Option<Vec<u32>> = None;
         for (engine, threads) in [(Engine::Interp, 1), (Engine::Jit, 1), (Engine::Jit, 2), (Engine::Jit, 3)] {
-            let cm = CompiledModel::new(model.clone(), CompileOptions { engine, threads, max_batch: batch }).expect("compile");
+            let cm = CompiledModel::new(model.clone(), CompileOptions { engine, threads, max_batch: batch, ..Default::default() }).expect("compile");
             let (dx, dp) = cm.gradients(inputs, &dy).expect("gradients");
             for (k, (got, w)) in dx.iter().chain(&dp).zip(&want).enumerate() {
                 prop_assert_eq!(got.shape(), w.shape());

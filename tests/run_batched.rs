@@ -83,6 +83,7 @@ fn compiled(model: Model, engine: Engine, max_batch: usize) -> CompiledModel {
             engine,
             threads: 2,
             max_batch,
+            ..Default::default()
         },
     )
     .expect("compile")
@@ -545,6 +546,7 @@ fn assert_batch_invariant(tag: &str, model: Model, interp: bool) {
             engine: Engine::Jit,
             threads: 1,
             max_batch: 32,
+            ..Default::default()
         },
     )
     .expect("compile");

@@ -86,6 +86,7 @@ fn trained(dir: &Path) -> Model {
         engine: lcjit::Engine::Jit,
         threads: 2,
         max_batch: 4,
+        ..Default::default()
     };
     let mut opt = Optimizer::new(setup.optimizer);
     fit_compiled(

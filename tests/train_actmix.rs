@@ -180,6 +180,7 @@ fn library_on_every_engine() {
                 engine,
                 threads: 2,
                 max_batch: 32,
+                ..Default::default()
             };
             let jit = CompiledModel::new(Arc::new(model.clone()), opts.clone()).expect("compile");
             let y = jit.predict(&x).expect("predict");

@@ -158,6 +158,7 @@ fn library_matches_tf_keras() {
                 engine,
                 threads: 1,
                 max_batch: 8,
+                ..Default::default()
             };
             let mut cb = callback(case);
             let h = fit_compiled(

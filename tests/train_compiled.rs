@@ -55,6 +55,7 @@ fn train(
         engine,
         threads: 2,
         max_batch: 4,
+        ..Default::default()
     };
     let loss = parse_loss_arg(loss).expect("loss");
     let h = fit_compiled(
@@ -245,6 +246,7 @@ fn compiled_fit_reports_metrics() {
             engine,
             threads: 2,
             max_batch: 4,
+            ..Default::default()
         };
         let loss = parse_loss_arg("categorical_crossentropy").expect("loss");
         let h = fit_compiled(
@@ -381,6 +383,7 @@ fn training_batch_norm_schedules_are_bitwise_equal_across_engines_and_threads() 
                     engine,
                     threads,
                     max_batch: 7,
+                    ..Default::default()
                 },
             )
             .expect("compile");

@@ -134,6 +134,7 @@ fn compiled_model_path_matches_keras() {
                 engine: Engine::Jit,
                 threads: 1,
                 max_batch: 3,
+                ..Default::default()
             },
         )
         .expect("compile");

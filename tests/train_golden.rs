@@ -98,6 +98,7 @@ fn train(case: &Path, seed: u64, engine: Engine) -> Result<(Model, History), Str
         engine,
         threads: 2,
         max_batch: 4,
+        ..Default::default()
     };
     let history = fit_compiled(
         &mut model,

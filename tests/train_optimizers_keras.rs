@@ -64,6 +64,7 @@ fn train(case: &str, engine: Engine, trace: u64) -> (Model, History) {
         engine,
         threads: 2,
         max_batch: BATCH,
+        ..Default::default()
     };
     let history = fit_compiled(
         &mut model,

@@ -260,6 +260,7 @@ impl Setup {
             engine: Engine::Jit,
             threads: 1,
             max_batch: self.batch_size,
+            ..Default::default()
         };
         let result = {
             let mut cbs: [&mut dyn Callback; 6] = [

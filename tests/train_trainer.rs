@@ -38,6 +38,7 @@ fn trainer_loop_is_fit_bit_for_bit() {
             engine: Engine::Jit,
             threads: 2,
             max_batch: batch,
+            ..Default::default()
         };
         // fit, shuffled.
         let mut fitted = model.clone();

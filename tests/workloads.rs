@@ -65,6 +65,7 @@ fn every_workload_loads_and_runs() {
                 engine: Engine::Jit,
                 threads: 2,
                 max_batch: 1,
+                ..Default::default()
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -505,6 +505,7 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
             engine,
             threads: threads[0],
             max_batch: batch.max(1),
+            ..Default::default()
         };
         let Some(mut c) = judge(
             &format!("compile {engine:?}"),
@@ -555,6 +556,7 @@ fn layer_outputs(
         engine,
         threads: 1,
         max_batch: rows,
+        ..Default::default()
     };
     CompiledModel::new(model.clone(), opts)?.predict_outputs(&[x.view()], &names, rows)
 }

@@ -26,6 +26,7 @@ class NativeModel:
         threads: Optional[int] = None,
         memory_budget: Optional[int] = None,
         seed: int = 0,
+        weights_dtype: str = "f32",
     ) -> "NativeModel":
         """Loads ``source``: a file path (``kind="path"``) or JSON text (``kind="json"``)."""
     @property
@@ -34,6 +35,9 @@ class NativeModel:
     @property
     def threads(self) -> int:
         """Worker threads of the compiled programs."""
+    @property
+    def weights_dtype(self) -> str:
+        """How LC and Dense kernels are stored for prediction: ``f32``, ``bf16``, ``f16``."""
     @property
     def memory_budget(self) -> int:
         """Bytes a tensor or the weights may take."""

@@ -100,6 +100,19 @@ pub(crate) fn to_numpy(py: Python<'_>, a: ArrayD<f32>) -> Bound<'_, PyArrayDyn<f
     a.into_pyarray(py)
 }
 
+/// Parses a `weights_dtype=` name.
+pub(crate) fn weights_dtype(name: &str) -> PyResult<lcjit::loop_ir::Dtype> {
+    use lcjit::loop_ir::Dtype;
+    match name {
+        "f32" | "float32" => Ok(Dtype::F32),
+        "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+        "f16" | "float16" => Ok(Dtype::F16),
+        other => Err(to_py(lcjit::Error::Usage {
+            detail: format!("weights_dtype must be 'f32', 'bf16' or 'f16', not '{other}'"),
+        })),
+    }
+}
+
 /// Parses an engine name.
 pub(crate) fn engine(name: &str) -> PyResult<lcjit::Engine> {
     lcjit::Engine::parse(name).py()
@@ -133,6 +146,7 @@ fn bench_json(
     probe: bool,
 ) -> PyResult<String> {
     let m = model.snapshot()?;
+    let weights_dtype = model.weights_dtype;
     let threads = threads.unwrap_or_else(|| model.threads());
     let engines = engines
         .iter()
@@ -144,7 +158,15 @@ fn bench_json(
         }));
     }
     py.detach(move || {
-        let report = lcjit::bench::bench_model("model", m, batch, threads, &engines, probe, train)?;
+        let run = lcjit::bench::BenchRun {
+            batch,
+            threads,
+            engines: &engines,
+            probe,
+            train,
+            weights_dtype,
+        };
+        let report = lcjit::bench::bench_model("model", m, &run)?;
         report.json()
     })
     .py()

@@ -55,6 +55,8 @@ pub struct NativeModel {
     pub(crate) engine: Engine,
     pub(crate) threads: usize,
     pub(crate) budget: u64,
+    /// How LC and Dense kernels are stored for prediction (`weights_dtype=`).
+    pub(crate) weights_dtype: lcjit::loop_ir::Dtype,
 }
 
 /// Locks a state (a poisoned lock means a panic elsewhere: an internal error).
@@ -103,6 +105,7 @@ impl NativeModel {
             engine: self.engine,
             threads: self.threads,
             max_batch: batch,
+            weights_dtype: self.weights_dtype,
         }
     }
 
@@ -161,7 +164,7 @@ impl NativeModel {
     /// Loads a model: `kind="path"` reads a `.h5`, `.keras` or `.json` file (any Keras
     /// dialect), `kind="json"` parses `source` as a model configuration.
     #[new]
-    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0))]
+    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0, weights_dtype = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -172,8 +175,10 @@ impl NativeModel {
         threads: Option<usize>,
         memory_budget: Option<u64>,
         seed: u64,
+        weights_dtype: &str,
     ) -> PyResult<Self> {
         let engine = crate::engine(engine)?;
+        let weights_dtype = crate::weights_dtype(weights_dtype)?;
         let threads = threads.unwrap_or_else(|| CompileOptions::default().threads);
         if threads == 0 {
             return Err(to_py(lcjit::Error::Usage {
@@ -217,7 +222,14 @@ impl NativeModel {
             engine,
             threads,
             budget,
+            weights_dtype,
         })
+    }
+
+    /// How LC and Dense kernels are stored for prediction: `f32`, `bf16` or `f16`.
+    #[getter]
+    fn weights_dtype(&self) -> &'static str {
+        self.weights_dtype.name()
     }
 
     /// The engine name (`jit`, `interp` or `reference`).

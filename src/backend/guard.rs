@@ -61,13 +61,14 @@ mod map {
     use super::Flush;
     use crate::error::{Error, Result};
 
-    /// A buffer of `len` floats between two guard pages; unmapped when dropped.
-    pub(super) struct Guarded {
+    /// A buffer of `len` elements (f32, or u16 for 16-bit weights) between two guard
+    /// pages; unmapped when dropped.
+    pub(super) struct Guarded<T> {
         base: *mut libc::c_void,
         map_len: usize,
         data_pages: usize,
         page: usize,
-        data: *mut f32,
+        data: *mut T,
         len: usize,
     }
 
@@ -87,12 +88,15 @@ mod map {
         ))
     }
 
-    impl Guarded {
+    impl<T: Copy> Guarded<T> {
         /// A guarded copy of `src`, flush against the guard page `flush` names.
-        pub(super) fn copy_of(src: &[f32], flush: Flush) -> Result<Guarded> {
+        pub(super) fn copy_of(src: &[T], flush: Flush) -> Result<Guarded<T>> {
             let page = page_size();
             let too_big = || Error::internal("checked mode: buffer size overflows");
-            let bytes = src.len().checked_mul(4).ok_or_else(too_big)?;
+            let bytes = src
+                .len()
+                .checked_mul(std::mem::size_of::<T>())
+                .ok_or_else(too_big)?;
             let data_pages = bytes.div_ceil(page);
             let map_len = data_pages
                 .checked_add(2)
@@ -127,9 +131,9 @@ mod map {
                 Flush::End => page + data_pages * page - bytes,
             };
             // SAFETY: `offset + bytes ≤ (1 + data_pages)·page < map_len`, inside the
-            // mapping; `offset` is a multiple of 4 (page sizes and `bytes` are), so the
-            // pointer is aligned for f32.
-            g.data = unsafe { base.cast::<u8>().add(offset).cast::<f32>() };
+            // mapping; `offset` is a multiple of the element size (page sizes and
+            // `bytes` are; T is f32 or u16), so the pointer is aligned for T.
+            g.data = unsafe { base.cast::<u8>().add(offset).cast::<T>() };
             g.as_mut_slice().copy_from_slice(src);
             Ok(g)
         }
@@ -160,18 +164,18 @@ mod map {
         }
 
         /// The data.
-        pub(super) fn as_slice(&self) -> &[f32] {
+        pub(super) fn as_slice(&self) -> &[T] {
             if self.len == 0 {
                 return &[];
             }
-            // SAFETY: `data` points at `len` initialised floats of our live mapping,
+            // SAFETY: `data` points at `len` initialised elements of our live mapping,
             // readable for as long as `self` lives (`freeze` keeps PROT_READ).
             unsafe { std::slice::from_raw_parts(self.data, self.len) }
         }
 
         /// The data, writable (only called before [`Guarded::freeze`], or on buffers
         /// never frozen).
-        pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
+        pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
             if self.len == 0 {
                 return &mut [];
             }
@@ -181,7 +185,7 @@ mod map {
         }
     }
 
-    impl Drop for Guarded {
+    impl<T> Drop for Guarded<T> {
         fn drop(&mut self) {
             // SAFETY: unmaps exactly the mapping made in `copy_of`; no slice into it
             // outlives `self` (they borrow it).
@@ -192,6 +196,17 @@ mod map {
     }
 }
 
+/// A guarded copy of one buffer of the table.
+#[cfg(unix)]
+enum Copy {
+    /// Read-only f32 data (frozen).
+    Read(map::Guarded<f32>),
+    /// Writable f32 data.
+    Write(map::Guarded<f32>),
+    /// Read-only 16-bit data (frozen).
+    Half(map::Guarded<u16>, crate::loop_ir::Dtype),
+}
+
 /// Runs `run` over guarded copies of `bufs` (twice, see the module docs) and copies the
 /// results back into the writable buffers of `bufs`.
 #[cfg(unix)]
@@ -200,41 +215,42 @@ pub(crate) fn run_checked(
     mut run: impl FnMut(&mut [BufArg]) -> Result<()>,
 ) -> Result<()> {
     use map::Guarded;
-    let mut first: Option<Vec<Guarded>> = None;
+    let mut first: Option<Vec<Copy>> = None;
     for flush in [Flush::End, Flush::Start] {
         let mut copies = Vec::with_capacity(bufs.len());
         for b in bufs.iter() {
-            let (src, read_only): (&[f32], bool) = match b {
-                BufArg::Read(r) => (r, true),
-                BufArg::Write(w) => (w, false),
-            };
-            let g = Guarded::copy_of(src, flush)?;
-            if read_only {
-                g.freeze()?;
-            }
-            copies.push((g, read_only));
+            copies.push(match b {
+                BufArg::Read(r) => {
+                    let g = Guarded::copy_of(r, flush)?;
+                    g.freeze()?;
+                    Copy::Read(g)
+                }
+                BufArg::Write(w) => Copy::Write(Guarded::copy_of(w, flush)?),
+                BufArg::ReadHalf(h, d) => {
+                    let g = Guarded::copy_of(h, flush)?;
+                    g.freeze()?;
+                    Copy::Half(g, *d)
+                }
+            });
         }
         let mut args: Vec<BufArg> = copies
             .iter_mut()
-            .map(|(g, ro)| {
-                if *ro {
-                    BufArg::Read(g.as_slice())
-                } else {
-                    BufArg::Write(g.as_mut_slice())
-                }
+            .map(|c| match c {
+                Copy::Read(g) => BufArg::Read(g.as_slice()),
+                Copy::Write(g) => BufArg::Write(g.as_mut_slice()),
+                Copy::Half(g, d) => BufArg::ReadHalf(g.as_slice(), *d),
             })
             .collect();
         run(&mut args)?;
         drop(args);
-        let copies: Vec<Guarded> = copies.into_iter().map(|(g, _)| g).collect();
         match &first {
             None => first = Some(copies),
-            Some(f) => compare(f, &copies, bufs)?,
+            Some(f) => compare(f, &copies)?,
         }
     }
     if let Some(f) = first {
-        for (b, g) in bufs.iter_mut().zip(&f) {
-            if let BufArg::Write(w) = b {
+        for (b, c) in bufs.iter_mut().zip(&f) {
+            if let (BufArg::Write(w), Copy::Write(g)) = (b, c) {
                 w.copy_from_slice(g.as_slice());
             }
         }
@@ -244,11 +260,11 @@ pub(crate) fn run_checked(
 
 /// Checks that the two placements wrote the same bits into every writable buffer.
 #[cfg(unix)]
-fn compare(a: &[map::Guarded], b: &[map::Guarded], bufs: &[BufArg]) -> Result<()> {
-    for (i, ((x, y), arg)) in a.iter().zip(b).zip(bufs).enumerate() {
-        if matches!(arg, BufArg::Read(_)) {
+fn compare(a: &[Copy], b: &[Copy]) -> Result<()> {
+    for (i, pair) in a.iter().zip(b).enumerate() {
+        let (Copy::Write(x), Copy::Write(y)) = pair else {
             continue;
-        }
+        };
         let same = x
             .as_slice()
             .iter()

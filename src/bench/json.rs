@@ -12,6 +12,8 @@ struct JsonReport<'a> {
     threads: usize,
     params: usize,
     weight_bytes: u64,
+    weights_dtype: &'static str,
+    stored_weight_bytes: u64,
     flops: JsonFlops,
     compile_ms: JsonPasses,
     forward_ms: JsonEngines,
@@ -66,6 +68,8 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
         threads: r.threads,
         params: r.params,
         weight_bytes: r.weight_bytes,
+        weights_dtype: r.weights_dtype.name(),
+        stored_weight_bytes: r.stored_weight_bytes,
         flops: JsonFlops {
             forward: r.forward_flops,
             train_step: r.train_flops,

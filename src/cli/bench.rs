@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Skip the roofline probe (faster).
     #[arg(long)]
     pub no_probe: bool,
+    /// Store LC and Dense kernels in 16 bits for the forward pass (bf16 or f16,
+    /// widened in registers: half the bytes streamed at batch 1). Training steps stay f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights_dtype: super::WeightsDtype,
 }
 
 /// Runs `lcjit bench`.
@@ -44,6 +48,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         train,
         json,
         no_probe,
+        weights_dtype,
     } = a;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -70,11 +75,14 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
     let report = lcjit::bench::bench_model(
         &name,
         std::sync::Arc::new(m),
-        batch,
-        threads,
-        &engines,
-        !no_probe,
-        train,
+        &lcjit::bench::BenchRun {
+            batch,
+            threads,
+            engines: &engines,
+            probe: !no_probe,
+            train,
+            weights_dtype: weights_dtype.into(),
+        },
     )?;
     if json {
         println!("{}", report.json()?);

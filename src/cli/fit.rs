@@ -275,6 +275,7 @@ pub fn fit(a: FitArgs, budget: u64) -> Result<()> {
         engine: a.engine,
         threads: a.threads,
         max_batch: a.batch_size,
+        ..Default::default()
     };
     let mut cbs: Vec<&mut dyn Callback> = boxed
         .iter_mut()

@@ -71,6 +71,7 @@ pub fn grad(a: GradArgs, budget: u64) -> Result<()> {
             engine,
             threads,
             max_batch: 1,
+            ..Default::default()
         },
     )?;
     let grads = compiled.gradients_keras(&x, &dy)?;

@@ -76,6 +76,10 @@ pub struct IrArgs {
     /// (its forward phase keeping activations, then the backward phase).
     #[arg(long, value_enum, default_value = "forward")]
     pub pass: Pass,
+    /// How the forward program stores LC and Dense kernels (as `lcjit run
+    /// --weights-dtype`; 16-bit buffers print as `bf16[…]` / `f16[…]`).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights_dtype: super::WeightsDtype,
 }
 
 /// Runs `lcjit ir`.
@@ -85,7 +89,15 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
         stage,
         batch,
         pass,
+        weights_dtype,
     } = a;
+    if pass == Pass::Backward && weights_dtype != super::WeightsDtype::F32 {
+        return Err(lcjit::Error::Usage {
+            detail: "--weights-dtype applies to the forward program (gradients need float32 \
+                     weights)"
+                .into(),
+        });
+    }
     let opts = LoadOptions {
         memory_budget: budget,
         seed: 0,
@@ -96,7 +108,11 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
         // before lowering computes them.
         lcjit::budget::check_run(m.graph(), batch, pass == Pass::Backward)?;
         Ok(match pass {
-            Pass::Forward => lcjit::lower::lower_forward(m.graph(), batch)?.module,
+            Pass::Forward => {
+                let mut l = lcjit::lower::lower_forward(m.graph(), batch)?;
+                lcjit::lower::weights::store_weights(&mut l, m.graph(), weights_dtype.into());
+                l.module
+            }
             Pass::Backward => {
                 let g = lcjit::lower::grad::lower_gradients(m.graph(), batch)?;
                 let mut all = g.forward;

@@ -73,6 +73,27 @@ pub enum Pass {
 /// [`lcjit::Engine`]).
 pub use lcjit::Engine;
 
+/// `--weights-dtype`: how LC and Dense kernels are stored for inference.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum WeightsDtype {
+    /// float32, as in the model.
+    F32,
+    /// bfloat16 (8-bit mantissa, f32's range).
+    Bf16,
+    /// IEEE half precision (11-bit mantissa, magnitudes up to 65504).
+    F16,
+}
+
+impl From<WeightsDtype> for lcjit::loop_ir::Dtype {
+    fn from(d: WeightsDtype) -> Self {
+        match d {
+            WeightsDtype::F32 => lcjit::loop_ir::Dtype::F32,
+            WeightsDtype::Bf16 => lcjit::loop_ir::Dtype::Bf16,
+            WeightsDtype::F16 => lcjit::loop_ir::Dtype::F16,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Stage {
     /// Graph IR text.

@@ -5,23 +5,42 @@
 //! out-of-bounds access as an internal error instead of trusting the verifier.
 //! Transcendentals use [`super::math`], the same sequences the JIT emits.
 
-use super::{math, BinOp, BufArg, CmpOp, Expr, Kernel, Module, Stmt, UnOp};
+use super::{math, BinOp, BufArg, CmpOp, Dtype, Expr, Kernel, Module, Stmt, UnOp};
 use crate::error::{Error, Result};
 
 /// A buffer table the interpreter can run over: owned vectors (tests, tools) or the
 /// [`BufArg`] table every executor takes.
 pub trait Buffers {
-    /// Buffer `i` for reading.
-    fn buf(&self, i: usize) -> Option<&[f32]>;
+    /// Element `idx` of buffer `i` as f32 (widened where the buffer is stored in 16
+    /// bits): `None` when there is no buffer `i`, `Some(Err(len))` when `idx` is out of
+    /// its bounds.
+    fn read(&self, i: usize, idx: i64) -> Option<std::result::Result<f32, usize>>;
+    /// Number of elements of buffer `i`.
+    fn len_of(&self, i: usize) -> Option<usize>;
+    /// How buffer `i` is stored (f32 unless bound as 16-bit data).
+    fn dtype_of(&self, i: usize) -> Option<Dtype> {
+        self.len_of(i).map(|_| Dtype::F32)
+    }
     /// Buffer `i` for writing (`None` when absent or bound read-only).
     fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]>;
     /// Number of buffers.
     fn count(&self) -> usize;
 }
 
+/// `s[idx]`, or `Err(len)`.
+fn element<T: Copy>(s: &[T], idx: i64) -> std::result::Result<T, usize> {
+    usize::try_from(idx)
+        .ok()
+        .and_then(|i| s.get(i).copied())
+        .ok_or(s.len())
+}
+
 impl Buffers for [Vec<f32>] {
-    fn buf(&self, i: usize) -> Option<&[f32]> {
-        self.get(i).map(Vec::as_slice)
+    fn read(&self, i: usize, idx: i64) -> Option<std::result::Result<f32, usize>> {
+        self.get(i).map(|b| element(b, idx))
+    }
+    fn len_of(&self, i: usize) -> Option<usize> {
+        self.get(i).map(Vec::len)
     }
     fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
         self.get_mut(i).map(Vec::as_mut_slice)
@@ -32,8 +51,11 @@ impl Buffers for [Vec<f32>] {
 }
 
 impl Buffers for Vec<Vec<f32>> {
-    fn buf(&self, i: usize) -> Option<&[f32]> {
-        self.as_slice().buf(i)
+    fn read(&self, i: usize, idx: i64) -> Option<std::result::Result<f32, usize>> {
+        self.as_slice().read(i, idx)
+    }
+    fn len_of(&self, i: usize) -> Option<usize> {
+        self.as_slice().len_of(i)
     }
     fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
         self.as_mut_slice().buf_mut(i)
@@ -44,8 +66,21 @@ impl Buffers for Vec<Vec<f32>> {
 }
 
 impl Buffers for [BufArg<'_>] {
-    fn buf(&self, i: usize) -> Option<&[f32]> {
-        self.get(i).map(BufArg::as_slice)
+    fn read(&self, i: usize, idx: i64) -> Option<std::result::Result<f32, usize>> {
+        Some(match self.get(i)? {
+            BufArg::Read(r) => element(r, idx),
+            BufArg::Write(w) => element(w, idx),
+            BufArg::ReadHalf(h, dtype) => element(h, idx).map(|x| dtype.widen(x)),
+        })
+    }
+    fn len_of(&self, i: usize) -> Option<usize> {
+        self.get(i).map(BufArg::len)
+    }
+    fn dtype_of(&self, i: usize) -> Option<Dtype> {
+        self.get(i).map(|b| match b {
+            BufArg::ReadHalf(_, d) => *d,
+            BufArg::Read(_) | BufArg::Write(_) => Dtype::F32,
+        })
     }
     fn buf_mut(&mut self, i: usize) -> Option<&mut [f32]> {
         self.get_mut(i).and_then(BufArg::as_mut_slice)
@@ -74,13 +109,11 @@ fn eval<B: Buffers + ?Sized>(e: &Expr, f: &Frame, bufs: &B) -> Result<f32> {
         Expr::Const(c) => *c,
         Expr::Load { buf, index } => {
             let i = index.eval(&f.vars);
-            let b = bufs.buf(*buf as usize).ok_or_else(|| {
-                Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
-            })?;
-            *usize::try_from(i)
-                .ok()
-                .and_then(|i| b.get(i))
-                .ok_or_else(|| oob(f.kernel, "load", i, b.len()))?
+            bufs.read(*buf as usize, i)
+                .ok_or_else(|| {
+                    Error::internal(format!("kernel {}: no buffer {buf}", f.kernel.name))
+                })?
+                .map_err(|len| oob(f.kernel, "load", i, len))?
         }
         Expr::LoadLocal { local, index } => {
             let i = index.eval(&f.vars);
@@ -249,7 +282,7 @@ pub fn run<B: Buffers + ?Sized>(module: &Module, bufs: &mut B) -> Result<()> {
             .buffers
             .iter()
             .enumerate()
-            .any(|(i, d)| bufs.buf(i).map(<[f32]>::len) != Some(d.len))
+            .any(|(i, d)| bufs.len_of(i) != Some(d.len) || bufs.dtype_of(i) != Some(d.dtype))
     {
         return Err(Error::internal(
             "interpreter: buffers do not match the module",

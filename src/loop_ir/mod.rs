@@ -60,22 +60,83 @@ pub enum BufArg<'a> {
     Read(&'a [f32]),
     /// A buffer the module may write.
     Write(&'a mut [f32]),
+    /// A read-only buffer stored in 16 bits per element, with its type (a
+    /// [`Dtype::Bf16`] or [`Dtype::F16`] buffer of the module, see [`Buffer::dtype`]):
+    /// loads widen each element to f32 exactly.
+    ReadHalf(&'a [u16], Dtype),
 }
 
 impl BufArg<'_> {
-    /// The buffer's contents.
-    pub fn as_slice(&self) -> &[f32] {
+    /// The buffer's f32 contents (`None` for a 16-bit binding).
+    pub fn as_slice(&self) -> Option<&[f32]> {
         match self {
-            BufArg::Read(r) => r,
-            BufArg::Write(w) => w,
+            BufArg::Read(r) => Some(r),
+            BufArg::Write(w) => Some(w),
+            BufArg::ReadHalf(..) => None,
         }
     }
 
     /// The buffer's contents for writing (`None` for a read-only binding).
     pub fn as_mut_slice(&mut self) -> Option<&mut [f32]> {
         match self {
-            BufArg::Read(_) => None,
+            BufArg::Read(_) | BufArg::ReadHalf(..) => None,
             BufArg::Write(w) => Some(w),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            BufArg::Read(r) => r.len(),
+            BufArg::Write(w) => w.len(),
+            BufArg::ReadHalf(h, _) => h.len(),
+        }
+    }
+
+    /// Whether the buffer has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a buffer stores its elements. Every computation is in f32: a 16-bit buffer is
+/// read-only and each load widens its element to f32 exactly (the JIT with integer
+/// SIMD), so executors agree bit for bit; only the bytes streamed from memory change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Dtype {
+    /// IEEE single precision, 4 bytes.
+    #[default]
+    F32,
+    /// bfloat16 (the upper half of an f32), 2 bytes: widening is a 16-bit shift.
+    Bf16,
+    /// IEEE half precision, 2 bytes.
+    F16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+        }
+    }
+
+    /// The name used on the command line and in printed IR (`f32`, `bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+
+    /// A 16-bit element widened to f32 (exact; NaN payloads kept). `F32` is not a
+    /// 16-bit type; its "widening" of the low bits is never asked for.
+    pub fn widen(self, h: u16) -> f32 {
+        match self {
+            Dtype::Bf16 => f32::from_bits(u32::from(h) << 16),
+            Dtype::F16 | Dtype::F32 => math::widen_f16(h),
         }
     }
 }
@@ -210,15 +271,30 @@ impl BufRole {
     }
 }
 
-/// A flat f32 buffer.
+/// A flat buffer of f32 values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Buffer {
     /// Name shown by the printer.
     pub name: String,
-    /// Number of f32 elements.
+    /// Number of elements.
     pub len: usize,
     /// What it holds.
     pub role: BufRole,
+    /// How its elements are stored: f32, or for read-only buffers 16 bits widened on
+    /// load (the verifier rejects a 16-bit buffer that is written).
+    pub dtype: Dtype,
+}
+
+impl Buffer {
+    /// An f32 buffer.
+    pub fn new(name: impl Into<String>, len: usize, role: BufRole) -> Buffer {
+        Buffer {
+            name: name.into(),
+            len,
+            role,
+            dtype: Dtype::F32,
+        }
+    }
 }
 
 /// A register tile of a kernel.

@@ -207,7 +207,13 @@ pub fn module_text(m: &Module) -> String {
             BufRole::Aux(i) => format!("aux {i}"),
             BufRole::Kept(i) => format!("kept {i}"),
         };
-        let _ = writeln!(s, "  buffer %{i} {}: f32[{}] {role}", b.name, b.len);
+        let _ = writeln!(
+            s,
+            "  buffer %{i} {}: {}[{}] {role}",
+            b.name,
+            b.dtype.name(),
+            b.len
+        );
     }
     for k in &m.kernels {
         s.push('\n');

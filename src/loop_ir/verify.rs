@@ -296,6 +296,17 @@ impl Ctx<'_> {
 /// [`Error::Internal`].
 pub fn verify(module: &Module) -> Result<()> {
     let mut errs = Vec::new();
+    // 16-bit storage is a read-only format (stores are rejected below with every other
+    // store to a read-only buffer).
+    for (i, b) in module.buffers.iter().enumerate() {
+        if b.dtype != crate::loop_ir::Dtype::F32 && !b.role.is_read_only() {
+            errs.push(format!(
+                "buffer {i} ({}) is stored in {} but is not read-only",
+                b.name,
+                b.dtype.name()
+            ));
+        }
+    }
     for kernel in &module.kernels {
         let mut ctx = Ctx {
             module,

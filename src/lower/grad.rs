@@ -260,6 +260,7 @@ pub fn lower_gradients_in(
             name: format!("d.{}.{}", graph.nodes[p.node].name, p.name),
             len: p.len(),
             role: BufRole::GradParam(i),
+            dtype: crate::loop_ir::Dtype::F32,
         });
         cx.dparam_bufs
             .push(((cx.buffers.len() - 1) as BufId, false));

@@ -27,6 +27,7 @@ pub mod norm_train;
 pub mod pool;
 pub mod schedule;
 pub mod shape;
+pub mod weights;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
@@ -137,6 +138,7 @@ impl<'g> Cx<'g> {
             name: name.to_string(),
             len: data.len(),
             role: BufRole::Const(data),
+            dtype: crate::loop_ir::Dtype::F32,
         });
         (self.buffers.len() - 1) as BufId
     }
@@ -184,6 +186,7 @@ impl<'g> Cx<'g> {
                 name: format!("{node}.{}", p.name),
                 len: p.len(),
                 role: BufRole::Param(i),
+                dtype: crate::loop_ir::Dtype::F32,
             });
             param_bufs.push((buffers.len() - 1) as BufId);
         }
@@ -335,6 +338,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
                 },
                 len: tensor_len[t],
                 role: r.clone(),
+                dtype: crate::loop_ir::Dtype::F32,
             });
             let b = (buffers.len() - 1) as BufId;
             fixed[t] = Some(b);
@@ -380,6 +384,7 @@ fn plan(cx: Cx, extra: &[(TensorId, BufRole)]) -> Result<(Lowered, Vec<BufId>)> 
                     name: format!("slot{}", slots.len()),
                     len: tensor_len[t],
                     role: BufRole::Scratch,
+                    dtype: crate::loop_ir::Dtype::F32,
                 });
                 let b = (buffers.len() - 1) as BufId;
                 slots.push((b, last[t]));

@@ -49,6 +49,7 @@ fn own_buffer(cx: &mut Cx, name: String, len: usize) -> BufId {
         name,
         len,
         role: BufRole::Scratch,
+        dtype: crate::loop_ir::Dtype::F32,
     });
     (cx.buffers.len() - 1) as BufId
 }

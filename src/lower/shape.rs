@@ -517,6 +517,7 @@ pub fn dropout_forward(cx: &mut Cx, node: NodeId, k: usize) -> Result<BufId> {
         name: format!("{name}.mask"),
         len: cx.batch * len,
         role: crate::loop_ir::BufRole::Aux(k),
+        dtype: crate::loop_ir::Dtype::F32,
     });
     let mask = (cx.buffers.len() - 1) as BufId;
     let x = cx.input(node, 0)?;

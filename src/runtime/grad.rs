@@ -60,6 +60,7 @@ impl CompiledModel {
 
     /// The gradient program for `batch` rows in `mode` (cached).
     pub fn prepared_grad_in(&self, batch: usize, mode: Mode) -> Result<Arc<PreparedGrad>> {
+        self.check_f32_weights()?;
         let engine = self.opts.engine;
         let graph = self.model.graph();
         self.programs.gradient(CacheKey::Gradient(batch, mode), || {
@@ -75,6 +76,22 @@ impl CompiledModel {
                 compile_ms: t.elapsed().as_secs_f64() * 1e3,
             })
         })
+    }
+
+    /// Refuses gradients of a model compiled with 16-bit weights: they are an inference
+    /// option (training updates f32 weights; a gradient of the rounded model would not be
+    /// the gradient of the weights being trained).
+    fn check_f32_weights(&self) -> Result<()> {
+        match self.opts.weights_dtype {
+            crate::loop_ir::Dtype::F32 => Ok(()),
+            d => Err(Error::Usage {
+                detail: format!(
+                    "weights stored in {} are an inference option: gradients and training \
+                     need float32 weights (leave weights_dtype at f32)",
+                    d.name()
+                ),
+            }),
+        }
     }
 
     /// Gradients of `sum(y₀ · dy)` in inference mode with respect to every input and
@@ -202,6 +219,7 @@ impl CompiledModel {
             Ok(())
         };
         let scale = reference::activity::ActivityScale::of(self.model.dialect());
+        self.check_f32_weights()?;
         if self.opts.engine.is_reference() {
             if let Some(rng) = rng {
                 let pass = reference::train::forward_training(graph, params, inputs, rng)?;
@@ -262,6 +280,7 @@ impl CompiledModel {
         let bind = Bind {
             inputs: &inputs_flat,
             params: &params_flat,
+            half: &[],
             cotangents: &unused_refs,
             aux: &aux,
         };
@@ -302,6 +321,7 @@ impl CompiledModel {
         let bind = Bind {
             inputs: &inputs_flat,
             params: &params_flat,
+            half: &[],
             cotangents: &cot,
             aux: &aux,
         };

@@ -14,7 +14,7 @@
 
 use crate::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use crate::error::{Error, Result};
-use crate::loop_ir::{BufRole, Module};
+use crate::loop_ir::{BufRole, Dtype, Module};
 use crate::lower::{lower_forward, Lowered};
 use crate::model::Model;
 use ndarray::{ArrayD, IxDyn};
@@ -122,6 +122,12 @@ pub struct CompileOptions {
     pub threads: usize,
     /// Largest batch run in one go; larger batches are split.
     pub max_batch: usize,
+    /// How the kernels of locally connected and Dense layers are stored for inference:
+    /// f32 (the default), or bfloat16 / half precision, widened in registers, so that
+    /// batch-1 inference streams half the bytes (see [`crate::lower::weights`]). The
+    /// model computed is the float32 model with those weights rounded to nearest even, on
+    /// every engine; gradients and training refuse a 16-bit option.
+    pub weights_dtype: Dtype,
 }
 
 impl Default for CompileOptions {
@@ -130,6 +136,7 @@ impl Default for CompileOptions {
             engine: Engine::Jit,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_batch: 32,
+            weights_dtype: Dtype::F32,
         }
     }
 }
@@ -155,6 +162,12 @@ pub struct CompiledModel {
     programs: Programs,
     /// Graphs cut at inner layers, by their output nodes (see [`predict`]).
     cuts: Mutex<HashMap<Vec<crate::graph::NodeId>, Arc<crate::graph::cut::Cut>>>,
+    /// With 16-bit weights on a loop-IR engine: the model's 16-bit parameters in that
+    /// dtype, by parameter (`None` for f32 ones), converted once.
+    narrowed: Vec<Option<Vec<u16>>>,
+    /// With 16-bit weights on the reference engine: the model's parameters with the
+    /// 16-bit ones rounded (what the loop-IR engines compute with).
+    rounded: Option<Vec<ArrayD<f32>>>,
 }
 
 impl CompiledModel {
@@ -166,13 +179,48 @@ impl CompiledModel {
                 detail: "threads and max_batch must be at least 1".into(),
             });
         }
-        // Every layer's output at the compiled batch, before lowering sizes a buffer.
-        crate::budget::check_run(model.graph(), opts.max_batch, false)?;
+        // Every layer's output at the compiled batch, before lowering sizes a buffer,
+        // and the weight copies a 16-bit option holds.
+        let dtype = opts.weights_dtype;
+        let graph = model.graph();
+        let copies = match (dtype, opts.engine.is_reference()) {
+            (Dtype::F32, _) => 0,
+            (_, false) => crate::lower::weights::narrowed_bytes(graph),
+            (_, true) => 2 * crate::lower::weights::narrowed_bytes(graph),
+        };
+        crate::budget::check_run_with_copies(graph, opts.max_batch, copies)?;
+        let stored =
+            |p: usize| dtype != Dtype::F32 && crate::lower::weights::stored_16bit(graph, p);
+        let narrowed = if opts.engine.is_reference() {
+            Vec::new()
+        } else {
+            (0..model.params().len())
+                .map(|p| {
+                    stored(p).then(|| {
+                        crate::lower::weights::narrow(model.params()[p].iter().copied(), dtype)
+                    })
+                })
+                .collect()
+        };
+        let rounded = (opts.engine.is_reference() && dtype != Dtype::F32).then(|| {
+            (0..model.params().len())
+                .map(|p| {
+                    let a = &model.params()[p];
+                    if stored(p) {
+                        crate::lower::weights::round(a, dtype)
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect()
+        });
         let cm = CompiledModel {
             model,
             opts,
             programs: Programs::default(),
             cuts: Mutex::new(HashMap::new()),
+            narrowed,
+            rounded,
         };
         if !cm.opts.engine.is_reference() {
             cm.prepared(cm.opts.max_batch)?;
@@ -197,7 +245,8 @@ impl CompiledModel {
         let key = CacheKey::Forward(key.clone(), batch);
         self.programs.forward(key.clone(), || {
             let t = std::time::Instant::now();
-            let lowered = lower_forward(graph, batch)?;
+            let mut lowered = lower_forward(graph, batch)?;
+            crate::lower::weights::store_weights(&mut lowered, graph, self.opts.weights_dtype);
             let program = engine.prepare(&lowered.module)?;
             Ok(Prepared {
                 lowered,
@@ -261,7 +310,8 @@ impl CompiledModel {
         self.model.check_inputs(inputs)?;
         self.check_params(params)?;
         if self.opts.engine.is_reference() {
-            return crate::reference::forward(self.model.graph(), params, inputs);
+            let params = self.reference_params(params);
+            return crate::reference::forward(self.model.graph(), &params, inputs);
         }
         let batch = inputs.first().map(|x| x.shape()[0]).unwrap_or(0);
         if batch <= self.opts.max_batch {
@@ -298,9 +348,10 @@ impl CompiledModel {
     ) -> Result<Vec<ArrayD<f32>>> {
         let prepared = self.prepared(batch)?;
         let inputs: Vec<Cow<[f32]>> = inputs.iter().map(flat).collect();
-        let params_flat: Vec<Cow<[f32]>> = params.iter().map(flat).collect();
         let graph = self.model.graph();
-        self.run_prepared(&prepared, &params_flat, &inputs, |outs| {
+        let all: Vec<usize> = (0..params.len()).collect();
+        let bound = self.bind_params(params, &all);
+        self.run_prepared(&prepared, &bound, &inputs, |outs| {
             outs.iter()
                 .zip(&graph.outputs)
                 .map(|(data, &node)| {
@@ -319,7 +370,7 @@ impl CompiledModel {
     fn run_prepared<R>(
         &self,
         prepared: &Prepared,
-        params: &[Cow<[f32]>],
+        params: &BoundParams,
         inputs: &[Cow<[f32]>],
         f: impl FnOnce(&[&[f32]]) -> Result<R>,
     ) -> Result<R> {
@@ -328,7 +379,8 @@ impl CompiledModel {
         let mut owned = self.take_buffers(&prepared.key, m);
         let read = Bind {
             inputs,
-            params,
+            params: &params.f32s,
+            half: &params.halves,
             cotangents: &[],
             aux: &[],
         };
@@ -348,6 +400,62 @@ impl CompiledModel {
             .and_then(|outs| f(&outs));
         self.programs.give_back(prepared.key.clone(), owned);
         result
+    }
+
+    /// The data of a program's parameters, `map[i]` being the model parameter of program
+    /// parameter `i` (the identity, or a cut's `param_map`): every one as f32, and the
+    /// 16-bit ones of a 16-bit option also narrowed (converted once for the model's own
+    /// parameters, per call for others, e.g. during training).
+    fn bind_params<'a>(&'a self, params: &'a [ArrayD<f32>], map: &[usize]) -> BoundParams<'a> {
+        let f32s = map.iter().map(|&p| flat(&params[p])).collect();
+        let dtype = self.opts.weights_dtype;
+        let own = std::ptr::eq(params.as_ptr(), self.model.params().as_ptr());
+        let halves = map
+            .iter()
+            .map(|&p| {
+                if dtype == Dtype::F32
+                    || !crate::lower::weights::stored_16bit(self.model.graph(), p)
+                {
+                    return None;
+                }
+                match self.narrowed.get(p) {
+                    Some(Some(h)) if own => Some(Cow::Borrowed(h.as_slice())),
+                    _ => Some(Cow::Owned(crate::lower::weights::narrow(
+                        params[p].iter().copied(),
+                        dtype,
+                    ))),
+                }
+            })
+            .collect();
+        BoundParams { f32s, halves }
+    }
+
+    /// The parameters the reference engine computes with: `params`, with the 16-bit ones
+    /// rounded under a 16-bit option (what the loop-IR engines widen from memory).
+    fn reference_params<'a>(&'a self, params: &'a [ArrayD<f32>]) -> Cow<'a, [ArrayD<f32>]> {
+        let dtype = self.opts.weights_dtype;
+        if dtype == Dtype::F32 {
+            return Cow::Borrowed(params);
+        }
+        if let Some(r) = &self.rounded {
+            if std::ptr::eq(params.as_ptr(), self.model.params().as_ptr()) {
+                return Cow::Borrowed(r.as_slice());
+            }
+        }
+        let graph = self.model.graph();
+        Cow::Owned(
+            params
+                .iter()
+                .enumerate()
+                .map(|(p, a)| {
+                    if crate::lower::weights::stored_16bit(graph, p) {
+                        crate::lower::weights::round(a, dtype)
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect(),
+        )
     }
 
     fn take_buffers(&self, key: &CacheKey, m: &Module) -> Vec<Vec<f32>> {
@@ -377,10 +485,21 @@ fn writable_index(m: &Module, buf: u32) -> usize {
         .count()
 }
 
+/// A program's parameter data (see [`CompiledModel::bind_params`]).
+struct BoundParams<'a> {
+    /// Every parameter as f32.
+    f32s: Vec<Cow<'a, [f32]>>,
+    /// The 16-bit data of parameters stored so (`None` for the others).
+    halves: Vec<Option<Cow<'a, [u16]>>>,
+}
+
 /// The data bound to a module's read-only buffers, by role.
 struct Bind<'a> {
     inputs: &'a [std::borrow::Cow<'a, [f32]>],
     params: &'a [std::borrow::Cow<'a, [f32]>],
+    /// Per parameter, its 16-bit data when the module stores it in 16 bits (may be empty
+    /// when none does).
+    half: &'a [Option<Cow<'a, [u16]>>],
     cotangents: &'a [&'a [f32]],
     aux: &'a [&'a [f32]],
 }
@@ -414,7 +533,13 @@ fn execute(
     let mut args = Vec::with_capacity(m.buffers.len());
     let mut writable = owned.iter_mut();
     for b in &m.buffers {
-        args.push(if b.role.is_read_only() {
+        args.push(if b.dtype != Dtype::F32 {
+            let BufRole::Param(i) = b.role else {
+                return Err(missing(b));
+            };
+            let data = read.half.get(i).and_then(Option::as_deref);
+            BufArg::ReadHalf(data.ok_or_else(|| missing(b))?, b.dtype)
+        } else if b.role.is_read_only() {
             BufArg::Read(read.get(&b.role).ok_or_else(|| missing(b))?)
         } else {
             BufArg::Write(

@@ -205,8 +205,8 @@ impl CompiledModel {
         // The reference engine takes whole arrays: pick the cut's weights once per call.
         let ref_params: Option<Cow<[ArrayD<f32>]>> = match (&target.cut, self.opts.engine) {
             (_, e) if !e.is_reference() => None,
-            (None, _) => Some(Cow::Borrowed(params)),
-            (Some(c), _) => Some(Cow::Owned(c.select_params(params)?)),
+            (None, _) => Some(self.reference_params(params)),
+            (Some(c), _) => Some(Cow::Owned(c.select_params(&self.reference_params(params))?)),
         };
         let mut start = 0;
         while start < total {
@@ -265,11 +265,11 @@ impl CompiledModel {
             } else {
                 let graph = target.graph(self.model.graph());
                 let prepared = self.prepared_for(&target.key(), graph, rows)?;
-                let flat_params: Vec<Cow<[f32]>> = match &target.cut {
-                    None => params.iter().map(flat).collect(),
-                    Some(c) => c.param_map.iter().map(|&p| flat(&params[p])).collect(),
+                let bound = match &target.cut {
+                    None => self.bind_params(params, &(0..params.len()).collect::<Vec<_>>()),
+                    Some(c) => self.bind_params(params, &c.param_map),
                 };
-                self.run_prepared(&prepared, &flat_params, &flat_in, |outs| deliver(outs))?;
+                self.run_prepared(&prepared, &bound, &flat_in, |outs| deliver(outs))?;
             }
             start += rows;
         }

@@ -371,6 +371,7 @@ pub fn evaluate(
         engine: opts.engine,
         threads: opts.threads,
         max_batch: opts.batch_size,
+        ..Default::default()
     };
     let ev = Evaluator::new(model, &compile)?;
     let params = model.params();

@@ -113,6 +113,7 @@ pub fn fit_model(
         engine: Engine::Reference,
         threads: 1,
         max_batch: opts.batch_size.max(1),
+        ..Default::default()
     };
     super::fit_compiled(
         model, optimizer, loss, xs, ys, validation, opts, &compile, callbacks,

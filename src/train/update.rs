@@ -423,6 +423,7 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
             name: "hyper".into(),
             len: h_clip + clip.hyper_len(trainable),
             role: BufRole::Input(0),
+            dtype: crate::loop_ir::Dtype::F32,
         }],
         kernels: Vec::new(),
     };
@@ -435,7 +436,7 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
             n_in += 1;
             BufRole::Input(n_in - 1)
         };
-        m.buffers.push(Buffer { name, len, role });
+        m.buffers.push(Buffer::new(name, len, role));
         (m.buffers.len() - 1) as BufId
     };
     let inits = slot_inits(&config.algorithm, config.flavor);

@@ -94,6 +94,7 @@ pub fn check_gradients(g: Graph, what: &str, batches: &[usize]) {
                     engine,
                     threads,
                     max_batch: batch,
+                    ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -176,4 +177,14 @@ impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `max|a − b| / max(1, max|b|)`: the golden tests' error measure (the shapes must agree).
+pub fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    let scale = b.iter().fold(1f32, |m, &v| m.max(v.abs()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }

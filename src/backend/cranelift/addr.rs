@@ -1,5 +1,6 @@
 //! Address arithmetic and loads: affine indices under the current loop bindings become
-//! `base + 4·Σ coef·iv` plus an immediate byte offset, with loop-invariant code motion
+//! `base + size·Σ coef·iv` plus an immediate byte offset (`size` is 4 for f32 buffers, 2
+//! for 16-bit weights, which loads widen to f32 with integer SIMD), with loop-invariant code motion
 //! done here (the mid-end is off by default, see `isa.rs`).
 //!
 //! Hoisting: every loop pushes a [`Frame`] whose *anchor* is an unused instruction at the
@@ -18,11 +19,13 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
-use cranelift_codegen::ir::{types, Inst, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, Inst, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
 
 use super::emit::{ice, Emitter, Shape};
 use crate::error::Result;
-use crate::loop_ir::{Affine, BufId};
+use crate::loop_ir::{Affine, BufId, Dtype};
 
 /// `(value, coefficient)` terms of an index under the current bindings.
 pub(super) type Terms = Vec<(Value, i64)>;
@@ -121,8 +124,16 @@ impl<'f> Emitter<'_, 'f> {
         }
     }
 
+    /// Bytes per element of `buf`.
+    fn elem_bytes(&self, buf: BufId) -> i64 {
+        self.dtypes
+            .get(buf as usize)
+            .map_or(4, |d| d.bytes() as i64)
+    }
+
     /// The address and immediate byte offset of element `Σ terms + c` of `buf`.
     pub(super) fn addr(&mut self, buf: BufId, terms: &Terms, c: i64) -> Result<(Value, i32)> {
+        let size = self.elem_bytes(buf);
         let base = self
             .bases
             .get(buf as usize)
@@ -144,7 +155,7 @@ impl<'f> Emitter<'_, 'f> {
             addr = match hit {
                 Some(a) => a,
                 None => {
-                    let a = self.add_scaled(depth, addr, v, 4 * k);
+                    let a = self.add_scaled(depth, addr, v, size * k);
                     if let Some(d) = depth {
                         self.frames[d].addrs.insert(key, a);
                     }
@@ -153,7 +164,7 @@ impl<'f> Emitter<'_, 'f> {
             };
         }
         let bytes = c
-            .checked_mul(4)
+            .checked_mul(size)
             .ok_or_else(|| ice(self.kernel, "offset overflow"))?;
         let off = match i32::try_from(bytes) {
             Ok(o) => o,
@@ -176,7 +187,23 @@ impl<'f> Emitter<'_, 'f> {
             }
         }
         let (addr, off) = self.addr(buf, &key.1, c)?;
-        let v = match shape {
+        let dtype = self.dtypes.get(buf as usize).copied().unwrap_or_default();
+        let v = if dtype == Dtype::F32 {
+            self.load_f32(addr, off, shape)?
+        } else {
+            self.load_half(addr, off, shape, dtype)?
+        };
+        if cache {
+            if let Some(sc) = self.scopes.last_mut() {
+                sc.loads.insert(key, v);
+            }
+        }
+        Ok(v)
+    }
+
+    /// An f32 load at `addr + off` in `shape`.
+    fn load_f32(&mut self, addr: Value, off: i32, shape: Shape) -> Result<Value> {
+        Ok(match shape {
             Shape::Scalar => self.b.ins().load(types::F32, mem_flags(shape), addr, off),
             Shape::Vector => self.b.ins().load(types::F32X4, mem_flags(shape), addr, off),
             Shape::Splat => {
@@ -187,39 +214,155 @@ impl<'f> Emitter<'_, 'f> {
                 self.b.ins().splat(types::F32X4, s)
             }
             Shape::Strided(stride) => {
-                // Gather: lane i from element `index + stride·i`.
                 let flags = mem_flags(shape);
-                let s = self.b.ins().load(types::F32, flags, addr, off);
-                let mut v = self.b.ins().scalar_to_vector(types::F32X4, s);
-                for i in 1..4u8 {
-                    let (a, o) = self.lane_addr(addr, off, stride, i)?;
-                    let s = self.b.ins().load(types::F32, flags, a, o);
-                    v = self.b.ins().insertlane(v, s, i);
-                }
-                v
+                self.gather(addr, off, stride, 4, types::F32X4, |b, a, o| {
+                    b.ins().load(types::F32, flags, a, o)
+                })?
             }
-        };
-        if cache {
-            if let Some(sc) = self.scopes.last_mut() {
-                sc.loads.insert(key, v);
-            }
+        })
+    }
+
+    /// Gather: a vector of type `vty` whose lane `i` is the element `stride·i` elements
+    /// of `size` bytes after `addr + off`, each read by `read` (a scalar load).
+    fn gather(
+        &mut self,
+        addr: Value,
+        off: i32,
+        stride: i64,
+        size: i64,
+        vty: Type,
+        read: impl Fn(&mut FunctionBuilder<'f>, Value, i32) -> Value,
+    ) -> Result<Value> {
+        let s = read(&mut self.b, addr, off);
+        let mut v = self.b.ins().scalar_to_vector(vty, s);
+        for i in 1..4u8 {
+            let (a, o) = self.lane_addr(addr, off, stride, size, i)?;
+            let s = read(&mut self.b, a, o);
+            v = self.b.ins().insertlane(v, s, i);
         }
         Ok(v)
+    }
+
+    /// A 16-bit load at `addr + off` in `shape`, widened to f32 (lanes): the halves are
+    /// zero-extended into i32 lanes (`uload16x4` for contiguous lanes, one `pmovzxwd`
+    /// on x64) and widened as the interpreter's [`Dtype::widen`] does, lane-wise: a
+    /// shift for bfloat16, [`Emitter::widen_f16`] for halves.
+    fn load_half(&mut self, addr: Value, off: i32, shape: Shape, dtype: Dtype) -> Result<Value> {
+        let flags = mem_flags(shape);
+        let bits = match shape {
+            Shape::Scalar | Shape::Splat => self.b.ins().uload16(types::I32, flags, addr, off),
+            Shape::Vector => self.b.ins().uload16x4(flags, addr, off),
+            Shape::Strided(stride) => {
+                self.gather(addr, off, stride, 2, types::I32X4, |b, a, o| {
+                    b.ins().uload16(types::I32, flags, a, o)
+                })?
+            }
+        };
+        let vector = matches!(shape, Shape::Vector | Shape::Strided(_));
+        let f = match dtype {
+            Dtype::Bf16 => {
+                let s16 = self.b.ins().iconst(types::I32, 16);
+                let u = self.b.ins().ishl(bits, s16);
+                let fty = if vector { types::F32X4 } else { types::F32 };
+                self.b.ins().bitcast(fty, MemFlagsData::new(), u)
+            }
+            Dtype::F16 | Dtype::F32 => self.widen_f16(bits, vector),
+        };
+        Ok(if shape == Shape::Splat {
+            self.b.ins().splat(types::F32X4, f)
+        } else {
+            f
+        })
+    }
+}
+
+impl Emitter<'_, '_> {
+    /// `loop_ir::math::widen_f16` of half bits zero-extended into i32 (lanes): the
+    /// branches as integer compares and selects, the one float operation a subtraction
+    /// of normal numbers. Its constants are hoisted into the kernel's entry block
+    /// ([`Emitter::entry_const`]): an unrolled LC tile widens 64 weight vectors per step,
+    /// and materialising 8 splats for each made f16 weights 5× slower than bf16.
+    fn widen_f16(&mut self, h: Value, vector: bool) -> Value {
+        use crate::loop_ir::math::{F16_MIN_NORMAL, F16_NORMAL_BIAS, F16_SUB_BIAS};
+        let (ity, fty) = if vector {
+            (types::I32X4, types::F32X4)
+        } else {
+            (types::I32, types::F32)
+        };
+        let flags = MemFlagsData::new();
+        let sign_mask = self.entry_const(0x8000, ity);
+        let sign = self.b.ins().band(h, sign_mask);
+        let mag = self.b.ins().bxor(h, sign);
+        let s13 = self.b.ins().iconst(types::I32, 13);
+        let shifted = self.b.ins().ishl(mag, s13);
+        let bias = self.entry_const(F16_NORMAL_BIAS, ity);
+        let normal = self.b.ins().iadd(shifted, bias);
+        let sub_bias = self.entry_const(F16_SUB_BIAS, ity);
+        let sub = self.b.ins().iadd(shifted, sub_bias);
+        let sub = self.b.ins().bitcast(fty, flags, sub);
+        let min_normal = self.entry_const(F16_MIN_NORMAL.to_bits(), fty);
+        let sub = self.b.ins().fsub(sub, min_normal);
+        let sub = self.b.ins().bitcast(ity, flags, sub);
+        let exp_all = self.entry_const(0x7F80_0000, ity);
+        let special = self.b.ins().bor(shifted, exp_all);
+        let lo = self.entry_const(0x0400, ity);
+        let is_sub = self.b.ins().icmp(IntCC::SignedLessThan, mag, lo);
+        let r = self.pick_int(vector, is_sub, sub, normal);
+        let hi = self.entry_const(0x7BFF, ity);
+        let is_special = self.b.ins().icmp(IntCC::SignedGreaterThan, mag, hi);
+        let r = self.pick_int(vector, is_special, special, r);
+        let s16 = self.b.ins().iconst(types::I32, 16);
+        let sign = self.b.ins().ishl(sign, s16);
+        let r = self.b.ins().bor(r, sign);
+        self.b.ins().bitcast(fty, flags, r)
+    }
+
+    /// `c ? t : f` on integers (lanes) for a condition from `icmp`: `bitselect` on the
+    /// lane mask for vectors, `select` on the flag for scalars.
+    fn pick_int(&mut self, vector: bool, c: Value, t: Value, f: Value) -> Value {
+        if vector {
+            self.b.ins().bitselect(c, t, f)
+        } else {
+            self.b.ins().select(c, t, f)
+        }
+    }
+
+    /// The constant with bits `bits` of type `ty` (`i32`, `f32`, or their 4-lane
+    /// splats), defined once in the kernel's entry block (which dominates every use)
+    /// and cached.
+    pub(super) fn entry_const(&mut self, bits: u32, ty: Type) -> Value {
+        if let Some(v) = self.entry_consts.get(&(bits, ty)) {
+            return *v;
+        }
+        let mut pos = FuncCursor::new(self.b.func).at_inst(self.entry_anchor);
+        let scalar = if ty.lane_type() == types::F32 {
+            pos.ins().f32const(f32::from_bits(bits))
+        } else {
+            pos.ins().iconst(types::I32, i64::from(bits))
+        };
+        let v = if ty.is_vector() {
+            pos.ins().splat(ty, scalar)
+        } else {
+            scalar
+        };
+        self.entry_consts.insert((bits, ty), v);
+        v
     }
 }
 
 impl Emitter<'_, '_> {
     /// Address and immediate offset of lane `i` of a strided access whose lane 0 is at
-    /// `addr + off` and whose lanes are `stride` elements apart.
+    /// `addr + off` and whose lanes are `stride` elements of `size` bytes apart.
     pub(super) fn lane_addr(
         &mut self,
         addr: Value,
         off: i32,
         stride: i64,
+        size: i64,
         i: u8,
     ) -> Result<(Value, i32)> {
         let bytes = stride
-            .checked_mul(4 * i64::from(i))
+            .checked_mul(size * i64::from(i))
             .and_then(|b| b.checked_add(i64::from(off)))
             .ok_or_else(|| ice(self.kernel, "lane offset overflow"))?;
         Ok(match i32::try_from(bytes) {

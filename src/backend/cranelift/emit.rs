@@ -18,7 +18,9 @@
 //! invalidates those of every buffer the loop stores to.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, Block, BlockArg, Function, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, Function, Inst, InstBuilder, Type, Value,
+};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 
@@ -27,7 +29,7 @@ use super::prescan::{
     local_uses_var, mark_bufs, plan_locals, sets_locals, stored_bufs, LocalStore,
 };
 use crate::error::{Error, Result};
-use crate::loop_ir::{Affine, Kernel, LoopKind, Module, Stmt, Var};
+use crate::loop_ir::{Affine, Dtype, Kernel, LoopKind, Module, Stmt, Var};
 
 /// Vector loops up to this extent (4 `f32x4` steps) are fully unrolled.
 const VECTOR_UNROLL_MAX: u64 = 16;
@@ -105,6 +107,13 @@ pub(super) struct Emitter<'a, 'f> {
     pub use_fma: bool,
     pub ptr_ty: Type,
     pub bases: Vec<Option<Value>>,
+    /// How each module buffer stores its elements (16-bit buffers are widened on load).
+    pub dtypes: Vec<Dtype>,
+    /// An unused instruction at the end of the entry block: constants hoisted out of
+    /// every loop are inserted before it ([`Emitter::entry_const`]).
+    pub entry_anchor: Inst,
+    /// The hoisted constants, by bits and type.
+    pub entry_consts: std::collections::HashMap<(u32, Type), Value>,
     pub binds: Vec<Option<Bind>>,
     /// The enclosing vector loop's variable.
     pub vector_var: Option<Var>,
@@ -167,12 +176,23 @@ pub(super) fn emit_kernel(
             LocalStore::Scalar(_) => 0,
         })
         .sum();
+    // Anchor for constants hoisted into the entry block (dead if none is).
+    let entry_anchor = b.ins().iconst(types::I32, 0);
+    let entry_anchor = b
+        .func
+        .dfg
+        .value_def(entry_anchor)
+        .inst()
+        .ok_or_else(|| ice(kernel, "entry anchor"))?;
     let mut em = Emitter {
         b,
         kernel,
         use_fma,
         ptr_ty,
         bases,
+        dtypes: module.buffers.iter().map(|b| b.dtype).collect(),
+        entry_anchor,
+        entry_consts: std::collections::HashMap::new(),
         binds: vec![None; kernel.vars as usize],
         vector_var: None,
         locals,
@@ -302,7 +322,7 @@ impl<'f> Emitter<'_, 'f> {
                     // Scatter: lane i to element `index + stride·i` (distinct elements,
                     // the verifier rejects stride 0), in lane order.
                     for i in 0..4u8 {
-                        let (a, o) = self.lane_addr(addr, off, stride, i)?;
+                        let (a, o) = self.lane_addr(addr, off, stride, 4, i)?;
                         let x = self.b.ins().extractlane(v, i);
                         self.b.ins().store(flags, x, a, o);
                     }

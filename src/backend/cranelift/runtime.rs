@@ -20,7 +20,7 @@ use super::codegen::define_kernels;
 use super::emit::KernelShape;
 use super::isa::{host_isa, resolve_fma, CodegenOptions};
 use crate::error::{Error, Result};
-use crate::loop_ir::{verify::verify, BufArg, Module};
+use crate::loop_ir::{verify::verify, BufArg, Dtype, Module};
 
 #[cfg(not(feature = "rayon-pool"))]
 use super::pool::Lease;
@@ -95,6 +95,7 @@ pub(super) fn work_of(kernel: &crate::loop_ir::Kernel) -> u64 {
 pub(super) struct BufferLayout {
     lens: Vec<usize>,
     read_only: Vec<bool>,
+    dtypes: Vec<Dtype>,
 }
 
 impl BufferLayout {
@@ -107,6 +108,7 @@ impl BufferLayout {
                 .iter()
                 .map(|b| b.role.is_read_only())
                 .collect(),
+            dtypes: module.buffers.iter().map(|b| b.dtype).collect(),
         }
     }
 
@@ -122,6 +124,16 @@ impl BufferLayout {
         }
         let mut ptrs: Vec<*mut f32> = Vec::with_capacity(bufs.len());
         for (i, (b, &len)) in bufs.iter_mut().zip(&self.lens).enumerate() {
+            let bound = match b {
+                BufArg::ReadHalf(_, d) => *d,
+                BufArg::Read(_) | BufArg::Write(_) => Dtype::F32,
+            };
+            if self.dtypes.get(i) != Some(&bound) {
+                return Err(Error::internal(format!(
+                    "run: buffer {i} was passed as {} data, the module stores it otherwise",
+                    bound.name()
+                )));
+            }
             let (n, p) = match b {
                 BufArg::Read(r) => {
                     if !self.read_only[i] {
@@ -134,6 +146,16 @@ impl BufferLayout {
                     (r.len(), r.as_ptr() as *mut f32)
                 }
                 BufArg::Write(w) => (w.len(), w.as_mut_ptr()),
+                // 16-bit data: the kernels address it with 2-byte elements and only
+                // load from it (read-only, as above); the table's pointer type is nominal.
+                BufArg::ReadHalf(h, _) => {
+                    if !self.read_only[i] {
+                        return Err(Error::internal(format!(
+                            "run: buffer {i} is written by the module but was passed read-only"
+                        )));
+                    }
+                    (h.len(), h.as_ptr() as *mut f32)
+                }
             };
             if n != len {
                 return Err(Error::internal(format!(

@@ -16,6 +16,7 @@ fn buf(name: &str, len: usize, role: BufRole) -> Buffer {
         name: name.into(),
         len,
         role,
+        dtype: crate::loop_ir::Dtype::F32,
     }
 }
 
