@@ -166,7 +166,9 @@ fn gradients_refuse_16_bit_weights() {
         )
         .expect("compile");
         let y = cm.predict(&x).expect("predict");
-        let err = cm.gradients(std::slice::from_ref(&x), &y).expect_err("must refuse");
+        let err = cm
+            .gradients(std::slice::from_ref(&x), &y)
+            .expect_err("must refuse");
         assert!(err.to_string().contains("inference option"), "{err}");
     }
 }
