@@ -336,3 +336,45 @@ fn lcjit_run_takes_weights_dtype() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every bundled workload (weights from its initializers, seed 0; a uniform input in
+/// [0, 1) at batch 2): the JIT's output with bf16 and f16 weights against its f32 output,
+/// within 1e-2 relative. Prints the table (`--nocapture`).
+#[test]
+fn every_workload_stays_within_1e_2_of_f32() {
+    let mut rows = Vec::new();
+    for name in common::workload_names() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/workloads")
+            .join(&name);
+        let model = Arc::new(Model::load(&path).expect("workload"));
+        let mut shape = vec![2];
+        shape.extend_from_slice(model.input_shape());
+        let x = common::random(&shape, 11).mapv(|v| v.abs().min(1.0));
+        let f32_out = predict(&model, Engine::Jit, 2, Dtype::F32, &x);
+        let mut errs = Vec::new();
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            let y = predict(&model, Engine::Jit, 2, dtype, &x);
+            let e = rel_err(&y, &f32_out);
+            assert!(e <= 1e-2, "{name} {}: {e:e} from f32", dtype.name());
+            // Also without the floor of 1 (the outputs of some workloads are tiny).
+            let top = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = y
+                .iter()
+                .zip(f32_out.iter())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            errs.push((e, diff / top));
+        }
+        rows.push(format!(
+            "{name:<28} bf16 {:.2e} ({:.2e})  f16 {:.2e} ({:.2e})",
+            errs[0].0, errs[0].1, errs[1].0, errs[1].1
+        ));
+    }
+    println!(
+        "16-bit weights against f32, max|y16 − y32| / max(1, max|y32|) \
+         (and / max|y32|):"
+    );
+    for r in rows {
+        println!("  {r}");
+    }
+}

@@ -52,33 +52,38 @@ pub fn round_bf16(x: f32) -> f32 {
     }
 }
 
-/// An IEEE half (bits `h`) widened to f32, exactly, in the integer sequence the JIT
-/// emits lane-wise, with no subnormal float operand anywhere (x86 takes a microcode
-/// assist of ~100 cycles per subnormal operand; a first version that rebiased with a
-/// multiply ran DeepFace's f16 weights 6× slower than bf16): the 15 magnitude bits moved
-/// to the f32 exponent and mantissa (`<< 13`) and the exponent rebiased by `+ 112 << 23`
-/// for normal halves; exponent 31 (±∞, NaN) gets the f32 exponent 255, mantissa kept;
-/// zero and subnormal halves (`mag < 0x400`) are `(2^-14 + m·2^-24) − 2^-14`, one exact
-/// subtraction of normal floats (Giesen's half-to-float); the sign is put back last.
+/// An IEEE half (bits `h`) widened to f32, exactly, in the sequence the JIT emits
+/// lane-wise, with no subnormal float operand anywhere (x86 takes a microcode assist of
+/// ~100 cycles per subnormal operand) and five constants (an unrolled LC tile keeps them
+/// in registers beside its accumulators): the 15 magnitude bits moved to the f32 exponent
+/// and mantissa (`<< 13`) and the exponent rebiased by `+ 112 << 23`, which is the value
+/// `f` for normal halves; zero and subnormal halves (exponent 0) give
+/// `f = 2^-15 + m·2^-25` there, so `2·(f − 2^-15) = m·2^-24` (both steps exact), and they
+/// are the ones with `f − 2^-15 < 2^-15`; exponent 31 (±∞, NaN) gives `f ≥ 2^16`, and
+/// gets the f32 exponent 255 with the mantissa kept; the sign is put back last.
 pub fn widen_f16(h: u16) -> f32 {
     let h = u32::from(h);
     let mag = h & 0x7FFF;
-    let shifted = mag << 13;
-    let r = if mag >= 0x7C00 {
-        shifted | 0x7F80_0000
-    } else if mag < 0x0400 {
-        (f32::from_bits(shifted + F16_SUB_BIAS) - F16_MIN_NORMAL).to_bits()
+    let sign = h ^ mag;
+    let bits = (mag << 13) + F16_NORMAL_BIAS;
+    let f = f32::from_bits(bits);
+    let d = f - F16_HALF_MIN_NORMAL;
+    let r = if f >= F16_SPECIAL {
+        bits | 0x7F80_0000
+    } else if d < F16_HALF_MIN_NORMAL {
+        (d + d).to_bits()
     } else {
-        shifted + F16_NORMAL_BIAS
+        bits
     };
-    f32::from_bits(r | ((h & 0x8000) << 16))
+    f32::from_bits(r | (sign << 16))
 }
 
 /// `(127 − 15) << 23`: moves a half's exponent field, shifted into place, to f32's bias.
 pub const F16_NORMAL_BIAS: u32 = 112 << 23;
-/// `(127 − 14) << 23`: the exponent of `2^-14`, under which a subnormal half's mantissa
-/// bits read as `2^-14 + m·2^-24`.
-pub const F16_SUB_BIAS: u32 = 113 << 23;
+/// `2^-15`, half the smallest normal half.
+pub const F16_HALF_MIN_NORMAL: f32 = 3.051_757_8e-5;
+/// `2^16`: rebiased, a half with exponent 31 (±∞, NaN) is at least this.
+pub const F16_SPECIAL: f32 = 65536.0;
 
 /// `x` stored as IEEE half bits, rounded to nearest even (what [`round_f16`] computes;
 /// NaN stays NaN).
@@ -320,7 +325,8 @@ mod tests {
                 assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
             }
         }
-        assert_eq!(f32::from_bits(F16_SUB_BIAS), F16_MIN_NORMAL);
+        assert_eq!(F16_HALF_MIN_NORMAL, 2f32.powi(-15));
+        assert_eq!(F16_SPECIAL, 2f32.powi(16));
     }
 
     #[test]

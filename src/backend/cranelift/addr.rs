@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, Inst, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -278,50 +278,51 @@ impl<'f> Emitter<'_, 'f> {
 
 impl Emitter<'_, '_> {
     /// `loop_ir::math::widen_f16` of half bits zero-extended into i32 (lanes): the
-    /// branches as integer compares and selects, the one float operation a subtraction
-    /// of normal numbers. Its constants are hoisted into the kernel's entry block
+    /// branches as compares and selects, the float operations exact ones on normal
+    /// numbers. Its five constants are hoisted into the kernel's entry block
     /// ([`Emitter::entry_const`]): an unrolled LC tile widens 64 weight vectors per step,
-    /// and materialising 8 splats for each made f16 weights 5× slower than bf16.
+    /// and materialising the splats for each made f16 weights 5× slower than bf16; with
+    /// seven constants the tile's accumulators spilled.
     fn widen_f16(&mut self, h: Value, vector: bool) -> Value {
-        use crate::loop_ir::math::{F16_MIN_NORMAL, F16_NORMAL_BIAS, F16_SUB_BIAS};
+        use crate::loop_ir::math::{F16_HALF_MIN_NORMAL, F16_NORMAL_BIAS, F16_SPECIAL};
         let (ity, fty) = if vector {
             (types::I32X4, types::F32X4)
         } else {
             (types::I32, types::F32)
         };
         let flags = MemFlagsData::new();
-        let sign_mask = self.entry_const(0x8000, ity);
-        let sign = self.b.ins().band(h, sign_mask);
-        let mag = self.b.ins().bxor(h, sign);
+        let mag_mask = self.entry_const(0x7FFF, ity);
+        let mag = self.b.ins().band(h, mag_mask);
+        let sign = self.b.ins().bxor(h, mag);
         let s13 = self.b.ins().iconst(types::I32, 13);
         let shifted = self.b.ins().ishl(mag, s13);
         let bias = self.entry_const(F16_NORMAL_BIAS, ity);
-        let normal = self.b.ins().iadd(shifted, bias);
-        let sub_bias = self.entry_const(F16_SUB_BIAS, ity);
-        let sub = self.b.ins().iadd(shifted, sub_bias);
-        let sub = self.b.ins().bitcast(fty, flags, sub);
-        let min_normal = self.entry_const(F16_MIN_NORMAL.to_bits(), fty);
-        let sub = self.b.ins().fsub(sub, min_normal);
-        let sub = self.b.ins().bitcast(ity, flags, sub);
+        let bits = self.b.ins().iadd(shifted, bias);
+        let f = self.b.ins().bitcast(fty, flags, bits);
+        let half_min = self.entry_const(F16_HALF_MIN_NORMAL.to_bits(), fty);
+        let d = self.b.ins().fsub(f, half_min);
+        let sub = self.b.ins().fadd(d, d);
+        let is_sub = self.b.ins().fcmp(FloatCC::LessThan, d, half_min);
+        let r = self.pick(vector, is_sub, sub, f);
         let exp_all = self.entry_const(0x7F80_0000, ity);
-        let special = self.b.ins().bor(shifted, exp_all);
-        let lo = self.entry_const(0x0400, ity);
-        let is_sub = self.b.ins().icmp(IntCC::SignedLessThan, mag, lo);
-        let r = self.pick_int(vector, is_sub, sub, normal);
-        let hi = self.entry_const(0x7BFF, ity);
-        let is_special = self.b.ins().icmp(IntCC::SignedGreaterThan, mag, hi);
-        let r = self.pick_int(vector, is_special, special, r);
+        let special = self.b.ins().bor(bits, exp_all);
+        let special = self.b.ins().bitcast(fty, flags, special);
+        let limit = self.entry_const(F16_SPECIAL.to_bits(), fty);
+        let is_special = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, f, limit);
+        let r = self.pick(vector, is_special, special, r);
+        let r = self.b.ins().bitcast(ity, flags, r);
         let s16 = self.b.ins().iconst(types::I32, 16);
         let sign = self.b.ins().ishl(sign, s16);
         let r = self.b.ins().bor(r, sign);
         self.b.ins().bitcast(fty, flags, r)
     }
 
-    /// `c ? t : f` on integers (lanes) for a condition from `icmp`: `bitselect` on the
-    /// lane mask for vectors, `select` on the flag for scalars.
-    fn pick_int(&mut self, vector: bool, c: Value, t: Value, f: Value) -> Value {
+    /// `c ? t : f` on floats (lanes) for a condition from `fcmp`: `bitselect` on the
+    /// lane mask (bitcast to f32x4) for vectors, `select` on the flag for scalars.
+    fn pick(&mut self, vector: bool, c: Value, t: Value, f: Value) -> Value {
         if vector {
-            self.b.ins().bitselect(c, t, f)
+            let m = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
+            self.b.ins().bitselect(m, t, f)
         } else {
             self.b.ins().select(c, t, f)
         }
