@@ -2,7 +2,7 @@
 //! contract (scripts and tests parse them), so they are spelled out here as types rather
 //! than derived from [`BenchReport`]'s own layout. Missing measurements are `null`.
 
-use super::BenchReport;
+use super::report::BenchReport;
 
 /// The whole line.
 #[derive(serde::Serialize)]
