@@ -378,3 +378,48 @@ fn every_workload_stays_within_1e_2_of_f32() {
         println!("  {r}");
     }
 }
+
+/// Inner-layer outputs (`predict_outputs`, programs of the model cut at those layers) with
+/// 16-bit weights: the JIT equals the interpreter, and the reference agrees, on every
+/// golden case with more than one layer.
+#[test]
+fn inner_layer_outputs_with_16_bit_weights() {
+    let mut checked = 0;
+    for case in cases() {
+        let model = load(&case);
+        let names: Vec<String> = model.graph().nodes[1..]
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        if names.len() < 2 {
+            continue;
+        }
+        let x = io::read_npy(&case.join("x.npy")).expect("x.npy");
+        let layers: Vec<&str> = names.iter().map(String::as_str).collect();
+        let run = |engine| {
+            let opts = CompileOptions {
+                engine,
+                threads: 2,
+                max_batch: x.shape()[0],
+                weights_dtype: Dtype::Bf16,
+            };
+            CompiledModel::new(model.clone(), opts)
+                .and_then(|c| c.predict_outputs(&[x.view()], &layers, x.shape()[0]))
+                .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+        };
+        let (jit, interp, reference) = (
+            run(Engine::Jit),
+            run(Engine::Interp),
+            run(Engine::Reference),
+        );
+        for ((j, i), r) in jit.iter().zip(&interp).zip(&reference) {
+            if lcjit::backend::host_has_fma() {
+                assert_eq!(bits(&j.1), bits(&i.1), "{} {}", case.display(), j.0);
+            }
+            let e = rel_err(&i.1, &r.1);
+            assert!(e <= 1e-4, "{} {}: {e:e}", case.display(), j.0);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} multi-layer cases");
+}

@@ -64,6 +64,22 @@ pub fn round(a: &ArrayD<f32>, dtype: Dtype) -> ArrayD<f32> {
     }
 }
 
+/// `params` (one per parameter of `graph`) with the 16-bit ones rounded to `dtype`: the
+/// model a 16-bit program computes, for the reference engine.
+pub fn rounded_params(graph: &Graph, params: &[ArrayD<f32>], dtype: Dtype) -> Vec<ArrayD<f32>> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(p, a)| {
+            if stored_16bit(graph, p) {
+                round(a, dtype)
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
+}
+
 /// Bytes of the 16-bit copies of `graph`'s streamed weights (what the runtime holds
 /// beside the f32 model under the option), for the memory budget.
 pub fn narrowed_bytes(graph: &Graph) -> u128 {

@@ -202,18 +202,8 @@ impl CompiledModel {
                 })
                 .collect()
         };
-        let rounded = (opts.engine.is_reference() && dtype != Dtype::F32).then(|| {
-            (0..model.params().len())
-                .map(|p| {
-                    let a = &model.params()[p];
-                    if stored(p) {
-                        crate::lower::weights::round(a, dtype)
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect()
-        });
+        let rounded = (opts.engine.is_reference() && dtype != Dtype::F32)
+            .then(|| crate::lower::weights::rounded_params(graph, model.params(), dtype));
         let cm = CompiledModel {
             model,
             opts,
@@ -442,20 +432,11 @@ impl CompiledModel {
                 return Cow::Borrowed(r.as_slice());
             }
         }
-        let graph = self.model.graph();
-        Cow::Owned(
-            params
-                .iter()
-                .enumerate()
-                .map(|(p, a)| {
-                    if crate::lower::weights::stored_16bit(graph, p) {
-                        crate::lower::weights::round(a, dtype)
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect(),
-        )
+        Cow::Owned(crate::lower::weights::rounded_params(
+            self.model.graph(),
+            params,
+            dtype,
+        ))
     }
 
     fn take_buffers(&self, key: &CacheKey, m: &Module) -> Vec<Vec<f32>> {
