@@ -208,6 +208,13 @@ impl CompiledModel {
             (None, _) => Some(self.reference_params(params)),
             (Some(c), _) => Some(Cow::Owned(c.select_params(&self.reference_params(params))?)),
         };
+        // The compiled engines' parameter data, bound once per call (16-bit weights of
+        // parameters other than the model's own are narrowed here, not per batch).
+        let bound = match (&ref_params, &target.cut) {
+            (Some(_), _) => None,
+            (None, None) => Some(self.bind_params(params, &(0..params.len()).collect::<Vec<_>>())),
+            (None, Some(c)) => Some(self.bind_params(params, &c.param_map)),
+        };
         let mut start = 0;
         while start < total {
             let rows = batch_size.min(total - start);
@@ -265,11 +272,10 @@ impl CompiledModel {
             } else {
                 let graph = target.graph(self.model.graph());
                 let prepared = self.prepared_for(&target.key(), graph, rows)?;
-                let bound = match &target.cut {
-                    None => self.bind_params(params, &(0..params.len()).collect::<Vec<_>>()),
-                    Some(c) => self.bind_params(params, &c.param_map),
-                };
-                self.run_prepared(&prepared, &bound, &flat_in, |outs| deliver(outs))?;
+                let bound = bound
+                    .as_ref()
+                    .ok_or_else(|| Error::internal("parameters not bound"))?;
+                self.run_prepared(&prepared, bound, &flat_in, |outs| deliver(outs))?;
             }
             start += rows;
         }
