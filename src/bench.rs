@@ -342,6 +342,8 @@ pub struct BenchRun<'a> {
     /// How LC and Dense kernels are stored for the forward pass
     /// ([`crate::CompileOptions::weights_dtype`]); training steps always use f32.
     pub weights_dtype: crate::loop_ir::Dtype,
+    /// The wide tier of the compiled engines ([`crate::CompileOptions::wide`]).
+    pub wide: crate::WideTier,
 }
 
 /// Benchmarks `model` as `run` says.
@@ -357,6 +359,7 @@ pub fn bench_model(
         probe,
         train,
         weights_dtype,
+        wide,
     } = *run;
     let mut shape = vec![batch];
     shape.extend_from_slice(model.input_shape());
@@ -377,6 +380,7 @@ pub fn bench_model(
             threads,
             max_batch: batch,
             weights_dtype,
+            wide,
         };
         let compiled = crate::CompiledModel::new(model.clone(), opts.clone())?;
         if engine.backend() == Some(Backend::Jit) {

@@ -81,6 +81,7 @@ pub fn run(memory_budget: u64) -> Result<()> {
                 probe: batch == 1,
                 train: batch == 32,
                 weights_dtype: lcjit::loop_ir::Dtype::F32,
+                wide: lcjit::WideTier::Auto,
             },
         )?;
         println!("{}", report.table());

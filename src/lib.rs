@@ -40,4 +40,4 @@ pub mod write_file;
 
 pub use error::{Error, Result};
 pub use model::{LoadOptions, Model, WeightsOrigin};
-pub use runtime::{CompileOptions, CompiledModel, Engine};
+pub use runtime::{CompileOptions, CompiledModel, Engine, WideTier};

@@ -59,6 +59,7 @@ fn predict(
         threads,
         max_batch: x.shape()[0],
         weights_dtype: dtype,
+        ..Default::default()
     };
     CompiledModel::new(model.clone(), opts)
         .and_then(|c| c.predict(x))
@@ -124,6 +125,7 @@ fn the_option_marks_lc_and_dense_kernels_only() {
             threads: 1,
             max_batch: x.shape()[0],
             weights_dtype: Dtype::Bf16,
+            ..Default::default()
         },
     )
     .expect("compile");
@@ -162,6 +164,7 @@ fn gradients_refuse_16_bit_weights() {
                 threads: 1,
                 max_batch: x.shape()[0],
                 weights_dtype: Dtype::F16,
+                ..Default::default()
             },
         )
         .expect("compile");
@@ -402,6 +405,7 @@ fn inner_layer_outputs_with_16_bit_weights() {
                 threads: 2,
                 max_batch: x.shape()[0],
                 weights_dtype: Dtype::Bf16,
+                ..Default::default()
             };
             CompiledModel::new(model.clone(), opts)
                 .and_then(|c| c.predict_outputs(&[x.view()], &layers, x.shape()[0]))

@@ -165,6 +165,7 @@ fn bench_json(
             probe,
             train,
             weights_dtype,
+            wide: lcjit::WideTier::Auto,
         };
         let report = lcjit::bench::bench_model("model", m, &run)?;
         report.json()

@@ -106,6 +106,7 @@ impl NativeModel {
             threads: self.threads,
             max_batch: batch,
             weights_dtype: self.weights_dtype,
+            ..Default::default()
         }
     }
 

@@ -26,7 +26,7 @@ pub mod cranelift;
 pub mod guard;
 
 pub use self::cranelift::aot;
-pub use self::cranelift::{host_has_fma, CodegenOptions, CompiledModule, OptLevel};
+pub use self::cranelift::{host_has_fma, host_has_tier, CodegenOptions, CompiledModule, OptLevel};
 pub use self::guard::{checked_mode, enable_checked_mode};
 use crate::error::Result;
 pub use crate::loop_ir::BufArg;

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// widened in registers: half the bytes streamed at batch 1). Training steps stay f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub weights_dtype: super::WeightsDtype,
+    /// SIMD tier past f32x4 for compute-bound register tiles (batch >= 4): AVX-512 or
+    /// AVX2 microkernels; every choice computes the same bits.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub wide: super::Wide,
 }
 
 /// Runs `lcjit bench`.
@@ -49,6 +53,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         json,
         no_probe,
         weights_dtype,
+        wide,
     } = a;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -82,6 +87,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
             probe: !no_probe,
             train,
             weights_dtype: weights_dtype.into(),
+            wide: wide.into(),
         },
     )?;
     if json {

@@ -80,6 +80,11 @@ pub struct IrArgs {
     /// --weights-dtype`; 16-bit buffers print as `bf16[…]` / `f16[…]`).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights_dtype: super::WeightsDtype,
+    /// SIMD tier past f32x4 the forward schedules may use (as `lcjit run --wide`;
+    /// default off, so the printed program is the same on every machine). Wide loops
+    /// print as `wide(avx512)`.
+    #[arg(long, value_enum, default_value = "off")]
+    pub wide: super::Wide,
 }
 
 /// Runs `lcjit ir`.
@@ -90,6 +95,7 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
         batch,
         pass,
         weights_dtype,
+        wide,
     } = a;
     if pass == Pass::Backward && weights_dtype != super::WeightsDtype::F32 {
         return Err(lcjit::Error::Usage {
@@ -109,7 +115,8 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
         lcjit::budget::check_run(m.graph(), batch, pass == Pass::Backward)?;
         Ok(match pass {
             Pass::Forward => {
-                let mut l = lcjit::lower::lower_forward(m.graph(), batch)?;
+                let tier = lcjit::WideTier::from(wide).resolve()?;
+                let mut l = lcjit::lower::lower_forward_for(m.graph(), batch, tier)?;
                 lcjit::lower::weights::store_weights(&mut l, m.graph(), weights_dtype.into());
                 l.module
             }

@@ -94,6 +94,31 @@ impl From<WeightsDtype> for lcjit::loop_ir::Dtype {
     }
 }
 
+/// `--wide`: the SIMD tier past f32x4 for compute-bound register tiles.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Wide {
+    /// The widest tier this CPU has (AVX-512F, else AVX2 with FMA), or none.
+    Auto,
+    /// f32x4 only.
+    Off,
+    /// AVX2 microkernels (8 lanes); refused on a CPU without AVX2, FMA and F16C.
+    Avx2,
+    /// AVX-512 microkernels (16 lanes); refused on a CPU without AVX-512F.
+    Avx512,
+}
+
+impl From<Wide> for lcjit::WideTier {
+    fn from(w: Wide) -> Self {
+        use lcjit::loop_ir::micro::Tier;
+        match w {
+            Wide::Auto => lcjit::WideTier::Auto,
+            Wide::Off => lcjit::WideTier::Off,
+            Wide::Avx2 => lcjit::WideTier::Only(Tier::Avx2),
+            Wide::Avx512 => lcjit::WideTier::Only(Tier::Avx512),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Stage {
     /// Graph IR text.

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// by the rounding (about 1e-3 relative for bf16, 1e-4 for f16 on the golden cases).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights_dtype: super::WeightsDtype,
+    /// SIMD tier past f32x4 for compute-bound register tiles (batch >= 4): AVX-512 or
+    /// AVX2 microkernels; every choice computes the same bits.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub wide: super::Wide,
 }
 
 /// Runs `lcjit run`.
@@ -83,6 +87,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
             threads: a.threads,
             max_batch: a.batch_size,
             weights_dtype: a.weights_dtype.into(),
+            wide: a.wide.into(),
         },
     )?;
     let layers: Vec<&str> = a.output_layers.iter().map(String::as_str).collect();

@@ -14,7 +14,8 @@
 //! (lanes of an f32x4: the loop's variable may appear in buffer indices with coefficient
 //! 0 — broadcast —, 1 — contiguous lanes — or another — strided lanes, gathered by a load
 //! and scattered by a store — and in local indices with 0 or 1), `Unroll(n)` (the body
-//! is replicated n times).
+//! is replicated n times), `Wide(tier)` (a serial loop heading a register-tile
+//! reduction that a target with the SIMD tier runs in wider registers, [`micro`]).
 //! The interpreter ignores kinds; the verifier checks that they are legal.
 //!
 //! Locals are small per-kernel register tiles (accumulators). Their indices may only use
@@ -47,6 +48,7 @@
 
 pub mod interp;
 pub mod math;
+pub mod micro;
 pub mod print;
 pub mod verify;
 
@@ -317,6 +319,9 @@ pub enum LoopKind {
     Vector(u32),
     /// Body replicated this many times.
     Unroll(u32),
+    /// A serial loop heading a register-tile reduction that a target with the tier runs
+    /// as one wide microkernel (see [`micro`]; the verifier checks the nest's shape).
+    Wide(micro::Tier),
 }
 
 /// Unary operations.

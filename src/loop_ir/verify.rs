@@ -215,6 +215,11 @@ impl Ctx<'_> {
                     if scope.in_vector.is_some() {
                         self.err(format!("loop v{var} is nested inside a vector loop"));
                     }
+                    if let LoopKind::Wide(_) = kind {
+                        if let Err(why) = super::micro::match_nest(s) {
+                            self.err(format!("wide loop v{var}: {why}"));
+                        }
+                    }
                     match kind {
                         LoopKind::Parallel if !top => {
                             self.err(format!("parallel loop v{var} is not a top-level loop"))

@@ -31,6 +31,7 @@ pub mod weights;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
+use crate::loop_ir::micro::Tier;
 use crate::loop_ir::{BufId, BufRole, Buffer, Kernel, Module};
 
 /// A logical tensor (one per node output, shared by aliasing nodes).
@@ -83,6 +84,8 @@ pub struct Cx<'g> {
     compute: crate::graph::ComputeDtype,
     /// Rounded copies made by [`mixed::with_policy`]: `(source buffer, op, tensor)`.
     rounded: Vec<(BufId, crate::loop_ir::UnOp, TensorId)>,
+    /// The SIMD tier past f32x4 the schedules may use (`None`: f32x4 only).
+    pub tier: Option<Tier>,
 }
 
 /// How a lowered layer refers to a tensor before slots are assigned: tensor ids are
@@ -155,9 +158,18 @@ impl<'g> Cx<'g> {
     }
 }
 
-/// Lowers the forward pass of `graph` for a batch of `batch` rows.
+/// Lowers the forward pass of `graph` for a batch of `batch` rows, for any target
+/// (f32x4 schedules only).
 pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
+    lower_forward_for(graph, batch, None)
+}
+
+/// [`lower_forward`] for a target with the SIMD tier `tier`: the schedules may then give
+/// register tiles to wide microkernels ([`crate::loop_ir::micro`]). The program computes
+/// the same bits on every executor and target either way.
+pub fn lower_forward_for(graph: &Graph, batch: usize, tier: Option<Tier>) -> Result<Lowered> {
     let mut cx = Cx::new(graph, batch)?;
+    cx.tier = tier;
     for id in 0..graph.nodes.len() {
         mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
     }
@@ -205,6 +217,7 @@ impl<'g> Cx<'g> {
             output_tensors: Vec::new(),
             compute: crate::graph::ComputeDtype::Float32,
             rounded: Vec::new(),
+            tier: None,
         })
     }
 }

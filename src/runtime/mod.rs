@@ -14,8 +14,9 @@
 
 use crate::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use crate::error::{Error, Result};
+use crate::loop_ir::micro::Tier;
 use crate::loop_ir::{BufRole, Dtype, Module};
-use crate::lower::{lower_forward, Lowered};
+use crate::lower::{lower_forward_for, Lowered};
 use crate::model::Model;
 use ndarray::{ArrayD, IxDyn};
 use std::borrow::Cow;
@@ -128,6 +129,38 @@ pub struct CompileOptions {
     /// model computed is the float32 model with those weights rounded to nearest even, on
     /// every engine; gradients and training refuse a 16-bit option.
     pub weights_dtype: Dtype,
+    /// Which SIMD tier past f32x4 the forward schedules may use for compute-bound
+    /// register tiles (see [`crate::loop_ir::micro`]): the best the CPU has by default.
+    /// Every choice computes the same bits.
+    pub wide: WideTier,
+}
+
+/// The choice of [`CompileOptions::wide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum WideTier {
+    /// The widest tier this CPU has (AVX-512F, else AVX2 with FMA), or none.
+    #[default]
+    Auto,
+    /// f32x4 only.
+    Off,
+    /// This tier; a CPU without it is refused with a usage error.
+    Only(Tier),
+}
+
+impl WideTier {
+    /// The tier to schedule for on this CPU.
+    pub fn resolve(self) -> Result<Option<Tier>> {
+        match self {
+            WideTier::Off => Ok(None),
+            WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2]
+                .into_iter()
+                .find(|t| backend::host_has_tier(*t))),
+            WideTier::Only(t) if backend::host_has_tier(t) => Ok(Some(t)),
+            WideTier::Only(t) => Err(Error::Usage {
+                detail: format!("this CPU has no {t} (the wide tier asked for)"),
+            }),
+        }
+    }
 }
 
 impl Default for CompileOptions {
@@ -137,6 +170,7 @@ impl Default for CompileOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_batch: 32,
             weights_dtype: Dtype::F32,
+            wide: WideTier::Auto,
         }
     }
 }
@@ -235,7 +269,7 @@ impl CompiledModel {
         let key = CacheKey::Forward(key.clone(), batch);
         self.programs.forward(key.clone(), || {
             let t = std::time::Instant::now();
-            let mut lowered = lower_forward(graph, batch)?;
+            let mut lowered = lower_forward_for(graph, batch, self.opts.wide.resolve()?)?;
             crate::lower::weights::store_weights(&mut lowered, graph, self.opts.weights_dtype);
             let program = engine.prepare(&lowered.module)?;
             Ok(Prepared {

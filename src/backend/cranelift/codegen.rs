@@ -13,6 +13,7 @@ use cranelift_module::{FuncId, Linkage, Module as ClifModule};
 
 use super::emit::{classify, emit_kernel, KernelShape};
 use super::runtime::work_of;
+use super::wide_call::plan_wide;
 use crate::error::{Error, Result};
 use crate::loop_ir::Module;
 
@@ -45,11 +46,13 @@ pub(super) fn clif_err(kernel: &str, what: &str, e: impl std::fmt::Display) -> E
 }
 
 /// Declares and defines every kernel of `module` in `m`, named `{prefix}{index}` with
-/// `linkage`, in the kernel ABI of [`super`]. Does not finalize.
+/// `linkage`, in the kernel ABI of [`super`], and the microkernels of its `wide` loops
+/// when `wide` (see `wide_call.rs`). Does not finalize.
 pub(super) fn define_kernels<M: ClifModule>(
     m: &mut M,
     module: &Module,
     use_fma: bool,
+    wide: bool,
     keep_text: bool,
     prefix: &str,
     linkage: Linkage,
@@ -61,6 +64,9 @@ pub(super) fn define_kernels<M: ClifModule>(
     for (i, kernel) in module.kernels.iter().enumerate() {
         let shape = classify(kernel)?;
         m.clear_context(&mut ctx);
+        // Microkernels always fuse, so they run only where the f32x4 code fuses too.
+        let name = format!("{prefix}{i}");
+        let calls = plan_wide(m, &mut ctx.func, module, kernel, wide && use_fma, &name)?;
         emit_kernel(
             &mut ctx.func,
             &mut fbc,
@@ -68,10 +74,11 @@ pub(super) fn define_kernels<M: ClifModule>(
             kernel,
             shape,
             use_fma,
+            &calls,
             m.target_config(),
         )?;
         let id = m
-            .declare_function(&format!("{prefix}{i}"), linkage, &ctx.func.signature)
+            .declare_function(&name, linkage, &ctx.func.signature)
             .map_err(|e| clif_err(&kernel.name, "declare", e))?;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
         ctx.set_disasm(keep_text);

@@ -28,6 +28,7 @@ use super::addr::{mem_flags, Frame, Scope};
 use super::prescan::{
     local_uses_var, mark_bufs, plan_locals, sets_locals, stored_bufs, LocalStore,
 };
+use super::wide_call::{stmt_key, WideCalls};
 use crate::error::{Error, Result};
 use crate::loop_ir::{Affine, Dtype, Kernel, LoopKind, Module, Stmt, Var};
 
@@ -124,6 +125,8 @@ pub(super) struct Emitter<'a, 'f> {
     /// Re-load `f32x4` values per use instead of caching them in registers, so x64 folds
     /// each load into its FMA as a memory operand (see `fold_vector_loads`).
     pub fold_vector_loads: bool,
+    /// The microkernels replacing `wide` loops (`wide_call.rs`).
+    pub wide: &'a WideCalls,
 }
 
 /// The error for a broken emitter invariant in `kernel`.
@@ -139,6 +142,7 @@ pub(super) fn emit_kernel(
     kernel: &Kernel,
     shape: KernelShape,
     use_fma: bool,
+    wide: &WideCalls,
     cfg: TargetFrontendConfig,
 ) -> Result<()> {
     let ptr_ty = cfg.pointer_type();
@@ -199,6 +203,7 @@ pub(super) fn emit_kernel(
         scopes: vec![Scope::default()],
         frames: Vec::new(),
         fold_vector_loads: vector_accs > FOLD_LOADS_ABOVE_ACCS,
+        wide,
     };
     em.zero_locals();
     match shape {
@@ -267,7 +272,13 @@ impl<'f> Emitter<'_, 'f> {
             } => {
                 let extent = i64::try_from(*extent).map_err(|_| ice(self.kernel, "huge extent"))?;
                 match *kind {
-                    LoopKind::Serial => {
+                    LoopKind::Wide(_) if self.wide.contains_key(&stmt_key(s)) => {
+                        if let Some((f, nest)) = self.wide.get(&stmt_key(s)) {
+                            self.wide_call(*f, nest)?;
+                        }
+                    }
+                    // A wide loop without a microkernel is the serial loop it heads.
+                    LoopKind::Serial | LoopKind::Wide(_) => {
                         let z = self.b.ins().iconst(types::I64, 0);
                         self.counted_loop(*var, z, LoopEnd::Const(extent), 1, 1, false, body)?
                     }

@@ -9,6 +9,7 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 
 use crate::error::{Error, Result};
+use crate::loop_ir::micro::Tier;
 
 /// Cranelift's mid-end level for a whole compiled module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,6 +55,10 @@ pub struct CodegenOptions {
     /// `Some(false)` emits `fmul` + `fadd` (two roundings: not bitwise equal to the
     /// interpreter, which always fuses).
     pub use_fma: Option<bool>,
+    /// Emit every `wide(tier)` loop as its f32x4 loop instead of the tier's microkernel
+    /// (`wide_call.rs`): the differential check of the wide tier, and what a target
+    /// without the tier gets anyway. Both compute the same bits.
+    pub f32x4_only: bool,
     /// Keep the optimised CLIF text and the machine-code listing of every kernel
     /// ([`super::CompiledModule::clif_text`], [`super::CompiledModule::asm_text`]).
     pub keep_text: bool,
@@ -72,6 +77,27 @@ pub fn host_has_fma() -> bool {
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
+        false
+    }
+}
+
+/// Whether this CPU runs the microkernels of `tier` (`wide.rs`): AVX2 needs FMA too (its
+/// multiply-adds) and F16C (its half-precision loads); AVX-512 needs AVX-512F.
+pub fn host_has_tier(tier: Tier) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match tier {
+            Tier::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
+            Tier::Avx512 => std::is_x86_feature_detected!("avx512f"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = tier;
         false
     }
 }

@@ -7,6 +7,8 @@
 //! - `expr.rs`: expressions, scalar (`f32`) or lane-wise (`f32x4`);
 //! - `prescan.rs`: pre-passes (buffers used/stored, local tile layouts);
 //! - `math.rs`: the transcendental op sequences of [`crate::loop_ir::math`] in CLIF;
+//! - `wide.rs`: AVX2/AVX-512 microkernels of `wide(tier)` register tiles, assembled with
+//!   iced-x86; `wide_call.rs`: which wide loops get one, and the call from the kernel;
 //! - `codegen.rs`: every kernel of a module into any Cranelift module (JIT or object);
 //! - `runtime.rs`: [`CompiledModule`] (owns the JIT memory) and the thread split;
 //! - `pool.rs`: the persistent worker threads (process-wide cache of teams) that run the
@@ -35,9 +37,11 @@ mod pool;
 mod pool_rayon;
 mod prescan;
 mod runtime;
+mod wide;
+mod wide_call;
 
 pub use crate::loop_ir::BufArg;
-pub use isa::{host_has_fma, CodegenOptions, OptLevel};
+pub use isa::{host_has_fma, host_has_tier, CodegenOptions, OptLevel};
 pub use runtime::CompiledModule;
 
 #[cfg(test)]

@@ -208,7 +208,15 @@ impl CompiledModule {
             .0
             .as_mut()
             .ok_or_else(|| Error::internal("cranelift: JIT module missing"))?;
-        let defined = define_kernels(jit, module, use_fma, opts.keep_text, "k", Linkage::Local)?;
+        let defined = define_kernels(
+            jit,
+            module,
+            use_fma,
+            !opts.f32x4_only,
+            opts.keep_text,
+            "k",
+            Linkage::Local,
+        )?;
         let (clif, asm) = (defined.clif, defined.asm);
         let declared = defined.kernels;
         jit.finalize_definitions()

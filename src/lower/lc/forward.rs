@@ -46,7 +46,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     } else {
         cx.temp(cx.batch * g.p * g.f)
     };
-    let s = sched::forward(&g, l, cx.batch);
+    let s = sched::forward(&g, l, cx.batch, cx.tier);
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     // Under the positions schedule the last axis is walked by the segments of
     // `positions.rs`, so only the leading axes get a position variable here.
@@ -349,7 +349,12 @@ impl Emit<'_> {
         let update = self.update(tl.tb, tl.bb_a, tl.ff_a, x_at, k_at);
         let taps = vec![for_(red_var, red_extent, s.reduction, vec![update])];
         let tap_axes = if s.merge { last } else { g.rank };
-        let taps = tap_loops(l, g, &self.o, &tl.t, tap_axes, taps);
+        let mut taps = tap_loops(l, g, &self.o, &tl.t, tap_axes, taps);
+        // Under a tier the schedule has made the reduction one perfect nest (no guards):
+        // its outermost loop heads the microkernel.
+        if let (Some(t), [Stmt::For { kind, .. }]) = (s.tier, taps.as_mut_slice()) {
+            *kind = LoopKind::Wide(t);
+        }
         let value = self.epilogue(
             load_local(self.acc, acc_at(s.ft, tl.bb_s, tl.ff_s)),
             ix.bias_at.clone(),

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use crate::graph::{LocallyConnected, Padding};
+use crate::loop_ir::micro::Tier;
 use crate::loop_ir::LoopKind;
 
 use super::super::lc::Geo;
@@ -57,6 +58,9 @@ pub struct LcForward {
     pub lanes: Option<Lanes>,
     /// The layer's spatial rank.
     pub rank: usize,
+    /// The SIMD tier whose microkernel runs the register tile's reduction (see
+    /// [`wide_tile`]); `None`: f32x4.
+    pub tier: Option<Tier>,
 }
 
 /// The split of the last output axis under [`VectorAxis::Positions`]: positions
@@ -126,14 +130,18 @@ impl fmt::Display for LcForward {
         }
         write!(
             f,
-            "lc.forward(vec={}, tile={}x{}, par=o0, cblock={}, merge={}, reduce={})",
+            "lc.forward(vec={}, tile={}x{}, par=o0, cblock={}, merge={}, reduce={}",
             self.vec,
             self.tb,
             self.ft,
             self.cblock.map_or("none".into(), |c| c.to_string()),
             if self.merge { "row" } else { "none" },
             kind_text(self.reduction),
-        )
+        )?;
+        match self.tier {
+            Some(t) => write!(f, ", tier={t})"),
+            None => f.write_str(")"),
+        }
     }
 }
 
@@ -144,13 +152,37 @@ pub(super) fn kind_text(k: LoopKind) -> String {
         LoopKind::Parallel => "parallel".into(),
         LoopKind::Vector(w) => format!("vector({w})"),
         LoopKind::Unroll(u) => format!("unroll({u})"),
+        LoopKind::Wide(t) => format!("wide({t})"),
     }
 }
 
-/// The forward schedule of an LC layer of geometry `g` at batch size `batch`.
-pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> LcForward {
+/// The forward schedule of an LC layer of geometry `g` at batch size `batch`, on a
+/// target with the SIMD tier `tier` past f32x4 (if any).
+pub(in crate::lower) fn forward(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    tier: Option<Tier>,
+) -> LcForward {
     if let Some(s) = positions(g, l, batch) {
         return s;
+    }
+    let wide = tier.and_then(|t| wide_tile(g, l, batch, t).map(|(ft, tb)| (t, ft, tb)));
+    if let Some((tier, ft, tb)) = wide {
+        let last = g.rank - 1;
+        let merge = g.cl && l.dilation[last] == 1;
+        let red_extent = if merge { l.kernel[last] * g.c } else { g.c };
+        return LcForward {
+            vec: VectorAxis::Filters,
+            tb,
+            ft,
+            cblock: None,
+            merge,
+            reduction: reduction_kind(red_extent as u64),
+            lanes: None,
+            rank: g.rank,
+            tier: Some(tier),
+        };
     }
     let (vec, ft, tb) = tile(g.f, batch);
     let vec = if vec {
@@ -180,7 +212,44 @@ pub(in crate::lower) fn forward(g: &Geo, l: &LocallyConnected, batch: usize) -> 
         reduction,
         lanes: None,
         rank: g.rank,
+        tier: None,
     }
+}
+
+/// Batch rows per wide register tile (at most; fewer when the batch or the registers are
+/// smaller). Measured: see `benches/peers/README.md` (deepface_l4_l6 at batch 32).
+const WIDE_ROWS: usize = 8;
+
+/// Smallest batch that gets a wide tile: below it a layer streams its weights once per
+/// call (memory-bound, 0.98× the streaming time at batch 1 with f32x4), so wider
+/// registers would not make it faster.
+const WIDE_MIN_BATCH: usize = 4;
+
+/// The wide register tile `(FT, TB)` of the filters schedule under `tier`, when it
+/// applies: the batch is compute-bound, the filters fill whole registers, every tap is
+/// inside the input (no `same` guards, so the reduction is one perfect nest the
+/// microkernel walks, see [`crate::loop_ir::micro`]) and the layer needs no channel
+/// blocking. Two registers of filters per row when `F` allows, sharing each broadcast
+/// input between them (fewer loads per multiply-add), with as many rows as fit the
+/// registers up to [`WIDE_ROWS`].
+fn wide_tile(g: &Geo, l: &LocallyConnected, batch: usize, tier: Tier) -> Option<(usize, usize)> {
+    let w = tier.lanes();
+    if batch < WIDE_MIN_BATCH || !g.f.is_multiple_of(w) || l.padding == Padding::Same {
+        return None;
+    }
+    let rows = |ft: usize| (1..=WIDE_ROWS.min(batch)).rev().find(|&r| tier.fits(r, ft));
+    let ft = if g.f.is_multiple_of(2 * w) && rows(2 * w).is_some_and(|r| r >= 4) {
+        2 * w
+    } else {
+        w
+    };
+    let tb = rows(ft)?;
+    // A layer whose per-position weights need channel blocking keeps the f32x4 blocked
+    // order (YOLO's local layer: 9.4 MB per position).
+    if block_channels(g, ft, true).is_some() {
+        return None;
+    }
+    Some((ft, tb))
 }
 
 /// The positions schedule, when it applies: the filters cannot fill the lanes
@@ -229,6 +298,7 @@ fn positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
             out: g.out_sp[last],
         }),
         rank: g.rank,
+        tier: None,
     })
 }
 

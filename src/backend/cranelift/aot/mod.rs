@@ -315,6 +315,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
             opt_level: opts.opt_level,
             use_fma: None,
             keep_text: false,
+            f32x4_only: false,
         },
     )?;
     let triple = target.isa.triple().to_string();
@@ -323,7 +324,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     let mut obj = ObjectModule::new(builder);
     let define = |obj: &mut ObjectModule, m: &crate::loop_ir::Module, tag: &str| {
         let prefix = format!("{}__{tag}", opts.name);
-        define_kernels(obj, m, target.use_fma, false, &prefix, Linkage::Local)
+        define_kernels(obj, m, target.use_fma, true, false, &prefix, Linkage::Local)
     };
     let defined = define(&mut obj, module, "k")?;
     let grad_kernels = match &grad {

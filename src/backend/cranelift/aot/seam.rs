@@ -117,6 +117,7 @@ fn object(module: &Module, opts: &CodegenOptions) -> Result<(Vec<u8>, String, St
         &mut obj,
         module,
         target.use_fma,
+        !opts.f32x4_only,
         opts.keep_text,
         "lcjit_seam_k",
         Linkage::Local,
