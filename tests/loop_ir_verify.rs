@@ -192,3 +192,97 @@ fn rejects_16_bit_buffers_that_are_written() {
     m.buffers[0].dtype = lcjit::loop_ir::Dtype::F16;
     assert!(verify(&m).is_ok());
 }
+
+/// A wide nest (see `loop_ir::micro`): `for t wide(tier) { for r unroll { for f vector(4)
+/// { acc[16·r + f] = fma(x[r + t], x[f], acc[16·r + f]) } } }`, with `rows` rows and
+/// the update built by `update` from (bcast, vector, acc) indices.
+fn wide_nest(
+    tier: lcjit::loop_ir::micro::Tier,
+    rows: u64,
+    update: impl Fn(Affine, Affine, Affine) -> Stmt,
+) -> Module {
+    let mut kb = KernelBuilder::new("wide");
+    let (t, r, f) = (kb.var("t"), kb.var("r"), kb.var("f"));
+    let acc = kb.local("acc", 16 * rows as usize);
+    let at = Affine::var(r).scale(16).plus_term(f, 1);
+    let body = update(Affine::var(r).plus_term(t, 1), Affine::var(f), at);
+    let _ = acc;
+    let k = kb.finish(vec![for_(
+        t,
+        1,
+        LoopKind::Wide(tier),
+        vec![for_(
+            r,
+            rows,
+            LoopKind::Unroll(rows as u32),
+            vec![for_(f, 16, LoopKind::Vector(4), vec![body])],
+        )],
+    )]);
+    module(k)
+}
+
+fn fma_update(b: Affine, v: Affine, at: Affine) -> Stmt {
+    Stmt::SetLocal {
+        local: 0,
+        index: at.clone(),
+        value: lcjit::loop_ir::fma(load(0, b), load(0, v), load_local(0, at)),
+    }
+}
+
+#[test]
+fn checks_the_shape_of_wide_nests() {
+    use lcjit::loop_ir::micro::Tier;
+    // Well formed, under both tiers.
+    for tier in [Tier::Avx2, Tier::Avx512] {
+        let m = wide_nest(tier, 2, fma_update);
+        assert!(verify(&m).is_ok(), "{tier}: {:?}", verify(&m));
+        assert!(lcjit::loop_ir::print::module_text(&m).contains(&format!("wide({tier})")));
+    }
+    let cases: Vec<(&str, Module)> = vec![
+        (
+            "does not fit",
+            // 12 rows × 2 ymm + 2 shared + 1 broadcast > 16 registers.
+            wide_nest(Tier::Avx2, 12, fma_update),
+        ),
+        (
+            "contiguous in the lanes and shared by the rows",
+            wide_nest(Tier::Avx512, 2, |b, v, at| {
+                fma_update(b.clone(), v.plus_affine(&b), at)
+            }),
+        ),
+        (
+            "fused multiply-add",
+            wide_nest(Tier::Avx512, 2, |b, _, at| Stmt::SetLocal {
+                local: 0,
+                index: at,
+                value: load(0, b),
+            }),
+        ),
+        (
+            "add to the element it sets",
+            wide_nest(Tier::Avx512, 2, |b, v, at| Stmt::SetLocal {
+                local: 0,
+                index: at.clone(),
+                value: lcjit::loop_ir::fma(
+                    load(0, b),
+                    load(0, v),
+                    load_local(0, at.plus_term(0, 1)),
+                ),
+            }),
+        ),
+        (
+            "one accumulator update",
+            wide_nest(Tier::Avx512, 2, |b, v, at| Stmt::If {
+                conds: vec![(Affine::constant(0), 0, 1)],
+                body: vec![fma_update(b, v, at)],
+            }),
+        ),
+    ];
+    for (want, m) in cases {
+        let e = rejected(&m);
+        assert!(
+            e.contains("wide loop") && e.contains(want),
+            "want '{want}': {e}"
+        );
+    }
+}
