@@ -210,7 +210,7 @@ fn wide_nest(
     let k = kb.finish(vec![for_(
         t,
         1,
-        LoopKind::Wide(tier),
+        LoopKind::Wide(lcjit::loop_ir::micro::Wide::new(tier)),
         vec![for_(
             r,
             rows,

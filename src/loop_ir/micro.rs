@@ -84,6 +84,36 @@ impl fmt::Display for Tier {
     }
 }
 
+/// The schedule of a wide loop: the tier, and how far ahead of its reads the
+/// microkernel asks the cache for the vector operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Wide {
+    /// The SIMD tier.
+    pub tier: Tier,
+    /// Elements of the vector operand, past each one the nest reads, to prefetch into
+    /// the L2 cache (0: none). A hint, not an access: it never faults and changes no
+    /// value. The LC forward schedule gives the distance to the next output position's
+    /// weights, so they stream from memory while this position's tile computes (the
+    /// later batch tiles of a position read them from cache).
+    pub prefetch: i64,
+}
+
+impl Wide {
+    /// `tier` without prefetching.
+    pub fn new(tier: Tier) -> Wide {
+        Wide { tier, prefetch: 0 }
+    }
+}
+
+impl fmt::Display for Wide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.prefetch {
+            0 => write!(f, "wide({})", self.tier),
+            d => write!(f, "wide({}, prefetch {d:+})", self.tier),
+        }
+    }
+}
+
 /// One loop of a nest: its variable and trip count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestLoop {
@@ -107,6 +137,8 @@ pub struct Operand {
 pub struct MicroNest {
     /// The tier the loop asks for.
     pub tier: Tier,
+    /// Prefetch distance of the vector operand in elements (see [`Wide::prefetch`]).
+    pub prefetch: i64,
     /// Reduction loops, outermost (the wide loop) first.
     pub reduction: Vec<NestLoop>,
     /// The tile's rows (a fully unrolled loop).
@@ -151,12 +183,13 @@ impl MicroNest {
 /// register-tile reduction (the verifier's message).
 pub fn match_nest(stmt: &Stmt) -> Result<MicroNest, String> {
     let Stmt::For {
-        kind: LoopKind::Wide(tier),
+        kind: LoopKind::Wide(wide),
         ..
     } = stmt
     else {
         return Err("not a wide loop".into());
     };
+    let tier = &wide.tier;
     let mut loops = Vec::new();
     let mut at = stmt;
     let leaf = loop {
@@ -208,7 +241,7 @@ pub fn match_nest(stmt: &Stmt) -> Result<MicroNest, String> {
     let reduction: Vec<NestLoop> = loops[..n - 2].iter().map(|l| l.0).collect();
     for (i, (_, k)) in loops[..n - 2].iter().enumerate() {
         let ok = match k {
-            LoopKind::Wide(t) => i == 0 && t == tier,
+            LoopKind::Wide(w) => i == 0 && w == wide,
             LoopKind::Serial | LoopKind::Unroll(_) => i > 0,
             LoopKind::Parallel | LoopKind::Vector(_) => false,
         };
@@ -273,6 +306,7 @@ pub fn match_nest(stmt: &Stmt) -> Result<MicroNest, String> {
     }
     Ok(MicroNest {
         tier: *tier,
+        prefetch: wide.prefetch,
         reduction,
         rows,
         lanes,

@@ -321,7 +321,7 @@ pub enum LoopKind {
     Unroll(u32),
     /// A serial loop heading a register-tile reduction that a target with the tier runs
     /// as one wide microkernel (see [`micro`]; the verifier checks the nest's shape).
-    Wide(micro::Tier),
+    Wide(micro::Wide),
 }
 
 /// Unary operations.

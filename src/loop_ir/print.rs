@@ -119,7 +119,7 @@ fn stmts_text(out: &mut String, stmts: &[Stmt], m: &Module, k: &Kernel, depth: u
                     LoopKind::Parallel => " parallel".into(),
                     LoopKind::Vector(w) => format!(" vector({w})"),
                     LoopKind::Unroll(u) => format!(" unroll({u})"),
-                    LoopKind::Wide(t) => format!(" wide({t})"),
+                    LoopKind::Wide(w) => format!(" {w}"),
                 };
                 let _ = writeln!(out, "{pad}for {name} in 0..{extent}{sched}");
                 stmts_text(out, body, m, k, depth + 1);

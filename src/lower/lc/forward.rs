@@ -352,8 +352,8 @@ impl Emit<'_> {
         let mut taps = tap_loops(l, g, &self.o, &tl.t, tap_axes, taps);
         // Under a tier the schedule has made the reduction one perfect nest (no guards):
         // its outermost loop heads the microkernel.
-        if let (Some(t), [Stmt::For { kind, .. }]) = (s.tier, taps.as_mut_slice()) {
-            *kind = LoopKind::Wide(t);
+        if let (Some(w), [Stmt::For { kind, .. }]) = (s.wide, taps.as_mut_slice()) {
+            *kind = LoopKind::Wide(w);
         }
         let value = self.epilogue(
             load_local(self.acc, acc_at(s.ft, tl.bb_s, tl.ff_s)),
