@@ -135,6 +135,7 @@ fn main() {
         lcjit::bench::Roofline {
             read_gbps: f64::NAN,
             fma_gflops: f64::NAN,
+            wide: None,
         }
     } else {
         lcjit::bench::roofline(threads).expect("roofline")

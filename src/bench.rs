@@ -4,12 +4,16 @@
 //! The roofline is what *this backend* can reach on this machine: a streaming kernel that
 //! reads a buffer much larger than the caches with f32x4 loads (read bandwidth), and a
 //! kernel of 12 independent f32x4 FMA chains per thread (FMA rate). Both are written in
-//! the loop IR and compiled like any model, so they share the model's code generator.
+//! the loop IR and compiled like any model, so they share the model's code generator; on a
+//! CPU with a wide tier, a third probe measures its microkernels' FMA rate
+//! (`bench/wide_probe.rs`).
 
 mod json;
 mod report;
+mod wide_probe;
 
 pub use report::BenchReport;
+pub use wide_probe::WideRate;
 
 use crate::backend::{self, Backend, BufArg, CodegenOptions};
 use crate::error::Result;
@@ -94,6 +98,8 @@ pub struct Roofline {
     pub read_gbps: f64,
     /// f32x4 FMA rate in GFLOP/s (an FMA counts 2 flops per lane).
     pub fma_gflops: f64,
+    /// The FMA rate of the widest tier's microkernels, when the CPU has one.
+    pub wide: Option<WideRate>,
 }
 
 /// Chunks the probes split their work into (more than any thread count used here).
@@ -284,8 +290,8 @@ fn fma_probe(iters: u64) -> Module {
     )
 }
 
-/// Measures read bandwidth (over a 512 MiB buffer) and the FMA rate with `threads`
-/// threads.
+/// Measures read bandwidth (over a 512 MiB buffer), the f32x4 FMA rate and the wide
+/// tier's FMA rate with `threads` threads.
 pub fn roofline(threads: usize) -> Result<Roofline> {
     let opts = CodegenOptions::default();
     let len = 128 << 20; // 512 MiB of f32, far beyond any cache
@@ -308,6 +314,7 @@ pub fn roofline(threads: usize) -> Result<Roofline> {
     Ok(Roofline {
         read_gbps,
         fma_gflops: flops / (ms * 1e-3) / 1e9,
+        wide: wide_probe::wide_rate(threads)?,
     })
 }
 

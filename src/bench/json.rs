@@ -46,6 +46,8 @@ struct JsonEngines {
 struct JsonRoofline {
     read_gbps: Option<f64>,
     fma_gflops: Option<f64>,
+    wide_tier: Option<&'static str>,
+    wide_fma_gflops: Option<f64>,
 }
 
 /// A measurement as printed: four decimals (timer noise is far larger), `null` when
@@ -85,6 +87,8 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
         roofline: JsonRoofline {
             read_gbps: json_num(r.roofline.map(|r| r.read_gbps)),
             fma_gflops: json_num(r.roofline.map(|r| r.fma_gflops)),
+            wide_tier: r.roofline.and_then(|r| r.wide).map(|w| w.tier.name()),
+            wide_fma_gflops: json_num(r.roofline.and_then(|r| r.wide).map(|w| w.gflops)),
         },
     };
     // Plain numbers, strings and options always serialize: a failure is a bug.

@@ -119,12 +119,25 @@ impl BenchReport {
                     j / bound,
                     f as f64 / 1e9
                 );
+                if let Some(w) = r.wide {
+                    let wide = f as f64 / (w.gflops * 1e9) * 1e3;
+                    let _ = writeln!(
+                        s,
+                        "jit train step: {:.0}% of the {} FMA rate (bound {wide:.2} ms)",
+                        100.0 * wide / j,
+                        w.tier
+                    );
+                }
             }
         }
         if let Some(r) = self.roofline {
+            let wide = r
+                .wide
+                .map(|w| format!(", {} FMA {:.1} GFLOP/s", w.tier, w.gflops))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "roofline: read {:.1} GB/s, f32x4 FMA {:.1} GFLOP/s",
+                "roofline: read {:.1} GB/s, f32x4 FMA {:.1} GFLOP/s{wide}",
                 r.read_gbps, r.fma_gflops
             );
             let stream_ms = self.weight_bytes as f64 / (r.read_gbps * 1e9) * 1e3;
@@ -139,6 +152,16 @@ impl BenchReport {
                     self.gflops().unwrap_or(0.0),
                     100.0 * fma_ms / j
                 );
+                if let Some(w) = r.wide {
+                    let wide_ms = self.forward_flops as f64 / (w.gflops * 1e9) * 1e3;
+                    let _ = writeln!(
+                        s,
+                        "jit forward: {:.2}x the f32x4 FMA bound, {:.0}% of the {} FMA rate (bound {wide_ms:.2} ms)",
+                        j / fma_ms,
+                        100.0 * wide_ms / j,
+                        w.tier
+                    );
+                }
             }
         }
         s
