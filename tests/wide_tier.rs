@@ -449,3 +449,87 @@ fn tier_choice_is_checked() {
     }
     assert_eq!(WideTier::Off.resolve().expect("off"), None);
 }
+
+/// The gradients `(d inputs, d params)` of `model` on `engine` with `wide`.
+fn grads(
+    model: &Arc<Model>,
+    engine: Engine,
+    threads: usize,
+    wide: WideTier,
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+) -> Vec<ArrayD<f32>> {
+    let c = compiled(model, engine, threads, x.shape()[0], Dtype::F32, wide);
+    let (dx, dp) = c.gradients(std::slice::from_ref(x), dy).expect("gradients");
+    dx.into_iter().chain(dp).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The gradient programs (forward phase and `dK` with wide tiles): the wide JIT on 1
+    /// and 2 threads and the f32x4 JIT equal the interpreter bit for bit.
+    #[test]
+    fn wide_gradients_equal_the_interpreter(
+        sp in wide_spec(),
+        batch in 4usize..19,
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = graph(&sp) else {
+            return Ok(());
+        };
+        let model = Arc::new(Model::from_graph(g, seed).expect("model"));
+        let x = input(&model, batch, seed);
+        let y = model.predict(&x).expect("reference");
+        let dy = y.mapv(|v| (v * 7.0).sin());
+        let want = grads(&model, Engine::Interp, 1, WideTier::Auto, &x, &dy);
+        let off = grads(&model, Engine::Jit, 2, WideTier::Off, &x, &dy);
+        prop_assert!(want.iter().zip(&off).all(|(a, b)| same_bits(a, b)), "f32x4 JIT");
+        for threads in [1, 2] {
+            let got = grads(&model, Engine::Jit, threads, WideTier::Auto, &x, &dy);
+            prop_assert!(want.iter().zip(&got).all(|(a, b)| same_bits(a, b)), "wide JIT, {} threads ({:?})", threads, sp);
+        }
+    }
+}
+
+/// deepface-like layers get wide `dK` tiles on a CPU with a tier.
+#[test]
+fn kernel_gradients_get_wide_tiles() {
+    let sp = Spec {
+        rank: 2,
+        cl: true,
+        spatial: vec![12, 12],
+        c: 16,
+        f: 16,
+        k: 3,
+        s: 1,
+        d: 1,
+        same: false,
+        bias: true,
+    };
+    let g = graph(&sp).expect("graph");
+    for tier in host_tiers() {
+        let l = lcjit::lower::grad::lower_gradients_for(
+            &g,
+            8,
+            lcjit::lower::grad::Mode::Training,
+            Some(tier),
+        )
+        .expect("lower");
+        let dk = l
+            .backward
+            .kernels
+            .iter()
+            .find(|k| k.name.ends_with("backward_dk"))
+            .expect("dk kernel");
+        assert!(
+            dk.schedule
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("wide({tier}")),
+            "{:?}",
+            dk.schedule
+        );
+        assert!(has_wide(&l.forward), "{tier}: forward phase");
+    }
+}

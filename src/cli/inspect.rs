@@ -80,7 +80,7 @@ pub struct IrArgs {
     /// --weights-dtype`; 16-bit buffers print as `bf16[…]` / `f16[…]`).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights_dtype: super::WeightsDtype,
-    /// SIMD tier past f32x4 the forward schedules may use (as `lcjit run --wide`;
+    /// SIMD tier past f32x4 the schedules may use (as `lcjit run --wide`;
     /// default off, so the printed program is the same on every machine). Wide loops
     /// print as `wide(avx512)`.
     #[arg(long, value_enum, default_value = "off")]
@@ -121,7 +121,13 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
                 l.module
             }
             Pass::Backward => {
-                let g = lcjit::lower::grad::lower_gradients(m.graph(), batch)?;
+                let tier = lcjit::WideTier::from(wide).resolve()?;
+                let g = lcjit::lower::grad::lower_gradients_for(
+                    m.graph(),
+                    batch,
+                    lcjit::lower::grad::Mode::Inference,
+                    tier,
+                )?;
                 let mut all = g.forward;
                 all.kernels.extend(g.backward.kernels);
                 all

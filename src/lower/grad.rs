@@ -253,7 +253,19 @@ pub fn lower_gradients_in(
     batch: usize,
     mode: Mode,
 ) -> Result<LoweredGrad> {
+    lower_gradients_for(graph, batch, mode, None)
+}
+
+/// [`lower_gradients_in`] for a target with the SIMD tier `tier` (see
+/// [`super::lower_forward_for`]): same results, wider register tiles.
+pub fn lower_gradients_for(
+    graph: &crate::graph::Graph,
+    batch: usize,
+    mode: Mode,
+    tier: Option<crate::loop_ir::micro::Tier>,
+) -> Result<LoweredGrad> {
     let mut cx = Cx::new(graph, batch)?;
+    cx.tier = tier;
     cx.skip_input_grads = mode == Mode::Training;
     for (i, p) in graph.params.iter().enumerate() {
         cx.buffers.push(Buffer {

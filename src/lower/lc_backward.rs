@@ -70,7 +70,7 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
 
 /// `dK[p, q, f] = Σ_b x[b, patch(p, q)] · dz[b, p, f]` (see the module docs).
 fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, dk]: [BufId; 3]) {
-    let s = sched::kernel_grad(g, l, cx.batch);
+    let s = sched::kernel_grad(g, l, cx.batch, cx.tier);
     if let Some(ln) = &s.lanes {
         return dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
     }
@@ -148,7 +148,7 @@ fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, d
         },
     );
     let batch = cx.batch as u64;
-    let per_tile = vec![init, for_(b, batch, s.reduction, vec![update]), store];
+    let per_tile = vec![init, for_(b, batch, s.batch_kind(), vec![update]), store];
     let tiles = vec![for_(
         ct,
         (run / tq) as u64,

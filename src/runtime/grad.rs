@@ -13,7 +13,7 @@ use super::{execute, flat, fresh_buffers, writable_index, Bind, CompiledModel};
 use crate::backend::Program;
 use crate::error::{Error, Result};
 use crate::init::Rng;
-use crate::lower::grad::{lower_gradients_in, LoweredGrad, Mode};
+use crate::lower::grad::{lower_gradients_for, LoweredGrad, Mode};
 use crate::reference;
 use ndarray::{ArrayD, IxDyn};
 use std::sync::Arc;
@@ -65,7 +65,7 @@ impl CompiledModel {
         let graph = self.model.graph();
         self.programs.gradient(CacheKey::Gradient(batch, mode), || {
             let t = std::time::Instant::now();
-            let lowered = lower_gradients_in(graph, batch, mode)?;
+            let lowered = lower_gradients_for(graph, batch, mode, self.opts.wide.resolve()?)?;
             let programs = (
                 engine.prepare(&lowered.forward)?,
                 engine.prepare(&lowered.backward)?,

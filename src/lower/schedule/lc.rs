@@ -230,12 +230,12 @@ pub(in crate::lower) fn forward(
 /// register per row), medians of two runs: 4 rows 44.0/39.7 ms, 8 rows 37.0/34.1, 12
 /// rows 39.6/32.8, 16 rows 31.5/30.0, 24 rows 32.0/31.1. More rows load each weight
 /// vector fewer times per multiply-add (one vector and 16 broadcasts per 16 FMAs).
-const WIDE_ROWS: usize = 16;
+pub(super) const WIDE_ROWS: usize = 16;
 
 /// Smallest batch that gets a wide tile: below it a layer streams its weights once per
 /// call (memory-bound, 0.98× the streaming time at batch 1 with f32x4), so wider
 /// registers would not make it faster.
-const WIDE_MIN_BATCH: usize = 4;
+pub(super) const WIDE_MIN_BATCH: usize = 4;
 
 /// The wide register tile `(FT, TB)` of the filters schedule under `tier`, when it
 /// applies: the batch is compute-bound, the filters fill whole registers, every tap is

@@ -9,10 +9,12 @@
 use std::fmt;
 
 use crate::graph::{LocallyConnected, Padding};
+use crate::loop_ir::micro::{Tier, Wide};
 use crate::loop_ir::LoopKind;
 
 use super::{
     divisor_upto, interior, kind_text, reduction_kind, reduction_kind_upto, Lanes, VectorAxis,
+    WIDE_MIN_BATCH, WIDE_ROWS,
 };
 use crate::lower::lc::Geo;
 
@@ -40,9 +42,17 @@ pub struct LcKernelGrad {
     pub run: usize,
     /// Schedule of the batch loop (the reduction).
     pub reduction: LoopKind,
+    /// The wide loop running the batch reduction of the register tile, when the schedule
+    /// gives it to a SIMD tier (`reduction` is then its f32x4 form).
+    pub wide: Option<Wide>,
 }
 
 impl LcKernelGrad {
+    /// The batch loop's kind: the wide loop, or the f32x4 reduction.
+    pub fn batch_kind(&self) -> LoopKind {
+        self.wide.map_or(self.reduction, LoopKind::Wide)
+    }
+
     /// The loop kind of the filter loop of a register tile.
     pub fn filter_kind(&self) -> LoopKind {
         match self.vec {
@@ -78,13 +88,17 @@ impl fmt::Display for LcKernelGrad {
         }
         write!(
             f,
-            "lc.dk(vec={}, tile={}x{}, par=o0, merge={}, reduce={})",
+            "lc.dk(vec={}, tile={}x{}, par=o0, merge={}, reduce={}",
             self.vec,
             self.tq,
             self.ft,
             if self.merge { "row" } else { "none" },
             kind_text(self.reduction),
-        )
+        )?;
+        match self.wide {
+            Some(w) => write!(f, ", {w})"),
+            None => f.write_str(")"),
+        }
     }
 }
 
@@ -92,7 +106,15 @@ impl fmt::Display for LcKernelGrad {
 /// channels_last and `F % 4 == 0`; a register tile of `TQ patch entries × FT filters`:
 /// vectorised 8 f32x4 accumulators, as in the forward (see [`tile`]); scalar up to 12
 /// `f32` accumulators.
-pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize) -> LcKernelGrad {
+///
+/// Under a SIMD tier (see [`wide_kernel_grad`]) the tile is `TQ` patch entries × whole
+/// registers of filters, and its batch reduction runs in the tier's microkernel.
+pub(in crate::lower) fn kernel_grad(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    tier: Option<Tier>,
+) -> LcKernelGrad {
     let vec = g.cl && g.f.is_multiple_of(4);
     if !vec {
         if let Some(s) = kernel_grad_positions(g, l, batch) {
@@ -111,7 +133,7 @@ pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize)
         let ft = divisor_upto(g.f, 4);
         (ft, divisor_upto(run, (12 / ft).min(4)))
     };
-    LcKernelGrad {
+    let s = LcKernelGrad {
         vec: if vec {
             VectorAxis::Filters
         } else {
@@ -125,7 +147,33 @@ pub(in crate::lower) fn kernel_grad(g: &Geo, l: &LocallyConnected, batch: usize)
         merge,
         run,
         reduction: reduction_kind(batch as u64),
+        wide: None,
+    };
+    match tier.and_then(|t| wide_kernel_grad(g, &s, batch, t)) {
+        Some(w) => w,
+        None => s,
     }
+}
+
+/// The `dK` tile under `tier`, when it applies: vectorised over filters, a batch long
+/// enough to be compute-bound (as the forward's [`super::WIDE_MIN_BATCH`]), filters
+/// filling whole registers; `TQ` is the largest divisor of the run with a tile that
+/// fits the registers, up to [`super::WIDE_ROWS`] rows. No prefetch: each tile reads
+/// `dz` rows that the tiles before it have brought into cache.
+fn wide_kernel_grad(g: &Geo, s: &LcKernelGrad, batch: usize, tier: Tier) -> Option<LcKernelGrad> {
+    let w = tier.lanes();
+    if s.vec != VectorAxis::Filters || batch < WIDE_MIN_BATCH || !g.f.is_multiple_of(w) {
+        return None;
+    }
+    let tq = (1..=WIDE_ROWS.min(s.run))
+        .rev()
+        .find(|&r| s.run.is_multiple_of(r) && tier.fits(r, w))?;
+    Some(LcKernelGrad {
+        ft: w,
+        tq,
+        wide: Some(Wide::new(tier)),
+        ..s.clone()
+    })
 }
 
 /// Batch-loop unroll of the positions `dK` tile: its body (up to 8 FMAs and their
@@ -189,6 +237,7 @@ fn kernel_grad_positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<
         merge: false,
         run: g.c,
         reduction: reduction_kind_upto(batch as u64, POSITIONS_BATCH_UNROLL),
+        wide: None,
     })
 }
 
