@@ -13,12 +13,15 @@
 //! size (which picks the schedule) nor on the thread count. The parallel loop runs over unit tiles when there are at least two,
 //! otherwise over row tiles; rows that do not fill a tile get a second nest with a smaller
 //! tile (fresh variables). Bias and elementwise activations are fused into the store;
-//! softmax-like activations store into a temporary and run [`softmax_kernel`].
+//! softmax-like activations store into a temporary and run [`softmax_kernel`]. On a
+//! target with a SIMD tier past f32x4, tiles of at least 8 rows whose units fill whole
+//! registers run their reduction in the tier's microkernel ([`wide_tile`]).
 
 use super::activation::{is_elementwise, softmax_kernel};
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Dense, NodeId};
+use crate::loop_ir::micro::{Tier, Wide};
 use crate::loop_ir::{
     bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
     Stmt, Var,
@@ -41,6 +44,29 @@ pub fn register_tile(units: usize, rows: usize) -> (bool, usize, usize) {
     }
 }
 
+/// Smallest row count whose tiles go to a wide tier: fewer rows stream the kernel
+/// (memory-bound), where wider registers do not help.
+const WIDE_MIN_ROWS: usize = 8;
+
+/// Most rows of a wide tile (as the LC forward's, `schedule/lc.rs`).
+const WIDE_ROWS: usize = 16;
+
+/// The register tile under `tier`, `(UT, RT)`, when it applies: enough rows, and units
+/// filling whole registers (two per row when that leaves at least 4 rows).
+pub fn wide_tile(units: usize, rows: usize, tier: Tier) -> Option<(usize, usize)> {
+    let w = tier.lanes();
+    if rows < WIDE_MIN_ROWS || !units.is_multiple_of(w) {
+        return None;
+    }
+    let fit = |ut: usize| (1..=WIDE_ROWS.min(rows)).rev().find(|&r| tier.fits(r, ut));
+    let ut = if units.is_multiple_of(2 * w) && fit(2 * w).is_some_and(|r| r >= 4) {
+        2 * w
+    } else {
+        w
+    };
+    Some((ut, fit(ut)?))
+}
+
 /// Everything a tile body needs.
 struct Plan {
     x: BufId,
@@ -58,6 +84,8 @@ struct Plan {
     /// `Some((blk, nb))`: sum the inputs in the [`gemv`] schedule's blocks (see
     /// [`gemv_blocks`]) so that both schedules give the same bits.
     blocks: Option<(usize, usize)>,
+    /// The wide loop running each tile's reduction (see [`wide_tile`]).
+    wide: Option<Wide>,
 }
 
 impl Plan {
@@ -122,7 +150,8 @@ impl Plan {
                     ),
                 },
             );
-            vec![init, for_(j, len as u64, LoopKind::Serial, vec![update])]
+            let kind = self.wide.map_or(LoopKind::Serial, LoopKind::Wide);
+            vec![init, for_(j, len as u64, kind, vec![update])]
         };
         let epilogue = |sum: Expr, u_s: Var| {
             super::mixed::epilogue(
@@ -458,8 +487,17 @@ fn tiled(
     rows: usize,
     elementwise: bool,
 ) -> Result<()> {
-    let (vec, ut, rt) = register_tile(units, rows);
+    let wide = cx
+        .tier
+        .and_then(|t| wide_tile(units, rows, t).map(|(ut, rt)| (t, ut, rt)));
+    let (vec, ut, rt) = match wide {
+        Some((_, ut, rt)) => (true, ut, rt),
+        None => register_tile(units, rows),
+    };
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    if let Some((t, ut, rt)) = wide {
+        kb.schedule(format!("dense.forward(tile={rt}x{ut}, {})", Wide::new(t)));
+    }
     let plan = Plan {
         x,
         k,
@@ -481,6 +519,7 @@ fn tiled(
             Activation::Linear
         },
         blocks: (n_in >= GEMV_MIN_IN).then(|| gemv_blocks(n_in)),
+        wide: wide.map(|(t, ..)| Wide::new(t)),
     };
     let (n_ut, n_rt, rem) = (units / ut, rows / rt, rows % rt);
     let ut_v = kb.var("ut");
