@@ -241,7 +241,7 @@ proptest! {
     #[test]
     fn wide_tiles_equal_every_other_executor(
         sp in wide_spec(),
-        batch in 4usize..21,
+        batch in 1usize..21,
         seed in 0u64..1000,
         dtype in prop::sample::select(vec![Dtype::F32, Dtype::Bf16, Dtype::F16]),
     ) {
@@ -300,7 +300,8 @@ fn wide_tiles_are_scheduled_and_agree() {
             assert_eq!(wide, expect, "{sp:?} at batch {batch}: wide loop scheduled");
         }
     }
-    // `same` padding keeps the guarded f32x4 nest; batch 1 streams weights (f32x4).
+    // `same` padding keeps the guarded f32x4 nest; below batch 4 a short patch with
+    // f32 weights streams them with f32x4 code.
     for (sp, batch) in [
         (
             Spec {
@@ -314,6 +315,27 @@ fn wide_tiles_are_scheduled_and_agree() {
         assert!(
             !check(&sp, batch, 3, Dtype::F32).expect("agree"),
             "{sp:?}: no wide loop"
+        );
+    }
+    // Below batch 4, 16-bit weights and long patches (16 channels × 5 × 5 = 400) do get
+    // wide tiles, several registers of filters per row.
+    let long = Spec {
+        c: 16,
+        k: 5,
+        f: 64,
+        ..base.clone()
+    };
+    for (sp, batch, dtype) in [
+        (base.clone(), 1, Dtype::F16),
+        (base.clone(), 3, Dtype::Bf16),
+        (long.clone(), 1, Dtype::F32),
+        (long, 2, Dtype::F16),
+    ] {
+        let wide = check(&sp, batch, 5, dtype).expect("agree");
+        assert_eq!(
+            wide,
+            !host_tiers().is_empty(),
+            "{sp:?} at batch {batch} {dtype:?}"
         );
     }
 }

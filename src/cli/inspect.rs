@@ -116,7 +116,11 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
         Ok(match pass {
             Pass::Forward => {
                 let tier = lcjit::WideTier::from(wide).resolve()?;
-                let mut l = lcjit::lower::lower_forward_for(m.graph(), batch, tier)?;
+                let target = lcjit::lower::Target {
+                    tier,
+                    weights: weights_dtype.into(),
+                };
+                let mut l = lcjit::lower::lower_forward_for(m.graph(), batch, target)?;
                 lcjit::lower::weights::store_weights(&mut l, m.graph(), weights_dtype.into());
                 l.module
             }

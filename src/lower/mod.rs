@@ -86,6 +86,8 @@ pub struct Cx<'g> {
     rounded: Vec<(BufId, crate::loop_ir::UnOp, TensorId)>,
     /// The SIMD tier past f32x4 the schedules may use (`None`: f32x4 only).
     pub tier: Option<Tier>,
+    /// How LC and Dense kernels will be stored (see [`Target::weights`]).
+    pub weights: crate::loop_ir::Dtype,
 }
 
 /// How a lowered layer refers to a tensor before slots are assigned: tensor ids are
@@ -161,15 +163,27 @@ impl<'g> Cx<'g> {
 /// Lowers the forward pass of `graph` for a batch of `batch` rows, for any target
 /// (f32x4 schedules only).
 pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
-    lower_forward_for(graph, batch, None)
+    lower_forward_for(graph, batch, Target::default())
 }
 
-/// [`lower_forward`] for a target with the SIMD tier `tier`: the schedules may then give
-/// register tiles to wide microkernels ([`crate::loop_ir::micro`]). The program computes
-/// the same bits on every executor and target either way.
-pub fn lower_forward_for(graph: &Graph, batch: usize, tier: Option<Tier>) -> Result<Lowered> {
+/// What the schedules may assume of the machine and of how the weights will be stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The SIMD tier past f32x4 the machine has (`None`: f32x4 only).
+    pub tier: Option<Tier>,
+    /// How LC and Dense kernels will be stored ([`weights::store_weights`]): a 16-bit
+    /// kernel is widened in one instruction by a wide microkernel and in 4 to 14 by the
+    /// f32x4 code, which moves the schedules' choice at small batches.
+    pub weights: crate::loop_ir::Dtype,
+}
+
+/// [`lower_forward`] for `target`: the schedules may then give register tiles to wide
+/// microkernels ([`crate::loop_ir::micro`]). The program computes the same bits on every
+/// executor and target either way.
+pub fn lower_forward_for(graph: &Graph, batch: usize, target: Target) -> Result<Lowered> {
     let mut cx = Cx::new(graph, batch)?;
-    cx.tier = tier;
+    cx.tier = target.tier;
+    cx.weights = target.weights;
     for id in 0..graph.nodes.len() {
         mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
     }
@@ -218,6 +232,7 @@ impl<'g> Cx<'g> {
             compute: crate::graph::ComputeDtype::Float32,
             rounded: Vec::new(),
             tier: None,
+            weights: crate::loop_ir::Dtype::F32,
         })
     }
 }

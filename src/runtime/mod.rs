@@ -269,7 +269,11 @@ impl CompiledModel {
         let key = CacheKey::Forward(key.clone(), batch);
         self.programs.forward(key.clone(), || {
             let t = std::time::Instant::now();
-            let mut lowered = lower_forward_for(graph, batch, self.opts.wide.resolve()?)?;
+            let target = crate::lower::Target {
+                tier: self.opts.wide.resolve()?,
+                weights: self.opts.weights_dtype,
+            };
+            let mut lowered = lower_forward_for(graph, batch, target)?;
             crate::lower::weights::store_weights(&mut lowered, graph, self.opts.weights_dtype);
             let program = engine.prepare(&lowered.module)?;
             Ok(Prepared {

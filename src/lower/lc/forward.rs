@@ -46,7 +46,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     } else {
         cx.temp(cx.batch * g.p * g.f)
     };
-    let s = sched::forward(&g, l, cx.batch, cx.tier);
+    let s = sched::forward(
+        &g,
+        l,
+        cx.batch,
+        cx.tier,
+        cx.weights != crate::loop_ir::Dtype::F32,
+    );
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     // Under the positions schedule the last axis is walked by the segments of
     // `positions.rs`, so only the leading axes get a position variable here.

@@ -157,17 +157,19 @@ pub(super) fn kind_text(k: LoopKind) -> String {
 }
 
 /// The forward schedule of an LC layer of geometry `g` at batch size `batch`, on a
-/// target with the SIMD tier `tier` past f32x4 (if any).
+/// target with the SIMD tier `tier` past f32x4 (if any), with the kernel stored in 16
+/// bits or not (`half`).
 pub(in crate::lower) fn forward(
     g: &Geo,
     l: &LocallyConnected,
     batch: usize,
     tier: Option<Tier>,
+    half: bool,
 ) -> LcForward {
     if let Some(s) = positions(g, l, batch) {
         return s;
     }
-    let wide = tier.and_then(|t| wide_tile(g, l, batch, t).map(|(ft, tb)| (t, ft, tb)));
+    let wide = tier.and_then(|t| wide_tile(g, l, batch, t, half).map(|(ft, tb)| (t, ft, tb)));
     if let Some((tier, ft, tb)) = wide {
         let last = g.rank - 1;
         let merge = g.cl && l.dilation[last] == 1;
@@ -232,10 +234,22 @@ pub(in crate::lower) fn forward(
 /// vector fewer times per multiply-add (one vector and 16 broadcasts per 16 FMAs).
 pub(super) const WIDE_ROWS: usize = 16;
 
-/// Smallest batch that gets a wide tile: below it a layer streams its weights once per
-/// call (memory-bound, 0.98× the streaming time at batch 1 with f32x4), so wider
-/// registers would not make it faster.
+/// Smallest batch whose tiles always go to the wide tier (compute-bound). Below it a
+/// layer streams its weights, and the microkernel pays only where its call is amortised
+/// or its loads are cheaper: see [`WIDE_MIN_PATCH`].
 pub(super) const WIDE_MIN_BATCH: usize = 4;
+
+/// Below [`WIDE_MIN_BATCH`], the shortest patch (reduction) that gets a wide tile with
+/// f32 weights; 16-bit weights always do (one `vcvtph2ps` or `vpmovzxwd`+shift per
+/// register against 4–14 f32x4 instructions). Measured at batch 1, 2 threads, AVX-512
+/// (medians, one run, f32x4 → wide): deepface_l4_l6 (patches 1296, 784, 400) f32 14.1 →
+/// 9.0 ms (the prefetch streams the next position: 32.7 GB/s, above the 21 GB/s the
+/// single-stream probe reads), bf16 8.6 → 3.9, f16 27.6 → 3.8. With every patch wide,
+/// short ones lost (each call stores and reloads the tile): seed_lc2d (patches 27 and
+/// 576) f32 1.63 → 2.32, snp_lc1d (96, 256) f32 0.080 → 0.106; with this threshold
+/// they measured 1.66 → 1.35 and 0.076 → 0.074, and with f16 weights 4.70 → 0.66 and
+/// 0.355 → 0.043.
+pub(super) const WIDE_MIN_PATCH: usize = 384;
 
 /// The wide register tile `(FT, TB)` of the filters schedule under `tier`, when it
 /// applies: the batch is compute-bound, the filters fill whole registers, every tap is
@@ -244,13 +258,29 @@ pub(super) const WIDE_MIN_BATCH: usize = 4;
 /// blocking. Two registers of filters per row when `F` allows, sharing each broadcast
 /// input between them (fewer loads per multiply-add), with as many rows as fit the
 /// registers up to [`WIDE_ROWS`].
-fn wide_tile(g: &Geo, l: &LocallyConnected, batch: usize, tier: Tier) -> Option<(usize, usize)> {
+fn wide_tile(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    tier: Tier,
+    half: bool,
+) -> Option<(usize, usize)> {
     let w = tier.lanes();
-    if batch < WIDE_MIN_BATCH || !g.f.is_multiple_of(w) || l.padding == Padding::Same {
+    let small = batch < WIDE_MIN_BATCH;
+    if (small && !half && g.q < WIDE_MIN_PATCH)
+        || !g.f.is_multiple_of(w)
+        || l.padding == Padding::Same
+    {
         return None;
     }
     let rows = |ft: usize| (1..=WIDE_ROWS.min(batch)).rev().find(|&r| tier.fits(r, ft));
-    let ft = if g.f.is_multiple_of(2 * w) && rows(2 * w).is_some_and(|r| r >= 4) {
+    let ft = if small {
+        // Few rows: more registers of filters per row give independent FMA chains.
+        [4 * w, 2 * w, w]
+            .into_iter()
+            .find(|&c| g.f.is_multiple_of(c) && tier.fits(batch, c))
+            .unwrap_or(w)
+    } else if g.f.is_multiple_of(2 * w) && rows(2 * w).is_some_and(|r| r >= 4) {
         2 * w
     } else {
         w
