@@ -73,8 +73,7 @@ pub(super) fn define_kernels<M: ClifModule>(
             module,
             kernel,
             shape,
-            use_fma,
-            &calls,
+            (use_fma, &calls),
             m.target_config(),
         )?;
         let id = m

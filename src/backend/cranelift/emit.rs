@@ -134,15 +134,15 @@ pub(super) fn ice(kernel: &Kernel, msg: impl std::fmt::Display) -> Error {
     Error::internal(format!("kernel {}: codegen: {msg}", kernel.name))
 }
 
-/// Emits `kernel` into `func` (whose signature is set here: `(ptr, i64, i64)`).
+/// Emits `kernel` into `func` (whose signature is set here: `(ptr, i64, i64)`), with fused
+/// multiply-adds or not and the microkernels of its wide loops (`wide_call.rs`).
 pub(super) fn emit_kernel(
     func: &mut Function,
     fbc: &mut FunctionBuilderContext,
     module: &Module,
     kernel: &Kernel,
     shape: KernelShape,
-    use_fma: bool,
-    wide: &WideCalls,
+    (use_fma, wide): (bool, &WideCalls),
     cfg: TargetFrontendConfig,
 ) -> Result<()> {
     let ptr_ty = cfg.pointer_type();
