@@ -181,7 +181,7 @@ def _machine_text(rows):
         f"Run of {m['date']} (lcjit {m['lcjit_commit']}), {last['conditions']}.",
         "",
         f"Machine: {c['cpus']} vCPUs ({c['threads_per_core']} thread per core) of an {c['model']}"
-        f" under {c['hypervisor'] or 'no'} hypervisor; SIMD {c['simd']} (lcjit emits f32x4);"
+        f" under {c['hypervisor'] or 'no'} hypervisor; SIMD {c['simd']} (lcjit emits f32x4, and AVX2 or AVX-512 microkernels for its compute-bound tiles);"
         f" L1d {c['l1d']}, L2 {c['l2']}, L3 {c['l3']}; {m['memory_gib']} GiB; Linux {m['kernel']}.",
         f"Peers: Python {m['python']}, tensorflow {v['tensorflow']}, tf-keras {v['tf_keras']} (oneDNN),"
         f" jax {v['jax']} / jaxlib {v['jaxlib']} (XLA CPU), numpy {v['numpy']}.",
@@ -189,9 +189,13 @@ def _machine_text(rows):
         " the table gives the 1-minute load when each peer started (the run itself adds about 2).",
     ]
     if probe:
+        wide = ""
+        if probe.get("wide_fma_gflops"):
+            tier = {"avx512": "AVX-512", "avx2": "AVX2"}.get(probe.get("wide_tier"), probe.get("wide_tier"))
+            wide = f", {probe['wide_fma_gflops']:.1f} GFLOP/s {tier} microkernel FMA"
         lines.append(
             f"lcjit's roofline probe in the same run: {probe['read_gbps']:.1f} GB/s read bandwidth,"
-            f" {probe['fma_gflops']:.1f} GFLOP/s f32x4 FMA (2 threads)."
+            f" {probe['fma_gflops']:.1f} GFLOP/s f32x4 FMA{wide} (2 threads)."
         )
     lines.append(
         "Everything on 2 threads (lcjit `--threads 2`; TF intra/inter-op pools of 2; XLA CPU"
