@@ -5,14 +5,15 @@
 //! (`CodegenOptions::f32x4_only`, what a CPU without the tier runs) and the
 //! ahead-of-time object (whose microkernels are the same bytes); and the f32x4 schedule
 //! (`WideTier::Off`, another tile) sums in the same order, so it equals them too.
-//! Random LC layers (filters that fill 8- and 16-lane registers, 1D and 2D, both
-//! formats, strides, dilation, batches with remainder tiles, f32/bf16/f16 weights), the
-//! Keras golden cases at a batch that gets wide tiles, and the workloads.
+//! Here the LC forward pass: random LC layers (filters that fill 8- and 16-lane
+//! registers, 1D and 2D, both formats, strides, dilation, batches with remainder tiles,
+//! f32/bf16/f16 weights), the Keras golden cases at a batch that gets wide tiles, and the
+//! workloads; gradients, Dense layers and object files are in `wide_kernels.rs`.
 
-use lcjit::backend::{self, Backend, BufArg, CodegenOptions, Program};
+use lcjit::backend::{self, Backend, CodegenOptions};
 use lcjit::loop_ir::micro::Tier;
-use lcjit::loop_ir::{BufRole, Dtype, LoopKind, Module, Stmt};
-use lcjit::{io, CompileOptions, CompiledModel, Engine, Model, WideTier};
+use lcjit::loop_ir::{Dtype, LoopKind, Stmt};
+use lcjit::{io, Engine, Model, WideTier};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
@@ -20,102 +21,7 @@ use std::sync::Arc;
 
 mod common;
 use common::lc_spec::{graph, Spec};
-
-/// The tiers this CPU runs (the tests of the others are the f32x4 fallback's).
-fn host_tiers() -> Vec<Tier> {
-    [Tier::Avx2, Tier::Avx512]
-        .into_iter()
-        .filter(|t| backend::host_has_tier(*t))
-        .collect()
-}
-
-fn has_wide(m: &Module) -> bool {
-    fn walk(s: &[Stmt]) -> bool {
-        s.iter().any(|s| match s {
-            Stmt::For {
-                kind: LoopKind::Wide(_),
-                ..
-            } => true,
-            Stmt::For { body, .. } | Stmt::If { body, .. } => walk(body),
-            _ => false,
-        })
-    }
-    m.kernels.iter().any(|k| walk(&k.body))
-}
-
-fn input(model: &Model, batch: usize, seed: u64) -> ArrayD<f32> {
-    let mut shape = vec![batch];
-    shape.extend_from_slice(model.input_shape());
-    let mut rng = lcjit::init::Rng::new(seed);
-    let n: usize = shape.iter().product();
-    ArrayD::from_shape_vec(
-        IxDyn(&shape),
-        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect(),
-    )
-    .expect("shape")
-}
-
-fn compiled(
-    model: &Arc<Model>,
-    engine: Engine,
-    threads: usize,
-    batch: usize,
-    dtype: Dtype,
-    wide: WideTier,
-) -> CompiledModel {
-    CompiledModel::new(
-        model.clone(),
-        CompileOptions {
-            engine,
-            threads,
-            max_batch: batch,
-            weights_dtype: dtype,
-            wide,
-        },
-    )
-    .expect("compile")
-}
-
-fn same_bits(a: &ArrayD<f32>, b: &ArrayD<f32>) -> bool {
-    a.shape() == b.shape()
-        && a.iter()
-            .zip(b.iter())
-            .all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// Runs `program` over a table whose inputs are `x`, parameters `params` (16-bit
-/// buffers get their narrowed copies) and writable buffers zeroed; returns the
-/// writable buffers.
-fn run(
-    program: &Program,
-    x: &[f32],
-    params: &[Vec<f32>],
-    halves: &[Vec<u16>],
-    threads: usize,
-) -> Vec<Vec<f32>> {
-    let m = program.module();
-    let mut owned: Vec<Vec<f32>> = m
-        .buffers
-        .iter()
-        .filter(|b| !b.role.is_read_only())
-        .map(|b| vec![0.0; b.len])
-        .collect();
-    let mut w = owned.iter_mut();
-    let mut args: Vec<BufArg> = m
-        .buffers
-        .iter()
-        .map(|b| match &b.role {
-            BufRole::Input(_) => BufArg::Read(x),
-            BufRole::Param(k) if b.dtype != Dtype::F32 => BufArg::ReadHalf(&halves[*k], b.dtype),
-            BufRole::Param(k) => BufArg::Read(&params[*k]),
-            BufRole::Const(v) => BufArg::Read(v),
-            _ => BufArg::Write(w.next().expect("writable")),
-        })
-        .collect();
-    program.run(&mut args, threads).expect("run");
-    drop(args);
-    owned
-}
+use common::wide::*;
 
 /// One random LC layer with filters that fill wide registers, checked on every
 /// executor (see the module docs). Returns whether a wide loop was scheduled.
@@ -195,44 +101,6 @@ fn check(sp: &Spec, batch: usize, seed: u64, dtype: Dtype) -> Result<bool, TestC
         );
     }
     Ok(any)
-}
-
-fn bits_eq(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
-        })
-}
-
-fn wide_spec() -> impl Strategy<Value = Spec> {
-    (
-        1usize..3,
-        any::<bool>(),
-        (6usize..30, 4usize..9),
-        1usize..5,
-        prop::sample::select(vec![8usize, 16, 24, 32, 48, 64]),
-        1usize..5,
-        1usize..3,
-        1usize..3,
-        prop::bool::weighted(0.15),
-        any::<bool>(),
-    )
-        .prop_map(|(rank, cl, (n1, n2), c, f, k, s, d, same, bias)| Spec {
-            rank,
-            cl,
-            spatial: if rank == 1 {
-                vec![n1]
-            } else {
-                vec![n2, n2 + 1]
-            },
-            c,
-            f,
-            k,
-            s,
-            d,
-            same,
-            bias,
-        })
 }
 
 proptest! {
@@ -472,136 +340,50 @@ fn tier_choice_is_checked() {
     assert_eq!(WideTier::Off.resolve().expect("off"), None);
 }
 
-/// The gradients `(d inputs, d params)` of `model` on `engine` with `wide`.
-fn grads(
-    model: &Arc<Model>,
-    engine: Engine,
-    threads: usize,
-    wide: WideTier,
-    x: &ArrayD<f32>,
-    dy: &ArrayD<f32>,
-) -> Vec<ArrayD<f32>> {
-    let c = compiled(model, engine, threads, x.shape()[0], Dtype::F32, wide);
-    let (dx, dp) = c.gradients(std::slice::from_ref(x), dy).expect("gradients");
-    dx.into_iter().chain(dp).collect()
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
-
-    /// The gradient programs (forward phase and `dK` with wide tiles): the wide JIT on 1
-    /// and 2 threads and the f32x4 JIT equal the interpreter bit for bit.
-    #[test]
-    fn wide_gradients_equal_the_interpreter(
-        sp in wide_spec(),
-        batch in 4usize..19,
-        seed in 0u64..1000,
-    ) {
-        let Some(g) = graph(&sp) else {
-            return Ok(());
-        };
-        let model = Arc::new(Model::from_graph(g, seed).expect("model"));
-        let x = input(&model, batch, seed);
-        let y = model.predict(&x).expect("reference");
-        let dy = y.mapv(|v| (v * 7.0).sin());
-        let want = grads(&model, Engine::Interp, 1, WideTier::Auto, &x, &dy);
-        let off = grads(&model, Engine::Jit, 2, WideTier::Off, &x, &dy);
-        prop_assert!(want.iter().zip(&off).all(|(a, b)| same_bits(a, b)), "f32x4 JIT");
-        for threads in [1, 2] {
-            let got = grads(&model, Engine::Jit, threads, WideTier::Auto, &x, &dy);
-            prop_assert!(want.iter().zip(&got).all(|(a, b)| same_bits(a, b)), "wide JIT, {} threads ({:?})", threads, sp);
-        }
-    }
-}
-
-/// deepface-like layers get wide `dK` tiles on a CPU with a tier.
+/// The JIT really calls the microkernels: one `call` per wide loop in the compiled
+/// kernels, for every tier of the CPU and every weight type (a refused nest would fall
+/// back to f32x4 code silently, with the same bits).
 #[test]
-fn kernel_gradients_get_wide_tiles() {
+fn every_wide_loop_becomes_a_microkernel_call() {
+    fn wide_loops(s: &[Stmt]) -> usize {
+        s.iter()
+            .map(|s| match s {
+                Stmt::For {
+                    kind: LoopKind::Wide(_),
+                    ..
+                } => 1,
+                Stmt::For { body, .. } | Stmt::If { body, .. } => wide_loops(body),
+                _ => 0,
+            })
+            .sum()
+    }
     let sp = Spec {
         rank: 2,
         cl: true,
-        spatial: vec![12, 12],
-        c: 16,
-        f: 16,
+        spatial: vec![9, 8],
+        c: 4,
+        f: 32,
         k: 3,
         s: 1,
         d: 1,
         same: false,
         bias: true,
     };
-    let g = graph(&sp).expect("graph");
+    let model = Arc::new(Model::from_graph(graph(&sp).expect("graph"), 9).expect("model"));
     for tier in host_tiers() {
-        let l = lcjit::lower::grad::lower_gradients_for(
-            &g,
-            8,
-            lcjit::lower::grad::Mode::Training,
-            Some(tier),
-        )
-        .expect("lower");
-        let dk = l
-            .backward
-            .kernels
-            .iter()
-            .find(|k| k.name.ends_with("backward_dk"))
-            .expect("dk kernel");
-        assert!(
-            dk.schedule
-                .as_deref()
-                .unwrap_or("")
-                .contains(&format!("wide({tier}")),
-            "{:?}",
-            dk.schedule
-        );
-        assert!(has_wide(&l.forward), "{tier}: forward phase");
-    }
-}
-
-/// Dense layers at 8 or more rows whose units fill wide registers get wide tiles (with
-/// a remainder row tile, and the matrix-vector schedule's input blocks from 512
-/// inputs on); every executor agrees bit for bit, on 16-bit weights too.
-#[test]
-fn dense_tiles_are_wide_and_agree() {
-    use lcjit::graph::{Activation, Dense, Op, WeightOptions};
-    for (inputs, units, batch, dtype) in [
-        (37, 16, 8, Dtype::F32),
-        (64, 32, 19, Dtype::F32),
-        (600, 48, 12, Dtype::Bf16),
-        (20, 40, 9, Dtype::F16),
-        (70, 8, 16, Dtype::F32),
-    ] {
-        let op = Op::Dense(Dense {
-            units,
-            activation: Activation::Tanh,
-            use_bias: true,
-            kernel_initializer: common::uniform(-0.5, 0.5),
-            bias_initializer: common::uniform(-0.5, 0.5),
-            options: WeightOptions::default(),
-        });
-        let g = common::one(&[inputs], op);
-        let model = Arc::new(Model::from_graph(g, 11).expect("model"));
-        let x = input(&model, batch, 3);
-        let interp = compiled(&model, Engine::Interp, 1, batch, dtype, WideTier::Auto)
-            .predict(&x)
-            .expect("interp");
-        let off = compiled(&model, Engine::Jit, 2, batch, dtype, WideTier::Off)
-            .predict(&x)
-            .expect("off");
-        assert!(same_bits(&off, &interp), "{inputs}x{units}: f32x4 JIT");
-        for tier in host_tiers() {
-            let c = compiled(&model, Engine::Jit, 2, batch, dtype, WideTier::Only(tier));
-            let module = c
-                .prepared(batch)
-                .expect("prepared")
-                .program
-                .module()
-                .clone();
-            assert_eq!(
-                has_wide(&module),
-                units.is_multiple_of(tier.lanes()),
-                "{inputs}x{units} {tier}: wide loop scheduled"
-            );
-            let y = c.predict(&x).expect("wide");
-            assert!(same_bits(&y, &interp), "{inputs}x{units} {tier}: wide JIT");
+        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
+            let c = compiled(&model, Engine::Jit, 1, 9, dtype, WideTier::Only(tier));
+            let prepared = c.prepared(9).expect("prepared");
+            let module = prepared.program.module();
+            let loops: usize = module.kernels.iter().map(|k| wide_loops(&k.body)).sum();
+            assert!(loops >= 1, "{tier} {dtype:?}: no wide loop");
+            let opts = CodegenOptions {
+                keep_text: true,
+                ..Default::default()
+            };
+            let p = backend::prepare(Backend::Jit, module, &opts).expect("jit");
+            let calls = p.listing(true).matches(" call ").count();
+            assert_eq!(calls, loops, "{tier} {dtype:?}: microkernel calls");
         }
     }
 }

@@ -316,3 +316,46 @@ pub fn match_nest(stmt: &Stmt) -> Result<MicroNest, String> {
         vector,
     })
 }
+
+/// Whether `stmt` sets every element of `nest`'s tile to `+0.0` (the tile's rows and
+/// lanes loops around `acc[row_stride·row + lane + c] = 0.0`, the same elements the nest
+/// accumulates into): a code generator running `stmt` right before the nest may start
+/// the microkernel from zeroed registers instead of the stored tile.
+pub fn zeroes_tile(stmt: &Stmt, nest: &MicroNest) -> bool {
+    let Stmt::For {
+        var: r,
+        extent: rows,
+        kind: LoopKind::Unroll(ru),
+        body,
+    } = stmt
+    else {
+        return false;
+    };
+    let [Stmt::For {
+        var: l,
+        extent: lanes,
+        kind: LoopKind::Vector(4),
+        body,
+    }] = body.as_slice()
+    else {
+        return false;
+    };
+    let [Stmt::SetLocal {
+        local,
+        index,
+        value: Expr::Const(z),
+    }] = body.as_slice()
+    else {
+        return false;
+    };
+    let same_index = *index
+        == Affine::var(*l)
+            .plus_term(*r, nest.row_stride())
+            .plus(nest.local_at.offset);
+    *rows == nest.rows.extent
+        && u64::from(*ru) == *rows
+        && *lanes == nest.lanes.extent
+        && *local == nest.local
+        && z.to_bits() == 0
+        && same_index
+}

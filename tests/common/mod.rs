@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod lc_spec;
+pub mod wide;
 
 use lcjit::graph::{Activation, Graph, Initializer};
 use lcjit::{CompileOptions, CompiledModel, Engine, Model};

@@ -273,8 +273,8 @@ impl<'f> Emitter<'_, 'f> {
                 let extent = i64::try_from(*extent).map_err(|_| ice(self.kernel, "huge extent"))?;
                 match *kind {
                     LoopKind::Wide(_) if self.wide.contains_key(&stmt_key(s)) => {
-                        if let Some((f, nest)) = self.wide.get(&stmt_key(s)) {
-                            self.wide_call(*f, nest)?;
+                        if let Some(call) = self.wide.get(&stmt_key(s)) {
+                            self.wide_call(call)?;
                         }
                     }
                     // A wide loop without a microkernel is the serial loop it heads.

@@ -7,7 +7,8 @@
 //! elements with every variable of the nest at 0 (the caller's kernel folds the outer
 //! loops into them), `T` is the vector operand's storage type, and `acc` points at the
 //! accumulator tile's element `(row 0, lane 0)`, laid out as the loop IR indexes it
-//! (`row_stride` elements between rows). The microkernel loads the tile, runs the whole
+//! (`row_stride` elements between rows). The microkernel loads the tile (or zeroes it,
+//! when the statement before the nest sets it to zero), runs the whole
 //! reduction nest in loop order, stores the tile back and clears the upper register
 //! halves (`vzeroupper`) before returning. With a prefetch distance it also hints, once
 //! per cache line of each step's vector operands, the line that many elements further on
@@ -73,6 +74,8 @@ struct Plan {
     unroll: u64,
     /// Bytes past each vector operand read to prefetch into L2 (0: none).
     prefetch: i64,
+    /// Start from zeroed accumulators instead of loading the tile.
+    zero: bool,
 }
 
 fn bytes(elems: i64, size: i64) -> Result<i64, Refusal> {
@@ -122,6 +125,7 @@ impl Plan {
                 .checked_mul(esz)
                 .filter(|b| i32::try_from(b.abs() + (1 << 30)).is_ok())
                 .unwrap_or(0),
+            zero: false,
         };
         // Every displacement of the unrolled body and of the tile must fit 32 bits.
         let last = plan.levels.last().copied();
@@ -146,9 +150,11 @@ impl Plan {
     }
 }
 
-/// Assembles the microkernel of `nest`, whose vector operand is stored as `dtype`.
-pub(super) fn assemble(nest: &MicroNest, dtype: Dtype) -> Result<Vec<u8>, Refusal> {
-    let plan = Plan::new(nest, dtype)?;
+/// Assembles the microkernel of `nest`, whose vector operand is stored as `dtype`; with
+/// `zero`, it starts from a zeroed tile instead of loading it.
+pub(super) fn assemble(nest: &MicroNest, dtype: Dtype, zero: bool) -> Result<Vec<u8>, Refusal> {
+    let mut plan = Plan::new(nest, dtype)?;
+    plan.zero = zero;
     let mut a = CodeAssembler::new(64).map_err(asm_err)?;
     Asm {
         a: &mut a,
@@ -173,7 +179,11 @@ struct Asm<'a> {
 
 impl Asm<'_> {
     fn kernel(&mut self) -> R {
-        self.tile(false)?;
+        if self.p.zero {
+            self.zero_tile()?;
+        } else {
+            self.tile(false)?;
+        }
         self.level(0)?;
         self.tile(true)?;
         self.a.vzeroupper()?;
@@ -192,6 +202,20 @@ impl Asm<'_> {
 
     fn bcast_reg(&self) -> usize {
         self.p.rows * self.p.regs + self.p.regs
+    }
+
+    /// Zeroes every accumulator register (`+0.0` in every lane).
+    fn zero_tile(&mut self) -> R {
+        for row in 0..self.p.rows {
+            for reg in 0..self.p.regs {
+                let r = self.acc(row, reg);
+                match self.p.tier {
+                    Tier::Avx512 => self.a.vpxord(ZMM[r], ZMM[r], ZMM[r])?,
+                    Tier::Avx2 => self.a.vxorps(YMM[r], YMM[r], YMM[r])?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Loads (`store == false`) or stores the accumulator tile at `[rdx]`.

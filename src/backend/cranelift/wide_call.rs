@@ -3,7 +3,7 @@
 //! replaces such a loop in the kernel ([`Emitter::wide_call`]).
 //!
 //! A wide loop runs as a microkernel only when code generation allows it
-//! ([`super::CodegenOptions::wide`]), multiply-adds are fused (the microkernel always
+//! ([`super::CodegenOptions::f32x4_only`] unset), multiply-adds are fused (the microkernel always
 //! fuses), the target ISA has the tier's features and the System V convention, and the
 //! assembler accepts the nest; otherwise the emitter runs it as a serial f32x4 loop, which
 //! computes the same bits. Microkernels are defined in the same Cranelift module as the
@@ -23,11 +23,20 @@ use super::emit::{ice, Emitter};
 use super::prescan::LocalStore;
 use super::wide::assemble;
 use crate::error::Result;
-use crate::loop_ir::micro::{match_nest, MicroNest, Tier};
+use crate::loop_ir::micro::{match_nest, zeroes_tile, MicroNest, Tier};
 use crate::loop_ir::{Dtype, Kernel, LoopKind, Module, Stmt};
 
+/// One microkernel call: the function, the nest it runs, and whether the statement
+/// before the nest zeroes its tile (then the tile is not stored for the call: the
+/// microkernel starts from zeroed registers).
+pub(super) struct WideCall {
+    pub f: FuncRef,
+    pub nest: MicroNest,
+    pub zero: bool,
+}
+
 /// The microkernels of one kernel, by the address of the `wide` statement they replace.
-pub(super) type WideCalls = HashMap<usize, (FuncRef, MicroNest)>;
+pub(super) type WideCalls = HashMap<usize, WideCall>;
 
 /// The key of a statement in [`WideCalls`]: its address inside the kernel being emitted
 /// (stable while the kernel is borrowed; unrolled copies of a body share it).
@@ -35,16 +44,17 @@ pub(super) fn stmt_key(s: &Stmt) -> usize {
     std::ptr::from_ref(s) as usize
 }
 
-/// Whether `isa` executes `tier`'s instructions for vector operands of `dtype`.
-fn isa_has(isa: &dyn TargetIsa, tier: Tier, dtype: Dtype) -> bool {
+/// Whether `isa` executes `tier`'s instructions. Cranelift 0.135 has no F16C flag; the
+/// AVX2 microkernels' half-precision loads (`vcvtph2ps`) take it as implied by AVX2, as
+/// on every AVX2 CPU (F16C came earlier: Intel Ivy Bridge, AMD Piledriver), and the
+/// host's tier is checked for it too ([`super::host_has_tier`]).
+fn isa_has(isa: &dyn TargetIsa, tier: Tier) -> bool {
     let flag = |name: &str| {
         isa.isa_flags()
             .iter()
             .any(|v| v.name == name && v.as_bool() == Some(true))
     };
-    let sysv = isa.default_call_conv() == CallConv::SystemV;
-    let f16 = dtype != Dtype::F16 || tier == Tier::Avx512 || flag("has_f16c");
-    sysv && f16
+    isa.default_call_conv() == CallConv::SystemV
         && match tier {
             Tier::Avx2 => flag("has_avx2") && flag("has_fma"),
             Tier::Avx512 => flag("has_avx512f"),
@@ -67,18 +77,19 @@ pub(super) fn plan_wide<M: ClifModule>(
     }
     let mut nests = Vec::new();
     wide_stmts(&kernel.body, &mut nests);
-    for s in nests {
+    for (s, prev) in nests {
         let Ok(nest) = match_nest(s) else {
             continue; // the verifier has rejected it already
         };
+        let zero = prev.is_some_and(|p| zeroes_tile(p, &nest));
         let dtype = module
             .buffers
             .get(nest.vector.buf as usize)
             .map_or(Dtype::F32, |b| b.dtype);
-        if !isa_has(m.isa(), nest.tier, dtype) {
+        if !isa_has(m.isa(), nest.tier) {
             continue;
         }
-        let Ok(code) = assemble(&nest, dtype) else {
+        let Ok(code) = assemble(&nest, dtype, zero) else {
             continue;
         };
         let ptr = m.isa().pointer_type();
@@ -99,19 +110,19 @@ pub(super) fn plan_wide<M: ClifModule>(
             colocated: false,
             patchable: false,
         });
-        calls.insert(stmt_key(s), (f, nest));
+        calls.insert(stmt_key(s), WideCall { f, nest, zero });
     }
     Ok(calls)
 }
 
-/// Every `wide` loop of `stmts`, in program order.
-fn wide_stmts<'a>(stmts: &'a [Stmt], out: &mut Vec<&'a Stmt>) {
-    for s in stmts {
+/// Every `wide` loop of `stmts`, in program order, with the statement before it.
+fn wide_stmts<'a>(stmts: &'a [Stmt], out: &mut Vec<(&'a Stmt, Option<&'a Stmt>)>) {
+    for (i, s) in stmts.iter().enumerate() {
         match s {
             Stmt::For {
                 kind: LoopKind::Wide(_),
                 ..
-            } => out.push(s),
+            } => out.push((s, i.checked_sub(1).map(|p| &stmts[p]))),
             Stmt::For { body, .. } | Stmt::If { body, .. } => wide_stmts(body, out),
             Stmt::Store { .. } | Stmt::SetLocal { .. } => {}
         }
@@ -119,10 +130,12 @@ fn wide_stmts<'a>(stmts: &'a [Stmt], out: &mut Vec<&'a Stmt>) {
 }
 
 impl Emitter<'_, '_> {
-    /// Runs `nest` through microkernel `f`: the operands' first elements under the
+    /// Runs a wide nest through its microkernel: the operands' first elements under the
     /// current bindings, the accumulator tile through a stack slot (the tile's f32x4
-    /// variables are stored before the call and read back after it).
-    pub(super) fn wide_call(&mut self, f: FuncRef, nest: &MicroNest) -> Result<()> {
+    /// variables are stored before the call, unless it starts from zero, and read back
+    /// after it).
+    pub(super) fn wide_call(&mut self, call: &WideCall) -> Result<()> {
+        let (f, nest) = (call.f, &call.nest);
         let mut args = Vec::with_capacity(3);
         for op in [&nest.bcast, &nest.vector] {
             let (terms, c) = self.split(&nest.outer(&op.at))?;
@@ -145,7 +158,7 @@ impl Emitter<'_, '_> {
             size,
             4,
         ));
-        for (g, v) in vars.iter().enumerate() {
+        for (g, v) in vars.iter().enumerate().filter(|_| !call.zero) {
             let x = self.b.use_var(*v);
             self.b
                 .ins()

@@ -1,0 +1,209 @@
+//! The wide tier beyond the LC forward pass (see `wide_tier.rs`): the gradient
+//! programs (forward phase and `dK` with wide tiles), Dense layers, and ahead-of-time
+//! objects, which carry the same microkernels. Every executor gives the same bits.
+
+use lcjit::backend::{self, Backend, CodegenOptions};
+use lcjit::loop_ir::Dtype;
+use lcjit::{Engine, Model, WideTier};
+use ndarray::ArrayD;
+use proptest::prelude::*;
+use std::sync::Arc;
+
+mod common;
+use common::lc_spec::{graph, Spec};
+use common::wide::*;
+
+/// The gradients `(d inputs, d params)` of `model` on `engine` with `wide`.
+fn grads(
+    model: &Arc<Model>,
+    engine: Engine,
+    threads: usize,
+    wide: WideTier,
+    x: &ArrayD<f32>,
+    dy: &ArrayD<f32>,
+) -> Vec<ArrayD<f32>> {
+    let c = compiled(model, engine, threads, x.shape()[0], Dtype::F32, wide);
+    let (dx, dp) = c.gradients(std::slice::from_ref(x), dy).expect("gradients");
+    dx.into_iter().chain(dp).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The gradient programs (forward phase and `dK` with wide tiles): the wide JIT on 1
+    /// and 2 threads and the f32x4 JIT equal the interpreter bit for bit.
+    #[test]
+    fn wide_gradients_equal_the_interpreter(
+        sp in wide_spec(),
+        batch in 4usize..19,
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = graph(&sp) else {
+            return Ok(());
+        };
+        let model = Arc::new(Model::from_graph(g, seed).expect("model"));
+        let x = input(&model, batch, seed);
+        let y = model.predict(&x).expect("reference");
+        let dy = y.mapv(|v| (v * 7.0).sin());
+        let want = grads(&model, Engine::Interp, 1, WideTier::Auto, &x, &dy);
+        let off = grads(&model, Engine::Jit, 2, WideTier::Off, &x, &dy);
+        prop_assert!(want.iter().zip(&off).all(|(a, b)| same_bits(a, b)), "f32x4 JIT");
+        for threads in [1, 2] {
+            let got = grads(&model, Engine::Jit, threads, WideTier::Auto, &x, &dy);
+            prop_assert!(want.iter().zip(&got).all(|(a, b)| same_bits(a, b)), "wide JIT, {} threads ({:?})", threads, sp);
+        }
+    }
+}
+
+/// deepface-like layers get wide `dK` tiles on a CPU with a tier.
+#[test]
+fn kernel_gradients_get_wide_tiles() {
+    let sp = Spec {
+        rank: 2,
+        cl: true,
+        spatial: vec![12, 12],
+        c: 16,
+        f: 16,
+        k: 3,
+        s: 1,
+        d: 1,
+        same: false,
+        bias: true,
+    };
+    let g = graph(&sp).expect("graph");
+    for tier in host_tiers() {
+        let l = lcjit::lower::grad::lower_gradients_for(
+            &g,
+            8,
+            lcjit::lower::grad::Mode::Training,
+            Some(tier),
+        )
+        .expect("lower");
+        let dk = l
+            .backward
+            .kernels
+            .iter()
+            .find(|k| k.name.ends_with("backward_dk"))
+            .expect("dk kernel");
+        assert!(
+            dk.schedule
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("wide({tier}")),
+            "{:?}",
+            dk.schedule
+        );
+        assert!(has_wide(&l.forward), "{tier}: forward phase");
+    }
+}
+
+/// Dense layers at 8 or more rows whose units fill wide registers get wide tiles (with
+/// a remainder row tile, and the matrix-vector schedule's input blocks from 512
+/// inputs on); every executor agrees bit for bit, on 16-bit weights too.
+#[test]
+fn dense_tiles_are_wide_and_agree() {
+    use lcjit::graph::{Activation, Dense, Op, WeightOptions};
+    for (inputs, units, batch, dtype) in [
+        (37, 16, 8, Dtype::F32),
+        (64, 32, 19, Dtype::F32),
+        (600, 48, 12, Dtype::Bf16),
+        (20, 40, 9, Dtype::F16),
+        (70, 8, 16, Dtype::F32),
+    ] {
+        let op = Op::Dense(Dense {
+            units,
+            activation: Activation::Tanh,
+            use_bias: true,
+            kernel_initializer: common::uniform(-0.5, 0.5),
+            bias_initializer: common::uniform(-0.5, 0.5),
+            options: WeightOptions::default(),
+        });
+        let g = common::one(&[inputs], op);
+        let model = Arc::new(Model::from_graph(g, 11).expect("model"));
+        let x = input(&model, batch, 3);
+        let interp = compiled(&model, Engine::Interp, 1, batch, dtype, WideTier::Auto)
+            .predict(&x)
+            .expect("interp");
+        let off = compiled(&model, Engine::Jit, 2, batch, dtype, WideTier::Off)
+            .predict(&x)
+            .expect("off");
+        assert!(same_bits(&off, &interp), "{inputs}x{units}: f32x4 JIT");
+        for tier in host_tiers() {
+            let c = compiled(&model, Engine::Jit, 2, batch, dtype, WideTier::Only(tier));
+            let module = c
+                .prepared(batch)
+                .expect("prepared")
+                .program
+                .module()
+                .clone();
+            assert_eq!(
+                has_wide(&module),
+                units.is_multiple_of(tier.lanes()),
+                "{inputs}x{units} {tier}: wide loop scheduled"
+            );
+            let y = c.predict(&x).expect("wide");
+            assert!(same_bits(&y, &interp), "{inputs}x{units} {tier}: wide JIT");
+        }
+    }
+}
+
+/// The ahead-of-time object carries the same microkernels (defined as function bytes in
+/// the object, like the kernels): a wide program run from the linked object equals the
+/// JIT's bit for bit, forward (f32 and f16 weights) and the gradient program's phases.
+/// Needs `cc` (the AOT tests' rule: skipped with a note without one, unless
+/// `LCJIT_REQUIRE_CROSS=1`).
+#[test]
+fn aot_objects_run_the_same_microkernels() {
+    let have_cc = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("command -v ${CC:-cc}")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cc {
+        assert!(
+            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
+            "cc is required"
+        );
+        eprintln!("note: no cc on PATH; skipped");
+        return;
+    }
+    let sp = Spec {
+        rank: 2,
+        cl: true,
+        spatial: vec![9, 8],
+        c: 4,
+        f: 32,
+        k: 3,
+        s: 1,
+        d: 1,
+        same: false,
+        bias: true,
+    };
+    let model = Arc::new(Model::from_graph(graph(&sp).expect("graph"), 9).expect("model"));
+    let params: Vec<Vec<f32>> = model
+        .params()
+        .iter()
+        .map(|p| p.iter().copied().collect())
+        .collect();
+    for (batch, dtype) in [(8, Dtype::F32), (1, Dtype::F16)] {
+        let x: Vec<f32> = input(&model, batch, 4).iter().copied().collect();
+        let halves: Vec<Vec<u16>> = params
+            .iter()
+            .map(|p| lcjit::lower::weights::narrow(p.iter().copied(), Dtype::F16))
+            .collect();
+        let c = compiled(&model, Engine::Jit, 1, batch, dtype, WideTier::Auto);
+        let prepared = c.prepared(batch).expect("prepared");
+        let module = prepared.program.module();
+        assert_eq!(has_wide(module), !host_tiers().is_empty());
+        let object =
+            backend::prepare(Backend::Aot, module, &CodegenOptions::default()).expect("aot");
+        for threads in [1, 2] {
+            let want = run(&prepared.program, &x, &params, &halves, threads);
+            let got = run(&object, &x, &params, &halves, threads);
+            assert!(
+                bits_eq(&want, &got),
+                "batch {batch} {dtype:?}, {threads} threads"
+            );
+        }
+    }
+}
