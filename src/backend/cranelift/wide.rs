@@ -119,20 +119,22 @@ impl Plan {
             bcast_row: bytes(nest.bcast.at.coef(nest.rows.var), 4)?,
             levels,
             unroll,
-            // A distance past 32 bits (with the body's offsets) is dropped: it is a hint.
+            // A distance past 32 bits is dropped (it is a hint), and so is any hint whose
+            // displacement would not fit (see `step`).
             prefetch: nest
                 .prefetch
                 .checked_mul(esz)
-                .filter(|b| i32::try_from(b.abs() + (1 << 30)).is_ok())
+                .filter(|b| i32::try_from(*b).is_ok())
                 .unwrap_or(0),
             zero: false,
         };
         // Every displacement of the unrolled body and of the tile must fit 32 bits.
         let last = plan.levels.last().copied();
+        // The largest displacement magnitude: each term at its extreme.
         let span = |step: i64, row: i64, rows: usize| {
-            (unroll as i64 - 1).checked_mul(step).and_then(|a| {
+            (unroll as i64 - 1).checked_mul(step.abs()).and_then(|a| {
                 (rows as i64 - 1)
-                    .checked_mul(row)
+                    .checked_mul(row.abs())
                     .and_then(|b| a.checked_add(b))
             })
         };
@@ -142,7 +144,7 @@ impl Plan {
             span(0, plan.acc_row, plan.rows),
         ] {
             match d {
-                Some(d) if i32::try_from(d.abs() + 64 * plan.regs as i64).is_ok() => {}
+                Some(d) if i32::try_from(d + 64 * plan.regs as i64).is_ok() => {}
                 _ => return Err("a displacement does not fit 32 bits".into()),
             }
         }
@@ -309,8 +311,9 @@ impl Asm<'_> {
             // One hint per cache line of this step's shared vectors.
             let lines = (p.regs as i64 * vbytes + 63) / 64;
             for line in 0..lines {
-                let off = (vo + 64 * line + p.prefetch) as i32;
-                self.a.prefetcht1(byte_ptr(rsi + off))?;
+                if let Ok(off) = i32::try_from(vo + 64 * line + p.prefetch) {
+                    self.a.prefetcht1(byte_ptr(rsi + off))?;
+                }
             }
         }
         for row in 0..p.rows {
