@@ -9,12 +9,12 @@
 //! Without `cc` the tests print a note and pass, unless `LCJIT_REQUIRE_CROSS=1`.
 
 mod common;
+use common::cc_or_skip;
 use lcjit::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use lcjit::loop_ir::{BufRole, Module};
 use lcjit::{io, CompileOptions, CompiledModel, Engine, LoadOptions, Model};
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,22 +22,6 @@ fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(rel)
-}
-
-fn cc_or_skip() -> bool {
-    let have = Command::new("sh")
-        .arg("-c")
-        .arg("command -v ${CC:-cc}")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        assert!(
-            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
-            "cc is required"
-        );
-        eprintln!("note: no cc on PATH; Backend::Aot tests skipped");
-    }
-    have
 }
 
 fn golden_cases() -> Vec<PathBuf> {

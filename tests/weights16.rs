@@ -6,42 +6,12 @@
 //! float32 figures; gradients and training refuse the option.
 
 mod common;
-use common::rel_err;
+use common::{golden_cases as cases, load_case as load, rel_err};
 use lcjit::loop_ir::Dtype;
 use lcjit::{io, CompileOptions, CompiledModel, Engine, Model};
 use ndarray::ArrayD;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["keras-golden", "keras-grid"]
-        .iter()
-        .flat_map(|d| {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data")
-                .join(d);
-            std::fs::read_dir(dir).expect("golden directory")
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("x.npy").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 48, "golden cases missing");
-    v
-}
-
-/// The case's model, from `model.h5` or `model.json` + `weights.npz`.
-fn load(case: &Path) -> Arc<Model> {
-    let m = if case.join("model.h5").exists() {
-        Model::load(case.join("model.h5")).expect("model.h5")
-    } else {
-        let mut m = Model::load(case.join("model.json")).expect("model.json");
-        m.load_weights(case.join("weights.npz"))
-            .expect("weights.npz");
-        m
-    };
-    Arc::new(m)
-}
 
 fn bits(a: &ArrayD<f32>) -> Vec<u32> {
     a.iter().map(|v| v.to_bits()).collect()

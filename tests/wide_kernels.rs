@@ -154,32 +154,11 @@ fn dense_tiles_are_wide_and_agree() {
 /// `LCJIT_REQUIRE_CROSS=1`).
 #[test]
 fn aot_objects_run_the_same_microkernels() {
-    let have_cc = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("command -v ${CC:-cc}")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_cc {
-        assert!(
-            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
-            "cc is required"
-        );
-        eprintln!("note: no cc on PATH; skipped");
+    if !common::cc_or_skip() {
         return;
     }
-    let sp = Spec {
-        rank: 2,
-        cl: true,
-        spatial: vec![9, 8],
-        c: 4,
-        f: 32,
-        k: 3,
-        s: 1,
-        d: 1,
-        same: false,
-        bias: true,
-    };
-    let model = Arc::new(Model::from_graph(graph(&sp).expect("graph"), 9).expect("model"));
+    let model =
+        Arc::new(Model::from_graph(graph(&wide_layer()).expect("graph"), 9).expect("model"));
     let params: Vec<Vec<f32>> = model
         .params()
         .iter()

@@ -16,7 +16,7 @@ use lcjit::loop_ir::{Dtype, LoopKind, Stmt};
 use lcjit::{io, Engine, Model, WideTier};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 mod common;
@@ -208,37 +208,13 @@ fn wide_tiles_are_scheduled_and_agree() {
     }
 }
 
-fn golden_cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-golden");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("golden dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("x.npy").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 40, "golden cases missing");
-    v
-}
-
-fn load(case: &Path) -> Arc<Model> {
-    let m = if case.join("model.h5").exists() {
-        Model::load(case.join("model.h5")).expect("model.h5")
-    } else {
-        let mut m = Model::load(case.join("model.json")).expect("model.json");
-        m.load_weights(case.join("weights.npz"))
-            .expect("weights.npz");
-        m
-    };
-    Arc::new(m)
-}
-
 /// Every Keras golden case at batch 12 (its rows repeated): the JIT with the host's
 /// widest tier, on 1 and 2 threads, and the f32x4 JIT equal the interpreter bit for bit;
 /// on a CPU with a tier, the cases whose LC layers fill wide registers get wide loops.
 #[test]
 fn golden_cases_agree_with_wide_tiles() {
     let mut wide_cases = Vec::new();
-    for case in golden_cases() {
+    for case in common::golden_cases() {
         let x0 = io::read_npy(&case.join("x.npy")).expect("x.npy");
         let n0 = x0.shape()[0];
         let batch = 12;
@@ -255,7 +231,7 @@ fn golden_cases_agree_with_wide_tiles() {
             })
             .collect();
         let x = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape");
-        let model = load(&case);
+        let model = common::load_case(&case);
         let interp = compiled(&model, Engine::Interp, 1, batch, Dtype::F32, WideTier::Auto)
             .predict(&x)
             .expect("interp");
@@ -357,19 +333,8 @@ fn every_wide_loop_becomes_a_microkernel_call() {
             })
             .sum()
     }
-    let sp = Spec {
-        rank: 2,
-        cl: true,
-        spatial: vec![9, 8],
-        c: 4,
-        f: 32,
-        k: 3,
-        s: 1,
-        d: 1,
-        same: false,
-        bias: true,
-    };
-    let model = Arc::new(Model::from_graph(graph(&sp).expect("graph"), 9).expect("model"));
+    let model =
+        Arc::new(Model::from_graph(graph(&wide_layer()).expect("graph"), 9).expect("model"));
     for tier in host_tiers() {
         for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
             let c = compiled(&model, Engine::Jit, 1, 9, dtype, WideTier::Only(tier));

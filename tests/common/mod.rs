@@ -189,3 +189,53 @@ pub fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
         / scale
 }
+
+/// The Keras golden cases (`tests/data/keras-golden`, `keras-grid`): every directory
+/// with an `x.npy`, sorted.
+pub fn golden_cases() -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = ["keras-golden", "keras-grid"]
+        .iter()
+        .flat_map(|d| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(d);
+            std::fs::read_dir(dir).expect("golden directory")
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("x.npy").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 48, "golden cases missing");
+    v
+}
+
+/// The case's model, from `model.h5` or `model.json` + `weights.npz`.
+pub fn load_case(case: &std::path::Path) -> Arc<Model> {
+    let m = if case.join("model.h5").exists() {
+        Model::load(case.join("model.h5")).expect("model.h5")
+    } else {
+        let mut m = Model::load(case.join("model.json")).expect("model.json");
+        m.load_weights(case.join("weights.npz"))
+            .expect("weights.npz");
+        m
+    };
+    Arc::new(m)
+}
+
+/// Whether a C compiler (`$CC` or `cc`) is on the PATH, for the tests that link object
+/// files; without one they print a note and pass, unless `LCJIT_REQUIRE_CROSS=1`.
+pub fn cc_or_skip() -> bool {
+    let have = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("command -v ${CC:-cc}")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("LCJIT_REQUIRE_CROSS").as_deref() != Ok("1"),
+            "cc is required"
+        );
+        eprintln!("note: no cc on PATH; object-file tests skipped");
+    }
+    have
+}

@@ -8,7 +8,7 @@ use lcjit::backend::{self, BufArg, Program};
 use lcjit::loop_ir::micro::Tier;
 use lcjit::loop_ir::{BufRole, Dtype, LoopKind, Module, Stmt};
 use lcjit::{CompileOptions, CompiledModel, Engine, Model, WideTier};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -37,13 +37,7 @@ pub fn has_wide(m: &Module) -> bool {
 pub fn input(model: &Model, batch: usize, seed: u64) -> ArrayD<f32> {
     let mut shape = vec![batch];
     shape.extend_from_slice(model.input_shape());
-    let mut rng = lcjit::init::Rng::new(seed);
-    let n: usize = shape.iter().product();
-    ArrayD::from_shape_vec(
-        IxDyn(&shape),
-        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect(),
-    )
-    .expect("shape")
+    super::random(&shape, seed)
 }
 
 pub fn compiled(
@@ -144,4 +138,21 @@ pub fn wide_spec() -> impl Strategy<Value = Spec> {
             same,
             bias,
         })
+}
+
+/// One LC layer whose 32 filters fill wide registers (2-D, channels_last, 9×8×4 input,
+/// 3×3 taps): the layer of the tests that look at the compiled code.
+pub fn wide_layer() -> Spec {
+    Spec {
+        rank: 2,
+        cl: true,
+        spatial: vec![9, 8],
+        c: 4,
+        f: 32,
+        k: 3,
+        s: 1,
+        d: 1,
+        same: false,
+        bias: true,
+    }
 }
