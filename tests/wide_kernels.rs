@@ -59,16 +59,10 @@ proptest! {
 #[test]
 fn kernel_gradients_get_wide_tiles() {
     let sp = Spec {
-        rank: 2,
-        cl: true,
         spatial: vec![12, 12],
         c: 16,
         f: 16,
-        k: 3,
-        s: 1,
-        d: 1,
-        same: false,
-        bias: true,
+        ..wide_layer()
     };
     let g = graph(&sp).expect("graph");
     for tier in host_tiers() {

@@ -122,16 +122,10 @@ proptest! {
 #[test]
 fn wide_tiles_are_scheduled_and_agree() {
     let base = Spec {
-        rank: 2,
-        cl: true,
         spatial: vec![9, 10],
         c: 3,
         f: 16,
-        k: 3,
-        s: 1,
-        d: 1,
-        same: false,
-        bias: true,
+        ..wide_layer()
     };
     let variants = [
         base.clone(),
