@@ -179,6 +179,23 @@ fn wide_tiles_are_scheduled_and_agree() {
             "{sp:?}: no wide loop"
         );
     }
+    // A layer whose positions hold over 1 MiB of weights keeps the channel-blocked order
+    // (`same` padding here), its channel-block loop wide.
+    let blocked = Spec {
+        spatial: vec![4, 4],
+        c: 512,
+        f: 64,
+        same: true,
+        ..base.clone()
+    };
+    for (batch, dtype) in [(4, Dtype::F32), (1, Dtype::F16)] {
+        let wide = check(&blocked, batch, 2, dtype).expect("agree");
+        assert_eq!(
+            wide,
+            !host_tiers().is_empty(),
+            "blocked order at batch {batch}"
+        );
+    }
     // Below batch 4, 16-bit weights and long patches (16 channels × 5 × 5 = 400) do get
     // wide tiles, several registers of filters per row.
     let long = Spec {

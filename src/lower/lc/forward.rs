@@ -450,7 +450,14 @@ impl Emit<'_> {
                     value: load(z, with(&ix.y_at, fb, bb_l, ff_l)),
                 },
             ),
-            for_(ci, cbl as u64, reduction_kind(cbl as u64), vec![upd]),
+            for_(
+                ci,
+                cbl as u64,
+                self.s
+                    .wide
+                    .map_or(reduction_kind(cbl as u64), LoopKind::Wide),
+                vec![upd],
+            ),
             self.tile_loop(
                 tb,
                 bb_w,

@@ -172,13 +172,20 @@ pub(in crate::lower) fn forward(
     let wide = tier.and_then(|t| wide_tile(g, l, batch, t, half).map(|(ft, tb)| (t, ft, tb)));
     if let Some((tier, ft, tb)) = wide {
         let last = g.rank - 1;
-        let merge = g.cl && l.dilation[last] == 1;
-        let red_extent = if merge { l.kernel[last] * g.c } else { g.c };
+        // A layer whose per-position weights need channel blocking keeps the blocked
+        // order, its channel-block loop wide (see [`wide_tile`]).
+        let cblock = block_channels(g, ft, true);
+        let merge = cblock.is_none() && g.cl && l.dilation[last] == 1;
+        let red_extent = match cblock {
+            Some(c) => c,
+            None if merge => l.kernel[last] * g.c,
+            None => g.c,
+        };
         return LcForward {
             vec: VectorAxis::Filters,
             tb,
             ft,
-            cblock: None,
+            cblock,
             merge,
             reduction: reduction_kind(red_extent as u64),
             lanes: None,
@@ -189,9 +196,15 @@ pub(in crate::lower) fn forward(
             // and 38.7 → 30.6 ms in two runs; without it the first batch tile of every
             // position waits on memory and the later ones compute from cache, so the
             // two never overlap.
+            // The blocked order walks a position's weights once per batch tile, block
+            // by block: no single next position to prefetch.
             wide: Some(Wide {
                 tier,
-                prefetch: (g.q * g.f) as i64,
+                prefetch: if cblock.is_some() {
+                    0
+                } else {
+                    (g.q * g.f) as i64
+                },
             }),
         };
     }
@@ -252,10 +265,11 @@ pub(super) const WIDE_MIN_BATCH: usize = 4;
 pub(super) const WIDE_MIN_PATCH: usize = 384;
 
 /// The wide register tile `(FT, TB)` of the filters schedule under `tier`, when it
-/// applies: the batch is compute-bound, the filters fill whole registers, every tap is
-/// inside the input (no `same` guards, so the reduction is one perfect nest the
-/// microkernel walks, see [`crate::loop_ir::micro`]) and the layer needs no channel
-/// blocking. Two registers of filters per row when `F` allows, sharing each broadcast
+/// applies: the batch is compute-bound, the filters fill whole registers, and the
+/// reduction is one perfect nest the microkernel walks ([`crate::loop_ir::micro`]):
+/// every tap inside the input (no `same` guards) in the plain order, or the channel
+/// block of the blocked order (YOLO's local layer: 9.4 MB per position), whose loop is
+/// inside the guards. Two registers of filters per row when `F` allows, sharing each broadcast
 /// input between them (fewer loads per multiply-add), with as many rows as fit the
 /// registers up to [`WIDE_ROWS`].
 fn wide_tile(
@@ -267,10 +281,7 @@ fn wide_tile(
 ) -> Option<(usize, usize)> {
     let w = tier.lanes();
     let small = batch < WIDE_MIN_BATCH;
-    if (small && !half && g.q < WIDE_MIN_PATCH)
-        || !g.f.is_multiple_of(w)
-        || l.padding == Padding::Same
-    {
+    if (small && !half && g.q < WIDE_MIN_PATCH) || !g.f.is_multiple_of(w) {
         return None;
     }
     let rows = |ft: usize| (1..=WIDE_ROWS.min(batch)).rev().find(|&r| tier.fits(r, ft));
@@ -286,9 +297,9 @@ fn wide_tile(
         w
     };
     let tb = rows(ft)?;
-    // A layer whose per-position weights need channel blocking keeps the f32x4 blocked
-    // order (YOLO's local layer: 9.4 MB per position).
-    if block_channels(g, ft, true).is_some() {
+    // Under `same` padding the plain order's reduction has guards between its tap loops
+    // (no perfect nest); the channel-blocked order's block loop sits inside them.
+    if l.padding == Padding::Same && block_channels(g, ft, true).is_none() {
         return None;
     }
     Some((ft, tb))
