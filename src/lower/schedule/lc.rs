@@ -1,7 +1,10 @@
 //! The schedules of the locally connected layers: forward, `dK`, `db` and `dx`, all
 //! chosen here (the gradient kernels' in the child module `lc/backward.rs`) from the
-//! layer's geometry and the batch size, with the measurements that justify each choice. The emitters (`lower/lc.rs`, `lower/lc_backward.rs`,
-//! `lower/lc_backward/gather.rs`) follow these structs and decide nothing themselves.
+//! layer's geometry, the batch size and the target (the SIMD tier past f32x4 and the
+//! weights' storage type), with the measurements that justify each choice. The emitters
+//! (`lower/lc.rs`, `lower/lc_backward.rs`, `lower/lc_backward/gather.rs`) follow these
+//! structs and decide nothing themselves; a wide tile ([`wide_tile`]) is a choice like
+//! any other, recorded in the schedule line and in its `wide(tier)` loop.
 //!
 //! Invariants: tile sizes divide the extents they tile (`ft | F`, `tq | run`,
 //! `tc | C`), except the batch tile, whose remainder rows get one narrower nest
