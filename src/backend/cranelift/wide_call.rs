@@ -82,11 +82,16 @@ pub(super) fn plan_wide<M: ClifModule>(
             continue; // the verifier has rejected it already
         };
         let zero = prev.is_some_and(|p| zeroes_tile(p, &nest));
-        let dtype = module
-            .buffers
-            .get(nest.vector.buf as usize)
-            .map_or(Dtype::F32, |b| b.dtype);
-        if !isa_has(m.isa(), nest.tier) {
+        let dtype_of = |buf: u32| {
+            module
+                .buffers
+                .get(buf as usize)
+                .map_or(Dtype::F32, |b| b.dtype)
+        };
+        let dtype = dtype_of(nest.vector.buf);
+        // The broadcast operand is read as f32 (the schedules give 16-bit storage to
+        // kernels, which are the vector operand); any other nest keeps its f32x4 code.
+        if dtype_of(nest.bcast.buf) != Dtype::F32 || !isa_has(m.isa(), nest.tier) {
             continue;
         }
         let Ok(code) = assemble(&nest, dtype, zero) else {
