@@ -48,9 +48,6 @@ pub fn register_tile(units: usize, rows: usize) -> (bool, usize, usize) {
 /// (memory-bound), where wider registers do not help.
 const WIDE_MIN_ROWS: usize = 8;
 
-/// Most rows of a wide tile (as the LC forward's, `schedule/lc.rs`).
-const WIDE_ROWS: usize = 16;
-
 /// The register tile under `tier`, `(UT, RT)`, when it applies: enough rows, and units
 /// filling whole registers (two per row when that leaves at least 4 rows).
 pub fn wide_tile(units: usize, rows: usize, tier: Tier) -> Option<(usize, usize)> {
@@ -58,7 +55,12 @@ pub fn wide_tile(units: usize, rows: usize, tier: Tier) -> Option<(usize, usize)
     if rows < WIDE_MIN_ROWS || !units.is_multiple_of(w) {
         return None;
     }
-    let fit = |ut: usize| (1..=WIDE_ROWS.min(rows)).rev().find(|&r| tier.fits(r, ut));
+    // At most as many rows as the LC forward's wide tiles (`schedule/lc.rs`).
+    let fit = |ut: usize| {
+        (1..=super::schedule::lc::WIDE_ROWS.min(rows))
+            .rev()
+            .find(|&r| tier.fits(r, ut))
+    };
     let ut = if units.is_multiple_of(2 * w) && fit(2 * w).is_some_and(|r| r >= 4) {
         2 * w
     } else {

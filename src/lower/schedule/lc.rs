@@ -248,7 +248,7 @@ pub(in crate::lower) fn forward(
 /// register per row), medians of two runs: 4 rows 44.0/39.7 ms, 8 rows 37.0/34.1, 12
 /// rows 39.6/32.8, 16 rows 31.5/30.0, 24 rows 32.0/31.1. More rows load each weight
 /// vector fewer times per multiply-add (one vector and 16 broadcasts per 16 FMAs).
-pub(super) const WIDE_ROWS: usize = 16;
+pub(in crate::lower) const WIDE_ROWS: usize = 16;
 
 /// Smallest batch whose tiles always go to the wide tier (compute-bound). Below it a
 /// layer streams its weights, and the microkernel pays only where its call is amortised
