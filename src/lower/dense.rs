@@ -15,59 +15,19 @@
 //! tile (fresh variables). Bias and elementwise activations are fused into the store;
 //! softmax-like activations store into a temporary and run [`softmax_kernel`]. On a
 //! target with a SIMD tier past f32x4, tiles of at least 8 rows whose units fill whole
-//! registers run their reduction in the tier's microkernel ([`wide_tile`]).
+//! registers run their reduction in the tier's microkernel. The tiles are chosen in
+//! `schedule/dense.rs`.
 
 use super::activation::{is_elementwise, softmax_kernel};
+use super::schedule::dense::{register_tile, wide_tile};
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Dense, NodeId};
-use crate::loop_ir::micro::{Tier, Wide};
+use crate::loop_ir::micro::Wide;
 use crate::loop_ir::{
     bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
     Stmt, Var,
 };
-
-/// The register tile: `(vectorised, UT units per tile, RT rows per tile)`.
-pub fn register_tile(units: usize, rows: usize) -> (bool, usize, usize) {
-    if units.is_multiple_of(4) {
-        let ut = [16, 12, 8, 4]
-            .into_iter()
-            .find(|t| units.is_multiple_of(*t))
-            .unwrap_or(4);
-        (true, ut, (12 / (ut / 4)).clamp(1, 6).min(rows))
-    } else {
-        let ut = (1..=8)
-            .rev()
-            .find(|t| units.is_multiple_of(*t))
-            .unwrap_or(1);
-        (false, ut, (12 / ut).clamp(1, 4).min(rows))
-    }
-}
-
-/// Smallest row count whose tiles go to a wide tier: fewer rows stream the kernel
-/// (memory-bound), where wider registers do not help.
-const WIDE_MIN_ROWS: usize = 8;
-
-/// The register tile under `tier`, `(UT, RT)`, when it applies: enough rows, and units
-/// filling whole registers (two per row when that leaves at least 4 rows).
-pub fn wide_tile(units: usize, rows: usize, tier: Tier) -> Option<(usize, usize)> {
-    let w = tier.lanes();
-    if rows < WIDE_MIN_ROWS || !units.is_multiple_of(w) {
-        return None;
-    }
-    // At most as many rows as the LC forward's wide tiles (`schedule/lc.rs`).
-    let fit = |ut: usize| {
-        (1..=super::schedule::lc::WIDE_ROWS.min(rows))
-            .rev()
-            .find(|&r| tier.fits(r, ut))
-    };
-    let ut = if units.is_multiple_of(2 * w) && fit(2 * w).is_some_and(|r| r >= 4) {
-        2 * w
-    } else {
-        w
-    };
-    Some((ut, fit(ut)?))
-}
 
 /// Everything a tile body needs.
 struct Plan {
@@ -86,7 +46,7 @@ struct Plan {
     /// `Some((blk, nb))`: sum the inputs in the [`gemv`] schedule's blocks (see
     /// [`gemv_blocks`]) so that both schedules give the same bits.
     blocks: Option<(usize, usize)>,
-    /// The wide loop running each tile's reduction (see [`wide_tile`]).
+    /// The wide loop running each tile's reduction (see `schedule::dense::wide_tile`).
     wide: Option<Wide>,
 }
 
