@@ -129,9 +129,9 @@ pub struct CompileOptions {
     /// model computed is the float32 model with those weights rounded to nearest even, on
     /// every engine; gradients and training refuse a 16-bit option.
     pub weights_dtype: Dtype,
-    /// Which SIMD tier past f32x4 the forward schedules may use for compute-bound
-    /// register tiles (see [`crate::loop_ir::micro`]): the best the CPU has by default.
-    /// Every choice computes the same bits.
+    /// Which SIMD tier past f32x4 the schedules of the forward and gradient programs may
+    /// use for compute-bound register tiles (see [`crate::loop_ir::micro`]): the best the
+    /// CPU has by default. Every choice computes the same bits.
     pub wide: WideTier,
 }
 
