@@ -41,23 +41,30 @@ fn check(sp: &Spec, batch: usize, seed: u64, dtype: Dtype) -> Result<bool, TestC
         same_bits(&off, &interp),
         "f32x4 schedule differs from the interpreter"
     );
+    let params: Vec<Vec<f32>> = model
+        .params()
+        .iter()
+        .map(|p| p.iter().copied().collect())
+        .collect();
+    // 16-bit copies, read only for the buffers the program stores in 16 bits.
+    let halves: Vec<Vec<u16>> = match dtype {
+        Dtype::F32 => Vec::new(),
+        d => params
+            .iter()
+            .map(|p| lcjit::lower::weights::narrow(p.iter().copied(), d))
+            .collect(),
+    };
+    let xs: Vec<f32> = x.iter().copied().collect();
     let mut any = false;
     for tier in host_tiers() {
-        let cm = compiled(&model, Engine::Jit, 1, batch, dtype, WideTier::Only(tier));
+        // One compilation runs on both thread counts (programs do not depend on it).
+        let mut cm = compiled(&model, Engine::Jit, 1, batch, dtype, WideTier::Only(tier));
         let prepared = cm.prepared(batch).expect("prepared");
         let module = prepared.program.module().clone();
         any |= has_wide(&module);
         for threads in [1, 2] {
-            let mut c = compiled(
-                &model,
-                Engine::Jit,
-                threads,
-                batch,
-                dtype,
-                WideTier::Only(tier),
-            );
-            c.set_threads(threads).expect("threads");
-            let y = c.predict(&x).expect("jit");
+            cm.set_threads(threads).expect("threads");
+            let y = cm.predict(&x).expect("jit");
             prop_assert!(
                 same_bits(&y, &interp),
                 "{tier}, {threads} threads: differs from the interpreter ({:?})",
@@ -65,25 +72,6 @@ fn check(sp: &Spec, batch: usize, seed: u64, dtype: Dtype) -> Result<bool, TestC
             );
         }
         // The same wide program with every wide loop emitted as f32x4 code.
-        let params: Vec<Vec<f32>> = model
-            .params()
-            .iter()
-            .map(|p| p.iter().copied().collect())
-            .collect();
-        let halves: Vec<Vec<u16>> = params
-            .iter()
-            .map(|p| {
-                lcjit::lower::weights::narrow(
-                    p.iter().copied(),
-                    if dtype == Dtype::F32 {
-                        Dtype::Bf16
-                    } else {
-                        dtype
-                    },
-                )
-            })
-            .collect();
-        let xs: Vec<f32> = x.iter().copied().collect();
         let fallback = backend::prepare(
             Backend::Jit,
             &module,
@@ -246,21 +234,13 @@ fn golden_cases_agree_with_wide_tiles() {
         let interp = compiled(&model, Engine::Interp, 1, batch, Dtype::F32, WideTier::Auto)
             .predict(&x)
             .expect("interp");
-        let cm = compiled(&model, Engine::Jit, 1, batch, Dtype::F32, WideTier::Auto);
+        let mut cm = compiled(&model, Engine::Jit, 1, batch, Dtype::F32, WideTier::Auto);
         if has_wide(cm.prepared(batch).expect("prepared").program.module()) {
             wide_cases.push(case.display().to_string());
         }
         for threads in [1, 2] {
-            let mut c = compiled(
-                &model,
-                Engine::Jit,
-                threads,
-                batch,
-                Dtype::F32,
-                WideTier::Auto,
-            );
-            c.set_threads(threads).expect("threads");
-            let y = c.predict(&x).expect("jit");
+            cm.set_threads(threads).expect("threads");
+            let y = cm.predict(&x).expect("jit");
             assert!(
                 same_bits(&y, &interp),
                 "{}: wide JIT, {threads} threads",

@@ -157,7 +157,7 @@ impl WideTier {
                 .find(|t| backend::host_has_tier(*t))),
             WideTier::Only(t) if backend::host_has_tier(t) => Ok(Some(t)),
             WideTier::Only(t) => Err(Error::Usage {
-                detail: format!("this CPU has no {t} (the wide tier asked for)"),
+                detail: format!("the wide tier asked for (--wide, CompileOptions::wide) is {t}, which this CPU lacks"),
             }),
         }
     }

@@ -23,6 +23,43 @@ pub struct Spec {
     pub bias: bool,
 }
 
+/// The drawn parts of a [`Spec`]: `(rank, channels_last, (length of a 1-D input, side
+/// of a 2-D one), channels, filters, kernel, stride, dilation, same, bias)`.
+pub type Parts = (
+    usize,
+    bool,
+    (usize, usize),
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+    bool,
+);
+
+impl Spec {
+    /// The layer of `parts` (a 2-D input is `side × (side + 1)`).
+    pub fn from_parts((rank, cl, (n1, n2), c, f, k, s, d, same, bias): Parts) -> Spec {
+        Spec {
+            rank,
+            cl,
+            spatial: if rank == 1 {
+                vec![n1]
+            } else {
+                vec![n2, n2 + 1]
+            },
+            c,
+            f,
+            k,
+            s,
+            d,
+            same,
+            bias,
+        }
+    }
+}
+
 pub fn graph(sp: &Spec) -> Option<Graph> {
     let df = if sp.cl {
         DataFormat::ChannelsLast
@@ -79,20 +116,5 @@ pub fn spec() -> impl Strategy<Value = Spec> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(rank, cl, (n1, n2), c, f, k, s, d, same, bias)| Spec {
-            rank,
-            cl,
-            spatial: if rank == 1 {
-                vec![n1]
-            } else {
-                vec![n2, n2 + 1]
-            },
-            c,
-            f,
-            k,
-            s,
-            d,
-            same,
-            bias,
-        })
+        .prop_map(Spec::from_parts)
 }

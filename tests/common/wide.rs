@@ -122,22 +122,7 @@ pub fn wide_spec() -> impl Strategy<Value = Spec> {
         prop::bool::weighted(0.15),
         any::<bool>(),
     )
-        .prop_map(|(rank, cl, (n1, n2), c, f, k, s, d, same, bias)| Spec {
-            rank,
-            cl,
-            spatial: if rank == 1 {
-                vec![n1]
-            } else {
-                vec![n2, n2 + 1]
-            },
-            c,
-            f,
-            k,
-            s,
-            d,
-            same,
-            bias,
-        })
+        .prop_map(Spec::from_parts)
 }
 
 /// One LC layer whose 32 filters fill wide registers (2-D, channels_last, 9×8×4 input,

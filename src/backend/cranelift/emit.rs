@@ -271,9 +271,14 @@ impl<'f> Emitter<'_, 'f> {
                 body,
             } => {
                 let extent = i64::try_from(*extent).map_err(|_| ice(self.kernel, "huge extent"))?;
+                // The microkernel replacing this loop, if it is a wide loop that has one.
+                let wide_call = match kind {
+                    LoopKind::Wide(_) => self.wide.get(&stmt_key(s)),
+                    _ => None,
+                };
                 match *kind {
-                    LoopKind::Wide(_) if self.wide.contains_key(&stmt_key(s)) => {
-                        if let Some(call) = self.wide.get(&stmt_key(s)) {
+                    LoopKind::Wide(_) if wide_call.is_some() => {
+                        if let Some(call) = wide_call {
                             self.wide_call(call)?;
                         }
                     }

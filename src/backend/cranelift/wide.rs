@@ -86,7 +86,7 @@ fn bytes(elems: i64, size: i64) -> Result<i64, Refusal> {
 }
 
 impl Plan {
-    fn new(nest: &MicroNest, dtype: Dtype) -> Result<Plan, Refusal> {
+    fn new(nest: &MicroNest, dtype: Dtype, zero: bool) -> Result<Plan, Refusal> {
         let esz = dtype.bytes() as i64;
         if nest.reduction.len() > COUNTERS.len() {
             return Err(format!("more than {} reduction loops", COUNTERS.len()));
@@ -126,7 +126,7 @@ impl Plan {
                 .checked_mul(esz)
                 .filter(|b| i32::try_from(*b).is_ok())
                 .unwrap_or(0),
-            zero: false,
+            zero,
         };
         // Every displacement of the unrolled body and of the tile must fit 32 bits.
         let last = plan.levels.last().copied();
@@ -155,8 +155,7 @@ impl Plan {
 /// Assembles the microkernel of `nest`, whose vector operand is stored as `dtype`; with
 /// `zero`, it starts from a zeroed tile instead of loading it.
 pub(super) fn assemble(nest: &MicroNest, dtype: Dtype, zero: bool) -> Result<Vec<u8>, Refusal> {
-    let mut plan = Plan::new(nest, dtype)?;
-    plan.zero = zero;
+    let plan = Plan::new(nest, dtype, zero)?;
     let mut a = CodeAssembler::new(64).map_err(asm_err)?;
     Asm {
         a: &mut a,

@@ -172,12 +172,11 @@ pub(in crate::lower) fn forward(
     if let Some(s) = positions(g, l, batch) {
         return s;
     }
-    let wide = tier.and_then(|t| wide_tile(g, l, batch, t, half).map(|(ft, tb)| (t, ft, tb)));
-    if let Some((tier, ft, tb)) = wide {
+    let wide = tier.and_then(|t| wide_tile(g, l, batch, t, half).map(|w| (t, w)));
+    if let Some((tier, (ft, tb, cblock))) = wide {
         let last = g.rank - 1;
-        // A layer whose per-position weights need channel blocking keeps the blocked
-        // order, its channel-block loop wide (see [`wide_tile`]).
-        let cblock = block_channels(g, ft, true);
+        // A layer whose per-position weights need channel blocking (`cblock`) keeps the
+        // blocked order, its channel-block loop wide (see [`wide_tile`]).
         let merge = cblock.is_none() && g.cl && l.dilation[last] == 1;
         let red_extent = match cblock {
             Some(c) => c,
@@ -267,7 +266,7 @@ pub(super) const WIDE_MIN_BATCH: usize = 4;
 /// 0.355 → 0.043.
 pub(super) const WIDE_MIN_PATCH: usize = 384;
 
-/// The wide register tile `(FT, TB)` of the filters schedule under `tier`, when it
+/// The wide register tile `(FT, TB)` and channel block of the filters schedule under `tier`, when it
 /// applies: the batch is compute-bound, the filters fill whole registers, and the
 /// reduction is one perfect nest the microkernel walks ([`crate::loop_ir::micro`]):
 /// every tap inside the input (no `same` guards) in the plain order, or the channel
@@ -281,7 +280,7 @@ fn wide_tile(
     batch: usize,
     tier: Tier,
     half: bool,
-) -> Option<(usize, usize)> {
+) -> Option<(usize, usize, Option<usize>)> {
     let w = tier.lanes();
     let small = batch < WIDE_MIN_BATCH;
     if (small && !half && g.q < WIDE_MIN_PATCH) || !g.f.is_multiple_of(w) {
@@ -302,10 +301,11 @@ fn wide_tile(
     let tb = rows(ft)?;
     // Under `same` padding the plain order's reduction has guards between its tap loops
     // (no perfect nest); the channel-blocked order's block loop sits inside them.
-    if l.padding == Padding::Same && block_channels(g, ft, true).is_none() {
+    let cblock = block_channels(g, ft, true);
+    if l.padding == Padding::Same && cblock.is_none() {
         return None;
     }
-    Some((ft, tb))
+    Some((ft, tb, cblock))
 }
 
 /// The positions schedule, when it applies: the filters cannot fill the lanes
