@@ -12,7 +12,11 @@
 //! - `PERF_HUGE=1`: back the kernel buffers with transparent huge pages;
 //! - `PERF_ONLY=L4.backward_dx`: time only the kernels so named (no roofline or
 //!   whole-call timings);
-//! - `PERF_ASM=L4.backward_dx`: print the machine code of the kernels so named.
+//! - `PERF_ASM=L4.backward_dx`: print the machine code of the kernels so named;
+//! - `PERF_WIDE=off`: lower the kernels for f32x4 only (default: the host's wide tier,
+//!   as `CompileOptions::wide`'s `auto` does);
+//! - `PERF_INPUT_GRADS=1`: time the program of `lcjit grad` (gradients of the model
+//!   inputs too) instead of a training step's.
 
 use lcjit::backend::{CodegenOptions, CompiledModule};
 use lcjit::loop_ir::{BufRole, Module};
@@ -210,7 +214,22 @@ fn main() {
         );
 
         // Kernel by kernel, on buffers allocated once.
-        let lowered = lcjit::lower::grad::lower_gradients(&graph, batch).expect("lower");
+        let tier = if env_or("PERF_WIDE", "auto") == "off" {
+            None
+        } else {
+            lcjit::WideTier::Auto.resolve().expect("host tier")
+        };
+        let lowered = lcjit::lower::grad::lower_gradients_for(
+            &graph,
+            batch,
+            if std::env::var("PERF_INPUT_GRADS").is_ok() {
+                lcjit::lower::grad::Mode::Inference
+            } else {
+                lcjit::lower::grad::Mode::Training
+            },
+            tier,
+        )
+        .expect("lower");
         let mut bufs: Vec<Vec<f32>> = lowered
             .forward
             .buffers

@@ -168,6 +168,40 @@ fn guards_prove_clipped_windows() {
     assert!(rejected(&module(kb2.finish(body(false)))).contains("outside [0, 16)"));
 }
 
+/// Nested guards sharing a variable: the index `4·(i + t) + l` is bounded by the outer
+/// guard on `i + t`, which the inner guard on `2·i` (substituted first, innermost
+/// first) would take `i` from; the verifier tries each guard first. A guard that does
+/// not bound the index still leaves it rejected.
+#[test]
+fn guards_sharing_a_variable_are_tried_in_each_order() {
+    let build = |outer_hi: i64| {
+        let mut kb = KernelBuilder::new("nested");
+        let (i, t, l) = (kb.var("i"), kb.var("t"), kb.var("l"));
+        let load_at = Affine::var(i).plus_term(t, 1).scale(4).plus_term(l, 1);
+        let store = Stmt::Store {
+            buf: 1,
+            index: Affine::var(l),
+            value: load(0, load_at),
+        };
+        let inner = Stmt::If {
+            conds: vec![(Affine::var(i).scale(2), 0, 9)],
+            body: vec![for_(l, 4, LoopKind::Serial, vec![store])],
+        };
+        let outer = Stmt::If {
+            conds: vec![(Affine::var(i).plus_term(t, 1), 0, outer_hi)],
+            body: vec![inner],
+        };
+        module(kb.finish(vec![for_(
+            i,
+            6,
+            LoopKind::Serial,
+            vec![for_(t, 2, LoopKind::Serial, vec![outer])],
+        )]))
+    };
+    assert!(verify(&build(4)).is_ok());
+    assert!(rejected(&build(5)).contains("outside [0, 16)"));
+}
+
 #[test]
 fn rejects_16_bit_buffers_that_are_written() {
     let mut m = module({

@@ -30,12 +30,13 @@ fn grads(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
-    /// The gradient programs (forward phase and `dK` with wide tiles): the wide JIT on 1
-    /// and 2 threads and the f32x4 JIT equal the interpreter bit for bit.
+    /// The gradient programs (forward phase, `dK` and, at batches filling whole
+    /// registers, `dx` with wide tiles): the wide JIT on 1 and 2 threads and the f32x4
+    /// JIT equal the interpreter bit for bit.
     #[test]
     fn wide_gradients_equal_the_interpreter(
         sp in wide_spec(),
-        batch in 4usize..19,
+        batch in prop::sample::select(vec![4usize, 5, 8, 9, 12, 16, 18, 24, 32]),
         seed in 0u64..1000,
     ) {
         let Some(g) = graph(&sp) else {
@@ -55,9 +56,30 @@ proptest! {
     }
 }
 
-/// deepface-like layers get wide `dK` tiles on a CPU with a tier.
+/// The schedule line of the backward kernel of `g` whose name ends in `suffix`, lowered
+/// for `tier` at `batch` in `mode`, and whether the forward phase has wide loops.
+fn backward_schedule(
+    g: &lcjit::graph::Graph,
+    batch: usize,
+    mode: lcjit::lower::grad::Mode,
+    tier: lcjit::loop_ir::micro::Tier,
+    suffix: &str,
+) -> (String, bool) {
+    let l = lcjit::lower::grad::lower_gradients_for(g, batch, mode, Some(tier)).expect("lower");
+    let k = l
+        .backward
+        .kernels
+        .iter()
+        .find(|k| k.name.ends_with(suffix))
+        .expect("kernel");
+    (k.schedule.clone().unwrap_or_default(), has_wide(&l.forward))
+}
+
+/// deepface-like layers get wide `dK` tiles on a CPU with a tier, and wide `dx` tiles
+/// (lanes over batch rows) at a batch of 32.
 #[test]
 fn kernel_gradients_get_wide_tiles() {
+    use lcjit::lower::grad::Mode;
     let sp = Spec {
         spatial: vec![12, 12],
         c: 16,
@@ -66,28 +88,14 @@ fn kernel_gradients_get_wide_tiles() {
     };
     let g = graph(&sp).expect("graph");
     for tier in host_tiers() {
-        let l = lcjit::lower::grad::lower_gradients_for(
-            &g,
-            8,
-            lcjit::lower::grad::Mode::Training,
-            Some(tier),
-        )
-        .expect("lower");
-        let dk = l
-            .backward
-            .kernels
-            .iter()
-            .find(|k| k.name.ends_with("backward_dk"))
-            .expect("dk kernel");
-        assert!(
-            dk.schedule
-                .as_deref()
-                .unwrap_or("")
-                .contains(&format!("wide({tier}")),
-            "{:?}",
-            dk.schedule
-        );
-        assert!(has_wide(&l.forward), "{tier}: forward phase");
+        let (dk, forward) = backward_schedule(&g, 8, Mode::Training, tier, "backward_dk");
+        assert!(dk.contains(&format!("wide({tier}")), "{tier}: {dk}");
+        assert!(forward, "{tier}: forward phase");
+        let (dx, _) = backward_schedule(&g, 32, Mode::Inference, tier, "backward_dx");
+        let rows = if tier.lanes() == 16 { 8 } else { 4 };
+        let want = format!("lc.dx(vec=batch, tile={rows}x{}", 2 * tier.lanes());
+        assert!(dx.starts_with(&want), "{tier}: {dx}");
+        assert!(dx.contains(&format!("wide({tier}")), "{tier}: {dx}");
     }
 }
 

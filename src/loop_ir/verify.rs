@@ -31,16 +31,17 @@ struct Scope {
     in_vector: Option<Var>,
 }
 
-/// Interval of `a` with each guard `lo ≤ g < hi` substituted where `a` holds an exact
-/// multiple of `g`, the rest bounded by the loop ranges in `vars`.
-fn range_with_guards(
+/// Interval of `a` with each guard `lo ≤ g < hi` substituted, in the order `guards`
+/// yields them, where `a` still holds an exact multiple of `g`, the rest bounded by the
+/// loop ranges in `vars`.
+fn range_with_guards<'g>(
     a: &Affine,
     vars: &[Option<(u64, LoopKind)>],
-    guards: &[(Affine, i64, i64)],
+    guards: impl Iterator<Item = &'g (Affine, i64, i64)>,
 ) -> std::result::Result<(i128, i128), String> {
     let mut rest = a.clone();
     let (mut lo, mut hi) = (0i128, 0i128);
-    for (g, glo, ghi) in guards.iter().rev() {
+    for (g, glo, ghi) in guards {
         let Some(&(v0, c0)) = g.terms.first() else {
             continue;
         };
@@ -83,15 +84,28 @@ impl Ctx<'_> {
     }
 
     /// Interval `[min, max]` of `a` under `scope`, or an error string: the intersection
-    /// of the bound from loop ranges alone and the bound with guards substituted (both
-    /// are sound; each is tight for different indices).
+    /// of the bound from loop ranges alone and the bounds with guards substituted, each
+    /// guard first in turn and then the others innermost first. Each bound is sound and
+    /// each is tight for different indices: a guard substituted first takes the
+    /// variables it shares with a later one, as the `dx` gather's kernel-range guard
+    /// `8·i0` takes `i0` from the output guard `i0 + u0` of an index
+    /// `16·(i0 + u0) + …`. An empty intersection means the guards never all hold.
     fn range(&self, a: &Affine, scope: &Scope) -> std::result::Result<(i128, i128), String> {
-        let (lo0, hi0) = range_with_guards(a, &scope.vars, &[])?;
-        if scope.guards.is_empty() {
-            return Ok((lo0, hi0));
+        let (mut lo, mut hi) = range_with_guards(a, &scope.vars, [].iter())?;
+        let g = &scope.guards;
+        for first in (0..g.len()).rev() {
+            let order = std::iter::once(&g[first]).chain(
+                g.iter()
+                    .enumerate()
+                    .rev()
+                    .filter(|(j, _)| *j != first)
+                    .map(|(_, x)| x),
+            );
+            let (l, h) = range_with_guards(a, &scope.vars, order)?;
+            lo = lo.max(l);
+            hi = hi.min(h);
         }
-        let (lo1, hi1) = range_with_guards(a, &scope.vars, &scope.guards)?;
-        Ok((lo0.max(lo1), hi0.min(hi1)))
+        Ok((lo, hi))
     }
 
     /// Bounds of index `a` of a `len`-element buffer or local, and its use of the vector

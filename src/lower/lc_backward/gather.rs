@@ -15,6 +15,7 @@ use super::super::Cx;
 use tile::Tile;
 
 mod tile;
+mod transpose;
 use crate::graph::LocallyConnected;
 use crate::loop_ir::{
     fma, for_, load, load_local, Affine, BufId, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
@@ -108,19 +109,28 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
                 .sum::<usize>()
         })
         .product();
-    let s = sched::input_grad(g, l, cx.batch, copies);
+    let s = sched::input_grad(g, l, cx.batch, copies, cx.tier);
     kb.schedule(s.to_string());
     let (tc, tb, segmented) = (s.tc, s.tb, s.segmented);
     let lanes = match s.vec {
         sched::VectorAxis::Filters => 4,
-        sched::VectorAxis::Positions => s.width,
+        sched::VectorAxis::Positions | sched::VectorAxis::Batch => s.width,
         sched::VectorAxis::Scalar => 1,
+    };
+    let batch_lanes = s.vec == sched::VectorAxis::Batch;
+    // Lanes over batch rows read the output gradient transposed.
+    let dz = if batch_lanes {
+        transpose::batch_rows(cx, name, g, dz)
+    } else {
+        dz
     };
     let acc = kb.local("acc", tb * tc * lanes);
     let n0 = g.in_sp[0].div_ceil(l.strides[0]) as i64;
     // Per input index of the parallel axis: the accumulators of one position between
-    // tap rows (2D and 3D, see `GatherCx::position`).
-    let scratch = (g.rank >= 2).then(|| cx.temp(n0 as usize * cx.batch * g.c * lanes));
+    // tap rows (2D and 3D, see `GatherCx::position`). Lanes over batch rows keep every
+    // tap in the tile (one microkernel per position; each kernel element is read once).
+    let scratch =
+        (g.rank >= 2 && !batch_lanes).then(|| cx.temp(n0 as usize * cx.batch * g.c * lanes));
     let i0 = kb.var("i0");
     let mut gx = GatherCx {
         kb: &mut kb,
@@ -135,6 +145,8 @@ pub(super) fn input_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo,
         batch: cx.batch,
         segmented,
         scratch,
+        wide: s.wide,
+        edge: s.edge,
     };
     if s.vec == sched::VectorAxis::Positions && g.rank == 1 {
         let nest = gx.blocks_1d(&res[0], n0);
@@ -237,6 +249,10 @@ struct GatherCx<'a, 'b> {
     segmented: bool,
     /// Accumulators between tap rows (2D and 3D).
     scratch: Option<BufId>,
+    /// The wide loop of unguarded tap nests (lanes over batch rows).
+    wide: Option<crate::loop_ir::micro::Wide>,
+    /// The `(channels, rows)` tile of guarded positions under lanes over batch rows.
+    edge: (usize, usize),
 }
 
 impl GatherCx<'_, '_> {
@@ -280,32 +296,42 @@ impl GatherCx<'_, '_> {
         out
     }
 
-    /// The batch and channel tiles, `for bt { for cb { body } }` (batch rows in tiles of
-    /// `TB` plus a remainder tile), with `body` given the tile.
+    /// The batch and channel tiles, `for cb { for bt { body } }`, of `tc` channels and
+    /// (batch rows in tiles of `TB`, or under lanes over batch rows of `lanes`, plus a
+    /// remainder tile), with `body` given the tile.
     fn tiles(
         &mut self,
-        lanes: usize,
+        (tc, lanes): (usize, usize),
         mut body: impl FnMut(&mut KernelBuilder, &Tile) -> Vec<Stmt>,
     ) -> Vec<Stmt> {
-        let mut nests = vec![(0usize, self.batch / self.tb, self.tb)];
-        if !self.batch.is_multiple_of(self.tb) {
-            nests.push((self.batch / self.tb * self.tb, 1, self.batch % self.tb));
+        // Under lanes over batch rows a tile's rows are its `lanes` (which divide the
+        // batch), and `tb` is 1.
+        let rows = if self.axis == sched::VectorAxis::Batch {
+            lanes
+        } else {
+            self.tb
+        };
+        let mut nests = vec![(0usize, self.batch / rows, self.tb)];
+        if !self.batch.is_multiple_of(rows) {
+            nests.push((self.batch / rows * rows, 1, self.batch % rows));
         }
         let mut out = Vec::new();
         for (base, ntiles, tb) in nests {
             let (bt, cb) = (self.kb.var("bt"), self.kb.var("cb"));
             let tile = Tile {
-                b: Affine::var(bt).scale(tb as i64).plus(base as i64),
-                c: Affine::var(cb).scale(self.tc as i64),
+                b: Affine::var(bt).scale(rows as i64).plus(base as i64),
+                c: Affine::var(cb).scale(tc as i64),
                 tb,
-                tc: self.tc,
+                tc,
                 lanes,
-                positions: self.axis == sched::VectorAxis::Positions,
+                axis: self.axis,
+                batch: self.batch,
+                wide: self.wide,
             };
             let inner = body(self.kb, &tile);
             out.push(for_(
                 cb,
-                (self.g.c / self.tc) as u64,
+                (self.g.c / tc) as u64,
                 LoopKind::Serial,
                 vec![for_(bt, ntiles as u64, LoopKind::Serial, inner)],
             ));
@@ -338,15 +364,17 @@ impl GatherCx<'_, '_> {
             Vec::new()
         };
         let (batch, strides) = (self.batch, &self.l.strides);
-        let lanes = match self.axis {
-            sched::VectorAxis::Filters => 4,
-            _ => at[at.len() - 1].width,
+        let tile = match self.axis {
+            sched::VectorAxis::Filters => (self.tc, 4),
+            sched::VectorAxis::Batch if at.iter().all(|a| a.interior) => (self.tc, self.width),
+            sched::VectorAxis::Batch => self.edge,
+            _ => (self.tc, at[at.len() - 1].width),
         };
         // Lanes per scratch element: the widest tile of the schedule, as the scratch
         // buffer is sized (every tile of an iteration `i0` stays in its own row).
         let stride = match self.axis {
             sched::VectorAxis::Filters => 4,
-            sched::VectorAxis::Positions => self.width,
+            sched::VectorAxis::Positions | sched::VectorAxis::Batch => self.width,
             sched::VectorAxis::Scalar => 1,
         };
         let pass = |kb: &mut KernelBuilder, t: &Tile, first: bool, last: bool| {
@@ -365,7 +393,7 @@ impl GatherCx<'_, '_> {
             if covered && !(split && first) && !(split && last) {
                 body.extend(gather_taps(kb, g, at, &outer, t, bufs, acc));
             }
-            body.push(t.each(kb, !last || t.positions, |bb, cc, lane| {
+            body.push(t.each(kb, !last || t.per_lane(), |bb, cc, lane| {
                 if split && !last {
                     Stmt::Store {
                         buf: scratch,
@@ -380,11 +408,7 @@ impl GatherCx<'_, '_> {
                         .collect();
                     Stmt::Store {
                         buf: bufs[2],
-                        index: g.x_index(
-                            &t.b.clone().plus_term(bb, 1),
-                            &sp,
-                            &t.c.clone().plus_term(cc, 1),
-                        ),
+                        index: g.x_index(&t.row(bb, lane), &sp, &t.c.clone().plus_term(cc, 1)),
                         value: t.lane_sum(acc, bb, cc, lane),
                     }
                 }
@@ -392,11 +416,11 @@ impl GatherCx<'_, '_> {
             body
         };
         if !split {
-            return self.tiles(lanes, |kb, t| pass(kb, t, true, true));
+            return self.tiles(tile, |kb, t| pass(kb, t, true, true));
         }
         // Zero the scratch row, accumulate tap row by tap row, then sum it into dx.
-        let mut out = self.tiles(lanes, |kb, t| pass(kb, t, true, false));
-        let rows = self.tiles(lanes, |kb, t| pass(kb, t, false, false));
+        let mut out = self.tiles(tile, |kb, t| pass(kb, t, true, false));
+        let rows = self.tiles(tile, |kb, t| pass(kb, t, false, false));
         let row = if at[0].interior {
             rows
         } else {
@@ -412,7 +436,7 @@ impl GatherCx<'_, '_> {
             LoopKind::Serial,
             row,
         ));
-        out.extend(self.tiles(lanes, |kb, t| pass(kb, t, false, true)));
+        out.extend(self.tiles(tile, |kb, t| pass(kb, t, false, true)));
         out
     }
 
@@ -504,7 +528,7 @@ fn gather_taps(
     let p_at = |lane: Option<Var>| {
         let p = g.position(&o);
         match lane {
-            Some(v) if t.positions => p.plus_term(v, 1),
+            Some(v) if t.positions() => p.plus_term(v, 1),
             _ => p,
         }
     };
@@ -526,10 +550,7 @@ fn gather_taps(
                     &f_at(lane),
                 ),
             ),
-            load(
-                dz,
-                g.z_index(&t.b.clone().plus_term(bb, 1), &p_at(lane), &f_at(lane)),
-            ),
+            load(dz, t.dz_at(g, bb, lane, &p_at(lane), &f_at(lane))),
             load_local(acc, t.acc_at(bb, cc, lane)),
         ),
     });
@@ -541,7 +562,7 @@ fn gather_taps(
     // does, unless every axis is interior and the loop ranges alone keep it in bounds.
     let zero = Affine::constant(0);
     let k_pt = g.k_index(&p, &taps, &zero, &zero);
-    let last_lane = if t.positions { t.lanes() - 1 } else { 0 };
+    let last_lane = if t.positions() { t.lanes() - 1 } else { 0 };
     let k_rest = g
         .k_index(
             &Affine::constant(last_lane),
@@ -578,6 +599,11 @@ fn gather_taps(
             }];
         }
         nest = vec![for_(u[ax], at[ax].res.count as u64, LoopKind::Serial, nest)];
+    }
+    // An unguarded nest is a register-tile reduction over the taps and filters: the
+    // schedule's wide loop heads it.
+    if let (true, Some(w), [Stmt::For { kind, .. }]) = (in_bounds, t.wide, nest.as_mut_slice()) {
+        *kind = LoopKind::Wide(w);
     }
     nest
 }

@@ -29,6 +29,10 @@ pub enum VectorAxis {
     Filters,
     /// Four consecutive output positions along the last spatial axis (see [`Lanes`]).
     Positions,
+    /// Consecutive batch rows: the `dx` gather under a wide tier, which reads the output
+    /// gradient transposed to `[p, f, b]` so that a tile's rows are one vector (see
+    /// [`input_grad`]).
+    Batch,
 }
 
 impl fmt::Display for VectorAxis {
@@ -37,6 +41,7 @@ impl fmt::Display for VectorAxis {
             VectorAxis::Scalar => "scalar",
             VectorAxis::Filters => "filters",
             VectorAxis::Positions => "positions",
+            VectorAxis::Batch => "batch",
         })
     }
 }
@@ -105,7 +110,9 @@ impl LcForward {
     pub fn filter_kind(&self) -> LoopKind {
         match self.vec {
             VectorAxis::Filters => LoopKind::Vector(4),
-            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
+            VectorAxis::Scalar | VectorAxis::Positions | VectorAxis::Batch => {
+                LoopKind::Unroll(self.ft as u32)
+            }
         }
     }
 

@@ -1,27 +1,37 @@
 //! The register tile of the `dx` gather (see the parent module): `TB` batch rows ×
 //! `TC` channels of accumulators, each a scalar, an f32x4 over filters (partial sums
 //! over `f mod 4`, added up at the store) or `width` lanes over input positions of the
-//! last axis. Invariant: accumulator and scratch elements are indexed by the tile's
-//! unrolled row and channel variables and its lane variable only, so they can live in
-//! registers.
+//! last axis; or, under lanes over batch rows, `TC` channels × `width` rows (no row
+//! loop: the rows are the lanes). Invariant: accumulator and scratch elements are
+//! indexed by the tile's unrolled row and channel variables and its lane variable only,
+//! so they can live in registers.
 
 use super::Span;
+use crate::loop_ir::micro::Wide;
 use crate::loop_ir::{
     bin, for_, load_local, Affine, BinOp, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
 };
 use crate::lower::lc::Geo;
 use crate::lower::lc_backward::tile2;
+use crate::lower::schedule::lc::VectorAxis;
 
 /// A batch-and-channel tile of the `dx` gather: rows `b..b+tb`, channels `c..c+tc`,
 /// each accumulator `lanes` wide: over filters (4, summed at the store), over input
-/// positions of the last axis (`positions`), or one scalar.
+/// positions of the last axis, over batch rows (then `tb` is 1 and the rows are
+/// `b..b+lanes`), or one scalar.
 pub(super) struct Tile {
     pub(super) b: Affine,
     pub(super) c: Affine,
     pub(super) tb: usize,
     pub(super) tc: usize,
     pub(super) lanes: usize,
-    pub(super) positions: bool,
+    /// The lanes' axis.
+    pub(super) axis: VectorAxis,
+    /// The batch size (the row stride of the transposed output gradient under
+    /// [`VectorAxis::Batch`]).
+    pub(super) batch: usize,
+    /// The wide loop of an unguarded tap nest (lanes over batch rows only).
+    pub(super) wide: Option<Wide>,
 }
 
 impl Tile {
@@ -31,7 +41,52 @@ impl Tile {
 
     /// Whether the lanes hold partial sums over filters.
     pub(super) fn filters(&self) -> bool {
-        self.lanes > 1 && !self.positions
+        self.lanes > 1 && self.axis == VectorAxis::Filters
+    }
+
+    /// Whether the lanes run over input positions.
+    pub(super) fn positions(&self) -> bool {
+        self.axis == VectorAxis::Positions
+    }
+
+    /// Whether the lanes run over batch rows.
+    pub(super) fn batch_lanes(&self) -> bool {
+        self.axis == VectorAxis::Batch
+    }
+
+    /// Whether each lane is its own `dx` element (stored without a horizontal sum).
+    pub(super) fn per_lane(&self) -> bool {
+        self.positions() || self.batch_lanes()
+    }
+
+    /// The batch row of tile row `bb` and lane `lane`.
+    pub(super) fn row(&self, bb: Var, lane: Option<Var>) -> Affine {
+        match lane {
+            Some(v) if self.batch_lanes() => self.b.clone().plus_term(v, 1),
+            _ => self.b.clone().plus_term(bb, 1),
+        }
+    }
+
+    /// Element of the output gradient `dz` for row `bb`, lane `lane`, output position
+    /// `p` and filter `f`: `dz[b, p, f]` in the layer's layout, or under lanes over
+    /// batch rows the transposed `dzT[(p·F + f)·B + b]`.
+    pub(super) fn dz_at(
+        &self,
+        g: &Geo,
+        bb: Var,
+        lane: Option<Var>,
+        p: &Affine,
+        f: &Affine,
+    ) -> Affine {
+        let b = self.row(bb, lane);
+        if self.batch_lanes() {
+            return p
+                .clone()
+                .scale((g.f * self.batch) as i64)
+                .plus_affine(&f.clone().scale(self.batch as i64))
+                .plus_affine(&b);
+        }
+        g.z_index(&b, p, f)
     }
 
     /// The index `i'` along span `a` of lane `lane` (only a span in lanes moves).
@@ -43,7 +98,9 @@ impl Tile {
     }
 
     /// `for bb in 0..tb unroll { for cc in 0..tc unroll { [for lane in 0..4 vector] { st } } }`
-    /// (the lane loop when vectorised and `lanes`).
+    /// (the lane loop when vectorised and `lanes`). Under lanes over batch rows there is
+    /// no `bb` loop (the shape of a wide register tile: channels, then lanes), and `st`'s
+    /// `bb` is a variable no loop binds, which the tile's index functions ignore.
     pub(super) fn each(
         &self,
         kb: &mut KernelBuilder,
@@ -58,6 +115,14 @@ impl Tile {
         } else {
             st(bb, cc, None)
         };
+        if self.batch_lanes() {
+            return for_(
+                cc,
+                self.tc as u64,
+                LoopKind::Unroll(self.tc as u32),
+                vec![inner],
+            );
+        }
         let unroll = |n: usize| (n, LoopKind::Unroll(n as u32));
         let ((nb, kb_), (nc, kc)) = (unroll(self.tb), unroll(self.tc));
         tile2((bb, nb, kb_), (cc, nc, kc), inner)
@@ -65,6 +130,10 @@ impl Tile {
 
     /// Accumulator element of row `bb`, channel `cc` (and lane).
     pub(super) fn acc_at(&self, bb: Var, cc: Var, lane: Option<Var>) -> Affine {
+        if self.batch_lanes() {
+            let a = Affine::var(cc).scale(self.lanes());
+            return lane.map_or(a.clone(), |v| a.plus_term(v, 1));
+        }
         let a = Affine::var(bb)
             .scale(self.tc as i64)
             .plus_term(cc, 1)
@@ -100,9 +169,9 @@ impl Tile {
     }
 
     /// The value stored for accumulator `(bb, cc)`: over filters the sum of its lanes,
-    /// `(l0 + l1) + (l2 + l3)`; over positions lane `lane`.
+    /// `(l0 + l1) + (l2 + l3)`; over positions or batch rows lane `lane`.
     pub(super) fn lane_sum(&self, acc: LocalId, bb: Var, cc: Var, lane: Option<Var>) -> Expr {
-        if self.positions {
+        if self.per_lane() {
             return load_local(acc, self.acc_at(bb, cc, lane));
         }
         let at = |j: i64| load_local(acc, self.acc_at(bb, cc, None).plus(j));

@@ -57,7 +57,9 @@ impl LcKernelGrad {
     pub fn filter_kind(&self) -> LoopKind {
         match self.vec {
             VectorAxis::Filters => LoopKind::Vector(4),
-            VectorAxis::Scalar | VectorAxis::Positions => LoopKind::Unroll(self.ft as u32),
+            VectorAxis::Scalar | VectorAxis::Positions | VectorAxis::Batch => {
+                LoopKind::Unroll(self.ft as u32)
+            }
         }
     }
 }
@@ -316,8 +318,19 @@ pub struct LcInputGrad {
     /// blocks of `width` input positions).
     pub rank: usize,
     /// Under [`VectorAxis::Positions`]: input positions (of one residue class of the
-    /// last axis) per vector block, a multiple of 4; 1 otherwise.
+    /// last axis) per vector block, a multiple of 4; under [`VectorAxis::Batch`]: batch
+    /// rows per tile (whole registers of the tier); 1 otherwise.
     pub width: usize,
+    /// The wide loop running the taps and filters of an interior position's register
+    /// tile (under [`VectorAxis::Batch`] only).
+    pub wide: Option<Wide>,
+    /// Under [`VectorAxis::Batch`]: the `(channels, batch rows)` tile of the positions
+    /// whose taps are guarded (borders, and every position under `same` padding), which
+    /// run as f32x4 code: at most 8 accumulators, as the 16 registers of f32x4 code
+    /// allow (a wide tile there spilled every accumulator: `dx` of `seed_lc2d` took
+    /// 17.9 ms against 24.6 ms for the f32x4 schedule). Each lane sums in the same order
+    /// in either tile.
+    pub edge: (usize, usize),
 }
 
 impl fmt::Display for LcInputGrad {
@@ -332,6 +345,21 @@ impl fmt::Display for LcInputGrad {
                 if self.rank == 1 { "blocks" } else { "i0" },
                 if self.segmented { "split" } else { "guarded" },
             );
+        }
+        if self.vec == VectorAxis::Batch {
+            write!(
+                f,
+                "lc.dx(vec=batch, tile={}x{}, edge={}x{}, par=i0, segments={}",
+                self.tc,
+                self.width,
+                self.edge.0,
+                self.edge.1,
+                if self.segmented { "split" } else { "guarded" },
+            )?;
+            return match self.wide {
+                Some(w) => write!(f, ", {w})"),
+                None => f.write_str(")"),
+            };
         }
         write!(
             f,
@@ -361,11 +389,15 @@ impl fmt::Display for LcInputGrad {
 /// reaching an output) at least `width` long run in lanes. Measured on GpNet's four
 /// layers at batch 32 with callgrind: 109.1 M instructions per training step with
 /// scalar `8×1` tiles, 41.3 M with positions.
+///
+/// Otherwise, at batches that are a multiple of 4, the lanes run over batch rows
+/// ([`batch_input_grad`]), under a wide tier in microkernels.
 pub(in crate::lower) fn input_grad(
     g: &Geo,
     l: &LocallyConnected,
     batch: usize,
     copies: usize,
+    tier: Option<Tier>,
 ) -> LcInputGrad {
     let vec = g.cl && g.f.is_multiple_of(4);
     let tc = divisor_upto(g.c, 4);
@@ -383,7 +415,12 @@ pub(in crate::lower) fn input_grad(
             segmented,
             rank: g.rank,
             width: 4 * (8 / (tb * tc)).clamp(1, 4),
+            wide: None,
+            edge: (tc, tb),
         };
+    }
+    if let Some(s) = batch_input_grad(g, batch, segmented, tier) {
+        return s;
     }
     let budget = if vec { 8 } else { 12 };
     LcInputGrad {
@@ -397,7 +434,64 @@ pub(in crate::lower) fn input_grad(
         segmented,
         rank: g.rank,
         width: 1,
+        wide: None,
+        edge: (tc, 1),
     }
+}
+
+/// The `dx` schedule with lanes over batch rows, chosen at every batch that is a
+/// multiple of 4 (unless the positions schedule applies), under every tier, so that
+/// `dx` has the same bits whatever the machine. A tile is `TC` channels × `width` batch
+/// rows of one input position; each product broadcasts one kernel element (shared by
+/// the rows) against a vector of the transposed output gradient `dzT[p, f, b]` (shared
+/// by the channels). Every lane is one `dx` element summing its taps, then filters, in
+/// the scalar order: no lane partial sums and no horizontal sum at the store, and each
+/// kernel element is read once per input position that reaches it.
+///
+/// Under a wide tier whose registers the batch fills, the taps and filters of an
+/// interior position run in one microkernel: `width` is two registers when the batch
+/// allows (one vector load feeds `2·TC` multiply-adds), else one, and the channels fill
+/// the remaining registers. Otherwise, and at guarded positions (`edge`), the tile is 4
+/// channels × 8 rows (or 8 × 4) of f32x4 code.
+///
+/// Measured with `examples/perf_lc_grad` at batch 32, 2 threads, f32x4 code against the
+/// lanes-over-filters schedule in the same run: seed_lc2d's second layer 12.9 ms
+/// against 23.2, deepface_l4_l6 L5 15.1 against 16.8 and L6 4.5 against 5.3,
+/// lc2d_f12_f6's F = 6 layer 2.4 against 18.6, seed_lc2d_keras1 (channels_first) 21
+/// against 89; with AVX-512 microkernels seed_lc2d 7.4 ms, L5 8.6, L6 3.2.
+fn batch_input_grad(
+    g: &Geo,
+    batch: usize,
+    segmented: bool,
+    tier: Option<Tier>,
+) -> Option<LcInputGrad> {
+    if batch == 0 || !batch.is_multiple_of(4) {
+        return None;
+    }
+    // Edges: 4 channels × 8 rows (2 f32x4 per channel), as the batch allows.
+    let edge_rows = if batch.is_multiple_of(8) { 8 } else { 4 };
+    let edge = (divisor_upto(g.c, 8 / (edge_rows / 4)), edge_rows);
+    let wide = tier.and_then(|tier| {
+        let lanes = tier.lanes();
+        let width = [2 * lanes, lanes]
+            .into_iter()
+            .find(|w| batch.is_multiple_of(*w))?;
+        let rows = (1..=tier.registers())
+            .rev()
+            .find(|r| tier.fits(*r, width))?;
+        Some((divisor_upto(g.c, rows), width, tier))
+    });
+    let (tc, width) = wide.map_or(edge, |(tc, w, _)| (tc, w));
+    Some(LcInputGrad {
+        vec: VectorAxis::Batch,
+        tc,
+        tb: 1,
+        segmented,
+        rank: g.rank,
+        width,
+        wide: wide.map(|(_, _, t)| Wide::new(t)),
+        edge,
+    })
 }
 
 /// Most copies of the per-position gather code in one `dx` kernel.
