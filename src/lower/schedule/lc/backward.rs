@@ -419,7 +419,7 @@ pub(in crate::lower) fn input_grad(
             edge: (tc, tb),
         };
     }
-    if let Some(s) = batch_input_grad(g, batch, segmented, tier) {
+    if let Some(s) = batch_input_grad(g, l, batch, segmented, tier) {
         return s;
     }
     let budget = if vec { 8 } else { 12 };
@@ -440,7 +440,8 @@ pub(in crate::lower) fn input_grad(
 }
 
 /// The `dx` schedule with lanes over batch rows, chosen at every batch that is a
-/// multiple of 4 (unless the positions schedule applies), under every tier, so that
+/// multiple of 4 for layers with at most [`MAX_BATCH_LANE_TAPS`] taps per input element
+/// (unless the positions schedule applies), under every tier, so that
 /// `dx` has the same bits whatever the machine. A tile is `TC` channels × `width` batch
 /// rows of one input position; each product broadcasts one kernel element (shared by
 /// the rows) against a vector of the transposed output gradient `dzT[p, f, b]` (shared
@@ -461,11 +462,18 @@ pub(in crate::lower) fn input_grad(
 /// against 89; with AVX-512 microkernels seed_lc2d 7.4 ms, L5 8.6, L6 3.2.
 fn batch_input_grad(
     g: &Geo,
+    l: &LocallyConnected,
     batch: usize,
     segmented: bool,
     tier: Option<Tier>,
 ) -> Option<LcInputGrad> {
-    if batch == 0 || !batch.is_multiple_of(4) {
+    let taps: usize = l
+        .kernel
+        .iter()
+        .zip(&l.strides)
+        .map(|(k, s)| k.div_ceil(*s))
+        .product();
+    if batch == 0 || !batch.is_multiple_of(4) || taps > MAX_BATCH_LANE_TAPS {
         return None;
     }
     // Edges: 4 channels × 8 rows (2 f32x4 per channel), as the batch allows.
@@ -493,6 +501,14 @@ fn batch_input_grad(
         edge,
     })
 }
+
+/// Most taps reaching one input element (`Π ⌈k_a / s_a⌉`) for lanes over batch rows.
+/// Each tap reads its kernel rows at another output position, so an input position's
+/// tile walks that many streams at once: DeepFace L4's 81 (9×9) took 136 ms as f32x4
+/// code and 164 ms with AVX-512 microkernels on one thread, against 107 ms for lanes
+/// over filters, whose split tap rows walk 9 streams; its L6 (25 taps) and L5 (16)
+/// gained.
+pub const MAX_BATCH_LANE_TAPS: usize = 32;
 
 /// Most copies of the per-position gather code in one `dx` kernel.
 pub const MAX_GATHER_NESTS: usize = 64;
