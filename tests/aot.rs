@@ -740,6 +740,9 @@ fn x86_64_levels_run_on_the_host() {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         levels.push("x86_64-v3");
+        if std::is_x86_feature_detected!("avx512f") {
+            levels.push("x86_64-v4");
+        }
     }
     for level in levels {
         let dir = Scratch::new("level");
@@ -751,6 +754,46 @@ fn x86_64_levels_run_on_the_host() {
         let exe = link_driver(&dir, &obj, "cc");
         let got = run_driver(&dir, &exe, &[], &x, None);
         golden_ok(level, &got, &y);
+    }
+}
+
+/// `AotOptions::wide` is resolved for the target, not the host: x86-64-v3 and v4
+/// objects carry AVX2 and AVX-512 microkernels (symbols `NAME__k<i>w<j>`) under `auto`,
+/// the baseline level none, and a tier the target lacks is refused.
+#[test]
+fn wide_tiers_follow_the_target() {
+    use lcjit::loop_ir::micro::Tier;
+    let model = Model::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/workloads/seed_lc2d.json"),
+    )
+    .expect("load");
+    let object = |target: &str, wide: lcjit::WideTier| {
+        let opts = AotOptions {
+            target: target.into(),
+            batch: 16,
+            wide,
+            ..AotOptions::default()
+        };
+        aot::compile_object(&model, &opts)
+    };
+    let microkernels = |bytes: &[u8]| {
+        bytes
+            .windows(10)
+            .filter(|w| w.starts_with(b"model__k") && w[9] == b'w')
+            .count()
+    };
+    for (target, some) in [("x86_64-v4", true), ("x86_64-v3", true), ("x86_64", false)] {
+        let art = object(target, lcjit::WideTier::Auto).expect("object");
+        assert_eq!(microkernels(&art.object) > 0, some, "{target}");
+        let off = object(target, lcjit::WideTier::Off).expect("object");
+        assert_eq!(microkernels(&off.object), 0, "{target} with wide off");
+    }
+    match object("x86_64", lcjit::WideTier::Only(Tier::Avx512)) {
+        Err(lcjit::Error::Usage { detail }) => {
+            assert!(detail.contains("--wide avx512"), "{detail}")
+        }
+        other => panic!("expected a usage error, got {:?}", other.map(|a| a.triple)),
     }
 }
 

@@ -200,6 +200,10 @@ class Model(_NativeModel):
     ``weights_dtype`` ``"bf16"`` or ``"f16"`` stores the kernels of locally connected and
     Dense layers in 16 bits for prediction (rounded to nearest even, widened in registers:
     batch-1 inference streams half the bytes); training needs the default ``"f32"``.
+    ``wide`` is the SIMD tier past 128-bit vectors the compiled programs may use for
+    their compute-bound register tiles: ``"auto"`` (the widest this CPU has, the
+    default), ``"off"``, ``"avx2"`` or ``"avx512"`` (refused on a CPU without it); every
+    choice computes the same bits.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -217,6 +221,7 @@ class Model(_NativeModel):
         memory_budget: Optional[int] = None,
         seed: int = 0,
         weights_dtype: str = "f32",
+        wide: str = "auto",
     ) -> "Model":
         """A model from its JSON configuration (``model.to_json()`` of any dialect),
         weights drawn from its initializers with ``seed``."""
@@ -228,6 +233,7 @@ class Model(_NativeModel):
             memory_budget=memory_budget,
             seed=seed,
             weights_dtype=weights_dtype,
+            wide=wide,
         )
 
     # ---- structure -------------------------------------------------------------------
@@ -463,6 +469,7 @@ class Model(_NativeModel):
             "threads": self.threads,
             "memory_budget": self.memory_budget,
             "weights_dtype": self.weights_dtype,
+            "wide": self.wide,
             "training_config": self.training_config_json(),
         }
         return (_restore, (type(self), state))
@@ -481,6 +488,7 @@ def _restore(cls: type, state: Dict[str, Any]) -> Model:
         threads=state["threads"],
         memory_budget=state["memory_budget"],
         weights_dtype=state.get("weights_dtype", "f32"),
+        wide=state.get("wide", "auto"),
     )
     m.set_weights(state["weights"])
     tc = state.get("training_config")
@@ -503,11 +511,12 @@ def load(
     memory_budget: Optional[int] = None,
     seed: int = 0,
     weights_dtype: str = "f32",
+    wide: str = "auto",
 ) -> Model:
     """Loads a model from ``.h5`` (legacy full model), ``.keras`` or ``.json`` (tf-keras,
     Keras 2 or Keras 1 dialect); ``weights`` (``.h5`` or ``.npz``) replaces its weights.
     A file without weights is initialized from its layers' initializers with ``seed``.
-    ``weights_dtype`` is as for :class:`Model`."""
+    ``weights_dtype`` and ``wide`` are as for :class:`Model`."""
     return Model(
         os.fspath(path),
         kind="path",
@@ -517,6 +526,7 @@ def load(
         memory_budget=memory_budget,
         seed=seed,
         weights_dtype=weights_dtype,
+        wide=wide,
     )
 
 

@@ -27,6 +27,7 @@ class NativeModel:
         memory_budget: Optional[int] = None,
         seed: int = 0,
         weights_dtype: str = "f32",
+        wide: str = "auto",
     ) -> "NativeModel":
         """Loads ``source``: a file path (``kind="path"``) or JSON text (``kind="json"``)."""
     @property
@@ -38,6 +39,9 @@ class NativeModel:
     @property
     def weights_dtype(self) -> str:
         """How LC and Dense kernels are stored for prediction: ``f32``, ``bf16``, ``f16``."""
+    @property
+    def wide(self) -> str:
+        """The SIMD tier past f32x4: ``auto``, ``off``, ``avx2`` or ``avx512``."""
     @property
     def memory_budget(self) -> int:
         """Bytes a tensor or the weights may take."""

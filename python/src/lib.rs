@@ -147,6 +147,7 @@ fn bench_json(
 ) -> PyResult<String> {
     let m = model.snapshot()?;
     let weights_dtype = model.weights_dtype;
+    let wide = model.wide;
     let threads = threads.unwrap_or_else(|| model.threads());
     let engines = engines
         .iter()
@@ -165,7 +166,7 @@ fn bench_json(
             probe,
             train,
             weights_dtype,
-            wide: lcjit::WideTier::Auto,
+            wide,
         };
         let report = lcjit::bench::bench_model("model", m, &run)?;
         report.json()

@@ -57,6 +57,8 @@ pub struct NativeModel {
     pub(crate) budget: u64,
     /// How LC and Dense kernels are stored for prediction (`weights_dtype=`).
     pub(crate) weights_dtype: lcjit::loop_ir::Dtype,
+    /// The SIMD tier past f32x4 of the compiled programs (`wide=`).
+    pub(crate) wide: lcjit::WideTier,
 }
 
 /// Locks a state (a poisoned lock means a panic elsewhere: an internal error).
@@ -106,7 +108,7 @@ impl NativeModel {
             threads: self.threads,
             max_batch: batch,
             weights_dtype: self.weights_dtype,
-            ..Default::default()
+            wide: self.wide,
         }
     }
 
@@ -165,7 +167,7 @@ impl NativeModel {
     /// Loads a model: `kind="path"` reads a `.h5`, `.keras` or `.json` file (any Keras
     /// dialect), `kind="json"` parses `source` as a model configuration.
     #[new]
-    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0, weights_dtype = "f32"))]
+    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0, weights_dtype = "f32", wide = "auto"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -177,9 +179,13 @@ impl NativeModel {
         memory_budget: Option<u64>,
         seed: u64,
         weights_dtype: &str,
+        wide: &str,
     ) -> PyResult<Self> {
         let engine = crate::engine(engine)?;
         let weights_dtype = crate::weights_dtype(weights_dtype)?;
+        let wide = lcjit::WideTier::parse(wide).py()?;
+        // A tier this CPU lacks is refused here, not at the first prediction.
+        wide.resolve().py()?;
         let threads = threads.unwrap_or_else(|| CompileOptions::default().threads);
         if threads == 0 {
             return Err(to_py(lcjit::Error::Usage {
@@ -224,7 +230,15 @@ impl NativeModel {
             threads,
             budget,
             weights_dtype,
+            wide,
         })
+    }
+
+    /// The SIMD tier past f32x4 the compiled programs may use: `auto`, `off`, `avx2` or
+    /// `avx512` (as given; `auto` takes the widest this CPU has).
+    #[getter]
+    fn wide(&self) -> &'static str {
+        self.wide.name()
     }
 
     /// How LC and Dense kernels are stored for prediction: `f32`, `bf16` or `f16`.

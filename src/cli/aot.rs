@@ -46,6 +46,11 @@ pub struct AotArgs {
     /// Seed of the initializers when no weights are given.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// SIMD tier past f32x4 for compute-bound register tiles, for the target: auto takes
+    /// the widest the target has (x86_64-v4: avx512, x86_64-v3: avx2, host: this CPU's);
+    /// a tier the target lacks is refused. Every choice computes the same bits.
+    #[arg(long, value_enum, default_value_t = super::Wide::Auto)]
+    pub wide: super::Wide,
 }
 
 /// Runs `lcjit aot`.
@@ -76,6 +81,7 @@ pub fn aot(a: AotArgs, budget: u64) -> Result<()> {
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().to_string()),
         gradients: a.gradients,
+        wide: a.wide.into(),
         ..AotOptions::default()
     };
     let art = aot::compile_object(&m, &aopts)?;

@@ -542,7 +542,7 @@ fn tiled(
 /// Backward pass of Dense node `node` given `dz`, the gradient of its pre-activation
 /// output (rows `m` of the flattened leading axes):
 /// `dx[m, i] = Σ_u dz[m, u]·K[i, u]` (rows in parallel, `u` in order),
-/// `dK[i, u] = Σ_m x[m, i]·dz[m, u]` (inputs in parallel, units in lanes, `m` in order),
+/// `dK[i, u] = Σ_m x[m, i]·dz[m, u]` (the product `xᵀ·dz`, `m` in order),
 /// `db[u] = Σ_m dz[m, u]`. No loop that reduces over rows is parallel, so the result does
 /// not depend on the thread count.
 pub fn backward(cx: &mut Cx, node: NodeId, d: &Dense, dz: BufId) -> Result<()> {
@@ -557,12 +557,6 @@ pub fn backward(cx: &mut Cx, node: NodeId, d: &Dense, dz: BufId) -> Result<()> {
     let x = cx.input(node, 0)?;
     let k = cx.param(node, "kernel")?;
     let (ni, nu) = (n_in as i64, units as i64);
-    let lanes = if units.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
-
     if cx.wants_grad(node, 0) {
         // dx = dz·Kᵀ: the forward product of dz with the transposed kernel (one transfer
         // pass over K), so it gets the forward's register tile or streaming schedule.
@@ -604,48 +598,47 @@ pub fn backward(cx: &mut Cx, node: NodeId, d: &Dense, dz: BufId) -> Result<()> {
         )?;
     }
 
-    // dK: rows of the kernel in parallel, accumulated in place over m.
+    // dK = xᵀ·dz: the forward product of the transposed input with dz (one pass over
+    // x), so it gets the forward's register tiles, wide ones included, instead of
+    // accumulating each kernel row in memory. Each element still sums the rows `m` in
+    // order from zero. Measured on genomics_lc1d's 3996×64 Dense at batch 32, 2
+    // threads: 1.28 ms accumulating in memory.
     let dk = cx.dparam(node, "kernel")?;
-    let mut kb = KernelBuilder::new(format!("{name}.backward_dw"));
-    let (i, m, u, u2) = (kb.var("i"), kb.var("m"), kb.var("u"), kb.var("u2"));
-    let at = |v| Affine::var(i).scale(nu).plus_term(v, 1);
+    let xt = cx.temp(rows * n_in);
+    let mut kb = KernelBuilder::new(format!("{name}.input_transpose"));
+    let (i, m) = (kb.var("i"), kb.var("m"));
     let nest = for_(
         i,
         n_in as u64,
         LoopKind::Parallel,
-        vec![
-            for_(
-                u2,
-                units as u64,
-                lanes,
-                vec![Stmt::Store {
-                    buf: dk,
-                    index: at(u2),
-                    value: Expr::Const(0.0),
-                }],
-            ),
-            for_(
-                m,
-                rows as u64,
-                LoopKind::Serial,
-                vec![for_(
-                    u,
-                    units as u64,
-                    lanes,
-                    vec![Stmt::Store {
-                        buf: dk,
-                        index: at(u),
-                        value: fma(
-                            load(x, Affine::var(m).scale(ni).plus_term(i, 1)),
-                            load(dz, Affine::var(m).scale(nu).plus_term(u, 1)),
-                            load(dk, at(u)),
-                        ),
-                    }],
-                )],
-            ),
-        ],
+        vec![for_(
+            m,
+            rows as u64,
+            LoopKind::Serial,
+            vec![Stmt::Store {
+                buf: xt,
+                index: Affine::var(i).scale(rows as i64).plus_term(m, 1),
+                value: load(x, Affine::var(m).scale(ni).plus_term(i, 1)),
+            }],
+        )],
     );
-    cx.push(kb.finish(vec![nest]), &[x, dz, dk], &[dk]);
+    cx.push(kb.finish(vec![nest]), &[x], &[xt]);
+    let linear = Dense {
+        units,
+        activation: Activation::Linear,
+        use_bias: false,
+        ..d.clone()
+    };
+    product(
+        cx,
+        &format!("{name}.backward_dw"),
+        &linear,
+        [xt, dz, dk],
+        None,
+        rows,
+        units,
+        n_in,
+    )?;
 
     if d.use_bias {
         let db = cx.dparam(node, "bias")?;

@@ -148,6 +148,28 @@ pub enum WideTier {
 }
 
 impl WideTier {
+    /// Parses a name as `--wide` takes it: `auto`, `off`, `avx2` or `avx512`.
+    pub fn parse(name: &str) -> Result<WideTier> {
+        match name {
+            "auto" => Ok(WideTier::Auto),
+            "off" => Ok(WideTier::Off),
+            "avx2" => Ok(WideTier::Only(Tier::Avx2)),
+            "avx512" => Ok(WideTier::Only(Tier::Avx512)),
+            other => Err(Error::Usage {
+                detail: format!("wide must be 'auto', 'off', 'avx2' or 'avx512', not '{other}'"),
+            }),
+        }
+    }
+
+    /// The name [`WideTier::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WideTier::Auto => "auto",
+            WideTier::Off => "off",
+            WideTier::Only(t) => t.name(),
+        }
+    }
+
     /// The tier to schedule for on this CPU.
     pub fn resolve(self) -> Result<Option<Tier>> {
         match self {

@@ -48,7 +48,7 @@ pub(super) fn stmt_key(s: &Stmt) -> usize {
 /// AVX2 microkernels' half-precision loads (`vcvtph2ps`) take it as implied by AVX2, as
 /// on every AVX2 CPU (F16C came earlier: Intel Ivy Bridge, AMD Piledriver), and the
 /// host's tier is checked for it too ([`super::host_has_tier`]).
-fn isa_has(isa: &dyn TargetIsa, tier: Tier) -> bool {
+pub(super) fn isa_has(isa: &dyn TargetIsa, tier: Tier) -> bool {
     let flag = |name: &str| {
         isa.isa_flags()
             .iter()

@@ -72,6 +72,10 @@ pub struct AotOptions {
     pub model_label: String,
     /// Also compile the inference-mode gradient program and export `NAME_gradients`.
     pub gradients: bool,
+    /// The SIMD tier past f32x4 of the schedules, for the *target*: `Auto` takes the
+    /// widest its ISA has (none for a target without AVX2 and FMA), `Only(t)` is refused
+    /// for a target without `t`. Every choice computes the same bits.
+    pub wide: crate::WideTier,
 }
 
 impl Default for AotOptions {
@@ -84,6 +88,7 @@ impl Default for AotOptions {
             opt_level: OptLevel::default(),
             model_label: "a model".into(),
             gradients: false,
+            wide: crate::WideTier::Auto,
         }
     }
 }
@@ -252,12 +257,51 @@ fn grad_table<'a>(
     Ok((bind, gin, cot, dx))
 }
 
+/// The tier the schedules may use for `target` (see [`AotOptions::wide`]): its
+/// microkernels need the tier's instructions and fused multiply-adds.
+fn target_tier(
+    target: &target::Target,
+    opts: &AotOptions,
+) -> Result<Option<crate::loop_ir::micro::Tier>> {
+    use crate::loop_ir::micro::Tier;
+    let has = |t: Tier| target.use_fma && super::wide_call::isa_has(&*target.isa, t);
+    match opts.wide {
+        crate::WideTier::Off => Ok(None),
+        crate::WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2].into_iter().find(|t| has(*t))),
+        crate::WideTier::Only(t) if has(t) => Ok(Some(t)),
+        crate::WideTier::Only(t) => Err(Error::Usage {
+            detail: format!(
+                "--wide {t}: target '{}' lacks it (or fused multiply-adds); choose a target \
+                 that has it (x86_64-v4 for avx512, x86_64-v3 for avx2) or --wide off",
+                opts.target
+            ),
+        }),
+    }
+}
+
 /// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
 /// driver, plus its header (and weights file).
 pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
     let (in_shape, out_shape) = check_request(model, opts)?;
     let graph = model.graph();
-    let lowered = crate::lower::lower_forward(graph, opts.batch)?;
+    let target = target::target_isa(
+        &opts.target,
+        &CodegenOptions {
+            opt_level: opts.opt_level,
+            use_fma: None,
+            keep_text: false,
+            f32x4_only: false,
+        },
+    )?;
+    let tier = target_tier(&target, opts)?;
+    let lowered = crate::lower::lower_forward_for(
+        graph,
+        opts.batch,
+        crate::lower::Target {
+            tier,
+            weights: crate::loop_ir::Dtype::F32,
+        },
+    )?;
     let module = &lowered.module;
     verify(module)?;
     let in_len: usize = in_shape.iter().product();
@@ -291,7 +335,12 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
 
     // The gradient program (inference mode), over its own buffer table.
     let grad = if opts.gradients {
-        let g = crate::lower::grad::lower_gradients(graph, opts.batch)?;
+        let g = crate::lower::grad::lower_gradients_for(
+            graph,
+            opts.batch,
+            crate::lower::grad::Mode::Inference,
+            tier,
+        )?;
         verify(&g.forward)?;
         verify(&g.backward)?;
         Some(g)
@@ -309,15 +358,6 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         None => None,
     };
 
-    let target = target::target_isa(
-        &opts.target,
-        &CodegenOptions {
-            opt_level: opts.opt_level,
-            use_fma: None,
-            keep_text: false,
-            f32x4_only: false,
-        },
-    )?;
     let triple = target.isa.triple().to_string();
     let builder = ObjectBuilder::new(target.isa, opts.name.as_bytes(), default_libcall_names())
         .map_err(|e| Error::internal(format!("aot: object builder: {e}")))?;

@@ -74,6 +74,19 @@ pub(super) fn target_isa(target: &str, opts: &CodegenOptions) -> Result<Target> 
     if let Some(Some(preset)) = level {
         b.enable(preset)
             .map_err(|e| Error::internal(format!("cranelift: preset {preset}: {e}")))?;
+        // The levels' definitions include flags Cranelift 0.135's presets leave off:
+        // AVX from v3 on (so its fused multiply-adds, which need AVX and FMA, were never
+        // used) and AVX-512F in v4 (the presets set only DQ and VL), by which the wide
+        // tier's AVX-512 microkernels are chosen.
+        let implied: &[&str] = match preset {
+            "x86-64-v3" => &["has_avx"],
+            "x86-64-v4" => &["has_avx", "has_avx512f"],
+            _ => &[],
+        };
+        for flag in implied {
+            b.enable(flag)
+                .map_err(|e| Error::internal(format!("cranelift: {flag}: {e}")))?;
+        }
     }
     let isa = b
         .finish(flags)
