@@ -210,7 +210,12 @@ def run_peer(name, kind, args):
                 lines_err = "".join(errs).strip().splitlines()
                 exc = [l for l in lines_err if l.split(":")[0].endswith(("Error", "Exception"))]
                 last = (exc or lines_err or ["no output"])[-1]
-                row["error"] = f"exit {proc.returncode}: {last[:200]}"
+                if proc.returncode < 0 and not exc:
+                    # Killed (SIGKILL: usually the kernel's out-of-memory killer); the
+                    # last line of stderr is then unrelated noise.
+                    row["error"] = f"killed by signal {-proc.returncode}"
+                else:
+                    row["error"] = f"exit {proc.returncode}: {last[:200]}"
                 break
             if not line.startswith("{"):
                 continue

@@ -504,10 +504,10 @@ fn batch_input_grad(
 
 /// Most taps reaching one input element (`Π ⌈k_a / s_a⌉`) for lanes over batch rows.
 /// Each tap reads its kernel rows at another output position, so an input position's
-/// tile walks that many streams at once: DeepFace L4's 81 (9×9) took 136 ms as f32x4
-/// code and 164 ms with AVX-512 microkernels on one thread, against 107 ms for lanes
-/// over filters, whose split tap rows walk 9 streams; its L6 (25 taps) and L5 (16)
-/// gained.
+/// tile walks that many streams at once: DeepFace L4's `dx` (81 taps, 9×9; only
+/// `lcjit grad` computes it, as L4 reads the model input) took 136 ms as f32x4 code and
+/// 164 ms with AVX-512 microkernels on one thread, against 124 ms for lanes over
+/// filters, whose split tap rows walk 9 streams; its L6 (25 taps) and L5 (16) gained.
 pub const MAX_BATCH_LANE_TAPS: usize = 32;
 
 /// Most copies of the per-position gather code in one `dx` kernel.
