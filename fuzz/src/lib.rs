@@ -468,8 +468,10 @@ pub fn structural(data: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     // Batches of 4 and 9 give wide register tiles (the wide tier's microkernels, with a
-    // remainder tile at 9) to LC and Dense layers whose filters fill wide registers.
-    let batch = pick(&mut u, &[0usize, 1, 1, 2, 3, 4, 9]);
+    // remainder tile at 9) to LC and Dense layers whose filters fill wide registers;
+    // batches of 4, 8 and 16 give the LC input gradient its lanes over batch rows (8:
+    // AVX2 microkernels and 8-row f32x4 edge tiles, 16: AVX-512 microkernels).
+    let batch = pick(&mut u, &[0usize, 1, 1, 2, 3, 4, 8, 9, 16]);
     let finite_only = u.ratio(3u8, 4).unwrap_or(true);
     let seed: u64 = u.arbitrary().unwrap_or(0);
     let mut vals = Vec::with_capacity(batch * per_sample);
