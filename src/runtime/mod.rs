@@ -172,15 +172,19 @@ impl WideTier {
 
     /// The tier to schedule for on this CPU.
     pub fn resolve(self) -> Result<Option<Tier>> {
+        self.choose(backend::host_has_tier).map_err(|t| Error::Usage {
+            detail: format!("the wide tier asked for (--wide, CompileOptions::wide) is {t}, which this CPU lacks"),
+        })
+    }
+
+    /// The tier to schedule for on a machine that has the tiers `has` accepts: `Auto`
+    /// the widest of them, or none; `Err(t)` when `Only(t)` asks for one it lacks.
+    pub fn choose(self, has: impl Fn(Tier) -> bool) -> std::result::Result<Option<Tier>, Tier> {
         match self {
             WideTier::Off => Ok(None),
-            WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2]
-                .into_iter()
-                .find(|t| backend::host_has_tier(*t))),
-            WideTier::Only(t) if backend::host_has_tier(t) => Ok(Some(t)),
-            WideTier::Only(t) => Err(Error::Usage {
-                detail: format!("the wide tier asked for (--wide, CompileOptions::wide) is {t}, which this CPU lacks"),
-            }),
+            WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2].into_iter().find(|t| has(*t))),
+            WideTier::Only(t) if has(t) => Ok(Some(t)),
+            WideTier::Only(t) => Err(t),
         }
     }
 }

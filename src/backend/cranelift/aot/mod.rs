@@ -263,20 +263,14 @@ fn target_tier(
     target: &target::Target,
     opts: &AotOptions,
 ) -> Result<Option<crate::loop_ir::micro::Tier>> {
-    use crate::loop_ir::micro::Tier;
-    let has = |t: Tier| target.use_fma && super::wide_call::isa_has(&*target.isa, t);
-    match opts.wide {
-        crate::WideTier::Off => Ok(None),
-        crate::WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2].into_iter().find(|t| has(*t))),
-        crate::WideTier::Only(t) if has(t) => Ok(Some(t)),
-        crate::WideTier::Only(t) => Err(Error::Usage {
-            detail: format!(
-                "--wide {t}: target '{}' lacks it (or fused multiply-adds); choose a target \
-                 that has it (x86_64-v4 for avx512, x86_64-v3 for avx2) or --wide off",
-                opts.target
-            ),
-        }),
-    }
+    let has = |t| target.use_fma && super::wide_call::isa_has(&*target.isa, t);
+    opts.wide.choose(has).map_err(|t| Error::Usage {
+        detail: format!(
+            "--wide {t}: target '{}' lacks it (or fused multiply-adds); choose a target \
+             that has it (x86_64-v4 for avx512, x86_64-v3 for avx2) or --wide off",
+            opts.target
+        ),
+    })
 }
 
 /// Compiles `model`'s forward program for `opts.batch` rows into an object with the C
