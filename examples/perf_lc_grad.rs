@@ -16,7 +16,12 @@
 //! - `PERF_WIDE=off`: lower the kernels for f32x4 only (default: the host's wide tier,
 //!   as `CompileOptions::wide`'s `auto` does);
 //! - `PERF_INPUT_GRADS=1`: time the program of `lcjit grad` (gradients of the model
-//!   inputs too) instead of a training step's.
+//!   inputs too) instead of a training step's;
+//! - `PERF_IN_PLACE=1`: time the training step's program that applies the benchmark's
+//!   Adam inside the LC kernel-gradient kernels (`lower::in_place`); without it the
+//!   update is `examples/perf_update`'s separate program; `PERF_SGD=1`: SGD with
+//!   momentum 0.9 instead of Adam (an update bound by memory traffic, where Adam's
+//!   square root and division make its f32x4 update partly bound by arithmetic).
 
 use lcjit::backend::{CodegenOptions, CompiledModule};
 use lcjit::loop_ir::{BufRole, Module};
@@ -219,16 +224,31 @@ fn main() {
         } else {
             lcjit::WideTier::Auto.resolve().expect("host tier")
         };
-        let lowered = lcjit::lower::grad::lower_gradients_for(
-            &graph,
-            batch,
-            if std::env::var("PERF_INPUT_GRADS").is_ok() {
-                lcjit::lower::grad::Mode::Inference
-            } else {
-                lcjit::lower::grad::Mode::Training
-            },
-            tier,
-        )
+        // The in-place form of the benchmark's Adam, for every trainable parameter.
+        let accepts = graph.params.iter().map(|p| p.trainable).collect();
+        let mut opt = lcjit::bench::train_step_optimizer();
+        if std::env::var("PERF_SGD").is_ok() {
+            opt.config.algorithm = lcjit::train::Algorithm::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            };
+        }
+        let rule = opt.in_place_rule(accepts);
+        let lowered = match (&rule, std::env::var("PERF_IN_PLACE").is_ok()) {
+            (Some(rule), true) => {
+                lcjit::lower::grad::lower_training_step(&graph, batch, tier, rule)
+            }
+            _ => lcjit::lower::grad::lower_gradients_for(
+                &graph,
+                batch,
+                if std::env::var("PERF_INPUT_GRADS").is_ok() {
+                    lcjit::lower::grad::Mode::Inference
+                } else {
+                    lcjit::lower::grad::Mode::Training
+                },
+                tier,
+            ),
+        }
         .expect("lower");
         let mut bufs: Vec<Vec<f32>> = lowered
             .forward
@@ -237,6 +257,9 @@ fn main() {
             .enumerate()
             .map(|(i, b)| match &b.role {
                 BufRole::Const(d) => d.clone(),
+                // Adam's scalars at a small learning rate, non-negative second moments.
+                BufRole::Hyper => vec![1e-6; b.len],
+                BufRole::Slot(..) => buffer(b.len, i).iter().map(|v| v.abs()).collect(),
                 _ => buffer(b.len, i),
             })
             .collect();

@@ -351,6 +351,10 @@ pub struct BenchRun<'a> {
     pub weights_dtype: crate::loop_ir::Dtype,
     /// The wide tier of the compiled engines ([`crate::CompileOptions::wide`]).
     pub wide: crate::WideTier,
+    /// Time the training step with the whole optimizer update as its own program after
+    /// the gradient program, instead of updating LC kernels in their backward kernels
+    /// as `fit` does (see [`crate::lower::in_place`]): the comparison of the two.
+    pub separate_update: bool,
 }
 
 /// Benchmarks `model` as `run` says.
@@ -367,6 +371,7 @@ pub fn bench_model(
         train,
         weights_dtype,
         wide,
+        separate_update,
     } = *run;
     let mut shape = vec![batch];
     shape.extend_from_slice(model.input_shape());
@@ -408,7 +413,7 @@ pub fn bench_model(
                     },
                 )?
             };
-            let (ms, compile) = train_step_ms(&compiled, &x)?;
+            let (ms, compile) = train_step_ms(&compiled, &x, separate_update)?;
             train_ms.push((engine, ms));
             if engine.backend() == Some(Backend::Jit) {
                 compile_ms_backward = compile;
@@ -461,11 +466,13 @@ pub fn train_step_optimizer() -> crate::train::Optimizer {
 
 /// Median time of one training step of `compiled` on `x` (forward, backward of a mean
 /// squared error against zeros, and an Adam update of every trainable weight, compiled on
-/// the same engine), and the compile time of the gradient and update programs for the
-/// JIT.
+/// the same engine: inside the LC kernel-gradient kernels as `fit` runs it, or all of it
+/// as its own program with `separate`), and the compile time of the gradient and update
+/// programs for the JIT.
 fn train_step_ms(
     compiled: &crate::CompiledModel,
     x: &ndarray::ArrayD<f32>,
+    separate: bool,
 ) -> Result<(f64, Option<f64>)> {
     use crate::train::Loss;
     let graph = compiled.model().graph();
@@ -474,34 +481,76 @@ fn train_step_ms(
     let mut opt = train_step_optimizer();
     let loss = Loss::MeanSquaredError;
     let inputs = std::slice::from_ref(x);
+    let batch = x.shape()[0];
+    let (engine, threads) = (compiled.options().engine, compiled.options().threads);
+    let rule = match separate || engine.is_reference() {
+        true => None,
+        false => opt.in_place_rule(trainable.clone()),
+    };
     // Training mode, as fit runs it (Dropout masks, batch statistics, no input gradient).
     let mut rng = crate::init::Rng::new(0);
+    let mut cotangent = |outs: &[ndarray::ArrayD<f32>]| -> Result<ndarray::ArrayD<f32>> {
+        let y = outs
+            .first()
+            .ok_or_else(|| crate::Error::internal("model produced no output"))?;
+        Ok(loss
+            .value_and_grad(&ndarray::ArrayD::zeros(y.raw_dim()), y)?
+            .1)
+    };
     let ms = adaptive_median_ms(|| {
-        let run = compiled.run_gradients_in(&params, inputs, Some(&mut rng), &mut |outs| {
-            let y = outs
-                .first()
-                .ok_or_else(|| crate::Error::internal("model produced no output"))?;
-            Ok(loss
-                .value_and_grad(&ndarray::ArrayD::zeros(y.raw_dim()), y)?
-                .1)
-        })?;
-        let (engine, threads) = (compiled.options().engine, compiled.options().threads);
-        opt.step_compiled(&mut params, &run.dparams, &trainable, engine, threads)?;
-        compiled.recycle_gradients(x.shape()[0], run.dparams);
+        let Some(rule) = &rule else {
+            let run = compiled.run_gradients_in(&params, inputs, Some(&mut rng), &mut cotangent)?;
+            opt.step_compiled(&mut params, &run.dparams, &trainable, engine, threads)?;
+            compiled.recycle_gradients(batch, run.dparams);
+            return Ok(());
+        };
+        let updated = compiled.updated_in_place(batch, rule)?;
+        let (hyper, pending) = opt.begin_in_place(&params, &trainable, updated, rule)?;
+        let in_place = crate::runtime::step::InPlace {
+            rule,
+            hyper: &hyper,
+            slots: opt.slot_refs(),
+        };
+        let run = compiled
+            .run_training_step(&mut params, inputs, &mut rng, in_place, &mut |o| {
+                cotangent(o).map(Some)
+            })?
+            .ok_or_else(|| crate::Error::internal("training step stopped"))?;
+        opt.finish_in_place(
+            &mut params,
+            &run.dparams,
+            &trainable,
+            pending,
+            engine,
+            threads,
+        )?;
+        compiled.recycle_gradients(batch, run.dparams);
         Ok(())
     })?;
     let compile = match compiled.options().engine.backend() {
         Some(Backend::Jit) => {
+            // The programs the step ran: the gradient program (with its in-place updates)
+            // and the update of the other trainable parameters.
+            let (grad, updated) = match &rule {
+                Some(rule) => {
+                    let p = compiled.prepared_step(batch, rule)?;
+                    let updated = p.lowered.updated.clone();
+                    (p, updated)
+                }
+                None => (
+                    compiled.prepared_grad_in(batch, crate::lower::grad::Mode::Training)?,
+                    vec![false; graph.params.len()],
+                ),
+            };
             let lens: Vec<Option<usize>> = graph
                 .params
                 .iter()
-                .map(|p| p.trainable.then_some(p.len()))
+                .zip(&updated)
+                .map(|(p, &u)| (p.trainable && !u).then_some(p.len()))
                 .collect();
             let t = Instant::now();
             crate::train::update::CompiledUpdate::build(&opt.config, &lens, crate::Engine::Jit)?;
             let update_ms = t.elapsed().as_secs_f64() * 1e3;
-            let grad =
-                compiled.prepared_grad_in(x.shape()[0], crate::lower::grad::Mode::Training)?;
             Some(grad.compile_ms + update_ms)
         }
         _ => None,

@@ -82,6 +82,7 @@ pub fn run(memory_budget: u64) -> Result<()> {
                 train: batch == 32,
                 weights_dtype: lcjit::loop_ir::Dtype::F32,
                 wide: lcjit::WideTier::Auto,
+                separate_update: false,
             },
         )?;
         println!("{}", report.table());

@@ -55,3 +55,44 @@ fn graph_ir_text_matches_the_goldens() {
         diffs.join("\n")
     );
 }
+
+/// Golden text of the backward phase of a training step that applies Adam in place
+/// (`lower::in_place`, batch 4) for two small models: which kernels update which weights
+/// and slots, and the element program after each kernel-gradient block. In
+/// `ir/<case>/in_place.txt`; re-bless with `BLESS=1`.
+#[test]
+fn in_place_training_step_text_matches_the_goldens() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut diffs = Vec::new();
+    for name in ["model_mini_deepface", "model_mini_genomics"] {
+        let case = root.join("tests/data/keras-golden").join(name);
+        let model = Model::load(case.join("model.json")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let accepts = model.graph().params.iter().map(|p| p.trainable).collect();
+        let rule = lcjit::bench::train_step_optimizer()
+            .in_place_rule(accepts)
+            .expect("Adam runs in place");
+        let step = lcjit::lower::grad::lower_training_step(model.graph(), 4, None, &rule)
+            .unwrap_or_else(|e| panic!("{name}: lowering failed: {e}"));
+        assert!(
+            step.updated.iter().any(|&u| u),
+            "{name}: nothing updated in place"
+        );
+        let text = lcjit::loop_ir::print::module_text(&step.backward);
+        let path = root.join("ir").join(name).join("in_place.txt");
+        if bless {
+            std::fs::write(&path, &text).expect("write golden");
+        } else {
+            match std::fs::read_to_string(&path) {
+                Ok(want) if want == text => {}
+                Ok(_) => diffs.push(format!("{name}: differs from {}", path.display())),
+                Err(_) => diffs.push(format!("{name}: {} is missing", path.display())),
+            }
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{}\n(re-bless with BLESS=1 if intended)",
+        diffs.join("\n")
+    );
+}

@@ -115,6 +115,7 @@ fn run_opts(
         &opts,
         StepFns {
             step: &mut step,
+            in_place: None,
             predict: Some(&mut pred),
             save: None,
             recycle: None,
@@ -273,6 +274,7 @@ fn step_updates_assign_non_trainable_parameters() {
         };
         let cb = StepFns {
             step: &mut step,
+            in_place: None,
             predict: None,
             save: None,
             recycle: None,

@@ -167,6 +167,7 @@ fn bench_json(
             train,
             weights_dtype,
             wide,
+            separate_update: false,
         };
         let report = lcjit::bench::bench_model("model", m, &run)?;
         report.json()

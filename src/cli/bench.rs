@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// AVX2 microkernels; every choice computes the same bits.
     #[arg(long, value_enum, default_value = "auto")]
     pub wide: super::Wide,
+    /// Time the training step with the whole optimizer update as its own program, instead
+    /// of updating LC kernels inside their gradient kernels as fit does (for comparison).
+    #[arg(long)]
+    pub separate_update: bool,
 }
 
 /// Runs `lcjit bench`.
@@ -54,6 +58,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         no_probe,
         weights_dtype,
         wide,
+        separate_update,
     } = a;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -88,6 +93,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
             train,
             weights_dtype: weights_dtype.into(),
             wide: wide.into(),
+            separate_update,
         },
     )?;
     if json {

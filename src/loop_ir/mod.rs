@@ -257,6 +257,16 @@ pub enum BufRole {
     /// Gradient programs: a forward value the host reads between phase 1 and phase 2
     /// (the output of the `i`-th activity-regularized layer); written, never shared.
     Kept(usize),
+    /// Training programs with a fused optimizer update: graph parameter `i` (canonical
+    /// layout), read by the forward pass and updated in place by the backward kernel that
+    /// completes its gradient. Bound to the caller's storage for each run.
+    Updated(usize),
+    /// Training programs with a fused optimizer update: slot `j` (in the rule's slot
+    /// order) of graph parameter `i`, updated in place. Bound to the caller's storage.
+    Slot(usize, usize),
+    /// Training programs with a fused optimizer update: the step's scalars (learning
+    /// rate, the rule's per-step values), filled on the host; read-only.
+    Hyper,
 }
 
 impl BufRole {
@@ -269,7 +279,15 @@ impl BufRole {
                 | BufRole::Const(_)
                 | BufRole::Cotangent(_)
                 | BufRole::Aux(_)
+                | BufRole::Hyper
         )
+    }
+
+    /// Whether the caller binds its own storage to this writable buffer for every run
+    /// (a parameter or an optimizer slot updated in place), rather than the program's
+    /// pool providing it.
+    pub fn is_bound(&self) -> bool {
+        matches!(self, BufRole::Updated(_) | BufRole::Slot(..))
     }
 }
 

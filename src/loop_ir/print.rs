@@ -207,6 +207,9 @@ pub fn module_text(m: &Module) -> String {
             BufRole::GradParam(i) => format!("grad param {i}"),
             BufRole::Aux(i) => format!("aux {i}"),
             BufRole::Kept(i) => format!("kept {i}"),
+            BufRole::Updated(i) => format!("updated param {i}"),
+            BufRole::Slot(i, j) => format!("slot {j} of param {i}"),
+            BufRole::Hyper => "hyper".into(),
         };
         let _ = writeln!(
             s,

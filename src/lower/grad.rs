@@ -28,6 +28,7 @@
 //! computes the loss gradient on the host, writes it to the cotangent buffer and runs
 //! phase 2 over the same buffers.
 
+use super::in_place::InPlaceRule;
 use super::{
     activation, dense, forward_node, lc, merge, norm_train, plan, shape, tensor_buf, Cx, TensorId,
     TENSOR_BASE,
@@ -68,6 +69,11 @@ pub struct LoweredGrad {
     /// Training mode: each activity-regularized layer, in node order (see
     /// [`ActivityBufs`]).
     pub activity: Vec<ActivityBufs>,
+    /// Per graph parameter: whether the backward pass updates it in place (see
+    /// [`super::in_place`]; its gradient buffer is then empty).
+    pub updated: Vec<bool>,
+    /// The hyper buffer of the in-place updates, if any.
+    pub hyper_buf: Option<BufId>,
     /// The mode the program was lowered in.
     pub mode: Mode,
     /// Batch size the program is specialised to.
@@ -131,18 +137,23 @@ impl Cx<'_> {
     /// The buffer for the gradient of `node`'s parameter `name`; the caller's kernels
     /// must write all of it.
     pub fn dparam(&mut self, node: NodeId, name: &str) -> Result<BufId> {
-        let p = self.graph.nodes[node]
-            .params
-            .iter()
-            .copied()
-            .find(|&p| self.graph.params[p].name == name)
-            .ok_or_else(|| Error::internal(format!("node {node} has no parameter {name}")))?;
+        let p = self.param_id(node, name)?;
         let slot = self
             .dparam_bufs
             .get_mut(p)
             .ok_or_else(|| Error::internal("dparam outside a gradient program"))?;
         slot.1 = true;
         Ok(slot.0)
+    }
+
+    /// The id of `node`'s parameter `name`.
+    pub(super) fn param_id(&self, node: NodeId, name: &str) -> Result<crate::graph::ParamId> {
+        self.graph.nodes[node]
+            .params
+            .iter()
+            .copied()
+            .find(|&p| self.graph.params[p].name == name)
+            .ok_or_else(|| Error::internal(format!("node {node} has no parameter {name}")))
     }
 
     fn input_node(&self, node: NodeId, k: usize) -> Result<NodeId> {
@@ -264,8 +275,31 @@ pub fn lower_gradients_for(
     mode: Mode,
     tier: Option<crate::loop_ir::micro::Tier>,
 ) -> Result<LoweredGrad> {
+    lower_gradients_with(graph, batch, mode, tier, None)
+}
+
+/// The training-mode program of [`lower_gradients_for`] whose backward kernels also
+/// apply `rule` to the parameters it accepts, where the kernel allows it (see
+/// [`super::in_place`]; [`LoweredGrad::updated`] tells which).
+pub fn lower_training_step(
+    graph: &crate::graph::Graph,
+    batch: usize,
+    tier: Option<crate::loop_ir::micro::Tier>,
+    rule: &dyn InPlaceRule,
+) -> Result<LoweredGrad> {
+    lower_gradients_with(graph, batch, Mode::Training, tier, Some(rule))
+}
+
+fn lower_gradients_with(
+    graph: &crate::graph::Graph,
+    batch: usize,
+    mode: Mode,
+    tier: Option<crate::loop_ir::micro::Tier>,
+    in_place: Option<&dyn InPlaceRule>,
+) -> Result<LoweredGrad> {
     let mut cx = Cx::new(graph, batch)?;
     cx.tier = tier;
+    cx.in_place = in_place;
     cx.skip_input_grads = mode == Mode::Training;
     for (i, p) in graph.params.iter().enumerate() {
         cx.buffers.push(Buffer {
@@ -426,6 +460,7 @@ pub fn lower_gradients_for(
         }
     }
     let dparam_bufs: Vec<BufId> = cx.dparam_bufs.iter().map(|d| d.0).collect();
+    let (updated, hyper_buf) = (cx.updated.clone(), cx.hyper);
     let (lowered, bufs) = plan(cx, &extra)?;
     let activity = activity_slots
         .into_iter()
@@ -464,6 +499,8 @@ pub fn lower_gradients_for(
         activity,
         mode,
         batch,
+        updated,
+        hyper_buf,
     })
 }
 

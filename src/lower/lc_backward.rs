@@ -7,6 +7,11 @@
 //!   filters (broadcast input, contiguous `dz`) when channels_last and `F % 4 == 0`.
 //!   Taps outside the input (`same`) get zeros. Few or odd filters and channels_first
 //!   vectorise over output positions instead (`lc_backward/dk_positions.rs`).
+//!   In a training step that applies the optimizer in place ([`super::in_place`]), each
+//!   iteration of the parallel loop accumulates its positions' gradients one position
+//!   at a time into its own cache-resident block `dK[o0, q, f]` of a scratch tensor and
+//!   applies the rule to the position's weights and slots right after; this kernel then
+//!   runs after `dx`, which reads the weights before they change.
 //! - `dbias = Σ_b dz[b]` in the per-sample output layout: parallel over blocks of it,
 //!   each summed in a register tile, with a remainder block.
 //! - `dx` as a gather: parallel over the first input axis; every input element sums the
@@ -28,10 +33,11 @@
 //! Whatever the schedule, each element's sum runs in the same order (`dK`, `db`: batch
 //! rows in order; `dx`: taps, then filters), so schedules change speed, not results.
 
+use super::in_place::{InPlaceRule, UpdateBufs};
 use super::lc::{geometry, tap_loops, tap_pos, Geo};
 use super::schedule::lc as sched;
 use super::Cx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{LocallyConnected, NodeId, Padding};
 use crate::loop_ir::{
     bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
@@ -45,8 +51,19 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
     let name = cx.graph.nodes[node].name.clone();
     let x = cx.input(node, 0)?;
     let k = cx.param(node, "kernel")?;
-    let dk = cx.dparam(node, "kernel")?;
-    kernel_grad(cx, &name, l, &g, [x, dz, dk]);
+    // The kernel is updated in place only by the register-tile schedule (whose position
+    // blocks complete their gradient one after another), after `dx` has read it.
+    let fused = match sched::kernel_grad(&g, l, cx.batch, cx.tier).lanes {
+        None => cx.update_in_place(node, "kernel")?,
+        Some(_) => None,
+    };
+    let dk = match fused {
+        Some(u) => DkOut::InPlace(u, cx.temp(g.out_sp[0] * g.q * g.f)),
+        None => DkOut::Grad(cx.dparam(node, "kernel")?),
+    };
+    if fused.is_none() {
+        kernel_grad(cx, &name, l, &g, [x, dz], dk)?;
+    }
     if l.use_bias {
         let db = cx.dparam(node, "bias")?;
         bias_grad(cx, &name, &g, dz, db);
@@ -55,7 +72,21 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         let dx = cx.grad_input(node, 0)?;
         input_grad(cx, &name, l, &g, [k, dz, dx]);
     }
+    if fused.is_some() {
+        kernel_grad(cx, &name, l, &g, [x, dz], dk)?;
+    }
     Ok(())
+}
+
+/// Where the kernel gradient goes.
+#[derive(Clone, Copy, Debug)]
+enum DkOut {
+    /// The gradient buffer, `dK[p, q, f]`.
+    Grad(BufId),
+    /// The in-place update of the kernel: each parallel iteration (first output axis
+    /// `o0`) accumulates its positions' gradients one at a time in its own block of the
+    /// scratch tensor `dK[o0, q, f]`, which stays in cache, and applies the rule to it.
+    InPlace(UpdateBufs, BufId),
 }
 
 /// `for v0 in 0..e0 (k0) { for v1 in 0..e1 (k1) { body } }`.
@@ -69,10 +100,22 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
 }
 
 /// `dK[p, q, f] = Σ_b x[b, patch(p, q)] · dz[b, p, f]` (see the module docs).
-fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, dk]: [BufId; 3]) {
+fn kernel_grad(
+    cx: &mut Cx,
+    name: &str,
+    l: &LocallyConnected,
+    g: &Geo,
+    [x, dz]: [BufId; 2],
+    out: DkOut,
+) -> Result<()> {
     let s = sched::kernel_grad(g, l, cx.batch, cx.tier);
+    let dk = match out {
+        DkOut::Grad(dk) => dk,
+        DkOut::InPlace(_, scratch) => scratch,
+    };
     if let Some(ln) = &s.lanes {
-        return dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
+        dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
+        return Ok(());
     }
     let mut kb = KernelBuilder::new(format!("{name}.backward_dk"));
     kb.schedule(s.to_string());
@@ -89,6 +132,11 @@ fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, d
     let qkind = LoopKind::Unroll(tq as u32);
     let oa: Vec<Affine> = o.iter().map(|&v| Affine::var(v)).collect();
     let p = g.position(&oa);
+    // The block the gradient of position `p` goes to.
+    let pk = match out {
+        DkOut::Grad(_) => p.clone(),
+        DkOut::InPlace(..) => Affine::var(o[0]),
+    };
     let f_of = |ff: Var| Affine::var(fti).scale(ft as i64).plus_term(ff, 1);
     let acc_at = |qq: Var, ff: Var| Affine::var(qq).scale(ft as i64).plus_term(ff, 1);
     // A merged run index `m = t_last·C + c` stands for the channel with the last tap
@@ -113,7 +161,7 @@ fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, d
         })
         .collect();
     let x_at = |qq: Var| g.x_index(&Affine::var(b), &sp, &run_at(qq));
-    let k_at = |qq: Var, ff: Var| g.k_index(&p, &taps, &run_at(qq), &f_of(ff));
+    let k_at = |qq: Var, ff: Var| g.k_index(&pk, &taps, &run_at(qq), &f_of(ff));
     let z_at = |ff: Var| g.z_index(&Affine::var(b), &p, &f_of(ff));
 
     let init = tile2(
@@ -173,13 +221,52 @@ fn kernel_grad(cx: &mut Cx, name: &str, l: &LocallyConnected, g: &Geo, [x, dz, d
             kind,
             vec![Stmt::Store {
                 buf: dk,
-                index: p.clone().scale(qf as i64).plus_term(e, 1),
+                index: pk.clone().scale(qf as i64).plus_term(e, 1),
                 value: Expr::Const(0.0),
             }],
         ));
     }
     body.extend(tap_loops(l, g, &o, &t, tap_axes, tiles));
+    if let DkOut::InPlace(u, _) = out {
+        let rule = cx
+            .in_place
+            .ok_or_else(|| Error::internal("in-place kernel update without a rule"))?;
+        let qf = g.q * g.f;
+        body.extend(update_block(&mut kb, rule, &u, (dk, pk), p, qf)?);
+    }
     cx.push(kb.finish(position_nest(g, &o, body)), &[x, dz, dk], &[dk]);
+    Ok(())
+}
+
+/// Applies `rule` to the `qf` weights of output position `p`, whose gradient block is
+/// `grad[pk·qf ..][..qf]`: `Vector(4)` groups, then a serial remainder.
+fn update_block(
+    kb: &mut KernelBuilder,
+    rule: &dyn InPlaceRule,
+    u: &UpdateBufs,
+    (grad, pk): (BufId, Affine),
+    p: Affine,
+    qf: usize,
+) -> Result<Vec<Stmt>> {
+    let (wb, gb) = (p.scale(qf as i64), pk.scale(qf as i64));
+    let mut out = Vec::new();
+    let groups = qf / 4;
+    if groups > 0 {
+        let (j, ln) = (kb.var("uj"), kb.var("ul"));
+        let at = |b: &Affine| b.clone().plus_term(j, 4).plus_term(ln, 1);
+        let body = rule.element(kb, u, (grad, at(&gb)), at(&wb), Affine::var(ln))?;
+        let group = for_(ln, 4, LoopKind::Vector(4), body);
+        out.push(for_(j, groups as u64, LoopKind::Serial, vec![group]));
+    }
+    let rem = qf % 4;
+    if rem > 0 {
+        let t = kb.var("ut");
+        let base = (4 * groups) as i64;
+        let at = |b: &Affine| b.clone().plus(base).plus_term(t, 1);
+        let body = rule.element(kb, u, (grad, at(&gb)), at(&wb), Affine::constant(0))?;
+        out.push(for_(t, rem as u64, LoopKind::Serial, body));
+    }
+    Ok(out)
 }
 
 /// The loops over output positions around `body`: the first axis parallel.

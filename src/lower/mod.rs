@@ -18,6 +18,7 @@ pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod grad;
+pub mod in_place;
 pub mod lc;
 mod lc_backward;
 pub mod merge;
@@ -88,6 +89,13 @@ pub struct Cx<'g> {
     pub tier: Option<Tier>,
     /// How LC and Dense kernels will be stored (see [`Target::weights`]).
     pub weights: crate::loop_ir::Dtype,
+    /// Training programs: the optimizer rule backward kernels may apply in place (see
+    /// [`in_place`]).
+    pub in_place: Option<&'g dyn in_place::InPlaceRule>,
+    /// The hyper buffer of the in-place updates, once one is asked for.
+    hyper: Option<BufId>,
+    /// Per graph parameter: whether a backward kernel updates it in place.
+    updated: Vec<bool>,
 }
 
 /// How a lowered layer refers to a tensor before slots are assigned: tensor ids are
@@ -233,6 +241,9 @@ impl<'g> Cx<'g> {
             rounded: Vec::new(),
             tier: None,
             weights: crate::loop_ir::Dtype::F32,
+            in_place: None,
+            hyper: None,
+            updated: vec![false; graph.params.len()],
         })
     }
 }

@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) enum CacheKey {
     /// The forward program of the model (or of a cut) for a batch size.
     Forward(ProgramKey, usize),
-    /// The gradient program for a batch size, in inference or training mode.
-    Gradient(usize, Mode),
+    /// The gradient program for a batch size, in inference or training mode, and the
+    /// key of the optimizer rule it applies in place, if any
+    /// ([`crate::lower::in_place::InPlaceRule::key`]).
+    Gradient(usize, Mode, Option<String>),
 }
 
 /// A cached program.
@@ -60,6 +62,15 @@ impl Programs {
         let c = make()?;
         entries.insert(key, c.clone());
         Ok(c)
+    }
+
+    /// Caches `c` as the program of `key` (replacing any).
+    pub fn insert(&self, key: CacheKey, c: Cached) -> Result<()> {
+        self.entries
+            .lock()
+            .map_err(|_| Error::internal("program cache poisoned"))?
+            .insert(key, c);
+        Ok(())
     }
 
     /// The forward program of `key`, made by `make` the first time.

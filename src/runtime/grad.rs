@@ -22,6 +22,10 @@ use std::sync::Arc;
 /// gradient of a training step, or a fixed cotangent).
 pub type CotangentFn<'a> = dyn FnMut(&[ArrayD<f32>]) -> Result<ArrayD<f32>> + 'a;
 
+/// [`CotangentFn`] of a training step that may end after the forward pass: `None` stops
+/// the step there (nothing is updated).
+pub type StepCotangentFn<'a> = dyn FnMut(&[ArrayD<f32>]) -> Result<Option<ArrayD<f32>>> + 'a;
+
 /// A gradient program for one batch size, and its native code for the JIT.
 pub struct PreparedGrad {
     /// The lowered program.
@@ -63,25 +67,26 @@ impl CompiledModel {
         self.check_f32_weights()?;
         let engine = self.opts.engine;
         let graph = self.model.graph();
-        self.programs.gradient(CacheKey::Gradient(batch, mode), || {
-            let t = std::time::Instant::now();
-            let lowered = lower_gradients_for(graph, batch, mode, self.opts.wide.resolve()?)?;
-            let programs = (
-                engine.prepare(&lowered.forward)?,
-                engine.prepare(&lowered.backward)?,
-            );
-            Ok(PreparedGrad {
-                lowered,
-                programs,
-                compile_ms: t.elapsed().as_secs_f64() * 1e3,
+        self.programs
+            .gradient(CacheKey::Gradient(batch, mode, None), || {
+                let t = std::time::Instant::now();
+                let lowered = lower_gradients_for(graph, batch, mode, self.opts.wide.resolve()?)?;
+                let programs = (
+                    engine.prepare(&lowered.forward)?,
+                    engine.prepare(&lowered.backward)?,
+                );
+                Ok(PreparedGrad {
+                    lowered,
+                    programs,
+                    compile_ms: t.elapsed().as_secs_f64() * 1e3,
+                })
             })
-        })
     }
 
     /// Refuses gradients of a model compiled with 16-bit weights: they are an inference
     /// option (training updates f32 weights; a gradient of the rounded model would not be
     /// the gradient of the weights being trained).
-    fn check_f32_weights(&self) -> Result<()> {
+    pub(super) fn check_f32_weights(&self) -> Result<()> {
         match self.opts.weights_dtype {
             crate::loop_ir::Dtype::F32 => Ok(()),
             d => Err(Error::Usage {
@@ -117,7 +122,7 @@ impl CompiledModel {
             return;
         };
         let Some((key, owned)) = pool.iter_mut().find(|(k, o)| {
-            matches!(k, CacheKey::Gradient(b, _) if *b == batch) && o.iter().any(Vec::is_empty)
+            matches!(k, CacheKey::Gradient(b, ..) if *b == batch) && o.iter().any(Vec::is_empty)
         }) else {
             return;
         };
@@ -150,11 +155,12 @@ impl CompiledModel {
         let Some(mut owned) = pooled else {
             return fresh_buffers(m);
         };
+        // Buffers the caller binds stay empty in the pool.
         let lens = m
             .buffers
             .iter()
             .filter(|b| !b.role.is_read_only())
-            .map(|b| b.len);
+            .map(|b| if b.role.is_bound() { 0 } else { b.len });
         for (v, len) in owned.iter_mut().zip(lens) {
             if v.len() != len {
                 *v = vec![0.0; len];
@@ -201,23 +207,7 @@ impl CompiledModel {
         self.check_params(params)?;
         let graph = self.model.graph();
         let batch = inputs.first().map(|x| x.shape()[0]).unwrap_or(0);
-        let out_shape = |node: usize| {
-            let mut s = vec![batch];
-            s.extend_from_slice(&graph.nodes[node].shape);
-            s
-        };
-        let check_dy = |dy: &ArrayD<f32>| -> Result<()> {
-            let want = out_shape(graph.outputs.first().copied().unwrap_or(0));
-            if dy.shape() != want.as_slice() {
-                return Err(Error::Input {
-                    detail: format!(
-                        "the cotangent has shape {:?}, expected the first output's shape {want:?}",
-                        dy.shape()
-                    ),
-                });
-            }
-            Ok(())
-        };
+        let check_dy = |dy: &ArrayD<f32>| check_cotangent(graph, batch, dy);
         let scale = reference::activity::ActivityScale::of(self.model.dialect());
         self.check_f32_weights()?;
         if self.opts.engine.is_reference() {
@@ -256,7 +246,69 @@ impl CompiledModel {
             Mode::Inference
         };
         let prepared = self.prepared_grad_in(batch, mode)?;
-        let l = &prepared.lowered;
+        let key = CacheKey::Gradient(batch, mode, None);
+        let program = Phases {
+            prepared: &prepared,
+            key,
+            hyper: &[],
+        };
+        let run = self.run_phases(&program, params, inputs, rng, &mut Vec::new(), &mut |o| {
+            cotangent(o).map(Some)
+        })?;
+        run.ok_or_else(|| Error::internal("gradient run stopped without a reason"))
+    }
+
+    /// Runs a prepared gradient program: phase 1, `cotangent` (`None`: stop there, and
+    /// return `None`), phase 2. `bound` holds the storage of the writable buffers the
+    /// caller binds (`(writable index, data)`, see [`crate::loop_ir::BufRole::is_bound`]):
+    /// it is bound for the run and handed back in `bound` whatever the outcome.
+    pub(super) fn run_phases(
+        &self,
+        program: &Phases,
+        params: &[ArrayD<f32>],
+        inputs: &[ArrayD<f32>],
+        rng: Option<&mut Rng>,
+        bound: &mut [(usize, Vec<f32>)],
+        cotangent: &mut StepCotangentFn,
+    ) -> Result<Option<GradRun>> {
+        let l = &program.prepared.lowered;
+        let mut owned = self.take_grad_buffers(&program.key, &l.forward);
+        let swap = |owned: &mut [Vec<f32>], bound: &mut [(usize, Vec<f32>)]| -> Result<()> {
+            for (i, data) in bound.iter_mut() {
+                let slot = owned
+                    .get_mut(*i)
+                    .ok_or_else(|| Error::internal("bound buffer out of range"))?;
+                std::mem::swap(slot, data);
+            }
+            Ok(())
+        };
+        let run = swap(&mut owned, bound)
+            .and_then(|()| self.phases(program, params, inputs, rng, &mut owned, cotangent));
+        // Back to the caller before anything else can fail.
+        let back = swap(&mut owned, bound);
+        self.programs.give_back(program.key.clone(), owned);
+        back?;
+        run
+    }
+
+    /// Phase 1, the cotangent, phase 2, over `owned` (see [`CompiledModel::run_phases`]).
+    fn phases(
+        &self,
+        program: &Phases,
+        params: &[ArrayD<f32>],
+        inputs: &[ArrayD<f32>],
+        rng: Option<&mut Rng>,
+        owned: &mut [Vec<f32>],
+        cotangent: &mut StepCotangentFn,
+    ) -> Result<Option<GradRun>> {
+        let graph = self.model.graph();
+        let l = &program.prepared.lowered;
+        let batch = l.batch;
+        let out_shape = |node: usize| {
+            let mut s = vec![batch];
+            s.extend_from_slice(&graph.nodes[node].shape);
+            s
+        };
         let masks = match rng {
             Some(rng) => dropout_masks(graph, batch, &l.dropout_masks, rng)?,
             None => Vec::new(),
@@ -264,9 +316,7 @@ impl CompiledModel {
         let aux: Vec<&[f32]> = masks.iter().map(|m| m.as_slice()).collect();
         let inputs_flat: Vec<std::borrow::Cow<[f32]>> = inputs.iter().map(flat).collect();
         let params_flat: Vec<std::borrow::Cow<[f32]>> = params.iter().map(flat).collect();
-        let key = CacheKey::Gradient(batch, mode);
-        let mut owned = self.take_grad_buffers(&key, &l.forward);
-        let (phase1, phase2) = &prepared.programs;
+        let (phase1, phase2) = &program.prepared.programs;
         let take = |owned: &[Vec<f32>], buf: u32, shape: Vec<usize>| -> Result<ArrayD<f32>> {
             let data = owned
                 .get(writable_index(&l.forward, buf))
@@ -283,18 +333,22 @@ impl CompiledModel {
             half: &[],
             cotangents: &unused_refs,
             aux: &aux,
+            hyper: program.hyper,
         };
-        execute(phase1, &bind, &mut owned, self.opts.threads)?;
+        execute(phase1, &bind, owned, self.opts.threads)?;
         let outputs = l
             .output_bufs
             .iter()
             .zip(&graph.outputs)
-            .map(|(&b, &n)| take(&owned, b, out_shape(n)))
+            .map(|(&b, &n)| take(owned, b, out_shape(n)))
             .collect::<Result<Vec<_>>>()?;
-        let updates = moving_statistics(graph, params, l, &owned, batch)?;
-        let dy = cotangent(&outputs)?;
-        check_dy(&dy)?;
+        let updates = moving_statistics(graph, params, l, owned, batch)?;
+        let Some(dy) = cotangent(&outputs)? else {
+            return Ok(None);
+        };
+        check_cotangent(graph, batch, &dy)?;
         let dy_flat = flat(&dy);
+        let scale = reference::activity::ActivityScale::of(self.model.dialect());
         let mut activity_loss = 0.0;
         let mut penalties = Vec::with_capacity(l.activity.len());
         for a in &l.activity {
@@ -324,23 +378,29 @@ impl CompiledModel {
             half: &[],
             cotangents: &cot,
             aux: &aux,
+            hyper: program.hyper,
         };
-        execute(phase2, &bind, &mut owned, self.opts.threads)?;
+        execute(phase2, &bind, owned, self.opts.threads)?;
         let dinputs = l
             .dinput_bufs
             .iter()
             .zip(inputs)
             .map(|(&b, x)| match b {
-                Some(b) => take(&owned, b, x.shape().to_vec()),
+                Some(b) => take(owned, b, x.shape().to_vec()),
                 // Zeroed by the allocator (calloc: fresh pages are free, reused ones one
                 // memset), instead of a zero-filling kernel and a copy out of its buffer.
                 None => Ok(ArrayD::zeros(x.raw_dim())),
             })
             .collect::<Result<Vec<_>>>()?;
         // Parameter gradients move out of the buffers without a copy (they are as large
-        // as the weights); `recycle_gradients` hands the storage back.
+        // as the weights); `recycle_gradients` hands the storage back. A parameter updated
+        // in place has no gradient: an empty array stands for it.
         let mut dparams = Vec::with_capacity(l.dparam_bufs.len());
-        for (&b, s) in l.dparam_bufs.iter().zip(&graph.params) {
+        for ((&b, s), &updated) in l.dparam_bufs.iter().zip(&graph.params).zip(&l.updated) {
+            if updated {
+                dparams.push(ArrayD::zeros(IxDyn(&[0])));
+                continue;
+            }
             let data = owned
                 .get_mut(writable_index(&l.forward, b))
                 .map(std::mem::take)
@@ -350,15 +410,41 @@ impl CompiledModel {
                     .map_err(|e| Error::internal(e.to_string()))?,
             );
         }
-        self.programs.give_back(key, owned);
-        Ok(GradRun {
+        Ok(Some(GradRun {
             outputs,
             dinputs,
             dparams,
             updates,
             activity_loss,
-        })
+        }))
     }
+}
+
+/// A prepared gradient program as one run binds it.
+pub(super) struct Phases<'a> {
+    /// The program.
+    pub prepared: &'a PreparedGrad,
+    /// Its cache key (the buffer pool's too).
+    pub key: CacheKey,
+    /// The hyper buffer of its in-place updates (empty without).
+    pub hyper: &'a [f32],
+}
+
+/// Refuses a cotangent that is not shaped like the first output at `batch` rows.
+fn check_cotangent(graph: &crate::graph::Graph, batch: usize, dy: &ArrayD<f32>) -> Result<()> {
+    let mut want = vec![batch];
+    if let Some(&out) = graph.outputs.first() {
+        want.extend_from_slice(&graph.nodes[out].shape);
+    }
+    if dy.shape() != want.as_slice() {
+        return Err(Error::Input {
+            detail: format!(
+                "the cotangent has shape {:?}, expected the first output's shape {want:?}",
+                dy.shape()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Zeros for every cotangent buffer of `m`, by cotangent index (phase 1 reads none).

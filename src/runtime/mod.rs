@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 mod cache;
 pub mod grad;
 pub mod predict;
+pub mod step;
 
 use cache::{CacheKey, Programs};
 
@@ -437,6 +438,7 @@ impl CompiledModel {
             half: &params.halves,
             cotangents: &[],
             aux: &[],
+            hyper: &[],
         };
         execute(&prepared.program, &read, &mut owned, self.opts.threads)?;
         let result = prepared
@@ -513,12 +515,19 @@ impl CompiledModel {
     }
 }
 
-/// Zeroed storage for every writable buffer of `m`, in buffer order.
+/// Zeroed storage for every writable buffer of `m`, in buffer order (empty for those the
+/// caller binds, [`BufRole::is_bound`]).
 fn fresh_buffers(m: &Module) -> Vec<Vec<f32>> {
     m.buffers
         .iter()
         .filter(|b| !b.role.is_read_only())
-        .map(|b| vec![0.0; b.len])
+        .map(|b| {
+            if b.role.is_bound() {
+                Vec::new()
+            } else {
+                vec![0.0; b.len]
+            }
+        })
         .collect()
 }
 
@@ -547,6 +556,8 @@ struct Bind<'a> {
     half: &'a [Option<Cow<'a, [u16]>>],
     cotangents: &'a [&'a [f32]],
     aux: &'a [&'a [f32]],
+    /// The hyper buffer of a training step's in-place updates (empty without).
+    hyper: &'a [f32],
 }
 
 impl<'a> Bind<'a> {
@@ -556,6 +567,7 @@ impl<'a> Bind<'a> {
             BufRole::Param(i) => self.params.get(*i).map(|x| &**x),
             BufRole::Cotangent(i) => self.cotangents.get(*i).copied(),
             BufRole::Aux(i) => self.aux.get(*i).copied(),
+            BufRole::Hyper => Some(self.hyper),
             BufRole::Const(v) => Some(v),
             _ => None,
         }

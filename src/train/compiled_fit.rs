@@ -17,7 +17,7 @@
 
 use super::callbacks::Callback;
 use super::evaluate::{BatchOutput, Evaluator};
-use super::fit::{fit, FitOptions, History, StepFns, StepOutput};
+use super::fit::{fit, FitOptions, History, InPlaceStep, StepFns, StepOutput};
 use super::loss::Loss;
 use super::model_fit::check_trainable;
 use super::off_mask::OffMaskParams;
@@ -26,6 +26,7 @@ use super::step::StepModel;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::model::Model;
+use crate::runtime::step::InPlace;
 use crate::runtime::CompileOptions;
 use ndarray::ArrayD;
 
@@ -75,6 +76,44 @@ pub fn fit_compiled(
         out.grads = extended.grads(std::mem::take(&mut out.grads));
         Ok(out)
     };
+    // The update of the parameters whose gradient reaches the optimizer unchanged (no
+    // regularizer adds to it) runs in their backward kernels where the rule allows it.
+    let trainable = table.trainable();
+    let accepts: Vec<bool> = (0..n)
+        .map(|i| trainable[i] && table.specs[i].regularizer.is_none())
+        .collect();
+    let rule = match compile.engine.is_reference() {
+        true => None,
+        false => optimizer.in_place_rule(accepts),
+    };
+    let mut in_place = |p: &mut [ArrayD<f32>],
+                        opt: &mut Optimizer,
+                        x: &ArrayD<f32>,
+                        y: &ArrayD<f32>,
+                        stop: bool|
+     -> Result<InPlaceStep> {
+        let rule = rule
+            .as_ref()
+            .ok_or_else(|| Error::internal("in-place step without a rule"))?;
+        let mut s = step_cell.borrow_mut();
+        let mut updated = s.updated_in_place(x.shape()[0], rule)?;
+        updated.resize(p.len(), false);
+        let (hyper, pending) = opt.begin_in_place(p, &trainable, updated, rule)?;
+        let mut slots = opt.slot_refs();
+        slots.truncate(n);
+        let in_place = InPlace {
+            rule,
+            hyper: &hyper,
+            slots,
+        };
+        match s.step_in_place(&mut p[..n], x, y, in_place, stop)? {
+            (loss, None) => Ok(InPlaceStep::Stopped(loss)),
+            (_, Some(mut out)) => {
+                out.grads = extended.grads(std::mem::take(&mut out.grads));
+                Ok(InPlaceStep::Ran(Box::new(out), pending))
+            }
+        }
+    };
     let mut predict =
         |p: &[ArrayD<f32>], x: &ArrayD<f32>| -> Result<BatchOutput> { evaluator.batch(&p[..n], x) };
     // The gradient program's weight-sized outputs go back to its pool after the update
@@ -117,6 +156,10 @@ pub fn fit_compiled(
         opts,
         StepFns {
             step: &mut step,
+            in_place: match rule {
+                Some(_) => Some(&mut in_place),
+                None => None,
+            },
             predict: Some(&mut predict),
             save: Some(&mut save),
             recycle: Some(&mut recycle),

@@ -17,6 +17,16 @@
 //! batch the data loss plus the regularization loss (tf-keras's `test_step` calls
 //! `compute_loss`, which adds `model.losses`), averaged over batches weighted by size.
 //!
+//! In-place updates ([`StepFns::in_place`], the compiled engines): the step's backward
+//! pass updates the parameters its kernels accept ([`crate::lower::in_place`]), with the
+//! scalars of this step fixed before it runs, and returns no gradient for them; the
+//! optimizer then updates the others, so the weights are bitwise those of the separate
+//! update. Regularized parameters always take the separate update (their gradient gets
+//! the penalty's on the host first). Under `stop_on_non_finite`, a non-finite loss stops
+//! the step after the forward pass, before anything is updated, as before; a finite loss
+//! with a non-finite gradient is only seen after the in-place update, so that stop
+//! restores the weights of the epoch's start.
+//!
 //! Callbacks ([`super::callbacks`]) are called as `Model.fit` calls them, and the
 //! returned [`History`] is Keras's (every logged key, in Keras's order).
 //!
@@ -36,7 +46,7 @@ use super::callbacks::progbar::Progbar;
 use super::callbacks::{Callback, Control, FitParams, Logs, SaveFn};
 use super::loss::Loss;
 use super::metrics::MetricState;
-use super::optimizer::Optimizer;
+use super::optimizer::{Optimizer, PendingUpdate};
 use super::regularize::ParamTable;
 use crate::error::{Error, Result};
 use crate::graph::ParamId;
@@ -52,7 +62,8 @@ mod options;
 mod resumption;
 
 pub use options::{
-    FitOptions, PredictFn, ProgressSink, RandomnessFn, RecycleFn, StepFn, StepFns, StepOutput,
+    FitOptions, InPlaceStep, InPlaceStepFn, PredictFn, ProgressSink, RandomnessFn, RecycleFn,
+    StepFn, StepFns, StepOutput,
 };
 
 /// The mutable state callbacks act on, lent to them as a [`Control`].
@@ -113,6 +124,13 @@ impl<'r, 'c> Run<'r, 'c> {
         }
     }
 
+    /// Puts back the weights kept at the epoch's start (under `stop_on_non_finite`).
+    fn restore_epoch_start(&mut self) {
+        for (p, kept) in self.params.iter_mut().zip(&self.epoch_start) {
+            p.assign(kept);
+        }
+    }
+
     /// Calls `f` on every callback in order, each with a fresh [`Control`].
     fn each(
         &mut self,
@@ -162,6 +180,7 @@ pub fn fit(
     }
     let StepFns {
         step,
+        mut in_place,
         mut predict,
         save,
         mut recycle,
@@ -212,6 +231,7 @@ pub fn fit(
                 trainable: &trainable,
                 opts,
                 recycle: recycle.as_deref_mut(),
+                in_place: in_place.as_deref_mut(),
             };
             let acc_in = resumed.unwrap_or_else(|| EpochAcc::fresh(opts));
             epoch_run.train(&mut run, &batches, step, callbacks, bar.as_mut(), acc_in)?
@@ -296,6 +316,7 @@ struct EpochRun<'e, 'c> {
     trainable: &'e [bool],
     opts: &'e FitOptions,
     recycle: Option<&'e mut RecycleFn<'c>>,
+    in_place: Option<&'e mut InPlaceStepFn<'c>>,
 }
 
 /// The running loss and metrics of an epoch, and how many of its steps are done.
@@ -386,7 +407,18 @@ impl EpochRun<'_, '_> {
         yb: &ArrayD<f32>,
         states: &mut [MetricState],
     ) -> Result<f64> {
-        let out = step(run.params, xb, yb)?;
+        let stop = self.opts.stop_on_non_finite;
+        let (out, pending) = match self.in_place.as_deref_mut() {
+            Some(f) => match f(run.params, run.optimizer, xb, yb, stop)? {
+                InPlaceStep::Stopped(loss) => {
+                    let total = loss + self.table.regularize(run.params, None)?;
+                    run.stop = Some(non_finite(total));
+                    return Ok(total);
+                }
+                InPlaceStep::Ran(out, pending) => (*out, Some(pending)),
+            },
+            None => (step(run.params, xb, yb)?, None),
+        };
         let mut grads = out.grads;
         if grads.len() != run.params.len() {
             return Err(Error::internal(format!(
@@ -403,11 +435,19 @@ impl EpochRun<'_, '_> {
         let finite =
             !self.opts.stop_on_non_finite || ((out.loss + reg).is_finite() && all_finite(&grads));
         if !finite {
-            run.stop = Some(format!(
-                "the loss or its gradient became non-finite (loss {}); the weights of the \
-                 last finite step are kept",
-                out.loss + reg
-            ));
+            if pending.as_ref().is_some_and(PendingUpdate::updated_any) {
+                // Some weights were updated in place already: the epoch's start is the
+                // last state known finite.
+                run.restore_epoch_start();
+                run.stop = Some(format!(
+                    "the loss or its gradient became non-finite (loss {}); the weights of \
+                     the start of epoch {} are restored",
+                    out.loss + reg,
+                    run.epoch + 1
+                ));
+            } else {
+                run.stop = Some(non_finite(out.loss + reg));
+            }
             return Ok(out.loss + reg);
         }
         if let Some(yp) = &out.y_pred {
@@ -415,12 +455,22 @@ impl EpochRun<'_, '_> {
                 st.update(yb, yp)?;
             }
         }
-        match self.opts.update {
-            Some((engine, threads)) => {
+        match (self.opts.update, pending) {
+            (Some((engine, threads)), Some(p)) => {
+                let t = self.trainable;
+                run.optimizer
+                    .finish_in_place(run.params, &grads, t, p, engine, threads)?
+            }
+            (Some((engine, threads)), None) => {
                 run.optimizer
                     .step_compiled(run.params, &grads, self.trainable, engine, threads)?
             }
-            None => run.optimizer.step(run.params, &grads, self.trainable)?,
+            (None, None) => run.optimizer.step(run.params, &grads, self.trainable)?,
+            (None, Some(_)) => {
+                return Err(Error::internal(
+                    "an in-place step without a compiled update",
+                ))
+            }
         }
         self.table.constrain(run.params)?;
         for (pid, value) in out.updates {
@@ -429,9 +479,7 @@ impl EpochRun<'_, '_> {
         if self.opts.stop_on_non_finite && !all_finite(run.params) {
             // A finite gradient whose update overflowed float32 (a huge learning rate):
             // the step's inputs are gone, so fall back to the epoch's start.
-            for (p, kept) in run.params.iter_mut().zip(&run.epoch_start) {
-                p.assign(kept);
-            }
+            run.restore_epoch_start();
             run.stop = Some(format!(
                 "an update overflowed float32 in epoch {}; the weights of the start of \
                  that epoch (the last finite ones kept) are restored",
@@ -443,6 +491,14 @@ impl EpochRun<'_, '_> {
         }
         Ok(out.loss + reg)
     }
+}
+
+/// The stop message of a non-finite loss or gradient seen before the update.
+fn non_finite(loss: f64) -> String {
+    format!(
+        "the loss or its gradient became non-finite (loss {loss}); the weights of the last \
+         finite step are kept"
+    )
 }
 
 /// Whether every element of every array is finite.

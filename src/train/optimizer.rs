@@ -444,6 +444,23 @@ impl Optimizer {
             return self.step(params, grads, trainable);
         }
         let idx = self.begin(params, grads, trainable)?;
+        let s = self.scalars(idx.len());
+        self.update_compiled(params, grads, (trainable, &idx), &s, engine, threads)?;
+        self.finish(&s);
+        Ok(())
+    }
+
+    /// The compiled update with the step's scalars `s` of the trainable parameters `idx`
+    /// (`trainable` as flags); nothing is committed.
+    fn update_compiled(
+        &mut self,
+        params: &mut [ArrayD<f32>],
+        grads: &[ArrayD<f32>],
+        (trainable, idx): (&[bool], &[usize]),
+        s: &StepScalars,
+        engine: Engine,
+        threads: usize,
+    ) -> Result<()> {
         let lens: Vec<Option<usize>> = params
             .iter()
             .zip(trainable)
@@ -458,16 +475,13 @@ impl Optimizer {
             }
         };
         let inits = slot_inits(&self.config.algorithm, self.config.flavor);
-        for &i in &idx {
+        for &i in idx {
             self.slots[i].ensure(inits, &grads[i]);
         }
-        let s = self.scalars(idx.len());
         let gs: Vec<&ArrayD<f32>> = idx.iter().map(|&i| &grads[i]).collect();
         let plan = ClipPlan::new(&self.config, &gs);
-        let hyper = program.hyper(&self.config, &s, &plan)?;
-        program.run(params, grads, &mut self.slots, &hyper, threads)?;
-        self.finish(&s);
-        Ok(())
+        let hyper = program.hyper(&self.config, s, &plan)?;
+        program.run(params, grads, &mut self.slots, &hyper, threads)
     }
 }
 
@@ -489,3 +503,5 @@ pub(crate) fn eps_outside_root(flavor: Flavor, momentum: f32) -> bool {
 }
 
 mod host;
+mod in_place;
+pub use in_place::PendingUpdate;

@@ -23,8 +23,11 @@ use super::optimizer::Optimizer;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamId, Regularizer};
 use crate::init::Rng;
+use crate::lower::in_place::InPlaceRule;
 use crate::model::Model;
 use crate::reference::activity::ActivityScale;
+use crate::runtime::grad::{GradRun, StepCotangentFn};
+use crate::runtime::step::InPlace;
 use crate::runtime::{CompileOptions, CompiledModel};
 use ndarray::ArrayD;
 use std::sync::Arc;
@@ -88,41 +91,83 @@ impl StepModel {
         x: &ArrayD<f32>,
         y: &ArrayD<f32>,
     ) -> Result<StepOutput> {
+        let inputs = std::slice::from_ref(x);
+        let (_, out) = self.run(y, false, |compiled, rng, cot| {
+            compiled
+                .run_gradients_in(params, inputs, Some(rng), &mut |o| {
+                    cot(o).and_then(|d| d.ok_or_else(|| Error::internal("step stopped")))
+                })
+                .map(Some)
+        })?;
+        out.ok_or_else(|| Error::internal("training step stopped without a reason"))
+    }
+
+    /// Which graph parameters [`StepModel::step_in_place`] at `batch` updates under
+    /// `rule`.
+    pub fn updated_in_place(&self, batch: usize, rule: &dyn InPlaceRule) -> Result<Vec<bool>> {
+        self.compiled.updated_in_place(batch, rule)
+    }
+
+    /// [`StepModel::step`] whose backward pass also applies `in_place` to the parameters
+    /// [`StepModel::updated_in_place`] names (their gradients come back empty). With
+    /// `stop_on_non_finite`, a non-finite loss ends the step after the forward pass with
+    /// nothing updated: `(loss, None)`.
+    pub fn step_in_place(
+        &mut self,
+        params: &mut [ArrayD<f32>],
+        x: &ArrayD<f32>,
+        y: &ArrayD<f32>,
+        in_place: InPlace<'_>,
+        stop_on_non_finite: bool,
+    ) -> Result<(f64, Option<StepOutput>)> {
+        let inputs = std::slice::from_ref(x);
+        self.run(y, stop_on_non_finite, |compiled, rng, cot| {
+            compiled.run_training_step(params, inputs, rng, in_place, cot)
+        })
+    }
+
+    /// Runs one step through `run` (given the compiled step, the masks' generator and
+    /// the loss as a cotangent function); returns the loss and the output, `None` when
+    /// the step stopped on a non-finite loss (`stop_on_non_finite`).
+    fn run(
+        &mut self,
+        y: &ArrayD<f32>,
+        stop_on_non_finite: bool,
+        run: impl FnOnce(&CompiledModel, &mut Rng, &mut StepCotangentFn) -> Result<Option<GradRun>>,
+    ) -> Result<(f64, Option<StepOutput>)> {
         let mut value = 0.0;
         let mut y_pred = None;
         let (kind, on_logits, scale) = (self.kind, self.on_logits, self.scale);
         let (loss, output_activity) = (&self.loss, self.output_activity);
         let want = self.want_predictions;
-        let inputs = std::slice::from_ref(x);
-        let run =
-            self.compiled
-                .run_gradients_in(params, inputs, Some(&mut self.rng), &mut |outs| {
-                    let z = outs
-                        .first()
-                        .ok_or_else(|| Error::internal("model produced no output"))?;
-                    let (v, mut dz) = loss.value_and_grad(y, z)?;
-                    value = v;
-                    let yp = (want || output_activity.is_some())
-                        .then(|| predictions(kind, on_logits, z));
-                    if let (Some(reg), Some(yp)) = (output_activity, &yp) {
-                        use crate::reference::activity::{
-                            penalty_array, through_output_activation,
-                        };
-                        let b = z.shape().first().copied().unwrap_or(0);
-                        let (pv, gy) = penalty_array(reg, yp, scale.divisor(b));
-                        let softmax = kind == OutputActivation::Softmax;
-                        dz = dz + through_output_activation(softmax, yp, &gy);
-                        value += pv;
-                    }
-                    y_pred = if want { yp } else { None };
-                    Ok(dz)
-                })?;
-        Ok(StepOutput {
+        let run = run(&self.compiled, &mut self.rng, &mut |outs| {
+            let z = outs
+                .first()
+                .ok_or_else(|| Error::internal("model produced no output"))?;
+            let (v, mut dz) = loss.value_and_grad(y, z)?;
+            value = v;
+            let yp = (want || output_activity.is_some()).then(|| predictions(kind, on_logits, z));
+            if let (Some(reg), Some(yp)) = (output_activity, &yp) {
+                use crate::reference::activity::{penalty_array, through_output_activation};
+                let b = z.shape().first().copied().unwrap_or(0);
+                let (pv, gy) = penalty_array(reg, yp, scale.divisor(b));
+                let softmax = kind == OutputActivation::Softmax;
+                dz = dz + through_output_activation(softmax, yp, &gy);
+                value += pv;
+            }
+            y_pred = if want { yp } else { None };
+            Ok((!stop_on_non_finite || value.is_finite()).then_some(dz))
+        })?;
+        let Some(run) = run else {
+            return Ok((value, None));
+        };
+        let out = StepOutput {
             loss: value + run.activity_loss,
             grads: run.dparams,
             y_pred,
             updates: run.updates,
-        })
+        };
+        Ok((out.loss, Some(out)))
     }
 
     /// The state of the generator the Dropout masks are drawn from (see

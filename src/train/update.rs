@@ -287,30 +287,7 @@ impl CompiledUpdate {
             Ok(())
         };
         put(H_LR, s.lr)?;
-        match config.algorithm {
-            Algorithm::Adam { beta_1, beta_2, .. } => {
-                put(H_RULE, adam_alpha(s.lr, s.t, beta_1, beta_2))?
-            }
-            Algorithm::Adamax { beta_1, .. } => put(H_RULE, 1.0 - beta_1.powf(s.t))?,
-            Algorithm::Ftrl { l2, beta, .. } => put(H_RULE, ftrl_l2(l2, beta, s.lr))?,
-            Algorithm::Nadam { beta_2, .. } => {
-                if s.nadam.len() != self.trainable {
-                    return Err(Error::internal(
-                        "compiled update: Nadam scalars for another parameter count",
-                    ));
-                }
-                if let Some(first) = s.nadam.first() {
-                    put(H_RULE, first.u_t1)?;
-                    put(H_RULE + 1, 1.0 - first.u_t)?;
-                }
-                put(H_RULE + 2, 1.0 - beta_2.powf(s.t))?;
-                for (k, n) in s.nadam.iter().enumerate() {
-                    put(H_RULE + 3 + 2 * k, 1.0 - n.up1)?;
-                    put(H_RULE + 4 + 2 * k, 1.0 - n.up)?;
-                }
-            }
-            _ => {}
-        }
+        rule_scalars(config, s, self.trainable, &mut put)?;
         match (self.clip.norm, &plan.norm) {
             _ if !self.clip.fits(plan) => {
                 return Err(Error::internal(
@@ -404,6 +381,41 @@ impl CompiledUpdate {
     }
 }
 
+/// Puts the rule's per-step scalars of `s` for `trainable` trainable parameters into the
+/// hyper buffer (from index [`H_RULE`]).
+fn rule_scalars(
+    config: &OptimizerConfig,
+    s: &StepScalars,
+    trainable: usize,
+    put: &mut dyn FnMut(usize, f32) -> Result<()>,
+) -> Result<()> {
+    match config.algorithm {
+        Algorithm::Adam { beta_1, beta_2, .. } => {
+            put(H_RULE, adam_alpha(s.lr, s.t, beta_1, beta_2))?
+        }
+        Algorithm::Adamax { beta_1, .. } => put(H_RULE, 1.0 - beta_1.powf(s.t))?,
+        Algorithm::Ftrl { l2, beta, .. } => put(H_RULE, ftrl_l2(l2, beta, s.lr))?,
+        Algorithm::Nadam { beta_2, .. } => {
+            if s.nadam.len() != trainable {
+                return Err(Error::internal(
+                    "compiled update: Nadam scalars for another parameter count",
+                ));
+            }
+            if let Some(first) = s.nadam.first() {
+                put(H_RULE, first.u_t1)?;
+                put(H_RULE + 1, 1.0 - first.u_t)?;
+            }
+            put(H_RULE + 2, 1.0 - beta_2.powf(s.t))?;
+            for (k, n) in s.nadam.iter().enumerate() {
+                put(H_RULE + 3 + 2 * k, 1.0 - n.up1)?;
+                put(H_RULE + 4 + 2 * k, 1.0 - n.up)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// A contiguous row-major copy of `a` unless it already is one.
 fn flat(a: &ArrayD<f32>) -> Cow<'_, [f32]> {
     match a.as_slice() {
@@ -467,6 +479,7 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
             clip,
             h_clip,
             k: k - 1,
+            hyper: 0,
             pb,
         };
         module.kernels.extend(cx.kernels(i, n)?);
@@ -483,7 +496,9 @@ fn lower(config: &OptimizerConfig, lens: &[Option<usize>]) -> Result<CompiledUpd
     })
 }
 
+mod in_place;
 mod rule;
+pub use in_place::InPlaceUpdate;
 use rule::Rule;
 
 #[cfg(test)]

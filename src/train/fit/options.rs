@@ -6,6 +6,7 @@
 use super::super::callbacks::SaveFn;
 use super::super::evaluate::BatchOutput;
 use super::super::metrics::Metric;
+use super::super::optimizer::{Optimizer, PendingUpdate};
 use crate::error::Result;
 use crate::graph::ParamId;
 use ndarray::ArrayD;
@@ -115,6 +116,28 @@ pub struct StepOutput {
 pub type StepFn<'c> =
     dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>, &ArrayD<f32>) -> Result<StepOutput> + 'c;
 
+/// What an in-place step did (see [`InPlaceStepFn`]).
+#[derive(Debug)]
+pub enum InPlaceStep {
+    /// The forward pass gave this non-finite loss under `stop_on_non_finite`; nothing
+    /// was updated.
+    Stopped(f64),
+    /// The step ran: its output (empty gradients for the parameters its backward pass
+    /// updated in place) and the rest of the optimizer step.
+    Ran(Box<StepOutput>, PendingUpdate),
+}
+
+/// `(params, optimizer, x batch, y batch, stop_on_non_finite)` → a training step whose
+/// backward pass updated some parameters in place (see [`crate::lower::in_place`]).
+pub type InPlaceStepFn<'c> = dyn FnMut(
+        &mut [ArrayD<f32>],
+        &mut Optimizer,
+        &ArrayD<f32>,
+        &ArrayD<f32>,
+        bool,
+    ) -> Result<InPlaceStep>
+    + 'c;
+
 /// `(params, x) → predictions` in inference mode, with the logits of a softmax/sigmoid
 /// output and the batch's activity penalty when the trainer has them (Keras's
 /// `test_step` computes cross-entropies from the logits and adds the activity losses).
@@ -124,6 +147,9 @@ pub type PredictFn<'c> = dyn FnMut(&[ArrayD<f32>], &ArrayD<f32>) -> Result<Batch
 pub struct StepFns<'c> {
     /// The training step.
     pub step: &'c mut StepFn<'c>,
+    /// The training step with the optimizer update of some parameters fused into its
+    /// backward pass, used instead of `step` when given (the compiled engines).
+    pub in_place: Option<&'c mut InPlaceStepFn<'c>>,
     /// Predictions for validation (needed when there is validation data).
     pub predict: Option<&'c mut PredictFn<'c>>,
     /// Writes the current weights to a file for callbacks ([`Control::save`]), when the

@@ -12,6 +12,8 @@ pub(super) struct Rule<'a> {
     pub(super) h_clip: usize,
     /// Index among the trainable parameters.
     pub(super) k: usize,
+    /// The hyper buffer.
+    pub(super) hyper: BufId,
     pub(super) pb: ParamBufs,
 }
 
@@ -106,7 +108,7 @@ impl Rule<'_> {
                 .scale(BLOCK as i64)
                 .plus_term(j, 4)
                 .plus_term(l, 1);
-            let body = self.element(&mut kb, ix, Affine::var(l))?;
+            let body = self.element(&mut kb, ix.clone(), ix, Affine::var(l))?;
             let group = for_(l, 4, LoopKind::Vector(4), body);
             let block = for_(j, (BLOCK / 4) as u64, LoopKind::Serial, vec![group]);
             out.push(kb.finish(vec![for_(
@@ -127,7 +129,7 @@ impl Rule<'_> {
                 let ix = Affine::constant(base as i64)
                     .plus_term(j, 4)
                     .plus_term(l, 1);
-                let body = self.element(&mut kb, ix, Affine::var(l))?;
+                let body = self.element(&mut kb, ix.clone(), ix, Affine::var(l))?;
                 let group = for_(l, 4, LoopKind::Vector(4), body);
                 stmts.push(for_(j, groups as u64, LoopKind::Serial, vec![group]));
             }
@@ -135,7 +137,7 @@ impl Rule<'_> {
             if last > 0 {
                 let t = kb.var("t");
                 let ix = Affine::constant((base + 4 * groups) as i64).plus_term(t, 1);
-                let body = self.element(&mut kb, ix, Affine::constant(0))?;
+                let body = self.element(&mut kb, ix.clone(), ix, Affine::constant(0))?;
                 stmts.push(for_(t, last as u64, LoopKind::Serial, body));
             }
             out.push(kb.finish(stmts));
@@ -144,8 +146,8 @@ impl Rule<'_> {
     }
 
     /// Hyper-buffer scalar `i` (a broadcast in vector loops).
-    fn h(i: usize) -> Expr {
-        load(0, Affine::constant(i as i64))
+    fn h(&self, i: usize) -> Expr {
+        load(self.hyper, Affine::constant(i as i64))
     }
 
     fn slot(&self, j: usize) -> Result<BufId> {
@@ -154,7 +156,16 @@ impl Rule<'_> {
 
     /// The statements updating one element: every expression mirrors the host update's
     /// operation order (`optimizer.rs`, `opt_parts.rs`) exactly.
-    fn element(&self, kb: &mut KernelBuilder, ix: Affine, lane: Affine) -> Result<Vec<Stmt>> {
+    /// `g_ix` indexes the gradient buffer, `ix` the weight and the slots (the same index
+    /// in the update program; a cache-resident block of the gradient when the update runs
+    /// inside a backward kernel).
+    pub(super) fn element(
+        &self,
+        kb: &mut KernelBuilder,
+        ix: Affine,
+        g_ix: Affine,
+        lane: Affine,
+    ) -> Result<Vec<Stmt>> {
         let mut e = Elem {
             kb,
             ix,
@@ -162,9 +173,9 @@ impl Rule<'_> {
             out: Vec::new(),
         };
         let pb = self.pb;
-        let lr = Self::h(H_LR);
+        let lr = self.h(H_LR);
         // Clipping in `ClipPlan::apply`'s order: clamp, norm clip, clamp.
-        let mut g = e.buf(pb.g);
+        let mut g = load(pb.g, g_ix);
         if let Some(cv) = self.clip.pre {
             let c = clamp(&mut e, g, cv);
             g = e.let_("g_pre", c);
@@ -172,13 +183,13 @@ impl Rule<'_> {
         g = match self.clip.norm {
             NormKind::None => g,
             NormKind::PerTensor(cn) => {
-                e.let_("g", div(mul(g, k(cn)), Self::h(self.h_clip + self.k)))
+                e.let_("g", div(mul(g, k(cn)), self.h(self.h_clip + self.k)))
             }
             NormKind::MultiBackend => e.let_(
                 "g",
-                div(mul(g, Self::h(self.h_clip)), Self::h(self.h_clip + 1)),
+                div(mul(g, self.h(self.h_clip)), self.h(self.h_clip + 1)),
             ),
-            NormKind::Scale => e.let_("g", mul(g, Self::h(self.h_clip))),
+            NormKind::Scale => e.let_("g", mul(g, self.h(self.h_clip))),
         };
         if let Some(cv) = self.clip.post {
             let c = clamp(&mut e, g, cv);
@@ -243,7 +254,7 @@ impl Rule<'_> {
                     v
                 };
                 // w − (m·α)/(sqrt(v) + ε)
-                sub(w, div(mul(m, Self::h(H_RULE)), add(sqrt(den), k(epsilon))))
+                sub(w, div(mul(m, self.h(H_RULE)), add(sqrt(den), k(epsilon))))
             }
             Algorithm::Adamax {
                 beta_1,
@@ -262,7 +273,7 @@ impl Rule<'_> {
                 e.store(mb, m.clone());
                 e.store(ub, u.clone());
                 // w − (lr·m)/((1 − β1^t)·(u + ε))
-                sub(w, div(mul(lr, m), mul(Self::h(H_RULE), add(u, k(epsilon)))))
+                sub(w, div(mul(lr, m), mul(self.h(H_RULE), add(u, k(epsilon)))))
             }
             Algorithm::Nadam {
                 beta_1,
@@ -289,12 +300,12 @@ impl Rule<'_> {
                 let m_hat = e.let_(
                     "m_hat",
                     add(
-                        div(mul(Self::h(H_RULE), m), Self::h(own)),
-                        div(mul(Self::h(H_RULE + 1), g), Self::h(own + 1)),
+                        div(mul(self.h(H_RULE), m), self.h(own)),
+                        div(mul(self.h(H_RULE + 1), g), self.h(own + 1)),
                     ),
                 );
                 // v/(1 − β2^t)
-                let v_hat = div(v, Self::h(H_RULE + 2));
+                let v_hat = div(v, self.h(H_RULE + 2));
                 // w − (m̂·lr)/(sqrt(v̂) + ε)
                 sub(w, div(mul(m_hat, lr), add(sqrt(v_hat), k(epsilon))))
             }
@@ -391,7 +402,7 @@ impl Rule<'_> {
                 let step = div(sub(rn.clone(), root(e.buf(ab))?), lr.clone());
                 let z = e.let_("linear", add(e.buf(zb), sub(gs, mul(step, w))));
                 // root(n')/lr + 2·(l2 + β/(2·lr))
-                let q = e.let_("quadratic", add(div(rn, lr), mul(k(2.0), Self::h(H_RULE))));
+                let q = e.let_("quadratic", add(div(rn, lr), mul(k(2.0), self.h(H_RULE))));
                 let c = clamp(&mut e, z.clone(), l1);
                 e.store(ab, na);
                 e.store(zb, z.clone());
