@@ -23,12 +23,28 @@ struct Elem<'k> {
     ix: Affine,
     lane: Affine,
     out: Vec<Stmt>,
+    /// Buffers read so far, and the local holding each one's element.
+    loaded: Vec<(BufId, Expr)>,
 }
 
 impl Elem<'_> {
-    /// `buf[ix]`.
+    /// Loads `buf[ix]` of each buffer of `bufs` once into a local register: the rules
+    /// read the weight and each slot several times, and the code generator does not
+    /// merge repeated loads. Every rule stores a buffer only after its last read, so the
+    /// values are the same.
+    fn preload(&mut self, bufs: impl IntoIterator<Item = BufId>) {
+        for b in bufs {
+            let e = self.let_("in", load(b, self.ix.clone()));
+            self.loaded.push((b, e));
+        }
+    }
+
+    /// `buf[ix]` (its preloaded local, else a load).
     fn buf(&self, b: BufId) -> Expr {
-        load(b, self.ix.clone())
+        match self.loaded.iter().find(|(k, _)| *k == b) {
+            Some((_, e)) => e.clone(),
+            None => load(b, self.ix.clone()),
+        }
     }
 
     /// Computes `e` once into a fresh local register and returns its read.
@@ -171,11 +187,13 @@ impl Rule<'_> {
             ix,
             lane,
             out: Vec::new(),
+            loaded: Vec::new(),
         };
         let pb = self.pb;
         let lr = self.h(H_LR);
         // Clipping in `ClipPlan::apply`'s order: clamp, norm clip, clamp.
-        let mut g = load(pb.g, g_ix);
+        let mut g = e.let_("g_in", load(pb.g, g_ix));
+        e.preload(std::iter::once(pb.w).chain(pb.slots.iter().flatten().copied()));
         if let Some(cv) = self.clip.pre {
             let c = clamp(&mut e, g, cv);
             g = e.let_("g_pre", c);
