@@ -7,7 +7,8 @@
 //! (default 10) after one warm-up step that creates the slots (and compiles the program);
 //! the compile time is measured separately, and the host and JIT results are checked to
 //! be bitwise equal. Run with `cargo run --release --example perf_update`
-//! (`PERF_CLIP=norm` adds per-tensor `clipnorm`).
+//! (`PERF_CLIP=norm` adds per-tensor `clipnorm`; `PERF_SGD=1` times SGD with momentum 0.9
+//! instead of Adam).
 
 use std::time::Instant;
 
@@ -122,11 +123,18 @@ fn main() {
     let model = lcjit::Model::load(&path).expect("load the workload");
     let config = OptimizerConfig {
         name: "Adam".into(),
-        algorithm: Algorithm::Adam {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            amsgrad: false,
+        algorithm: if std::env::var("PERF_SGD").is_ok() {
+            Algorithm::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            }
+        } else {
+            Algorithm::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+                amsgrad: false,
+            }
         },
         learning_rate: LearningRate::Constant(1e-3),
         flavor: Flavor::TfKeras,
