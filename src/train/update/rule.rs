@@ -32,10 +32,10 @@ impl Elem<'_> {
     /// read the weight and each slot several times, and the code generator does not
     /// merge repeated loads. Every rule stores a buffer only after its last read, so the
     /// values are the same.
-    fn preload(&mut self, bufs: impl IntoIterator<Item = BufId>) {
-        for b in bufs {
-            let e = self.let_("in", load(b, self.ix.clone()));
-            self.loaded.push((b, e));
+    fn preload(&mut self, bufs: &[(BufId, String)]) {
+        for (b, name) in bufs {
+            let e = self.let_(name, load(*b, self.ix.clone()));
+            self.loaded.push((*b, e));
         }
     }
 
@@ -193,7 +193,15 @@ impl Rule<'_> {
         let lr = self.h(H_LR);
         // Clipping in `ClipPlan::apply`'s order: clamp, norm clip, clamp.
         let mut g = e.let_("g_in", load(pb.g, g_ix));
-        e.preload(std::iter::once(pb.w).chain(pb.slots.iter().flatten().copied()));
+        // The values before the step, named after their buffers (`w_old`, `m_old`…).
+        let names = slot_names(&self.config.algorithm);
+        let mut old = vec![(pb.w, "w_old".to_string())];
+        for (slot, name) in pb.slots.iter().zip(names) {
+            if let Some(b) = slot {
+                old.push((*b, format!("{name}_old")));
+            }
+        }
+        e.preload(&old);
         if let Some(cv) = self.clip.pre {
             let c = clamp(&mut e, g, cv);
             g = e.let_("g_pre", c);
