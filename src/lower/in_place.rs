@@ -60,8 +60,8 @@ pub trait InPlaceRule: std::fmt::Debug + Send + Sync {
         w_ix: Affine,
         lane: Affine,
     ) -> Result<Vec<Stmt>>;
-    /// Text that tells rules apart (a program cache key).
-    fn key(&self) -> String;
+    /// Text that tells rules apart (a program cache key; asked once per step).
+    fn key(&self) -> &str;
 }
 
 impl Cx<'_> {

@@ -53,7 +53,8 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
     let k = cx.param(node, "kernel")?;
     // The kernel is updated in place only by the register-tile schedule (whose position
     // blocks complete their gradient one after another), after `dx` has read it.
-    let fused = match sched::kernel_grad(&g, l, cx.batch, cx.tier).lanes {
+    let s = sched::kernel_grad(&g, l, cx.batch, cx.tier);
+    let fused = match s.lanes {
         None => cx.update_in_place(node, "kernel")?,
         Some(_) => None,
     };
@@ -62,7 +63,7 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         None => DkOut::Grad(cx.dparam(node, "kernel")?),
     };
     if fused.is_none() {
-        kernel_grad(cx, &name, l, &g, [x, dz], dk)?;
+        kernel_grad(cx, &name, (l, &g, &s), [x, dz], dk)?;
     }
     if l.use_bias {
         let db = cx.dparam(node, "bias")?;
@@ -73,7 +74,7 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         input_grad(cx, &name, l, &g, [k, dz, dx]);
     }
     if fused.is_some() {
-        kernel_grad(cx, &name, l, &g, [x, dz], dk)?;
+        kernel_grad(cx, &name, (l, &g, &s), [x, dz], dk)?;
     }
     Ok(())
 }
@@ -103,18 +104,16 @@ fn tile2(v0: (Var, usize, LoopKind), v1: (Var, usize, LoopKind), body: Stmt) -> 
 fn kernel_grad(
     cx: &mut Cx,
     name: &str,
-    l: &LocallyConnected,
-    g: &Geo,
+    (l, g, s): (&LocallyConnected, &Geo, &sched::LcKernelGrad),
     [x, dz]: [BufId; 2],
     out: DkOut,
 ) -> Result<()> {
-    let s = sched::kernel_grad(g, l, cx.batch, cx.tier);
     let dk = match out {
         DkOut::Grad(dk) => dk,
         DkOut::InPlace(_, scratch) => scratch,
     };
     if let Some(ln) = &s.lanes {
-        dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], &s, ln);
+        dk_positions::kernel_grad(cx, name, (l, g), [x, dz, dk], s, ln);
         return Ok(());
     }
     let mut kb = KernelBuilder::new(format!("{name}.backward_dk"));

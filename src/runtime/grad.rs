@@ -65,22 +65,31 @@ impl CompiledModel {
     /// The gradient program for `batch` rows in `mode` (cached).
     pub fn prepared_grad_in(&self, batch: usize, mode: Mode) -> Result<Arc<PreparedGrad>> {
         self.check_f32_weights()?;
-        let engine = self.opts.engine;
         let graph = self.model.graph();
         self.programs
             .gradient(CacheKey::Gradient(batch, mode, None), || {
                 let t = std::time::Instant::now();
                 let lowered = lower_gradients_for(graph, batch, mode, self.opts.wide.resolve()?)?;
-                let programs = (
-                    engine.prepare(&lowered.forward)?,
-                    engine.prepare(&lowered.backward)?,
-                );
-                Ok(PreparedGrad {
-                    lowered,
-                    programs,
-                    compile_ms: t.elapsed().as_secs_f64() * 1e3,
-                })
+                self.prepare_grad(lowered, t)
             })
+    }
+
+    /// Prepares both phases of `lowered` for the engine; `t`: when lowering began.
+    pub(super) fn prepare_grad(
+        &self,
+        lowered: LoweredGrad,
+        t: std::time::Instant,
+    ) -> Result<PreparedGrad> {
+        let engine = self.opts.engine;
+        let programs = (
+            engine.prepare(&lowered.forward)?,
+            engine.prepare(&lowered.backward)?,
+        );
+        Ok(PreparedGrad {
+            lowered,
+            programs,
+            compile_ms: t.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// Refuses gradients of a model compiled with 16-bit weights: they are an inference

@@ -38,7 +38,7 @@ impl CompiledModel {
     /// (cached per rule).
     pub fn prepared_step(&self, batch: usize, rule: &dyn InPlaceRule) -> Result<Arc<PreparedGrad>> {
         self.check_f32_weights()?;
-        let key = CacheKey::Gradient(batch, Mode::Training, Some(rule.key()));
+        let key = step_key(batch, rule);
         if let Some(Cached::Gradient(p)) = self.programs.get(&key) {
             return Ok(p);
         }
@@ -46,16 +46,7 @@ impl CompiledModel {
         let graph = self.model.graph();
         let lowered = lower_training_step(graph, batch, self.opts.wide.resolve()?, rule)?;
         let prepared = if lowered.updated.iter().any(|&u| u) {
-            let engine = self.opts.engine;
-            let programs = (
-                engine.prepare(&lowered.forward)?,
-                engine.prepare(&lowered.backward)?,
-            );
-            Arc::new(PreparedGrad {
-                lowered,
-                programs,
-                compile_ms: t.elapsed().as_secs_f64() * 1e3,
-            })
+            Arc::new(self.prepare_grad(lowered, t)?)
         } else {
             // No kernel applies the rule: the plain training program is this one (one
             // compilation, shared).
@@ -141,7 +132,7 @@ impl CompiledModel {
         }
         let program = Phases {
             prepared: &prepared,
-            key: CacheKey::Gradient(batch, Mode::Training, Some(in_place.rule.key())),
+            key: step_key(batch, in_place.rule),
             hyper: in_place.hyper,
         };
         let run = self.run_phases(&program, params, inputs, Some(rng), &mut bound, cotangent);
@@ -164,6 +155,11 @@ impl CompiledModel {
         back?;
         run
     }
+}
+
+/// The cache key of the training step at `batch` under `rule`.
+fn step_key(batch: usize, rule: &dyn InPlaceRule) -> CacheKey {
+    CacheKey::Gradient(batch, Mode::Training, Some(rule.key().to_string()))
 }
 
 /// What an `Updated` or `Slot` buffer is bound to.

@@ -19,6 +19,8 @@ pub struct InPlaceUpdate {
     config: OptimizerConfig,
     /// Per graph parameter: whether the rule may update it in place.
     accepts: Vec<bool>,
+    /// [`InPlaceRule::key`], made once.
+    key: String,
 }
 
 impl InPlaceUpdate {
@@ -29,9 +31,20 @@ impl InPlaceUpdate {
         let fits = ClipKind::of(config).norm == NormKind::None
             && !matches!(config.algorithm, Algorithm::Nadam { .. })
             && accepts.iter().any(|&a| a);
+        // Debug text compares floats by value (as the update program's key does).
+        let key = format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {accepts:?}",
+            config.algorithm,
+            config.flavor,
+            config.clipnorm,
+            config.clipvalue,
+            config.global_clipnorm,
+            config.weight_decay,
+        );
         fits.then(|| InPlaceUpdate {
             config: config.clone(),
             accepts,
+            key,
         })
     }
 
@@ -88,17 +101,7 @@ impl InPlaceRule for InPlaceUpdate {
         rule.element(kb, w_ix, grad.1, lane)
     }
 
-    fn key(&self) -> String {
-        let c = &self.config;
-        format!(
-            "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-            c.algorithm,
-            c.flavor,
-            c.clipnorm,
-            c.clipvalue,
-            c.global_clipnorm,
-            c.weight_decay,
-            self.accepts
-        )
+    fn key(&self) -> &str {
+        &self.key
     }
 }
