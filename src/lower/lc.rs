@@ -10,7 +10,9 @@
 //! fused into the store. Taps outside the input (`same` padding) are skipped by guards
 //! that the verifier uses to prove the loads in bounds. When `F` is not a multiple of 4
 //! and consecutive output positions read consecutive inputs, the lanes run over output
-//! positions instead (`lc/forward/positions.rs`).
+//! positions instead (`lc/forward/positions.rs`); otherwise, for few or odd filters at
+//! batches that are multiples of 4, over batch rows, reading the input transposed
+//! (`xT[e·B + b]`, a copy kernel before the layer's).
 //!
 //! Every choice of how (vector axis, tile, channel blocking, row merging, unrolling) is
 //! made in `schedule/lc.rs`; the forward emitter (`lc/forward.rs`) follows it. The

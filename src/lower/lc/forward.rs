@@ -8,7 +8,9 @@
 //! fused. The channel-blocked order (`cblock`) instead walks every filter tile over one
 //! channel block at a time, with the partial sums going through the output row. The
 //! positions schedule (lanes over output positions, for few or odd filters and
-//! channels_first outputs) is emitted by `positions.rs`.
+//! channels_first outputs) is emitted by `positions.rs`. Under lanes over batch rows the
+//! same nest runs with the tile transposed (filters its unrolled rows, batch rows its
+//! vector lanes) over the input copied to `xT[e·B + b]` by `{name}.forward_x_rows`.
 //!
 //! Invariants: both orders perform the same operations in the same order per output
 //! element (bitwise the same sums); every tap outside the input is skipped by a guard
@@ -53,6 +55,12 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         cx.tier,
         cx.weights != crate::loop_ir::Dtype::F32,
     );
+    // Lanes over batch rows read the input transposed (one vector per tap's rows).
+    let x = if s.vec == sched::VectorAxis::Batch {
+        batch_rows(cx, &name, &g, x)
+    } else {
+        x
+    };
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     // Under the positions schedule the last axis is walked by the segments of
     // `positions.rs`, so only the leading axes get a position variable here.
@@ -90,7 +98,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         nest = em.positions_body(&mut kb, ln, acc, acc1, cx.batch)?;
     } else {
         for (ni, (b_base, ntiles, tb)) in s.batch_nests(cx.batch).into_iter().enumerate() {
-            nest.push(em.nest(&mut kb, ni, b_base, ntiles, tb)?);
+            nest.push(em.nest(&mut kb, ni, b_base, ntiles, tb, cx.batch)?);
         }
     }
     for ax in (0..outer).rev() {
@@ -186,6 +194,7 @@ impl Emit<'_> {
         b_base: usize,
         ntiles: usize,
         tb: usize,
+        batch: usize,
     ) -> Result<Stmt> {
         let t: Vec<Var> = (0..self.g.rank).map(|a| kb.var(&format!("t{a}"))).collect();
         let bt = kb.var(&format!("bt{ni}"));
@@ -208,7 +217,7 @@ impl Emit<'_> {
             bb_s,
             ff_s,
         };
-        let ix = self.indices(&tile);
+        let ix = self.indices(&tile, batch);
         let body = match self.s.cblock {
             Some(cbl) => self.blocked(kb, ni, &tile, &ix, cbl)?,
             None => self.plain(kb, ni, &tile, &ix)?,
@@ -225,18 +234,24 @@ impl Emit<'_> {
     }
 
     /// The x, kernel, output and bias indices of a nest.
-    fn indices(&self, tl: &Tile) -> Indices {
+    fn indices(&self, tl: &Tile, batch: usize) -> Indices {
         let (g, l) = (self.g, self.l);
         let p_aff = self.position();
-        let mut x_at = tl.b_of(tl.bb_a).scale(g.x_sample);
-        if !g.cl {
-            x_at = x_at.plus_term(tl.cv, g.in_sp.iter().product::<usize>() as i64);
+        // The per-sample element `e` of the tap; then `x[b·X + e]`, or `xT[e·B + b]`
+        // under lanes over batch rows.
+        let mut e_at = if g.cl {
+            Affine::var(tl.cv)
         } else {
-            x_at = x_at.plus_term(tl.cv, 1);
-        }
+            Affine::var(tl.cv).scale(g.in_sp.iter().product::<usize>() as i64)
+        };
         for ax in 0..g.rank {
-            x_at = x_at.plus_affine(&tap_pos(l, g, self.o[ax], tl.t[ax], ax).scale(g.x_stride[ax]));
+            e_at = e_at.plus_affine(&tap_pos(l, g, self.o[ax], tl.t[ax], ax).scale(g.x_stride[ax]));
         }
+        let x_at = if self.s.vec == sched::VectorAxis::Batch {
+            e_at.scale(batch as i64).plus_affine(&tl.b_of(tl.bb_a))
+        } else {
+            tl.b_of(tl.bb_a).scale(g.x_sample).plus_affine(&e_at)
+        };
         let taps =
             tl.t.iter()
                 .zip(&g.k_stride)
@@ -280,19 +295,46 @@ impl Emit<'_> {
         }
     }
 
-    /// `for bb in 0..tb (unrolled) { for ff in 0..FT (filter kind) { st } }`.
+    /// `for bb in 0..tb (unrolled) { for ff in 0..FT (filter kind) { st } }`; under
+    /// lanes over batch rows the filters are the tile's rows and the batch rows its
+    /// lanes: `for ff in 0..FT (unrolled) { for bb in 0..tb (vector) { st } }`.
     fn tile_loop(&self, tb: usize, bb: Var, ff: Var, st: Stmt) -> Stmt {
+        let s = self.s;
+        if s.vec == sched::VectorAxis::Batch {
+            return for_(
+                ff,
+                s.ft as u64,
+                s.filter_kind(),
+                vec![for_(bb, tb as u64, s.row_kind(tb), vec![st])],
+            );
+        }
         for_(
             bb,
             tb as u64,
-            LoopKind::Unroll(tb as u32),
-            vec![for_(ff, self.s.ft as u64, self.s.filter_kind(), vec![st])],
+            s.row_kind(tb),
+            vec![for_(ff, s.ft as u64, s.filter_kind(), vec![st])],
         )
     }
 
-    /// `acc[bb, ff] = fma(x, K, acc[bb, ff])`.
+    /// Element of the register tile for row `bb` and filter column `ff` (for filter
+    /// `ff` and lane `bb` under lanes over batch rows).
+    fn acc_at(&self, bb: Var, ff: Var) -> Affine {
+        match self.s.vec {
+            sched::VectorAxis::Batch => Affine::var(ff).scale(self.s.tb as i64).plus_term(bb, 1),
+            _ => acc_at(self.s.ft, bb, ff),
+        }
+    }
+
+    /// `acc[bb, ff] = fma(x, K, acc[bb, ff])` (`fma(K, xT, acc)` under lanes over batch
+    /// rows: the microkernel's broadcast operand first; the product is the same).
     fn update(&self, tb: usize, bb: Var, ff: Var, x_at: Affine, k_at: Affine) -> Stmt {
-        let at = acc_at(self.s.ft, bb, ff);
+        let at = self.acc_at(bb, ff);
+        let (xl, kl) = (load(self.x, x_at), load(self.k, k_at));
+        let (a, b) = if self.s.vec == sched::VectorAxis::Batch {
+            (kl, xl)
+        } else {
+            (xl, kl)
+        };
         self.tile_loop(
             tb,
             bb,
@@ -300,11 +342,7 @@ impl Emit<'_> {
             Stmt::SetLocal {
                 local: self.acc,
                 index: at.clone(),
-                value: fma(
-                    load(self.x, x_at),
-                    load(self.k, k_at),
-                    load_local(self.acc, at),
-                ),
+                value: fma(a, b, load_local(self.acc, at)),
             },
         )
     }
@@ -336,7 +374,7 @@ impl Emit<'_> {
             tl.ff_i,
             Stmt::SetLocal {
                 local: self.acc,
-                index: acc_at(s.ft, tl.bb_i, tl.ff_i),
+                index: self.acc_at(tl.bb_i, tl.ff_i),
                 value: Expr::Const(0.0),
             },
         );
@@ -362,7 +400,7 @@ impl Emit<'_> {
             *kind = LoopKind::Wide(w);
         }
         let value = self.epilogue(
-            load_local(self.acc, acc_at(s.ft, tl.bb_s, tl.ff_s)),
+            load_local(self.acc, self.acc_at(tl.bb_s, tl.ff_s)),
             ix.bias_at.clone(),
         )?;
         let store = self.tile_loop(
@@ -446,7 +484,7 @@ impl Emit<'_> {
                 ff_l,
                 Stmt::SetLocal {
                     local: self.acc,
-                    index: acc_at(s.ft, bb_l, ff_l),
+                    index: self.acc_at(bb_l, ff_l),
                     value: load(z, with(&ix.y_at, fb, bb_l, ff_l)),
                 },
             ),
@@ -465,7 +503,7 @@ impl Emit<'_> {
                 Stmt::Store {
                     buf: z,
                     index: with(&ix.y_at, fb, bb_w, ff_w),
-                    value: load_local(self.acc, acc_at(s.ft, bb_w, ff_w)),
+                    value: load_local(self.acc, self.acc_at(bb_w, ff_w)),
                 },
             ),
         ];
@@ -502,9 +540,35 @@ impl Emit<'_> {
     }
 }
 
-/// Element of the register tile for row `bb` and filter column `ff`.
+/// Element of the filters-lane register tile for row `bb` and filter column `ff`.
 fn acc_at(ft: usize, bb: Var, ff: Var) -> Affine {
     Affine::var(bb).scale(ft as i64).plus_term(ff, 1)
+}
+
+/// Pushes the kernel `{name}.forward_x_rows` writing the input `x[b, e]` transposed into
+/// a new temporary `xT[e·B + b]` (`e` the flat per-sample index, either data format),
+/// and returns it: the operand of lanes over batch rows. Parallel over `e`; each vector
+/// store takes four rows. A copy (every element moved exactly), so the kernel reads the
+/// same values.
+fn batch_rows(cx: &mut Cx, name: &str, g: &Geo, x: BufId) -> BufId {
+    let batch = cx.batch;
+    let per_sample = g.x_sample as usize;
+    let xt = cx.temp(per_sample * batch);
+    let mut kb = KernelBuilder::new(format!("{name}.forward_x_rows"));
+    let (e, b) = (kb.var("e"), kb.var("b"));
+    let store = Stmt::Store {
+        buf: xt,
+        index: Affine::var(e).scale(batch as i64).plus_term(b, 1),
+        value: load(x, Affine::var(b).scale(g.x_sample).plus_term(e, 1)),
+    };
+    let nest = for_(
+        e,
+        per_sample as u64,
+        LoopKind::Parallel,
+        vec![for_(b, batch as u64, LoopKind::Vector(4), vec![store])],
+    );
+    cx.push(kb.finish(vec![nest]), &[x], &[xt]);
+    xt
 }
 
 /// `a` with variable `from` replaced by `to` (same coefficient).
