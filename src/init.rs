@@ -13,6 +13,8 @@
 //! the order in which parameters are initialized. Random streams are not Keras's (no two
 //! frameworks share them); distributions, limits and fans are.
 
+mod jump;
+
 use crate::error::{Error, Result};
 use crate::graph::{layout, Distribution, FanMode, Graph, Initializer, ParamSpec};
 use ndarray::ArrayD;
@@ -49,6 +51,13 @@ impl Rng {
     /// A generator continuing the stream whose [`Rng::state`] was `s`.
     pub fn from_state(s: [u64; 4]) -> Self {
         Rng { s }
+    }
+
+    /// The generator `k` draws further on, without drawing them (see [`jump`]).
+    pub fn jumped(&self, k: u64) -> Rng {
+        Rng {
+            s: jump::jump(self.s, k),
+        }
     }
 
     /// The next 64 random bits.

@@ -319,7 +319,7 @@ impl CompiledModel {
             s
         };
         let masks = match rng {
-            Some(rng) => dropout_masks(graph, batch, &l.dropout_masks, rng)?,
+            Some(rng) => dropout_masks(graph, batch, &l.dropout_masks, rng, self.opts.threads)?,
             None => Vec::new(),
         };
         let aux: Vec<&[f32]> = masks.iter().map(|m| m.as_slice()).collect();
@@ -471,12 +471,14 @@ fn unused_cotangents(m: &crate::loop_ir::Module) -> Vec<Vec<f32>> {
 }
 
 /// The dropout masks of a training step, drawn node by node from `rng` exactly as
-/// [`reference::train::forward_training`] draws them.
+/// [`reference::train::forward_training`] draws them (on up to `threads` threads: the
+/// same values).
 fn dropout_masks(
     graph: &crate::graph::Graph,
     batch: usize,
     nodes: &[(crate::graph::NodeId, u32)],
     rng: &mut Rng,
+    threads: usize,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(nodes.len());
     for &(id, _) in nodes {
@@ -491,9 +493,15 @@ fn dropout_masks(
         };
         let mut shape = vec![batch];
         shape.extend_from_slice(&node.shape);
-        let mask =
-            reference::dropout::dropout_mask_vec(*rate, *spatial, *data_format, &shape, rng)?
-                .ok_or_else(|| Error::internal("dropout mask of a rate-0 Dropout"))?;
+        let mask = reference::dropout::dropout_mask_threads(
+            *rate,
+            *spatial,
+            *data_format,
+            &shape,
+            rng,
+            threads,
+        )?
+        .ok_or_else(|| Error::internal("dropout mask of a rate-0 Dropout"))?;
         out.push(mask);
     }
     Ok(out)
