@@ -557,27 +557,63 @@ pub fn backward(cx: &mut Cx, node: NodeId, d: &Dense, dz: BufId) -> Result<()> {
     let x = cx.input(node, 0)?;
     let k = cx.param(node, "kernel")?;
     if cx.wants_grad(node, 0) {
-        // dx = dz·Kᵀ: the forward product of dz with the transposed kernel (one transfer
-        // pass over K), so it gets the forward's register tile or streaming schedule.
         let dx = cx.grad_input(node, 0)?;
-        let kt = transposed(
-            cx,
-            &format!("{name}.kernel_transpose"),
-            k,
-            n_in,
-            units,
-            ["u", "i"],
-        );
-        product(
-            cx,
-            &format!("{name}.backward_dx"),
-            &linear(d, n_in),
-            [dz, kt, dx],
-            None,
-            units,
-            n_in,
-            rows,
-        )?;
+        if input_grad_rows_in_lanes(cx.tier, n_in, units, rows) {
+            // dxᵀ = K·dzᵀ: the forward product of K (its rows the inputs) with the
+            // transposed output gradient, whose units are the batch rows, so that a
+            // wide tile applies where the inputs do not fill its registers; then dx is
+            // dxᵀ transposed back. The same products summed over `u` in the same order
+            // as the form below, so the same bits.
+            let dzt = transposed(
+                cx,
+                &format!("{name}.dz_transpose"),
+                dz,
+                rows,
+                units,
+                ["m", "u"],
+            );
+            let dxt = cx.temp(n_in * rows);
+            product(
+                cx,
+                &format!("{name}.backward_dx_t"),
+                &linear(d, rows),
+                [k, dzt, dxt],
+                None,
+                units,
+                rows,
+                n_in,
+            )?;
+            transpose_into(
+                cx,
+                &format!("{name}.backward_dx_rows"),
+                [dxt, dx],
+                n_in,
+                rows,
+                ["m", "i"],
+            );
+        } else {
+            // dx = dz·Kᵀ: the forward product of dz with the transposed kernel (one
+            // transfer pass over K), so it gets the forward's register tile or
+            // streaming schedule.
+            let kt = transposed(
+                cx,
+                &format!("{name}.kernel_transpose"),
+                k,
+                n_in,
+                units,
+                ["u", "i"],
+            );
+            product(
+                cx,
+                &format!("{name}.backward_dx"),
+                &linear(d, n_in),
+                [dz, kt, dx],
+                None,
+                units,
+                n_in,
+                rows,
+            )?;
+        }
     }
 
     // dK = xᵀ·dz: the forward product of the transposed input with dz (one pass over
@@ -626,11 +662,48 @@ fn linear(d: &Dense, units: usize) -> Dense {
     }
 }
 
+/// Whether `dx` runs as `dxᵀ = K·dzᵀ` (see [`backward`]): under a wide tier, when the
+/// direct product `dz·Kᵀ` gets no wide tile (its units, the layer's `n_in` inputs, do
+/// not fill the tier's registers) and the transposed one does (its units are the
+/// `rows`), and the transposes it moves (`rows·(units + n_in)` elements) are fewer
+/// than the kernel's (`n_in·units`). Measured on genomics_lc1d's 3996 × 64 Dense at
+/// batch 32 (`examples/perf_lc_grad`, AVX-512 host, two runs each): one thread,
+/// on-CPU time, the kernel's transpose and the f32x4 product 0.34 + 1.17 and
+/// 0.35 + 1.14 ms, this form's wide product and transpose back 0.11 + 0.11 and
+/// 0.11 + 0.10 ms (`dzᵀ` under 0.01 ms); two threads 0.90 and 1.82 ms against 0.41
+/// and 0.67 ms.
+fn input_grad_rows_in_lanes(
+    tier: Option<crate::loop_ir::micro::Tier>,
+    n_in: usize,
+    units: usize,
+    rows: usize,
+) -> bool {
+    tier.is_some_and(|t| {
+        wide_tile(n_in, rows, t).is_none()
+            && wide_tile(rows, n_in, t).is_some()
+            && rows * (units + n_in) < n_in * units
+    })
+}
+
 /// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into a
 /// new temporary (`c × r`), and returns it: parallel over the columns of `src`, the loop
 /// variables named `vars` (columns, rows).
 fn transposed(cx: &mut Cx, name: &str, src: BufId, r: usize, c: usize, vars: [&str; 2]) -> BufId {
     let dst = cx.temp(r * c);
+    transpose_into(cx, name, [src, dst], r, c, vars);
+    dst
+}
+
+/// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into
+/// `dst` (`c × r`), as [`transposed`].
+fn transpose_into(
+    cx: &mut Cx,
+    name: &str,
+    [src, dst]: [BufId; 2],
+    r: usize,
+    c: usize,
+    vars: [&str; 2],
+) {
     let mut kb = KernelBuilder::new(name);
     let (j, i) = (kb.var(vars[0]), kb.var(vars[1]));
     let nest = for_(
@@ -649,7 +722,6 @@ fn transposed(cx: &mut Cx, name: &str, src: BufId, r: usize, c: usize, vars: [&s
         )],
     );
     cx.push(kb.finish(vec![nest]), &[src], &[dst]);
-    dst
 }
 
 /// `db[u] = Σ_m dz[m, u]` over `rows` rows of `units` (one serial kernel: the sum order
