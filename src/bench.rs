@@ -73,6 +73,22 @@ pub fn stored_weight_bytes(graph: &Graph, dtype: crate::loop_ir::Dtype) -> u64 {
     weight_bytes(graph).saturating_sub(saved)
 }
 
+/// Bytes a forward pass at `batch` must move at least, as issue 12 states its traffic
+/// bound for memory-bound models: the weights as stored, the model inputs read once,
+/// and every other node's output written once and read once (4 bytes per element).
+/// Layers the lowering fuses or skips (an output that is its input's view) would move
+/// less, so the bound is generous to lcjit only where nothing is fused.
+pub fn traffic_bytes(graph: &Graph, batch: usize, dtype: crate::loop_ir::Dtype) -> u64 {
+    let elems =
+        |id: usize| 4 * batch as u64 * graph.nodes[id].shape.iter().product::<usize>() as u64;
+    let inputs: u64 = graph.inputs.iter().map(|&id| elems(id)).sum();
+    let outputs: u64 = (0..graph.nodes.len())
+        .filter(|id| !graph.inputs.contains(id))
+        .map(|id| 2 * elems(id))
+        .sum();
+    stored_weight_bytes(graph, dtype) + inputs + outputs
+}
+
 /// Bytes of all weights in f32 (canonical layout).
 pub fn weight_bytes(graph: &Graph) -> u64 {
     graph.params.iter().map(|p| 4 * p.len() as u64).sum()
@@ -428,6 +444,7 @@ pub fn bench_model(
         weight_bytes: weight_bytes(model.graph()),
         weights_dtype,
         stored_weight_bytes: stored_weight_bytes(model.graph(), weights_dtype),
+        traffic_bytes: traffic_bytes(model.graph(), batch, weights_dtype),
         forward_flops: forward_flops(model.graph(), batch),
         compile_ms_forward,
         forward_ms,

@@ -456,6 +456,22 @@ fn bench_json_parses_with_every_field() {
     for key in ["threads", "weight_bytes"] {
         assert!(v[key].as_u64().is_some_and(|n| n > 0), "{key}: {text}");
     }
+    // The traffic bound's bytes: the weights, the input read once, and every layer's
+    // output (batch 2) written and read once.
+    let model = Model::load(data("workloads/seed_lc1d.json")).expect("model");
+    let g = model.graph();
+    let per_row = |id: usize| 4 * g.nodes[id].shape.iter().product::<usize>() as u64;
+    let layers: u64 = (0..g.nodes.len())
+        .filter(|id| !g.inputs.contains(id))
+        .map(|id| 2 * 2 * per_row(id))
+        .sum();
+    let inputs: u64 = g.inputs.iter().map(|&id| 2 * per_row(id)).sum();
+    let weights = v["weight_bytes"].as_u64().expect("weight_bytes");
+    assert_eq!(
+        v["traffic_bytes"].as_u64(),
+        Some(weights + inputs + layers),
+        "{text}"
+    );
     assert!(
         v["flops"]["forward"].as_u64().is_some_and(|n| n > 0),
         "{text}"

@@ -14,6 +14,7 @@ struct JsonReport<'a> {
     weight_bytes: u64,
     weights_dtype: &'static str,
     stored_weight_bytes: u64,
+    traffic_bytes: u64,
     flops: JsonFlops,
     compile_ms: JsonPasses,
     forward_ms: JsonEngines,
@@ -72,6 +73,7 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
         weight_bytes: r.weight_bytes,
         weights_dtype: r.weights_dtype.name(),
         stored_weight_bytes: r.stored_weight_bytes,
+        traffic_bytes: r.traffic_bytes,
         flops: JsonFlops {
             forward: r.forward_flops,
             train_step: r.train_flops,

@@ -21,6 +21,9 @@ pub struct BenchReport {
     pub weights_dtype: crate::loop_ir::Dtype,
     /// Bytes of weights as stored for the forward pass (`weight_bytes` for f32).
     pub stored_weight_bytes: u64,
+    /// Bytes a forward pass moves at least: weights, inputs read once, every layer's
+    /// output written and read once (see [`super::traffic_bytes`]).
+    pub traffic_bytes: u64,
     /// Forward flops per batch.
     pub forward_flops: u64,
     /// JIT compile time of the forward program (lowering + codegen), ms.
@@ -151,6 +154,14 @@ impl BenchReport {
                     j / stream_ms,
                     self.gflops().unwrap_or(0.0),
                     100.0 * fma_ms / j
+                );
+                let traffic_ms = self.traffic_bytes as f64 / (r.read_gbps * 1e9) * 1e3;
+                let _ = writeln!(
+                    s,
+                    "jit forward: {:.2}x the traffic bound (weights, inputs once, each layer's output \
+written and read once: {:.1} MB, {traffic_ms:.2} ms)",
+                    j / traffic_ms,
+                    self.traffic_bytes as f64 / 1e6
                 );
                 if let Some(w) = r.wide {
                     let wide_ms = self.forward_flops as f64 / (w.gflops * 1e9) * 1e3;
