@@ -9,8 +9,8 @@ use super::Cx;
 use crate::error::Result;
 use crate::graph::{Activation, NodeId};
 use crate::loop_ir::{
-    bin, for_, load, load_local, un, Affine, BinOp, BufId, CmpOp, Expr, KernelBuilder, LoopKind,
-    Stmt, UnOp,
+    bin, for_, lanes_with_tail, load, load_local, un, Affine, BinOp, BufId, CmpOp, Expr,
+    KernelBuilder, LoopKind, Stmt, UnOp,
 };
 
 fn c(v: f32) -> Expr {
@@ -269,25 +269,21 @@ pub fn elementwise_kernel(
     let e = kb.var("e");
     let idx = Affine::var(b).scale(n as i64).plus_term(e, 1);
     let value = apply(a, load(src, idx.clone())).unwrap_or(Expr::Const(f32::NAN));
-    let kind = if n.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
+    let tail = kb.var("e_t");
     let nest = for_(
         b,
         cx.batch as u64,
         LoopKind::Parallel,
-        vec![for_(
+        lanes_with_tail(
             e,
-            n as u64,
-            kind,
+            tail,
+            n,
             vec![Stmt::Store {
                 buf: dst,
                 index: idx,
                 value,
             }],
-        )],
+        ),
     );
     cx.push(kb.finish(vec![nest]), &[src], &[dst]);
 }
@@ -370,21 +366,17 @@ pub fn backward_kernel(
             derivative(a, load(z, idx.clone())),
             load(dy, idx.clone()),
         );
-        let kind = if n.is_multiple_of(4) {
-            LoopKind::Vector(4)
-        } else {
-            LoopKind::Serial
-        };
         let store = Stmt::Store {
             buf: dz,
             index: idx,
             value,
         };
+        let tail = kb.var("e_t");
         let nest = for_(
             b,
             cx.batch as u64,
             LoopKind::Parallel,
-            vec![for_(e, n as u64, kind, vec![store])],
+            lanes_with_tail(e, tail, n, vec![store]),
         );
         cx.push(kb.finish(vec![nest]), &[z, dy], &[dz]);
         return;

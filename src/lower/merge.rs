@@ -14,7 +14,8 @@ use super::Cx;
 use crate::error::Result;
 use crate::graph::{MergeKind, NodeId};
 use crate::loop_ir::{
-    bin, for_, load, un, Affine, BinOp, BufId, CmpOp, Expr, KernelBuilder, LoopKind, Stmt, UnOp,
+    bin, for_, lanes_with_tail, load, un, Affine, BinOp, BufId, CmpOp, Expr, KernelBuilder,
+    LoopKind, Stmt, UnOp, Var,
 };
 
 /// Lowers an elementwise merge of node `node`'s inputs.
@@ -87,7 +88,7 @@ fn push_chunked(
         let mut kb = KernelBuilder::new(kname);
         let b = kb.var("b");
         let e = kb.var("e");
-        let nest = elementwise(cx.batch, len, b, e, chunk);
+        let nest = elementwise(&mut kb, cx.batch, len, b, e, chunk);
         cx.push(kb.finish(vec![nest]), reads, writes);
     }
 }
@@ -218,33 +219,27 @@ pub fn backward(cx: &mut Cx, node: NodeId, kind: MergeKind, dy: BufId) -> Result
             index: idx,
             value,
         };
-        cx.push(
-            kb.finish(vec![elementwise(cx.batch, len, b, e, vec![store])]),
-            &[dy],
-            &[dx],
-        );
+        let nest = elementwise(&mut kb, cx.batch, len, b, e, vec![store]);
+        cx.push(kb.finish(vec![nest]), &[dy], &[dx]);
     }
     Ok(())
 }
 
-/// `for b (parallel) { for e (vector(4) when len allows) { body } }`.
+/// `for b (parallel) { for e (f32x4 lanes, scalar tail: [`lanes_with_tail`]) { body } }`.
 fn elementwise(
+    kb: &mut KernelBuilder,
     batch: usize,
     len: usize,
-    b: crate::loop_ir::Var,
-    e: crate::loop_ir::Var,
+    b: Var,
+    e: Var,
     body: Vec<Stmt>,
 ) -> Stmt {
-    let lanes = if len.is_multiple_of(4) {
-        LoopKind::Vector(4)
-    } else {
-        LoopKind::Serial
-    };
+    let tail = kb.var("e_t");
     for_(
         b,
         batch as u64,
         LoopKind::Parallel,
-        vec![for_(e, len as u64, lanes, body)],
+        lanes_with_tail(e, tail, len, body),
     )
 }
 
