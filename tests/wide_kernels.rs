@@ -99,12 +99,26 @@ fn kernel_gradients_get_wide_tiles() {
     }
 }
 
+/// One Dense layer of `units` tanh units over `inputs` inputs, weights and biases drawn
+/// from [-0.5, 0.5].
+fn tanh_dense(inputs: usize, units: usize) -> lcjit::graph::Graph {
+    use lcjit::graph::{Activation, Dense, Op, WeightOptions};
+    let op = Op::Dense(Dense {
+        units,
+        activation: Activation::Tanh,
+        use_bias: true,
+        kernel_initializer: common::uniform(-0.5, 0.5),
+        bias_initializer: common::uniform(-0.5, 0.5),
+        options: WeightOptions::default(),
+    });
+    common::one(&[inputs], op)
+}
+
 /// Dense layers at 8 or more rows whose units fill wide registers get wide tiles (with
 /// a remainder row tile, and the matrix-vector schedule's input blocks from 512
 /// inputs on); every executor agrees bit for bit, on 16-bit weights too.
 #[test]
 fn dense_tiles_are_wide_and_agree() {
-    use lcjit::graph::{Activation, Dense, Op, WeightOptions};
     for (inputs, units, batch, dtype) in [
         (37, 16, 8, Dtype::F32),
         (64, 32, 19, Dtype::F32),
@@ -112,15 +126,7 @@ fn dense_tiles_are_wide_and_agree() {
         (20, 40, 9, Dtype::F16),
         (70, 8, 16, Dtype::F32),
     ] {
-        let op = Op::Dense(Dense {
-            units,
-            activation: Activation::Tanh,
-            use_bias: true,
-            kernel_initializer: common::uniform(-0.5, 0.5),
-            bias_initializer: common::uniform(-0.5, 0.5),
-            options: WeightOptions::default(),
-        });
-        let g = common::one(&[inputs], op);
+        let g = tanh_dense(inputs, units);
         let model = Arc::new(Model::from_graph(g, 11).expect("model"));
         let x = input(&model, batch, 3);
         let interp = compiled(&model, Engine::Interp, 1, batch, dtype, WideTier::Auto)
@@ -156,18 +162,9 @@ fn dense_tiles_are_wide_and_agree() {
 /// f32x4 JIT's bit for bit.
 #[test]
 fn dense_input_gradients_with_rows_in_lanes_agree() {
-    use lcjit::graph::{Activation, Dense, Op, WeightOptions};
     use lcjit::lower::grad::Mode;
     for (inputs, units, batch) in [(3996, 64, 32), (999, 40, 16), (300, 20, 32), (301, 64, 12)] {
-        let op = Op::Dense(Dense {
-            units,
-            activation: Activation::Tanh,
-            use_bias: true,
-            kernel_initializer: common::uniform(-0.5, 0.5),
-            bias_initializer: common::uniform(-0.5, 0.5),
-            options: WeightOptions::default(),
-        });
-        let g = common::one(&[inputs], op);
+        let g = tanh_dense(inputs, units);
         for tier in host_tiers() {
             // (Inference mode: the program of `lcjit grad`, which takes the input's
             // gradient too.)

@@ -52,7 +52,7 @@ pub mod micro;
 pub mod print;
 mod tail;
 pub mod verify;
-pub use tail::{lanes_with_tail, shift_var};
+pub use tail::lanes_with_tail;
 
 /// One buffer of a module's buffer table as a run binds it: every executor (the
 /// interpreter, the JIT, compiled object code) takes the same table, one entry per

@@ -10,7 +10,7 @@ use super::{for_, Affine, Expr, LoopKind, Stmt, Var};
 /// `stmts` with variable `from` replaced by `to + offset` in every index and condition
 /// (the tail loop of a vectorised loop whose extent is not a multiple of 4 runs the same
 /// body from element `offset` on).
-pub fn shift_var(stmts: &[Stmt], from: Var, to: Var, offset: i64) -> Vec<Stmt> {
+fn shift_var(stmts: &[Stmt], from: Var, to: Var, offset: i64) -> Vec<Stmt> {
     let aff = |a: &Affine| {
         let c = a.coef(from);
         a.clone()

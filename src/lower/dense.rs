@@ -196,19 +196,48 @@ impl Plan {
     }
 }
 
-/// Lowers the forward pass of Dense node `node`.
-pub fn forward(cx: &mut Cx, node: NodeId, d: &Dense) -> Result<()> {
+/// What the forward and backward lowerings of one Dense node share: its name, the
+/// product's `n_in` inputs, `units` and `rows` (the batch times the input's leading
+/// axes), and the input and kernel buffers.
+struct Operands {
+    name: String,
+    n_in: usize,
+    units: usize,
+    rows: usize,
+    x: BufId,
+    k: BufId,
+}
+
+/// The [`Operands`] of Dense node `node`.
+fn operands(cx: &Cx, node: NodeId, d: &Dense) -> Result<Operands> {
     let n = &cx.graph.nodes[node];
     let name = n.name.clone();
-    let out_shape = n.shape.clone();
-    let in_shape = cx.graph.nodes[n.inputs[0]].shape.clone();
+    let in_shape = &cx.graph.nodes[n.inputs[0]].shape;
     let n_in = *in_shape
         .last()
         .ok_or_else(|| Error::internal(format!("dense '{name}': scalar input")))?;
-    let units = d.units;
     let rows = cx.batch * in_shape[..in_shape.len() - 1].iter().product::<usize>();
-    let x = cx.input(node, 0)?;
-    let k = cx.param(node, "kernel")?;
+    Ok(Operands {
+        n_in,
+        units: d.units,
+        rows,
+        x: cx.input(node, 0)?,
+        k: cx.param(node, "kernel")?,
+        name,
+    })
+}
+
+/// Lowers the forward pass of Dense node `node`.
+pub fn forward(cx: &mut Cx, node: NodeId, d: &Dense) -> Result<()> {
+    let out_shape = cx.graph.nodes[node].shape.clone();
+    let Operands {
+        name,
+        n_in,
+        units,
+        rows,
+        x,
+        k,
+    } = operands(cx, node, d)?;
     let bias = if d.use_bias {
         Some(cx.param(node, "bias")?)
     } else {

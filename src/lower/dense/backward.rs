@@ -6,10 +6,11 @@
 //! Invariant: no loop that reduces over rows is parallel, so the gradients do not depend
 //! on the thread count; both forms of `dx` sum the same products in the same order.
 
-use super::{product, wide_tile};
-use crate::error::{Error, Result};
+use super::{operands, product, wide_tile, Operands};
+use crate::error::Result;
 use crate::graph::{Activation, Dense, NodeId};
 use crate::loop_ir::{bin, for_, load, Affine, BinOp, BufId, Expr, KernelBuilder, LoopKind, Stmt};
+use crate::lower::shape::{transpose_into, transposed};
 use crate::lower::Cx;
 
 /// Backward pass of Dense node `node` given `dz`, the gradient of its pre-activation
@@ -19,16 +20,14 @@ use crate::lower::Cx;
 /// `db[u] = Σ_m dz[m, u]`. No loop that reduces over rows is parallel, so the result does
 /// not depend on the thread count.
 pub fn backward(cx: &mut Cx, node: NodeId, d: &Dense, dz: BufId) -> Result<()> {
-    let n = &cx.graph.nodes[node];
-    let name = n.name.clone();
-    let in_shape = cx.graph.nodes[n.inputs[0]].shape.clone();
-    let n_in = *in_shape
-        .last()
-        .ok_or_else(|| Error::internal(format!("dense '{name}': scalar input")))?;
-    let units = d.units;
-    let rows = cx.batch * in_shape[..in_shape.len() - 1].iter().product::<usize>();
-    let x = cx.input(node, 0)?;
-    let k = cx.param(node, "kernel")?;
+    let Operands {
+        name,
+        n_in,
+        units,
+        rows,
+        x,
+        k,
+    } = operands(cx, node, d)?;
     if cx.wants_grad(node, 0) {
         let dx = cx.grad_input(node, 0)?;
         if input_grad_rows_in_lanes(cx.tier, n_in, units, rows) {
@@ -156,45 +155,6 @@ fn input_grad_rows_in_lanes(
             && wide_tile(rows, n_in, t).is_some()
             && rows * (units + n_in) < n_in * units
     })
-}
-
-/// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into a
-/// new temporary (`c × r`), and returns it: parallel over the columns of `src`, the loop
-/// variables named `vars` (columns, rows).
-fn transposed(cx: &mut Cx, name: &str, src: BufId, r: usize, c: usize, vars: [&str; 2]) -> BufId {
-    let dst = cx.temp(r * c);
-    transpose_into(cx, name, [src, dst], r, c, vars);
-    dst
-}
-
-/// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into
-/// `dst` (`c × r`), as [`transposed`].
-fn transpose_into(
-    cx: &mut Cx,
-    name: &str,
-    [src, dst]: [BufId; 2],
-    r: usize,
-    c: usize,
-    vars: [&str; 2],
-) {
-    let mut kb = KernelBuilder::new(name);
-    let (j, i) = (kb.var(vars[0]), kb.var(vars[1]));
-    let nest = for_(
-        j,
-        c as u64,
-        LoopKind::Parallel,
-        vec![for_(
-            i,
-            r as u64,
-            LoopKind::Serial,
-            vec![Stmt::Store {
-                buf: dst,
-                index: Affine::var(j).scale(r as i64).plus_term(i, 1),
-                value: load(src, Affine::var(i).scale(c as i64).plus_term(j, 1)),
-            }],
-        )],
-    );
-    cx.push(kb.finish(vec![nest]), &[src], &[dst]);
 }
 
 /// `db[u] = Σ_m dz[m, u]` over `rows` rows of `units` (one serial kernel: the sum order

@@ -26,6 +26,7 @@ use crate::loop_ir::{
 };
 use crate::lower::activation::{is_elementwise, softmax_kernel};
 use crate::lower::schedule::lc::{self as sched, reduction_kind, LcForward};
+use crate::lower::shape::transposed;
 use crate::lower::Cx;
 
 /// Lowers the forward pass of LC node `node`.
@@ -57,7 +58,17 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     );
     // Lanes over batch rows read the input transposed (one vector per tap's rows).
     let x = if s.vec == sched::VectorAxis::Batch {
-        batch_rows(cx, &name, &g, x)
+        // `x` as a `B × X` matrix, transposed (`e` the flat per-sample index).
+        let per_sample = g.x_sample as usize;
+        let batch = cx.batch;
+        transposed(
+            cx,
+            &format!("{name}.forward_x_rows"),
+            x,
+            batch,
+            per_sample,
+            ["e", "b"],
+        )
     } else {
         x
     };
@@ -543,32 +554,6 @@ impl Emit<'_> {
 /// Element of the filters-lane register tile for row `bb` and filter column `ff`.
 fn acc_at(ft: usize, bb: Var, ff: Var) -> Affine {
     Affine::var(bb).scale(ft as i64).plus_term(ff, 1)
-}
-
-/// Pushes the kernel `{name}.forward_x_rows` writing the input `x[b, e]` transposed into
-/// a new temporary `xT[e·B + b]` (`e` the flat per-sample index, either data format),
-/// and returns it: the operand of lanes over batch rows. Parallel over `e`; each vector
-/// store takes four rows. A copy (every element moved exactly), so the kernel reads the
-/// same values.
-fn batch_rows(cx: &mut Cx, name: &str, g: &Geo, x: BufId) -> BufId {
-    let batch = cx.batch;
-    let per_sample = g.x_sample as usize;
-    let xt = cx.temp(per_sample * batch);
-    let mut kb = KernelBuilder::new(format!("{name}.forward_x_rows"));
-    let (e, b) = (kb.var("e"), kb.var("b"));
-    let store = Stmt::Store {
-        buf: xt,
-        index: Affine::var(e).scale(batch as i64).plus_term(b, 1),
-        value: load(x, Affine::var(b).scale(g.x_sample).plus_term(e, 1)),
-    };
-    let nest = for_(
-        e,
-        per_sample as u64,
-        LoopKind::Parallel,
-        vec![for_(b, batch as u64, LoopKind::Vector(4), vec![store])],
-    );
-    cx.push(kb.finish(vec![nest]), &[x], &[xt]);
-    xt
 }
 
 /// `a` with variable `from` replaced by `to` (same coefficient).
