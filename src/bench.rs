@@ -371,6 +371,9 @@ pub struct BenchRun<'a> {
     /// the gradient program, instead of updating LC kernels in their backward kernels
     /// as `fit` does (see [`crate::lower::in_place`]): the comparison of the two.
     pub separate_update: bool,
+    /// Autotune the JIT's forward schedules first ([`crate::CompileOptions::autotune`]);
+    /// the report lists every layer's candidates and times.
+    pub autotune: Option<crate::runtime::tune::Autotune>,
 }
 
 /// Benchmarks `model` as `run` says.
@@ -388,6 +391,7 @@ pub fn bench_model(
         weights_dtype,
         wide,
         separate_update,
+        ref autotune,
     } = *run;
     let mut shape = vec![batch];
     shape.extend_from_slice(model.input_shape());
@@ -402,6 +406,7 @@ pub fn bench_model(
     let mut compile_ms_forward = None;
     let mut train_ms = Vec::new();
     let mut compile_ms_backward = None;
+    let mut tuning = None;
     for &engine in engines {
         let opts = crate::CompileOptions {
             engine,
@@ -409,10 +414,12 @@ pub fn bench_model(
             max_batch: batch,
             weights_dtype,
             wide,
+            autotune: autotune.clone(),
         };
         let compiled = crate::CompiledModel::new(model.clone(), opts.clone())?;
         if engine.backend() == Some(Backend::Jit) {
             compile_ms_forward = Some(compiled.prepared(batch)?.compile_ms);
+            tuning = compiled.tuning(batch)?;
         }
         let ms = adaptive_median_ms(|| compiled.predict(&x).map(|_| ()))?;
         forward_ms.push((engine, ms));
@@ -447,6 +454,7 @@ pub fn bench_model(
         traffic_bytes: traffic_bytes(model.graph(), batch, weights_dtype),
         forward_flops: forward_flops(model.graph(), batch),
         compile_ms_forward,
+        tuning,
         forward_ms,
         train_flops: train.then(|| 3 * forward_flops(model.graph(), batch)),
         compile_ms_backward,

@@ -83,6 +83,7 @@ pub fn run(memory_budget: u64) -> Result<()> {
                 weights_dtype: lcjit::loop_ir::Dtype::F32,
                 wide: lcjit::WideTier::Auto,
                 separate_update: false,
+                autotune: None,
             },
         )?;
         println!("{}", report.table());

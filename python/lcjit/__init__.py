@@ -204,6 +204,11 @@ class Model(_NativeModel):
     their compute-bound register tiles: ``"auto"`` (the widest this CPU has, the
     default), ``"off"``, ``"avx2"`` or ``"avx512"`` (refused on a CPU without it); every
     choice computes the same bits.
+    ``autotune`` (seconds, or ``True`` for 3) times the candidate schedules of each
+    locally connected layer's forward pass on this machine when a batch size is first
+    compiled, within that budget, and keeps the fastest (the same bits either way);
+    choices are cached by layer shape, CPU and threads in ``tune_cache`` (default:
+    ``$LCJIT_TUNE_CACHE``, else ``~/.cache/lcjit/tune.json``; ``""``: no file).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -222,6 +227,8 @@ class Model(_NativeModel):
         seed: int = 0,
         weights_dtype: str = "f32",
         wide: str = "auto",
+        autotune: Union[bool, float] = False,
+        tune_cache: Optional[str] = None,
     ) -> "Model":
         """A model from its JSON configuration (``model.to_json()`` of any dialect),
         weights drawn from its initializers with ``seed``."""
@@ -234,6 +241,8 @@ class Model(_NativeModel):
             seed=seed,
             weights_dtype=weights_dtype,
             wide=wide,
+            autotune=autotune,
+            tune_cache=tune_cache,
         )
 
     # ---- structure -------------------------------------------------------------------
@@ -470,6 +479,9 @@ class Model(_NativeModel):
             "memory_budget": self.memory_budget,
             "weights_dtype": self.weights_dtype,
             "wide": self.wide,
+            "autotune": self.autotune,
+            # None would mean the default file: "" is none.
+            "tune_cache": "" if self.tune_cache is None else self.tune_cache,
             "training_config": self.training_config_json(),
         }
         return (_restore, (type(self), state))
@@ -489,6 +501,8 @@ def _restore(cls: type, state: Dict[str, Any]) -> Model:
         memory_budget=state["memory_budget"],
         weights_dtype=state.get("weights_dtype", "f32"),
         wide=state.get("wide", "auto"),
+        autotune=state.get("autotune", 0.0),
+        tune_cache=state.get("tune_cache"),
     )
     m.set_weights(state["weights"])
     tc = state.get("training_config")
@@ -512,11 +526,14 @@ def load(
     seed: int = 0,
     weights_dtype: str = "f32",
     wide: str = "auto",
+    autotune: Union[bool, float] = False,
+    tune_cache: Optional[PathLike] = None,
 ) -> Model:
     """Loads a model from ``.h5`` (legacy full model), ``.keras`` or ``.json`` (tf-keras,
     Keras 2 or Keras 1 dialect); ``weights`` (``.h5`` or ``.npz``) replaces its weights.
     A file without weights is initialized from its layers' initializers with ``seed``.
-    ``weights_dtype`` and ``wide`` are as for :class:`Model`."""
+    ``weights_dtype``, ``wide``, ``autotune`` and ``tune_cache`` are as for
+    :class:`Model`."""
     return Model(
         os.fspath(path),
         kind="path",
@@ -527,6 +544,8 @@ def load(
         seed=seed,
         weights_dtype=weights_dtype,
         wide=wide,
+        autotune=autotune,
+        tune_cache=None if tune_cache is None else os.fspath(tune_cache),
     )
 
 

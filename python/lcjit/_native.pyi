@@ -4,7 +4,7 @@ Users call these through :mod:`lcjit` (``lcjit.Model`` subclasses :class:`Native
 the names here are the native layer, documented for type checkers and readers.
 """
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,8 @@ class NativeModel:
         seed: int = 0,
         weights_dtype: str = "f32",
         wide: str = "auto",
+        autotune: Union[bool, float, None] = None,
+        tune_cache: Optional[str] = None,
     ) -> "NativeModel":
         """Loads ``source``: a file path (``kind="path"``) or JSON text (``kind="json"``)."""
     @property
@@ -42,6 +44,12 @@ class NativeModel:
     @property
     def wide(self) -> str:
         """The SIMD tier past f32x4: ``auto``, ``off``, ``avx2`` or ``avx512``."""
+    @property
+    def autotune(self) -> float:
+        """The autotuning budget in seconds (0: off)."""
+    @property
+    def tune_cache(self) -> Optional[str]:
+        """The autotuning cache file (``None``: none, or autotuning off)."""
     @property
     def memory_budget(self) -> int:
         """Bytes a tensor or the weights may take."""

@@ -148,6 +148,7 @@ fn bench_json(
     let m = model.snapshot()?;
     let weights_dtype = model.weights_dtype;
     let wide = model.wide;
+    let autotune = model.autotune.clone();
     let threads = threads.unwrap_or_else(|| model.threads());
     let engines = engines
         .iter()
@@ -168,6 +169,7 @@ fn bench_json(
             weights_dtype,
             wide,
             separate_update: false,
+            autotune,
         };
         let report = lcjit::bench::bench_model("model", m, &run)?;
         report.json()

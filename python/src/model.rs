@@ -59,6 +59,8 @@ pub struct NativeModel {
     pub(crate) weights_dtype: lcjit::loop_ir::Dtype,
     /// The SIMD tier past f32x4 of the compiled programs (`wide=`).
     pub(crate) wide: lcjit::WideTier,
+    /// Autotuning of the JIT's forward schedules (`autotune=`, `tune_cache=`).
+    pub(crate) autotune: Option<lcjit::runtime::tune::Autotune>,
 }
 
 /// Locks a state (a poisoned lock means a panic elsewhere: an internal error).
@@ -109,6 +111,7 @@ impl NativeModel {
             max_batch: batch,
             weights_dtype: self.weights_dtype,
             wide: self.wide,
+            autotune: self.autotune.clone(),
         }
     }
 
@@ -167,7 +170,7 @@ impl NativeModel {
     /// Loads a model: `kind="path"` reads a `.h5`, `.keras` or `.json` file (any Keras
     /// dialect), `kind="json"` parses `source` as a model configuration.
     #[new]
-    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0, weights_dtype = "f32", wide = "auto"))]
+    #[pyo3(signature = (source, *, kind = "path", weights = None, engine = "jit", threads = None, memory_budget = None, seed = 0, weights_dtype = "f32", wide = "auto", autotune = None, tune_cache = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -180,7 +183,17 @@ impl NativeModel {
         seed: u64,
         weights_dtype: &str,
         wide: &str,
+        autotune: Option<&Bound<'_, PyAny>>,
+        tune_cache: Option<String>,
     ) -> PyResult<Self> {
+        // `True` is the command line's default budget (3 s), `False` off.
+        let seconds = match autotune.map(|a| (a, a.cast::<pyo3::types::PyBool>())) {
+            None => 0.0,
+            Some((_, Ok(b))) if b.is_true() => 3.0,
+            Some((_, Ok(_))) => 0.0,
+            Some((a, Err(_))) => a.extract::<f64>()?,
+        };
+        let autotune = tune_options(seconds, tune_cache)?;
         let engine = crate::engine(engine)?;
         let weights_dtype = crate::weights_dtype(weights_dtype)?;
         let wide = lcjit::WideTier::parse(wide).py()?;
@@ -231,6 +244,7 @@ impl NativeModel {
             budget,
             weights_dtype,
             wide,
+            autotune,
         })
     }
 
@@ -239,6 +253,23 @@ impl NativeModel {
     #[getter]
     fn wide(&self) -> &'static str {
         self.wide.name()
+    }
+
+    /// The autotuning budget in seconds (0: off).
+    #[getter]
+    fn autotune(&self) -> f64 {
+        self.autotune
+            .as_ref()
+            .map_or(0.0, |a| a.budget.as_secs_f64())
+    }
+
+    /// The autotuning cache file (`None`: none, or autotuning off).
+    #[getter]
+    fn tune_cache(&self) -> Option<String> {
+        self.autotune
+            .as_ref()
+            .and_then(|a| a.cache.as_ref())
+            .map(|p| p.display().to_string())
     }
 
     /// How LC and Dense kernels are stored for prediction: `f32`, `bf16` or `f16`.
@@ -540,4 +571,28 @@ pub(crate) fn ir(m: &Model, stage: &str, batch: usize, backward: bool) -> lcjit:
             })
         }
     })
+}
+
+/// The autotuning options of `autotune=` (a budget in seconds; 0 is off) and
+/// `tune_cache=` (a path; `None` the default file, `""` none).
+fn tune_options(
+    budget_s: f64,
+    cache: Option<String>,
+) -> PyResult<Option<lcjit::runtime::tune::Autotune>> {
+    if !(0.0..=86_400.0).contains(&budget_s) {
+        return Err(to_py(lcjit::Error::Usage {
+            detail: format!("autotune must be a budget in seconds from 0 to 86400, not {budget_s}"),
+        }));
+    }
+    if budget_s == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(lcjit::runtime::tune::Autotune {
+        budget: std::time::Duration::from_secs_f64(budget_s),
+        cache: match cache {
+            None => lcjit::runtime::tune::default_cache_path(),
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(std::path::PathBuf::from(c)),
+        },
+    }))
 }

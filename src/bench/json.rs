@@ -22,6 +22,25 @@ struct JsonReport<'a> {
     gbps: Option<f64>,
     gflops: Option<f64>,
     roofline: JsonRoofline,
+    /// Autotuning, when it ran (`null` without).
+    tune: Option<JsonTune>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonTune {
+    ms: Option<f64>,
+    layers: Vec<JsonTrial>,
+}
+
+/// One layer key's tuning: `ms` maps each candidate family to its best time (`null`
+/// when not timed), default first in `candidates`.
+#[derive(serde::Serialize)]
+struct JsonTrial {
+    layers: Vec<String>,
+    chosen: &'static str,
+    decided: &'static str,
+    candidates: Vec<&'static str>,
+    ms: Vec<Option<f64>>,
 }
 
 #[derive(serde::Serialize)]
@@ -55,6 +74,28 @@ struct JsonRoofline {
 /// missing or not finite (JSON has no NaN or infinity).
 fn json_num(v: Option<f64>) -> Option<f64> {
     v.filter(|x| x.is_finite()).map(|x| (x * 1e4).round() / 1e4)
+}
+
+fn tune_json(t: &crate::runtime::tune::Tuning) -> JsonTune {
+    use crate::runtime::tune::Decided;
+    JsonTune {
+        ms: json_num(Some(t.ms)),
+        layers: t
+            .trials
+            .iter()
+            .map(|tr| JsonTrial {
+                layers: tr.layers.clone(),
+                chosen: tr.chosen.name(),
+                decided: match tr.decided {
+                    Decided::Measured => "measured",
+                    Decided::Cached => "cached",
+                    Decided::OutOfBudget => "out_of_budget",
+                },
+                candidates: tr.candidates.iter().map(|(p, _)| p.name()).collect(),
+                ms: tr.ms.iter().map(|m| json_num(*m)).collect(),
+            })
+            .collect(),
+    }
 }
 
 /// The report as one JSON line.
@@ -92,6 +133,7 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
             wide_tier: r.roofline.and_then(|r| r.wide).map(|w| w.tier.name()),
             wide_fma_gflops: json_num(r.roofline.and_then(|r| r.wide).map(|w| w.gflops)),
         },
+        tune: r.tuning.as_deref().map(tune_json),
     };
     // Plain numbers, strings and options always serialize: a failure is a bug.
     serde_json::to_string(&report)

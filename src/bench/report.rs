@@ -28,6 +28,8 @@ pub struct BenchReport {
     pub forward_flops: u64,
     /// JIT compile time of the forward program (lowering + codegen), ms.
     pub compile_ms_forward: Option<f64>,
+    /// With autotuning: what it chose and measured (see [`crate::runtime::tune`]).
+    pub tuning: Option<std::sync::Arc<crate::runtime::tune::Tuning>>,
     /// Median forward times per engine, ms: (engine, ms).
     pub forward_ms: Vec<(crate::Engine, f64)>,
     /// Flops of one training step (forward, and `dx` and `dW` of every layer: 3× the
@@ -92,6 +94,9 @@ impl BenchReport {
         }
         if let Some(c) = self.compile_ms_forward {
             let _ = writeln!(s, "compile (forward, lower + codegen): {c:.1} ms");
+        }
+        if let Some(t) = &self.tuning {
+            s.push_str(&tuning_table(t));
         }
         let jit = self.engine_ms(crate::Engine::Jit);
         let _ = writeln!(s, "{:<10} {:>12} {:>10}", "engine", "median ms", "vs jit");
@@ -177,4 +182,36 @@ written and read once: {:.1} MB, {traffic_ms:.2} ms)",
         }
         s
     }
+}
+
+/// The autotuning lines of the table: per layer key, its layers, each candidate's best
+/// time and the family chosen.
+fn tuning_table(t: &crate::runtime::tune::Tuning) -> String {
+    use crate::runtime::tune::Decided;
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let timed = t
+        .trials
+        .iter()
+        .filter(|t| t.decided == Decided::Measured)
+        .count();
+    let _ = writeln!(
+        s,
+        "autotune: {} layer shapes with a choice, {timed} timed in {:.0} ms",
+        t.trials.len(),
+        t.ms
+    );
+    for tr in &t.trials {
+        let how = match tr.decided {
+            Decided::Measured => "measured",
+            Decided::Cached => "cached",
+            Decided::OutOfBudget => "out of budget: default",
+        };
+        let _ = writeln!(s, "  {}: {} ({how})", tr.layers.join(", "), tr.chosen);
+        for ((plan, text), ms) in tr.candidates.iter().zip(&tr.ms) {
+            let ms = ms.map_or("-".to_string(), |m| format!("{m:.3} ms"));
+            let _ = writeln!(s, "    {:<13} {ms:>12}  {text}", plan.name());
+        }
+    }
+    s
 }

@@ -43,6 +43,14 @@ pub struct BenchArgs {
     /// of updating LC kernels inside their gradient kernels as fit does (for comparison).
     #[arg(long)]
     pub separate_update: bool,
+    /// Autotune the JIT's forward schedules first: time each locally connected layer's
+    /// candidate schedules on this machine and keep the fastest (the same bits either
+    /// way); the table lists every candidate's time. Choices are cached by layer shape,
+    /// CPU and threads (see --tune-cache).
+    #[arg(long)]
+    pub tune: bool,
+    #[command(flatten)]
+    pub tune_opts: super::TuneArgs,
 }
 
 /// Runs `lcjit bench`.
@@ -59,6 +67,8 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
         weights_dtype,
         wide,
         separate_update,
+        tune,
+        tune_opts,
     } = a;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -94,6 +104,7 @@ pub fn bench(a: BenchArgs, budget: u64) -> Result<()> {
             weights_dtype: weights_dtype.into(),
             wide: wide.into(),
             separate_update,
+            autotune: tune_opts.autotune(tune),
         },
     )?;
     if json {

@@ -119,6 +119,7 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
                 let target = lcjit::lower::Target {
                     tier,
                     weights: weights_dtype.into(),
+                    plans: None,
                 };
                 let mut l = lcjit::lower::lower_forward_for(m.graph(), batch, target)?;
                 lcjit::lower::weights::store_weights(&mut l, m.graph(), weights_dtype.into());

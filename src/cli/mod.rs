@@ -119,6 +119,38 @@ impl From<Wide> for lcjit::WideTier {
     }
 }
 
+/// The autotuning options shared by the commands that compile for a machine.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TuneArgs {
+    /// Autotuning time budget per model and batch size, in milliseconds (compiling the
+    /// candidates included; layers found in the cache cost nothing).
+    #[arg(long, default_value_t = 3000)]
+    pub tune_budget_ms: u64,
+    /// Autotuning cache file (default: $LCJIT_TUNE_CACHE, else
+    /// $XDG_CACHE_HOME/lcjit/tune.json, else ~/.cache/lcjit/tune.json).
+    #[arg(long)]
+    pub tune_cache: Option<std::path::PathBuf>,
+    /// Autotune without reading or writing a cache file.
+    #[arg(long, conflicts_with = "tune_cache")]
+    pub no_tune_cache: bool,
+}
+
+impl TuneArgs {
+    /// The autotuning options, when `on`.
+    pub fn autotune(&self, on: bool) -> Option<lcjit::runtime::tune::Autotune> {
+        on.then(|| lcjit::runtime::tune::Autotune {
+            budget: std::time::Duration::from_millis(self.tune_budget_ms),
+            cache: if self.no_tune_cache {
+                None
+            } else {
+                self.tune_cache
+                    .clone()
+                    .or_else(lcjit::runtime::tune::default_cache_path)
+            },
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Stage {
     /// Graph IR text.

@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// AVX2 microkernels; every choice computes the same bits.
     #[arg(long, value_enum, default_value = "auto")]
     pub wide: super::Wide,
+    /// Autotune the JIT's forward schedules on this machine before running (the same
+    /// outputs, bit for bit; see `lcjit bench --tune`).
+    #[arg(long)]
+    pub tune: bool,
+    #[command(flatten)]
+    pub tune_opts: super::TuneArgs,
 }
 
 /// Runs `lcjit run`.
@@ -88,6 +94,7 @@ pub fn run(a: RunArgs, budget: u64) -> Result<()> {
             max_batch: a.batch_size,
             weights_dtype: a.weights_dtype.into(),
             wide: a.wide.into(),
+            autotune: a.tune_opts.autotune(a.tune),
         },
     )?;
     let layers: Vec<&str> = a.output_layers.iter().map(String::as_str).collect();

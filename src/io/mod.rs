@@ -35,6 +35,7 @@ pub mod h5;
 pub mod keras_archive;
 pub mod npy;
 pub mod resume;
+pub mod tune_cache;
 
 pub use h5::{read_h5, read_h5_within, write_h5_weights, H5Model};
 pub use keras_archive::{read_keras_archive, read_keras_archive_within};

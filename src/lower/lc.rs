@@ -24,7 +24,7 @@ use super::Cx;
 use crate::error::Result;
 use crate::graph::geometry::lc_window_start;
 use crate::graph::infer::split_channels;
-use crate::graph::{DataFormat, LocallyConnected, NodeId, Padding};
+use crate::graph::{DataFormat, Graph, LocallyConnected, NodeId, Padding};
 use crate::loop_ir::{for_, Affine, LoopKind, Stmt, Var};
 
 /// Products of the trailing sizes: `strides(v)[a] = Π v[a+1..]`.
@@ -56,8 +56,13 @@ pub(super) struct Geo {
 
 /// The geometry of LC node `node` (input and output shapes from the graph).
 pub(super) fn geometry(cx: &Cx, node: NodeId, l: &LocallyConnected) -> Result<Geo> {
-    let n = &cx.graph.nodes[node];
-    let in_shape = &cx.graph.nodes[n.inputs[0]].shape;
+    geometry_in(cx.graph, node, l)
+}
+
+/// [`geometry`] of a node of `graph`.
+fn geometry_in(graph: &Graph, node: NodeId, l: &LocallyConnected) -> Result<Geo> {
+    let n = &graph.nodes[node];
+    let in_shape = &graph.nodes[n.inputs[0]].shape;
     let (in_sp, c) = split_channels(&n.name, in_shape, l.rank, l.data_format)?;
     let (out_sp, f) = split_channels(&n.name, &n.shape, l.rank, l.data_format)?;
     let cl = l.data_format == DataFormat::ChannelsLast;
@@ -83,6 +88,26 @@ pub(super) fn geometry(cx: &Cx, node: NodeId, l: &LocallyConnected) -> Result<Ge
         x_stride,
         pad,
     })
+}
+
+/// The forward schedules autotuning may time for LC node `node` of `graph` at `batch`
+/// rows on `target` ([`super::schedule::lc::plan`]), default first, each with the text
+/// the loop IR prints for it.
+pub fn forward_candidates(
+    graph: &Graph,
+    node: NodeId,
+    l: &LocallyConnected,
+    batch: usize,
+    target: &super::Target,
+) -> Result<Vec<(super::schedule::lc::ForwardPlan, String)>> {
+    let g = geometry_in(graph, node, l)?;
+    let half = target.weights != crate::loop_ir::Dtype::F32;
+    Ok(
+        super::schedule::lc::plan::candidates(&g, l, batch, target.tier, half)
+            .into_iter()
+            .map(|(p, s)| (p, s.to_string()))
+            .collect(),
+    )
 }
 
 impl Geo {

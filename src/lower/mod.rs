@@ -89,6 +89,8 @@ pub struct Cx<'g> {
     pub tier: Option<Tier>,
     /// How LC and Dense kernels will be stored (see [`Target::weights`]).
     pub weights: crate::loop_ir::Dtype,
+    /// Autotuned forward schedule families (see [`Target::plans`]).
+    pub plans: Option<std::sync::Arc<schedule::lc::Plans>>,
     /// Training programs: the optimizer rule backward kernels may apply in place (see
     /// [`in_place`]).
     pub in_place: Option<&'g dyn in_place::InPlaceRule>,
@@ -175,7 +177,7 @@ pub fn lower_forward(graph: &Graph, batch: usize) -> Result<Lowered> {
 }
 
 /// What the schedules may assume of the machine and of how the weights will be stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Target {
     /// The SIMD tier past f32x4 the machine has (`None`: f32x4 only).
     pub tier: Option<Tier>,
@@ -183,6 +185,10 @@ pub struct Target {
     /// kernel is widened in one instruction by a wide microkernel and in 4 to 14 by the
     /// f32x4 code, which moves the schedules' choice at small batches.
     pub weights: crate::loop_ir::Dtype,
+    /// Forward schedule families chosen by autotuning ([`crate::tune`]), by layer key;
+    /// layers without one get the default schedule. Every family computes the same
+    /// bits.
+    pub plans: Option<std::sync::Arc<schedule::lc::Plans>>,
 }
 
 /// [`lower_forward`] for `target`: the schedules may then give register tiles to wide
@@ -192,6 +198,7 @@ pub fn lower_forward_for(graph: &Graph, batch: usize, target: Target) -> Result<
     let mut cx = Cx::new(graph, batch)?;
     cx.tier = target.tier;
     cx.weights = target.weights;
+    cx.plans = target.plans;
     for id in 0..graph.nodes.len() {
         mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
     }
@@ -241,6 +248,7 @@ impl<'g> Cx<'g> {
             rounded: Vec::new(),
             tier: None,
             weights: crate::loop_ir::Dtype::F32,
+            plans: None,
             in_place: None,
             hyper: None,
             updated: vec![false; graph.params.len()],

@@ -27,6 +27,7 @@ mod cache;
 pub mod grad;
 pub mod predict;
 pub mod step;
+pub mod tune;
 
 use cache::{CacheKey, Programs};
 
@@ -134,6 +135,10 @@ pub struct CompileOptions {
     /// use for compute-bound register tiles (see [`crate::loop_ir::micro`]): the best the
     /// CPU has by default. Every choice computes the same bits.
     pub wide: WideTier,
+    /// Time the candidate schedules of each LC layer's forward pass on this machine and
+    /// keep the fastest (see [`tune`]); `None` (the default): the built-in choices.
+    /// Every choice computes the same bits. JIT only (other engines ignore it).
+    pub autotune: Option<tune::Autotune>,
 }
 
 /// The choice of [`CompileOptions::wide`].
@@ -198,6 +203,7 @@ impl Default for CompileOptions {
             max_batch: 32,
             weights_dtype: Dtype::F32,
             wide: WideTier::Auto,
+            autotune: None,
         }
     }
 }
@@ -229,6 +235,8 @@ pub struct CompiledModel {
     /// With 16-bit weights on the reference engine: the model's parameters with the
     /// 16-bit ones rounded (what the loop-IR engines compute with).
     rounded: Option<Vec<ArrayD<f32>>>,
+    /// With autotuning: the tuning of the model's graph, per batch size.
+    tunings: Mutex<HashMap<usize, Arc<tune::Tuning>>>,
 }
 
 impl CompiledModel {
@@ -272,6 +280,7 @@ impl CompiledModel {
             cuts: Mutex::new(HashMap::new()),
             narrowed,
             rounded,
+            tunings: Mutex::new(HashMap::new()),
         };
         if !cm.opts.engine.is_reference() {
             cm.prepared(cm.opts.max_batch)?;
@@ -295,10 +304,13 @@ impl CompiledModel {
         let engine = self.opts.engine;
         let key = CacheKey::Forward(key.clone(), batch);
         self.programs.forward(key.clone(), || {
+            let tier = self.opts.wide.resolve()?;
+            let plans = self.tuning(batch)?.map(|t| t.plans.clone());
             let t = std::time::Instant::now();
             let target = crate::lower::Target {
-                tier: self.opts.wide.resolve()?,
+                tier,
                 weights: self.opts.weights_dtype,
+                plans,
             };
             let mut lowered = lower_forward_for(graph, batch, target)?;
             crate::lower::weights::store_weights(&mut lowered, graph, self.opts.weights_dtype);
@@ -310,6 +322,42 @@ impl CompiledModel {
                 key,
             })
         })
+    }
+
+    /// With [`CompileOptions::autotune`] on the JIT: the tuning of the model at `batch`
+    /// rows, done once (the first time a program for that batch is compiled) and kept;
+    /// programs of cut graphs use the whole model's, since their layers' keys are the
+    /// same. `None` without autotuning.
+    pub fn tuning(&self, batch: usize) -> Result<Option<Arc<tune::Tuning>>> {
+        let Some(opts) = self.opts.autotune.as_ref() else {
+            return Ok(None);
+        };
+        if self.opts.engine != Engine::Jit {
+            return Ok(None);
+        }
+        let mut tunings = self
+            .tunings
+            .lock()
+            .map_err(|_| Error::internal("tuning cache poisoned"))?;
+        if let Some(t) = tunings.get(&batch) {
+            return Ok(Some(t.clone()));
+        }
+        let graph = self.model.graph();
+        let target = crate::lower::Target {
+            tier: self.opts.wide.resolve()?,
+            weights: self.opts.weights_dtype,
+            plans: None,
+        };
+        let t = Arc::new(tune::tune_forward(
+            graph,
+            batch,
+            &target,
+            self.opts.threads,
+            opts,
+            graph.memory_budget,
+        )?);
+        tunings.insert(batch, t.clone());
+        Ok(Some(t))
     }
 
     /// The lowered program for `batch` rows (cached).

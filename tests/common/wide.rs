@@ -56,6 +56,7 @@ pub fn compiled(
             max_batch: batch,
             weights_dtype: dtype,
             wide,
+            autotune: None,
         },
     )
     .expect("compile")

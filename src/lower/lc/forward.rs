@@ -49,12 +49,18 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     } else {
         cx.temp(cx.batch * g.p * g.f)
     };
+    let plan = cx.plans.as_ref().and_then(|p| {
+        p.get(&sched::layer_key(
+            cx.graph, node, l, cx.batch, cx.tier, cx.weights,
+        ))
+    });
     let s = sched::forward(
         &g,
         l,
         cx.batch,
         cx.tier,
         cx.weights != crate::loop_ir::Dtype::F32,
+        plan,
     );
     // Lanes over batch rows read the input transposed (one vector per tap's rows).
     let x = if s.vec == sched::VectorAxis::Batch {

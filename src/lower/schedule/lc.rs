@@ -180,58 +180,82 @@ pub(super) fn kind_text(k: LoopKind) -> String {
 
 /// The forward schedule of an LC layer of geometry `g` at batch size `batch`, on a
 /// target with the SIMD tier `tier` past f32x4 (if any), with the kernel stored in 16
-/// bits or not (`half`).
+/// bits or not (`half`): the family `plan` when autotuning chose one and it applies
+/// here (see [`plan`]), else the first of positions, batch lanes, wide filters and
+/// filters whose conditions hold.
 pub(in crate::lower) fn forward(
     g: &Geo,
     l: &LocallyConnected,
     batch: usize,
     tier: Option<Tier>,
     half: bool,
+    plan: Option<ForwardPlan>,
 ) -> LcForward {
+    if let Some(s) = plan.and_then(|p| plan::planned(p, g, l, batch, tier, half)) {
+        return s;
+    }
     if let Some(s) = positions(g, l, batch) {
         return s;
     }
     if let Some(s) = batch_lanes(g, l, batch, tier, half) {
         return s;
     }
-    let wide = tier.and_then(|t| wide_tile(g, l, batch, t, half).map(|w| (t, w)));
-    if let Some((tier, (ft, tb, cblock))) = wide {
-        let last = g.rank - 1;
-        // A layer whose per-position weights need channel blocking (`cblock`) keeps the
-        // blocked order, its channel-block loop wide (see [`wide_tile`]).
-        let merge = cblock.is_none() && g.cl && l.dilation[last] == 1;
-        let red_extent = match cblock {
-            Some(c) => c,
-            None if merge => l.kernel[last] * g.c,
-            None => g.c,
-        };
-        return LcForward {
-            vec: VectorAxis::Filters,
-            tb,
-            ft,
-            cblock,
-            merge,
-            reduction: reduction_kind(red_extent as u64),
-            lanes: None,
-            rank: g.rank,
-            // The next output position's weights (`K[p + 1]`, `Q·F` elements on) stream
-            // in while this position's first batch tile computes. Measured on
-            // deepface_l4_l6 at batch 32 (2 threads, AVX-512, 16 rows): 32.7 → 28.0 ms
-            // and 38.7 → 30.6 ms in two runs; without it the first batch tile of every
-            // position waits on memory and the later ones compute from cache, so the
-            // two never overlap.
-            // The blocked order walks a position's weights once per batch tile, block
-            // by block: no single next position to prefetch.
-            wide: Some(Wide {
-                tier,
-                prefetch: if cblock.is_some() {
-                    0
-                } else {
-                    (g.q * g.f) as i64
-                },
-            }),
-        };
+    if let Some(s) = tier.and_then(|t| wide_filters(g, l, batch, t, half)) {
+        return s;
     }
+    filters(g, l, batch)
+}
+
+/// The filters schedule with a wide register tile under `tier`, when [`wide_tile`]
+/// gives one.
+fn wide_filters(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    tier: Tier,
+    half: bool,
+) -> Option<LcForward> {
+    let (ft, tb, cblock) = wide_tile(g, l, batch, tier, half)?;
+    let last = g.rank - 1;
+    // A layer whose per-position weights need channel blocking (`cblock`) keeps the
+    // blocked order, its channel-block loop wide (see [`wide_tile`]).
+    let merge = cblock.is_none() && g.cl && l.dilation[last] == 1;
+    let red_extent = match cblock {
+        Some(c) => c,
+        None if merge => l.kernel[last] * g.c,
+        None => g.c,
+    };
+    Some(LcForward {
+        vec: VectorAxis::Filters,
+        tb,
+        ft,
+        cblock,
+        merge,
+        reduction: reduction_kind(red_extent as u64),
+        lanes: None,
+        rank: g.rank,
+        // The next output position's weights (`K[p + 1]`, `Q·F` elements on) stream
+        // in while this position's first batch tile computes. Measured on
+        // deepface_l4_l6 at batch 32 (2 threads, AVX-512, 16 rows): 32.7 → 28.0 ms
+        // and 38.7 → 30.6 ms in two runs; without it the first batch tile of every
+        // position waits on memory and the later ones compute from cache, so the
+        // two never overlap.
+        // The blocked order walks a position's weights once per batch tile, block
+        // by block: no single next position to prefetch.
+        wide: Some(Wide {
+            tier,
+            prefetch: if cblock.is_some() {
+                0
+            } else {
+                (g.q * g.f) as i64
+            },
+        }),
+    })
+}
+
+/// The f32x4 filters schedule (scalar tiles when `F % 4 != 0`): it applies to every
+/// layer.
+fn filters(g: &Geo, l: &LocallyConnected, batch: usize) -> LcForward {
     let (vec, ft, tb) = tile(g.f, batch);
     let vec = if vec {
         VectorAxis::Filters
@@ -340,10 +364,18 @@ fn wide_tile(
 /// rows first (each row reuses the gathered kernel vector), then filters, then more
 /// positions (independent FMA chains at batch 1).
 fn positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
+    if g.f.is_multiple_of(4) {
+        return None;
+    }
+    positions_lanes(g, l, batch)
+}
+
+/// The positions schedule wherever its lanes can run: consecutive output positions of
+/// the last axis read consecutive input elements, and the interior holds a block.
+fn positions_lanes(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<LcForward> {
     let last = g.rank - 1;
-    let vec_filters = g.f.is_multiple_of(4);
     let contiguous = l.strides[last] == 1 && (!g.cl || g.c == 1);
-    if vec_filters || !contiguous {
+    if !contiguous {
         return None;
     }
     let tb = batch.clamp(1, 8);
@@ -428,11 +460,22 @@ fn batch_lanes(
     let poor_lanes = g.f < 8 || tier.is_some_and(|t| !g.f.is_multiple_of(t.lanes()));
     let reuse = (g.q * g.f * g.p) / (g.x_sample as usize).max(1);
     let few = scalar_alternative || (poor_lanes && reuse >= BATCH_LANE_MIN_REUSE);
-    let bytes = g.q * g.f * 4;
-    if half || !few || batch < 4 || !batch.is_multiple_of(4) {
+    if !few || g.q * g.f * 4 > BATCH_LANE_MAX_POSITION_BYTES {
         return None;
     }
-    if bytes > BATCH_LANE_MAX_POSITION_BYTES {
+    batch_rows_in_lanes(g, l, batch, tier, half)
+}
+
+/// The batch-lanes schedule wherever its lanes can run: f32 weights (the tile
+/// broadcasts kernel elements as stored) and whole vectors of batch rows.
+fn batch_rows_in_lanes(
+    g: &Geo,
+    l: &LocallyConnected,
+    batch: usize,
+    tier: Option<Tier>,
+    half: bool,
+) -> Option<LcForward> {
+    if half || batch < 4 || !batch.is_multiple_of(4) {
         return None;
     }
     let last = g.rank - 1;
@@ -565,5 +608,7 @@ pub fn divisor_upto(n: usize, max: usize) -> usize {
 }
 
 mod backward;
+pub mod plan;
 pub(in crate::lower) use backward::{bias_grad, input_grad, kernel_grad};
 pub use backward::{LcBiasGrad, LcInputGrad, LcKernelGrad, MAX_GATHER_NESTS};
+pub use plan::{layer_key, ForwardPlan, Plans};

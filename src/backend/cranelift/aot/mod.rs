@@ -294,6 +294,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
         crate::lower::Target {
             tier,
             weights: crate::loop_ir::Dtype::F32,
+            plans: None,
         },
     )?;
     let module = &lowered.module;

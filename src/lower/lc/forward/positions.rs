@@ -265,7 +265,7 @@ impl SegCx<'_, '_> {
         )
     }
 
-    /// The reduction over (leading taps, channels, last tap) around the tile update with
+    /// The reduction over (taps, channels) around the tile update with
     /// the `(row, filter, lane)` variables `upd`.
     fn reduction(&self, upd: [Var; 3]) -> Vec<Stmt> {
         let (g, l, em) = (self.em.g, self.em.l, self.em);
@@ -285,7 +285,7 @@ impl SegCx<'_, '_> {
         let x_at = g.x_index(&self.b_of(bb), &sp, &ch);
         let k_at = g.k_index(&g.position(&o), &taps, &ch, &self.f_of(ff));
         let acc = self.seg.acc;
-        let mut red = vec![self.tile3(
+        let red = vec![self.tile3(
             upd,
             Stmt::SetLocal {
                 local: acc,
@@ -297,6 +297,10 @@ impl SegCx<'_, '_> {
                 ),
             },
         )];
+        // Channels inside the last tap axis: the patch order `(taps, channel)` of every
+        // other forward schedule, so each output sums its products in the same order
+        // (bitwise the same result, whichever schedule autotuning picks).
+        let mut red = vec![for_(self.cv, g.c as u64, reduction_kind(g.c as u64), red)];
         if !self.seg.vector() {
             // The single position's last-axis tap, clipped as in the plain schedule.
             let at = self
@@ -313,7 +317,6 @@ impl SegCx<'_, '_> {
         }
         let kw = l.kernel[last] as u64;
         red = vec![for_(self.t[last], kw, em.s.reduction, red)];
-        red = vec![for_(self.cv, g.c as u64, reduction_kind(g.c as u64), red)];
         tap_loops(l, g, &em.o, &self.t, last, red)
     }
 
