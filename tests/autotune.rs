@@ -10,9 +10,8 @@
 //! agree with the default family bit for bit on the JIT at 1 and 2 threads and on the
 //! interpreter (on FMA hosts; within `1e-6` of the interpreter elsewhere).
 
-use lcjit::backend::{self, Backend, BufArg, CodegenOptions};
+use lcjit::backend::Backend;
 use lcjit::graph::{Graph, Op};
-use lcjit::loop_ir::BufRole;
 use lcjit::lower::schedule::lc::{layer_key, Plans};
 use lcjit::lower::Target;
 use lcjit::runtime::tune::{Autotune, Decided};
@@ -51,36 +50,11 @@ fn run(
         .find(|k| k.name.ends_with(".forward"))
         .and_then(|k| k.schedule.clone())
         .unwrap_or_default();
-    let program = backend::prepare(backend, m, &CodegenOptions::default()).expect("prepare");
     let xs: Vec<f32> = x.iter().copied().collect();
-    let params: Vec<Vec<f32>> = model
-        .params()
-        .iter()
-        .map(|p| p.iter().copied().collect())
-        .collect();
-    let mut owned: Vec<Vec<f32>> = m
-        .buffers
-        .iter()
-        .map(|b| match &b.role {
-            BufRole::Input(_) | BufRole::Param(_) | BufRole::Const(_) => Vec::new(),
-            _ => vec![0.0; b.len],
-        })
-        .collect();
-    let mut args: Vec<BufArg> = m
-        .buffers
-        .iter()
-        .zip(owned.iter_mut())
-        .map(|(b, o)| match &b.role {
-            BufRole::Input(_) => BufArg::Read(&xs),
-            BufRole::Param(i) => BufArg::Read(&params[*i]),
-            BufRole::Const(v) => BufArg::Read(v),
-            _ => BufArg::Write(o.as_mut_slice()),
-        })
-        .collect();
-    program.run(&mut args, threads).expect("run");
-    drop(args);
-    let out = lowered.output_bufs[0] as usize;
-    (owned[out].clone(), schedule)
+    (
+        common::lowered::run(&lowered, model, &xs, backend, threads),
+        schedule,
+    )
 }
 
 /// Forces every candidate family of `sp` at `batch` and compares them.

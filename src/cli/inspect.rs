@@ -120,6 +120,7 @@ pub fn ir(a: IrArgs, budget: u64) -> Result<()> {
                     tier,
                     weights: weights_dtype.into(),
                     plans: None,
+                    unfused: false,
                 };
                 let mut l = lcjit::lower::lower_forward_for(m.graph(), batch, target)?;
                 lcjit::lower::weights::store_weights(&mut l, m.graph(), weights_dtype.into());

@@ -52,6 +52,9 @@ pub(super) struct Geo {
     pub(super) k_stride: Vec<i64>,
     pub(super) o_stride: Vec<i64>,
     pub(super) pad: Vec<i64>,
+    /// Whether some taps fall outside the input (`same` padding, or zero padding fused
+    /// into the layer, see [`super::fuse`]): the tap loops then carry guards.
+    pub(super) guarded: bool,
 }
 
 /// The geometry of LC node `node` (input and output shapes from the graph).
@@ -62,7 +65,20 @@ pub(super) fn geometry(cx: &Cx, node: NodeId, l: &LocallyConnected) -> Result<Ge
 /// [`geometry`] of a node of `graph`.
 fn geometry_in(graph: &Graph, node: NodeId, l: &LocallyConnected) -> Result<Geo> {
     let n = &graph.nodes[node];
-    let in_shape = &graph.nodes[n.inputs[0]].shape;
+    geometry_padded(graph, node, l, &graph.nodes[n.inputs[0]].shape, &[])
+}
+
+/// The geometry of LC node `node` reading an input of shape `in_shape` through zeros
+/// `before` it on each spatial axis (and as many after as make up the layer's own input
+/// shape): a ZeroPadding layer fused into it ([`super::fuse`]); no zeros for `[]`.
+pub(super) fn geometry_padded(
+    graph: &Graph,
+    node: NodeId,
+    l: &LocallyConnected,
+    in_shape: &[usize],
+    before: &[usize],
+) -> Result<Geo> {
+    let n = &graph.nodes[node];
     let (in_sp, c) = split_channels(&n.name, in_shape, l.rank, l.data_format)?;
     let (out_sp, f) = split_channels(&n.name, &n.shape, l.rank, l.data_format)?;
     let cl = l.data_format == DataFormat::ChannelsLast;
@@ -71,7 +87,10 @@ fn geometry_in(graph: &Graph, node: NodeId, l: &LocallyConnected) -> Result<Geo>
         .map(|s| if cl { s * c as i64 } else { *s })
         .collect();
     let pad: Vec<i64> = (0..l.rank)
-        .map(|a| -lc_window_start(0, l.kernel[a], l.strides[a], l.dilation[a], l.padding))
+        .map(|a| {
+            let fused = before.get(a).map_or(0, |&b| b as i64);
+            fused - lc_window_start(0, l.kernel[a], l.strides[a], l.dilation[a], l.padding)
+        })
         .collect();
     Ok(Geo {
         rank: l.rank,
@@ -87,6 +106,9 @@ fn geometry_in(graph: &Graph, node: NodeId, l: &LocallyConnected) -> Result<Geo>
         out_sp,
         x_stride,
         pad,
+        // A fused padding guards even with no zeros before: its zeros after are taps
+        // past the input's end.
+        guarded: l.padding == Padding::Same || !before.is_empty(),
     })
 }
 
@@ -183,7 +205,8 @@ pub(super) fn tap_pos(l: &LocallyConnected, g: &Geo, o: Var, t: Var, ax: usize) 
 }
 
 /// Wraps `body` in the tap loops of the first `axes` spatial axes (outermost first),
-/// each guarded under `same` padding so that clipped taps are skipped and the verifier
+/// each guarded when taps can fall outside the input ([`Geo::guarded`]) so that clipped
+/// taps are skipped and the verifier
 /// can prove the input loads in bounds.
 pub(super) fn tap_loops(
     l: &LocallyConnected,
@@ -194,7 +217,7 @@ pub(super) fn tap_loops(
     mut body: Vec<Stmt>,
 ) -> Vec<Stmt> {
     for ax in (0..axes).rev() {
-        if l.padding == Padding::Same {
+        if g.guarded {
             body = vec![Stmt::If {
                 conds: vec![(tap_pos(l, g, o[ax], t[ax], ax), 0, g.in_sp[ax] as i64)],
                 body,

@@ -17,6 +17,7 @@
 pub mod activation;
 pub mod conv;
 pub mod dense;
+pub mod fuse;
 pub mod grad;
 pub mod in_place;
 pub mod lc;
@@ -91,6 +92,9 @@ pub struct Cx<'g> {
     pub weights: crate::loop_ir::Dtype,
     /// Autotuned forward schedule families (see [`Target::plans`]).
     pub plans: Option<std::sync::Arc<schedule::lc::Plans>>,
+    /// Inference programs: the neighbours fused into LC kernels ([`fuse`]; none in
+    /// gradient programs).
+    pub fusion: fuse::Fusion,
     /// Training programs: the optimizer rule backward kernels may apply in place (see
     /// [`in_place`]).
     pub in_place: Option<&'g dyn in_place::InPlaceRule>,
@@ -189,6 +193,9 @@ pub struct Target {
     /// layers without one get the default schedule. Every family computes the same
     /// bits.
     pub plans: Option<std::sync::Arc<schedule::lc::Plans>>,
+    /// Lower every layer on its own, fusing nothing into LC kernels ([`fuse`]): the
+    /// same values, more kernels (for differential tests and inspection).
+    pub unfused: bool,
 }
 
 /// [`lower_forward`] for `target`: the schedules may then give register tiles to wide
@@ -198,9 +205,15 @@ pub fn lower_forward_for(graph: &Graph, batch: usize, target: Target) -> Result<
     let mut cx = Cx::new(graph, batch)?;
     cx.tier = target.tier;
     cx.weights = target.weights;
+    if !target.unfused {
+        cx.fusion = fuse::plan(graph, batch, cx.tier, cx.weights);
+    }
     cx.plans = target.plans;
     for id in 0..graph.nodes.len() {
-        mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
+        // A fused node is lowered by the LC layer it was fused into.
+        if !cx.fusion.is_absorbed(id) {
+            mixed::with_policy(&mut cx, id, true, |cx| forward_node(cx, id))?;
+        }
     }
     cx.finish_forward()?;
     let (lowered, _) = plan(cx, &[])?;
@@ -249,6 +262,7 @@ impl<'g> Cx<'g> {
             tier: None,
             weights: crate::loop_ir::Dtype::F32,
             plans: None,
+            fusion: fuse::Fusion::default(),
             in_place: None,
             hyper: None,
             updated: vec![false; graph.params.len()],

@@ -311,6 +311,7 @@ impl CompiledModel {
                 tier,
                 weights: self.opts.weights_dtype,
                 plans,
+                unfused: false,
             };
             let mut lowered = lower_forward_for(graph, batch, target)?;
             crate::lower::weights::store_weights(&mut lowered, graph, self.opts.weights_dtype);
@@ -347,6 +348,7 @@ impl CompiledModel {
             tier: self.opts.wide.resolve()?,
             weights: self.opts.weights_dtype,
             plans: None,
+            unfused: false,
         };
         let t = Arc::new(tune::tune_forward(
             graph,

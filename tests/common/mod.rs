@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod lc_spec;
+pub mod lowered;
 pub mod wide;
 
 use lcjit::graph::{Activation, Graph, Initializer};

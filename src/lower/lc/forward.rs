@@ -18,11 +18,12 @@
 
 mod positions;
 
-use super::{geometry, merge_terms, tap_loops, tap_pos, Geo};
+use super::{geometry, geometry_padded, merge_terms, tap_loops, tap_pos, Geo};
 use crate::error::{Error, Result};
 use crate::graph::{Activation, ComputeDtype, LocallyConnected, NodeId};
 use crate::loop_ir::{
-    fma, for_, load, load_local, Affine, BufId, Expr, KernelBuilder, LocalId, LoopKind, Stmt, Var,
+    bin, fma, for_, load, load_local, Affine, BinOp, BufId, Expr, KernelBuilder, LocalId, LoopKind,
+    Stmt, Var,
 };
 use crate::lower::activation::{is_elementwise, softmax_kernel};
 use crate::lower::schedule::lc::{self as sched, reduction_kind, LcForward};
@@ -34,8 +35,27 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     let n = &cx.graph.nodes[node];
     let name = n.name.clone();
     let out_shape = n.shape.clone();
-    let g = geometry(cx, node, l)?;
-    let x = cx.input(node, 0)?;
+    // A fused ZeroPadding: read its input, the zeros as guards (see `lower/fuse.rs`).
+    let (g, x) = match cx.fusion.padded(node).cloned() {
+        Some((pad, before)) => {
+            let src = cx.graph.nodes[pad].inputs[0];
+            let shape = &cx.graph.nodes[src].shape;
+            (
+                geometry_padded(cx.graph, node, l, shape, &before)?,
+                cx.input(pad, 0)?,
+            )
+        }
+        None => (geometry(cx, node, l)?, cx.input(node, 0)?),
+    };
+    // A fused residual Add: its other operand, in the Add's operand order.
+    let residual = match cx.fusion.residual(node) {
+        Some((add, other)) => {
+            let ins = &cx.graph.nodes[add].inputs;
+            let k = ins.iter().position(|&i| i == other).unwrap_or(0);
+            Some((add, cx.input(add, k)?, k == 1))
+        }
+        None => None,
+    };
     let k = cx.param(node, "kernel")?;
     let bias = if l.use_bias {
         Some(cx.param(node, "bias")?)
@@ -109,6 +129,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             Activation::Linear
         },
         compute: cx.compute,
+        residual: residual.map(|(_, r, lc_first)| (r, lc_first)),
     };
     let mut nest = Vec::new();
     if let Some(ln) = &s.lanes {
@@ -128,8 +149,13 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     }
     let mut reads = vec![x, k];
     reads.extend(bias);
+    reads.extend(residual.map(|(_, r, _)| r));
     kb.schedule(s.to_string());
     cx.push(kb.finish(nest), &reads, &[z]);
+    if let Some((add, _, lc_first)) = residual {
+        // The Add's output is this kernel's.
+        cx.alias(add, if lc_first { 0 } else { 1 })?;
+    }
     if !elementwise {
         let (axis, log) = match l.activation {
             Activation::Softmax { axis } => (axis, false),
@@ -158,6 +184,9 @@ struct Emit<'a> {
     /// The activation fused into the store (linear before a softmax kernel).
     act: Activation,
     compute: ComputeDtype,
+    /// A fused residual Add: its other operand, and whether the LC output is the Add's
+    /// first operand (see `lower/fuse.rs`).
+    residual: Option<(BufId, bool)>,
 }
 
 /// The variables of one batch nest's register tile: `_i` init, `_a` update, `_s` store.
@@ -364,16 +393,21 @@ impl Emit<'_> {
         )
     }
 
-    /// The stored value: `acc` (or `partial`) plus bias, activated and rounded to the
-    /// compute dtype.
-    fn epilogue(&self, partial: Expr, bias_at: Affine) -> Result<Expr> {
-        crate::lower::mixed::epilogue(
+    /// The value stored at `y_at`: `acc` (or `partial`) plus bias, activated and rounded
+    /// to the compute dtype, plus a fused residual's element (in the Add's operand order).
+    fn epilogue(&self, partial: Expr, bias_at: Affine, y_at: &Affine) -> Result<Expr> {
+        let v = crate::lower::mixed::epilogue(
             self.compute,
             partial,
             self.bias.map(|b| load(b, bias_at)),
             &self.act,
         )
-        .ok_or_else(|| Error::internal("non-elementwise activation fused"))
+        .ok_or_else(|| Error::internal("non-elementwise activation fused"))?;
+        Ok(match self.residual {
+            Some((r, true)) => bin(BinOp::Add, v, load(r, y_at.clone())),
+            Some((r, false)) => bin(BinOp::Add, load(r, y_at.clone()), v),
+            None => v,
+        })
     }
 
     /// The plain order: per filter tile, zero the tile, reduce over the patch, store.
@@ -419,6 +453,7 @@ impl Emit<'_> {
         let value = self.epilogue(
             load_local(self.acc, self.acc_at(tl.bb_s, tl.ff_s)),
             ix.bias_at.clone(),
+            &ix.y_at,
         )?;
         let store = self.tile_loop(
             tl.tb,
@@ -534,6 +569,7 @@ impl Emit<'_> {
         let fin = self.epilogue(
             load(z, with(&ix.y_at, fo, tl.bb_s, tl.ff_s)),
             with(&ix.bias_at, fo, tl.bb_s, tl.ff_s),
+            &with(&ix.y_at, fo, tl.bb_s, tl.ff_s),
         )?;
         let finish = for_(
             fo,

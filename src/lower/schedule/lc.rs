@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use crate::graph::{LocallyConnected, Padding};
+use crate::graph::LocallyConnected;
 use crate::loop_ir::micro::{Tier, Wide};
 use crate::loop_ir::LoopKind;
 
@@ -215,7 +215,7 @@ fn wide_filters(
     tier: Tier,
     half: bool,
 ) -> Option<LcForward> {
-    let (ft, tb, cblock) = wide_tile(g, l, batch, tier, half)?;
+    let (ft, tb, cblock) = wide_tile(g, batch, tier, half)?;
     let last = g.rank - 1;
     // A layer whose per-position weights need channel blocking (`cblock`) keeps the
     // blocked order, its channel-block loop wide (see [`wide_tile`]).
@@ -271,7 +271,7 @@ fn filters(g: &Geo, l: &LocallyConnected, batch: usize) -> LcForward {
     // accumulator rotation moves (one `movdqa` per accumulator per iteration: x64's
     // fma writes a multiplicand register, cranelift notes §0.4).
     let last = g.rank - 1;
-    let merge = g.cl && l.dilation[last] == 1 && l.padding != Padding::Same;
+    let merge = g.cl && l.dilation[last] == 1 && !g.guarded;
     let red_extent = if merge { l.kernel[last] * g.c } else { g.c };
     let cblock = block_channels(g, ft, vec == VectorAxis::Filters && !merge);
     let reduction = reduction_kind(cblock.unwrap_or(red_extent) as u64);
@@ -322,7 +322,6 @@ pub(super) const WIDE_MIN_PATCH: usize = 384;
 /// registers up to [`WIDE_ROWS`].
 fn wide_tile(
     g: &Geo,
-    l: &LocallyConnected,
     batch: usize,
     tier: Tier,
     half: bool,
@@ -348,7 +347,7 @@ fn wide_tile(
     // Under `same` padding the plain order's reduction has guards between its tap loops
     // (no perfect nest); the channel-blocked order's block loop sits inside them.
     let cblock = block_channels(g, ft, true);
-    if l.padding == Padding::Same && cblock.is_none() {
+    if g.guarded && cblock.is_none() {
         return None;
     }
     Some((ft, tb, cblock))
@@ -479,9 +478,9 @@ fn batch_rows_in_lanes(
         return None;
     }
     let last = g.rank - 1;
-    let merge = g.cl && l.dilation[last] == 1 && l.padding != Padding::Same;
+    let merge = g.cl && l.dilation[last] == 1 && !g.guarded;
     let red_extent = if merge { l.kernel[last] * g.c } else { g.c };
-    let wide = tier.filter(|_| l.padding != Padding::Same).and_then(|t| {
+    let wide = tier.filter(|_| !g.guarded).and_then(|t| {
         let lanes = t.lanes();
         let width = [2 * lanes, lanes]
             .into_iter()

@@ -295,6 +295,7 @@ pub fn compile_object(model: &Model, opts: &AotOptions) -> Result<AotArtifact> {
             tier,
             weights: crate::loop_ir::Dtype::F32,
             plans: None,
+            unfused: false,
         },
     )?;
     let module = &lowered.module;

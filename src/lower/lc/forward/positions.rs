@@ -325,15 +325,17 @@ impl SegCx<'_, '_> {
         let g = self.em.g;
         let [bb, ff, ln] = st;
         let p = g.position(&self.o_at(ln));
+        let y_at = g.z_index(&self.b_of(bb), &p, &self.f_of(ff));
         let value = self.em.epilogue(
             load_local(self.seg.acc, self.acc_at(st)),
             g.z_index(&Affine::constant(0), &p, &self.f_of(ff)),
+            &y_at,
         )?;
         Ok(self.tile3(
             st,
             Stmt::Store {
                 buf: self.em.z,
-                index: g.z_index(&self.b_of(bb), &p, &self.f_of(ff)),
+                index: y_at,
                 value,
             },
         ))
