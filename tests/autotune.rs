@@ -183,6 +183,31 @@ fn layers_with_several_families_agree() {
     };
     assert!(check(&a, 32, 3).expect("agree") >= 3);
     assert!(check(&b, 32, 4).expect("agree") >= 2);
+    // channels_first with several channels: the wide filters tile reads a channels_last
+    // copy of the input.
+    let cf = Spec { cl: false, ..b };
+    assert!(check(&cf, 32, 5).expect("agree") >= 2);
+    let g = graph(&cf).expect("graph");
+    let tier = lcjit::WideTier::Auto.resolve().expect("tier");
+    let lowered = lcjit::lower::lower_forward_for(
+        &g,
+        32,
+        Target {
+            tier,
+            ..Target::default()
+        },
+    )
+    .expect("lower");
+    let names: Vec<&str> = lowered
+        .module
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    let copies = names
+        .iter()
+        .any(|n| n.ends_with(".forward_x_channels_last"));
+    assert_eq!(copies, tier.is_some(), "{names:?}");
 }
 
 fn compiled(model: &Arc<Model>, autotune: Option<Autotune>, batch: usize) -> CompiledModel {

@@ -48,6 +48,10 @@ pub(super) struct Geo {
     pub(super) in_sp: Vec<usize>,
     pub(super) out_sp: Vec<usize>,
     pub(super) x_stride: Vec<i64>,
+    /// Whether the input is read in channels_last order: the layer's own format, or a
+    /// channels_first layer reading a channels_last copy of its input
+    /// ([`Geo::with_x_channels_last`]).
+    pub(super) x_cl: bool,
     pub(super) x_sample: i64,
     pub(super) k_stride: Vec<i64>,
     pub(super) o_stride: Vec<i64>,
@@ -105,6 +109,7 @@ pub(super) fn geometry_padded(
         in_sp,
         out_sp,
         x_stride,
+        x_cl: cl,
         pad,
         // A fused padding guards even with no zeros before: its zeros after are taps
         // past the input's end.
@@ -133,9 +138,25 @@ pub fn forward_candidates(
 }
 
 impl Geo {
+    /// This geometry reading its input from a channels_last copy (`x[b, sp…, c]`); the
+    /// kernel, output and bias keep the layer's own layout.
+    pub(super) fn with_x_channels_last(&self) -> Geo {
+        let c = self.c as i64;
+        Geo {
+            x_cl: true,
+            x_stride: trailing(&self.in_sp).iter().map(|s| s * c).collect(),
+            in_sp: self.in_sp.clone(),
+            out_sp: self.out_sp.clone(),
+            k_stride: self.k_stride.clone(),
+            o_stride: self.o_stride.clone(),
+            pad: self.pad.clone(),
+            ..*self
+        }
+    }
+
     /// Flat index of `x[b, sp…, ch]` (input memory order) from per-axis input indices.
     pub(super) fn x_index(&self, b: &Affine, sp: &[Affine], ch: &Affine) -> Affine {
-        let ch_stride = if self.cl {
+        let ch_stride = if self.x_cl {
             1
         } else {
             self.in_sp.iter().product::<usize>() as i64

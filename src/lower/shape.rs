@@ -16,12 +16,14 @@
 //! role); then they copy. An output that is itself a graph input, or listed twice, is
 //! copied by `Cx::finish_forward`.
 
+mod transpose;
+
+pub(in crate::lower) use transpose::{transpose_into, transposed, transposed_per_sample};
+
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::graph::{DataFormat, NodeId, Op};
-use crate::loop_ir::{
-    for_, lanes_with_tail, load, Affine, BufId, Expr, KernelBuilder, LoopKind, Stmt, Var,
-};
+use crate::loop_ir::{for_, load, Affine, BufId, Expr, KernelBuilder, LoopKind, Stmt, Var};
 
 /// Row-major strides of `shape`: `strides[a] = Π shape[a+1..]`.
 pub(super) fn row_major(shape: &[usize]) -> Vec<i64> {
@@ -567,50 +569,4 @@ pub fn dropout_backward(cx: &mut Cx, node: NodeId, dy: BufId) -> Result<()> {
     let dx = cx.grad_input(node, 0)?;
     masked_kernel(cx, format!("{name}.backward"), len, dy, mask, dx);
     Ok(())
-}
-
-/// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into a
-/// new temporary (`c × r`), and returns it: parallel over the columns of `src`, the loop
-/// variables named `vars` (columns, rows). The Dense backward pass's operands and the
-/// LC forward pass's input under lanes over batch rows (`xT[e·B + b]`).
-pub(in crate::lower) fn transposed(
-    cx: &mut Cx,
-    name: &str,
-    src: BufId,
-    r: usize,
-    c: usize,
-    vars: [&str; 2],
-) -> BufId {
-    let dst = cx.temp(r * c);
-    transpose_into(cx, name, [src, dst], r, c, vars);
-    dst
-}
-
-/// Pushes the kernel `name` writing the `r × c` row-major matrix `src` transposed into
-/// `dst` (`c × r`), as [`transposed`]. The rows of a column go four at a time into one
-/// vector store (gathered loads; a scalar tail when 4 does not divide `r`); a copy, so
-/// every element moves exactly.
-pub(in crate::lower) fn transpose_into(
-    cx: &mut Cx,
-    name: &str,
-    [src, dst]: [BufId; 2],
-    r: usize,
-    c: usize,
-    vars: [&str; 2],
-) {
-    let mut kb = KernelBuilder::new(name);
-    let (j, i) = (kb.var(vars[0]), kb.var(vars[1]));
-    let tail = kb.var(&format!("{}_t", vars[1]));
-    let store = Stmt::Store {
-        buf: dst,
-        index: Affine::var(j).scale(r as i64).plus_term(i, 1),
-        value: load(src, Affine::var(i).scale(c as i64).plus_term(j, 1)),
-    };
-    let nest = for_(
-        j,
-        c as u64,
-        LoopKind::Parallel,
-        lanes_with_tail(i, tail, r, vec![store]),
-    );
-    cx.push(kb.finish(vec![nest]), &[src], &[dst]);
 }

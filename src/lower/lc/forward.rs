@@ -27,7 +27,7 @@ use crate::loop_ir::{
 };
 use crate::lower::activation::{is_elementwise, softmax_kernel};
 use crate::lower::schedule::lc::{self as sched, reduction_kind, LcForward};
-use crate::lower::shape::transposed;
+use crate::lower::shape::{transposed, transposed_per_sample};
 use crate::lower::Cx;
 
 /// Lowers the forward pass of LC node `node`.
@@ -82,6 +82,21 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
         cx.weights != crate::loop_ir::Dtype::F32,
         plan,
     );
+    // A channels_first input read through a channels_last copy (see `wide_filters`).
+    let (x, g) = if s.x_cl {
+        let spatial = g.in_sp.iter().product::<usize>();
+        let xc = transposed_per_sample(
+            cx,
+            &format!("{name}.forward_x_channels_last"),
+            x,
+            cx.batch,
+            g.c,
+            spatial,
+        );
+        (xc, g.with_x_channels_last())
+    } else {
+        (x, g)
+    };
     // Lanes over batch rows read the input transposed (one vector per tap's rows).
     let x = if s.vec == sched::VectorAxis::Batch {
         // `x` as a `B × X` matrix, transposed (`e` the flat per-sample index).
@@ -285,7 +300,7 @@ impl Emit<'_> {
         let p_aff = self.position();
         // The per-sample element `e` of the tap; then `x[b·X + e]`, or `xT[e·B + b]`
         // under lanes over batch rows.
-        let mut e_at = if g.cl {
+        let mut e_at = if g.x_cl {
             Affine::var(tl.cv)
         } else {
             Affine::var(tl.cv).scale(g.in_sp.iter().product::<usize>() as i64)
