@@ -150,9 +150,10 @@ proptest! {
 /// The shapes the positions schedules are for get them, in 1D and 2D, at batch 1 and at
 /// a batch with a remainder tile, and agree with the reference and the interpreter:
 /// GpNet-like layers (one filter and channel, channels_last, stride 1), channels_first
-/// with odd and with multiple-of-4 filters (strided and dilated too), `same` padding
-/// (guarded head and tail); a strided channels_last layer with several channels and
-/// odd filters keeps scalar tiles.
+/// with odd and with multiple-of-4 filters (strided and dilated too; from batch 4 the
+/// latter's `dK` runs over channels_last copies), `same` padding (guarded head and
+/// tail); a strided channels_last layer with several channels and odd filters keeps
+/// scalar tiles.
 #[test]
 fn gradient_schedules_are_chosen_by_shape_and_agree() {
     let base = Spec {
@@ -168,7 +169,15 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
         bias: true,
     };
     let pos = ["lc.dk(vec=positions", "lc.dx(vec=positions"];
-    let cases: [(Spec, &[&str]); 7] = [
+    let cf8 = Spec {
+        cl: false,
+        c: 2,
+        f: 8,
+        s: 2,
+        same: true,
+        ..base.clone()
+    };
+    let cases: [(Spec, &[&str]); 8] = [
         (base.clone(), &pos),
         (
             Spec {
@@ -187,16 +196,16 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
             },
             &pos,
         ),
+        (cf8.clone(), &pos),
+        // From batch 4, channels_first filters that fill the lanes take the filters
+        // `dK` tile over channels_last copies of x and `dz`.
         (
-            Spec {
-                cl: false,
-                c: 2,
-                f: 8,
-                s: 2,
-                same: true,
-                ..base.clone()
-            },
-            &pos,
+            cf8.clone(),
+            &[
+                "lc.dk(vec=filters",
+                "x,dz=channels_last",
+                "lc.dx(vec=positions",
+            ],
         ),
         (
             Spec {
@@ -233,8 +242,14 @@ fn gradient_schedules_are_chosen_by_shape_and_agree() {
             &["lc.dk(vec=scalar", "lc.dx(vec=scalar"],
         ),
     ];
-    for (sp, want) in cases {
-        for batch in [1, 11] {
+    for (i, (sp, want)) in cases.into_iter().enumerate() {
+        // Cases 3 and 4 are one layer: positions below batch 4, copies from it.
+        let batches: &[usize] = match i {
+            3 => &[1, 3],
+            4 => &[11],
+            _ => &[1, 11],
+        };
+        for &batch in batches {
             let schedules = check(&sp, batch, 7).expect("agree");
             for w in want {
                 assert!(

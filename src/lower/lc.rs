@@ -52,6 +52,10 @@ pub(super) struct Geo {
     /// channels_first layer reading a channels_last copy of its input
     /// ([`Geo::with_x_channels_last`]).
     pub(super) x_cl: bool,
+    /// Whether the output (or its gradient `dz`) is indexed in channels_last order: the
+    /// layer's own format, or a channels_last copy of a channels_first `dz`
+    /// ([`Geo::with_z_channels_last`]).
+    pub(super) z_cl: bool,
     pub(super) x_sample: i64,
     pub(super) k_stride: Vec<i64>,
     pub(super) o_stride: Vec<i64>,
@@ -110,6 +114,7 @@ pub(super) fn geometry_padded(
         out_sp,
         x_stride,
         x_cl: cl,
+        z_cl: cl,
         pad,
         // A fused padding guards even with no zeros before: its zeros after are taps
         // past the input's end.
@@ -152,6 +157,12 @@ impl Geo {
             pad: self.pad.clone(),
             ..*self
         }
+    }
+
+    /// This geometry reading `z` (the output gradient) from a channels_last copy
+    /// (`dz[b, p, f]`).
+    pub(super) fn with_z_channels_last(self) -> Geo {
+        Geo { z_cl: true, ..self }
     }
 
     /// Flat index of `x[b, sp…, ch]` (input memory order) from per-axis input indices.
@@ -200,7 +211,7 @@ impl Geo {
 
     /// Flat index of `z[b, p, f]` (channels_last) or `z[b, f, p]` (channels_first).
     pub(super) fn z_index(&self, b: &Affine, p: &Affine, f: &Affine) -> Affine {
-        let (pp, ff) = if self.cl {
+        let (pp, ff) = if self.z_cl {
             (p.clone().scale(self.f as i64), f.clone())
         } else {
             (p.clone(), f.clone().scale(self.p as i64))

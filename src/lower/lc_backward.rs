@@ -36,6 +36,7 @@
 use super::in_place::{InPlaceRule, UpdateBufs};
 use super::lc::{geometry, tap_loops, tap_pos, Geo};
 use super::schedule::lc as sched;
+use super::shape::transposed_per_sample;
 use super::Cx;
 use crate::error::{Error, Result};
 use crate::graph::{LocallyConnected, NodeId, Padding};
@@ -62,8 +63,22 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         Some(u) => DkOut::InPlace(u, cx.temp(g.out_sp[0] * g.q * g.f)),
         None => DkOut::Grad(cx.dparam(node, "kernel")?),
     };
+    // A channels_first layer's `dK` tile reads channels_last copies of x and `dz`.
+    let (gk, xk, dzk) = if s.cl_copies {
+        let (batch, spatial) = (cx.batch, g.in_sp.iter().product::<usize>());
+        let xc = format!("{name}.backward_dk_x_channels_last");
+        let xc = transposed_per_sample(cx, &xc, x, batch, g.c, spatial);
+        let zc = format!("{name}.backward_dk_dz_channels_last");
+        let zc = transposed_per_sample(cx, &zc, dz, batch, g.f, g.p);
+        let gk = geometry(cx, node, l)?
+            .with_x_channels_last()
+            .with_z_channels_last();
+        (gk, xc, zc)
+    } else {
+        (geometry(cx, node, l)?, x, dz)
+    };
     if fused.is_none() {
-        kernel_grad(cx, &name, (l, &g, &s), [x, dz], dk)?;
+        kernel_grad(cx, &name, (l, &gk, &s), [xk, dzk], dk)?;
     }
     if l.use_bias {
         let db = cx.dparam(node, "bias")?;
@@ -74,7 +89,7 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         input_grad(cx, &name, l, &g, [k, dz, dx]);
     }
     if fused.is_some() {
-        kernel_grad(cx, &name, (l, &g, &s), [x, dz], dk)?;
+        kernel_grad(cx, &name, (l, &gk, &s), [xk, dzk], dk)?;
     }
     Ok(())
 }

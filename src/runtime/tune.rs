@@ -232,7 +232,8 @@ pub fn tune_forward(
 }
 
 /// Best ms per call of each candidate of `trial` for LC node `node` run alone, or
-/// `None` when compiling and a first call of each do not fit in `share`.
+/// `None` when compiling, a first call of each and [`MIN_ROUNDS`] rounds (at the first
+/// calls' cost) do not fit in `share`; later rounds run while another fits.
 #[allow(clippy::too_many_arguments)]
 fn time_layer(
     graph: &Graph,
@@ -293,18 +294,21 @@ fn time_layer(
         aux: &[],
         hyper: &[],
     };
-    // A first call of each warms caches and pages in the weights.
+    // A first call of each warms caches and pages in the weights, and says what a
+    // round costs.
+    let warm = Instant::now();
     for (program, owned) in runs.iter_mut() {
         execute(program, &bind, owned, threads)?;
     }
-    if start.elapsed() > share {
+    let round_cost = warm.elapsed();
+    if start.elapsed() + round_cost * MIN_ROUNDS as u32 > share {
         return Ok(None);
     }
     // Rounds alternate the candidates, so a change in the machine's load falls on all
     // of them; the best of each candidate's calls is its time (load only adds).
     let mut best = vec![f64::INFINITY; runs.len()];
     for round in 0..MAX_ROUNDS {
-        if round >= MIN_ROUNDS && start.elapsed() > share {
+        if round >= MIN_ROUNDS && start.elapsed() + round_cost > share {
             break;
         }
         for ((program, owned), b) in runs.iter_mut().zip(best.iter_mut()) {

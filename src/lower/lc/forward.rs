@@ -16,9 +16,12 @@
 //! element (bitwise the same sums); every tap outside the input is skipped by a guard
 //! the verifier uses to prove the loads in bounds.
 
+mod inputs;
 mod positions;
 
-use super::{geometry, geometry_padded, merge_terms, tap_loops, tap_pos, Geo};
+use inputs::{input, laid_out, residual_operand};
+
+use super::{merge_terms, tap_loops, tap_pos, Geo};
 use crate::error::{Error, Result};
 use crate::graph::{Activation, ComputeDtype, LocallyConnected, NodeId};
 use crate::loop_ir::{
@@ -27,7 +30,6 @@ use crate::loop_ir::{
 };
 use crate::lower::activation::{is_elementwise, softmax_kernel};
 use crate::lower::schedule::lc::{self as sched, reduction_kind, LcForward};
-use crate::lower::shape::{transposed, transposed_per_sample};
 use crate::lower::Cx;
 
 /// Lowers the forward pass of LC node `node`.
@@ -35,27 +37,8 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     let n = &cx.graph.nodes[node];
     let name = n.name.clone();
     let out_shape = n.shape.clone();
-    // A fused ZeroPadding: read its input, the zeros as guards (see `lower/fuse.rs`).
-    let (g, x) = match cx.fusion.padded(node).cloned() {
-        Some((pad, before)) => {
-            let src = cx.graph.nodes[pad].inputs[0];
-            let shape = &cx.graph.nodes[src].shape;
-            (
-                geometry_padded(cx.graph, node, l, shape, &before)?,
-                cx.input(pad, 0)?,
-            )
-        }
-        None => (geometry(cx, node, l)?, cx.input(node, 0)?),
-    };
-    // A fused residual Add: its other operand, in the Add's operand order.
-    let residual = match cx.fusion.residual(node) {
-        Some((add, other)) => {
-            let ins = &cx.graph.nodes[add].inputs;
-            let k = ins.iter().position(|&i| i == other).unwrap_or(0);
-            Some((add, cx.input(add, k)?, k == 1))
-        }
-        None => None,
-    };
+    let (g, x) = input(cx, node, l)?;
+    let residual = residual_operand(cx, node)?;
     let k = cx.param(node, "kernel")?;
     let bias = if l.use_bias {
         Some(cx.param(node, "bias")?)
@@ -74,45 +57,9 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
             cx.graph, node, l, cx.batch, cx.tier, cx.weights,
         ))
     });
-    let s = sched::forward(
-        &g,
-        l,
-        cx.batch,
-        cx.tier,
-        cx.weights != crate::loop_ir::Dtype::F32,
-        plan,
-    );
-    // A channels_first input read through a channels_last copy (see `wide_filters`).
-    let (x, g) = if s.x_cl {
-        let spatial = g.in_sp.iter().product::<usize>();
-        let xc = transposed_per_sample(
-            cx,
-            &format!("{name}.forward_x_channels_last"),
-            x,
-            cx.batch,
-            g.c,
-            spatial,
-        );
-        (xc, g.with_x_channels_last())
-    } else {
-        (x, g)
-    };
-    // Lanes over batch rows read the input transposed (one vector per tap's rows).
-    let x = if s.vec == sched::VectorAxis::Batch {
-        // `x` as a `B × X` matrix, transposed (`e` the flat per-sample index).
-        let per_sample = g.x_sample as usize;
-        let batch = cx.batch;
-        transposed(
-            cx,
-            &format!("{name}.forward_x_rows"),
-            x,
-            batch,
-            per_sample,
-            ["e", "b"],
-        )
-    } else {
-        x
-    };
+    let half = cx.weights != crate::loop_ir::Dtype::F32;
+    let s = sched::forward(&g, l, cx.batch, cx.tier, half, plan);
+    let (x, g) = laid_out(cx, &name, x, g, &s);
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     // Under the positions schedule the last axis is walked by the segments of
     // `positions.rs`, so only the leading axes get a position variable here.

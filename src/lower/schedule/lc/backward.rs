@@ -45,6 +45,9 @@ pub struct LcKernelGrad {
     /// The wide loop running the batch reduction of the register tile, when the schedule
     /// gives it to a SIMD tier (`reduction` is then its f32x4 form).
     pub wide: Option<Wide>,
+    /// A channels_first layer whose tile reads channels_last copies of its input and of
+    /// `dz`, so that the filters fill the lanes (see [`kernel_grad`]).
+    pub cl_copies: bool,
 }
 
 impl LcKernelGrad {
@@ -97,6 +100,9 @@ impl fmt::Display for LcKernelGrad {
             if self.merge { "row" } else { "none" },
             kind_text(self.reduction),
         )?;
+        if self.cl_copies {
+            f.write_str(", x,dz=channels_last")?;
+        }
         match self.wide {
             Some(w) => write!(f, ", {w})"),
             None => f.write_str(")"),
@@ -117,7 +123,12 @@ pub(in crate::lower) fn kernel_grad(
     batch: usize,
     tier: Option<Tier>,
 ) -> LcKernelGrad {
-    let vec = g.cl && g.f.is_multiple_of(4);
+    // channels_first with `F % 4 == 0`: the tile reads channels_last copies of x and
+    // `dz` (one transpose of each) and runs as the channels_last tile. Measured on
+    // seed_lc2d_keras1 (C = 64, F = 32) at batch 32, one thread, AVX-512: its second
+    // layer's `dK` took 49 ms with lanes over positions.
+    let cl_copies = !g.cl && g.f.is_multiple_of(4) && batch >= WIDE_MIN_BATCH;
+    let vec = (g.cl || cl_copies) && g.f.is_multiple_of(4);
     if !vec {
         if let Some(s) = kernel_grad_positions(g, l, batch) {
             return s;
@@ -150,6 +161,7 @@ pub(in crate::lower) fn kernel_grad(
         run,
         reduction: reduction_kind(batch as u64),
         wide: None,
+        cl_copies,
     };
     match tier.and_then(|t| wide_kernel_grad(g, &s, batch, t)) {
         Some(w) => w,
@@ -240,6 +252,7 @@ fn kernel_grad_positions(g: &Geo, l: &LocallyConnected, batch: usize) -> Option<
         run: g.c,
         reduction: reduction_kind_upto(batch as u64, POSITIONS_BATCH_UNROLL),
         wide: None,
+        cl_copies: false,
     })
 }
 
@@ -405,7 +418,16 @@ pub(in crate::lower) fn input_grad(
     let last = g.rank - 1;
     let dz_contiguous = !g.cl || g.f == 1;
     let lanes_fit = g.in_sp[last].div_ceil(l.strides[last]) >= 8;
-    if !vec && dz_contiguous && segmented && lanes_fit {
+    // Filters that fill the lanes (channels_first with `F % 4 == 0`) take lanes over
+    // batch rows where they apply: seed_lc2d_keras1's second layer (C = 64, F = 32) at
+    // batch 32, one thread, AVX-512: 130 ms with positions.
+    let few = !g.f.is_multiple_of(4) || !batch.is_multiple_of(4);
+    if !vec
+        && (few || batch_input_grad(g, l, batch, segmented, tier).is_none())
+        && dz_contiguous
+        && segmented
+        && lanes_fit
+    {
         let tb = batch.clamp(1, 8);
         let tc = divisor_upto(g.c, (8 / tb).max(1));
         return LcInputGrad {
