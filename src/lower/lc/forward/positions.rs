@@ -139,7 +139,7 @@ impl Emit<'_> {
     }
 
     /// One batch nest `(first row, tiles, rows per tile)` of a segment: per batch tile
-    /// and filter tile, zero the tile, reduce over (leading taps, channels, last tap),
+    /// and filter tile, zero the tile, reduce over (taps, channels) in the patch order,
     /// store with bias and activation.
     fn seg_nest(
         &self,
