@@ -281,6 +281,73 @@ fn tuned_models_compute_the_same_bits_and_cache_their_choices() {
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
+/// Gradient programs follow the tuned forward families too (the layers' keys are the
+/// inference program's, activation and all): the same bits as untuned.
+#[test]
+fn tuned_gradients_are_the_untuned_bits() {
+    let model = two_layer_model();
+    let batch = 8;
+    let x = input(&model, batch, 12);
+    let tune = Autotune {
+        budget: Duration::from_secs(20),
+        cache: None,
+    };
+    let plain = compiled(&model, None, batch);
+    let tuned = compiled(&model, Some(tune), batch);
+    let y = plain.predict(&x).expect("predict");
+    let dy = common::random(y.shape(), 13);
+    let (gx0, gp0) = plain
+        .gradients(std::slice::from_ref(&x), &dy)
+        .expect("untuned");
+    let (gx1, gp1) = tuned
+        .gradients(std::slice::from_ref(&x), &dy)
+        .expect("tuned");
+    let t = tuned.tuning(batch).expect("tuning").expect("tuned");
+    assert!(
+        t.trials.iter().all(|tr| tr.decided == Decided::Measured),
+        "{t:?}"
+    );
+    let same = |a: &[ArrayD<f32>], b: &[ArrayD<f32>]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(p, q)| {
+                p.iter()
+                    .zip(q.iter())
+                    .all(|(u, v)| u.to_bits() == v.to_bits())
+            })
+    };
+    assert!(same(&gx0, &gx1) && same(&gp0, &gp1));
+    // A forced family reaches the gradient program's forward kernel, whose layer the
+    // program lowers with its activation split off.
+    let g = model.graph();
+    let tier = lcjit::WideTier::Auto.resolve().expect("tier");
+    let mut plans = Plans::default();
+    for (id, n) in g.nodes.iter().enumerate() {
+        if let Op::LocallyConnected(l) = &n.op {
+            let key = layer_key(g, id, l, batch, tier, lcjit::loop_ir::Dtype::F32);
+            plans.insert(key, lcjit::lower::schedule::lc::ForwardPlan::Filters);
+        }
+    }
+    let mode = lcjit::lower::grad::Mode::Training;
+    let forced =
+        lcjit::lower::grad::lower_gradients_planned(g, batch, mode, tier, Some(Arc::new(plans)))
+            .expect("lower");
+    let schedules: Vec<String> = forced
+        .forward
+        .kernels
+        .iter()
+        .filter(|k| k.name.ends_with(".forward"))
+        .filter_map(|k| k.schedule.clone())
+        .filter(|s| s.starts_with("lc.forward"))
+        .collect();
+    assert_eq!(schedules.len(), 2, "{schedules:?}");
+    assert!(
+        schedules
+            .iter()
+            .all(|s| !s.contains("wide") && !s.contains("vec=batch")),
+        "{schedules:?}"
+    );
+}
+
 #[test]
 fn a_zero_budget_keeps_the_defaults_and_writes_nothing() {
     let dir = common::TestDir::new("autotune-zero");

@@ -275,7 +275,19 @@ pub fn lower_gradients_for(
     mode: Mode,
     tier: Option<crate::loop_ir::micro::Tier>,
 ) -> Result<LoweredGrad> {
-    lower_gradients_with(graph, batch, mode, tier, None)
+    lower_gradients_with(graph, batch, mode, tier, None, None)
+}
+
+/// [`lower_gradients_for`] with the LC forward schedule families autotuning chose
+/// ([`super::Target::plans`]; the same bits).
+pub fn lower_gradients_planned(
+    graph: &crate::graph::Graph,
+    batch: usize,
+    mode: Mode,
+    tier: Option<crate::loop_ir::micro::Tier>,
+    plans: Option<std::sync::Arc<super::schedule::lc::Plans>>,
+) -> Result<LoweredGrad> {
+    lower_gradients_with(graph, batch, mode, tier, None, plans)
 }
 
 /// The training-mode program of [`lower_gradients_for`] whose backward kernels also
@@ -287,7 +299,19 @@ pub fn lower_training_step(
     tier: Option<crate::loop_ir::micro::Tier>,
     rule: &dyn InPlaceRule,
 ) -> Result<LoweredGrad> {
-    lower_gradients_with(graph, batch, Mode::Training, tier, Some(rule))
+    lower_gradients_with(graph, batch, Mode::Training, tier, Some(rule), None)
+}
+
+/// [`lower_training_step`] with autotuned LC forward schedule families (see
+/// [`lower_gradients_planned`]).
+pub fn lower_training_step_planned(
+    graph: &crate::graph::Graph,
+    batch: usize,
+    tier: Option<crate::loop_ir::micro::Tier>,
+    rule: &dyn InPlaceRule,
+    plans: Option<std::sync::Arc<super::schedule::lc::Plans>>,
+) -> Result<LoweredGrad> {
+    lower_gradients_with(graph, batch, Mode::Training, tier, Some(rule), plans)
 }
 
 fn lower_gradients_with(
@@ -296,9 +320,11 @@ fn lower_gradients_with(
     mode: Mode,
     tier: Option<crate::loop_ir::micro::Tier>,
     in_place: Option<&dyn InPlaceRule>,
+    plans: Option<std::sync::Arc<super::schedule::lc::Plans>>,
 ) -> Result<LoweredGrad> {
     let mut cx = Cx::new(graph, batch)?;
     cx.tier = tier;
+    cx.plans = plans;
     cx.in_place = in_place;
     cx.skip_input_grads = mode == Mode::Training;
     for (i, p) in graph.params.iter().enumerate() {

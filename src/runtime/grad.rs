@@ -13,7 +13,7 @@ use super::{execute, flat, fresh_buffers, writable_index, Bind, CompiledModel};
 use crate::backend::Program;
 use crate::error::{Error, Result};
 use crate::init::Rng;
-use crate::lower::grad::{lower_gradients_for, LoweredGrad, Mode};
+use crate::lower::grad::{lower_gradients_planned, LoweredGrad, Mode};
 use crate::reference;
 use ndarray::{ArrayD, IxDyn};
 use std::sync::Arc;
@@ -69,7 +69,9 @@ impl CompiledModel {
         self.programs
             .gradient(CacheKey::Gradient(batch, mode, None), || {
                 let t = std::time::Instant::now();
-                let lowered = lower_gradients_for(graph, batch, mode, self.opts.wide.resolve()?)?;
+                let tier = self.opts.wide.resolve()?;
+                let plans = self.tuning(batch)?.map(|t| t.plans.clone());
+                let lowered = lower_gradients_planned(graph, batch, mode, tier, plans)?;
                 self.prepare_grad(lowered, t)
             })
     }

@@ -16,7 +16,7 @@ use super::{writable_index, CompiledModel};
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::loop_ir::BufRole;
-use crate::lower::grad::{lower_training_step, Mode};
+use crate::lower::grad::{lower_training_step_planned, Mode};
 use crate::lower::in_place::InPlaceRule;
 use ndarray::{ArrayD, IxDyn};
 use std::sync::Arc;
@@ -44,7 +44,9 @@ impl CompiledModel {
         }
         let t = std::time::Instant::now();
         let graph = self.model.graph();
-        let lowered = lower_training_step(graph, batch, self.opts.wide.resolve()?, rule)?;
+        let tier = self.opts.wide.resolve()?;
+        let plans = self.tuning(batch)?.map(|t| t.plans.clone());
+        let lowered = lower_training_step_planned(graph, batch, tier, rule, plans)?;
         let prepared = if lowered.updated.iter().any(|&u| u) {
             Arc::new(self.prepare_grad(lowered, t)?)
         } else {

@@ -52,9 +52,15 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     } else {
         cx.temp(cx.batch * g.p * g.f)
     };
+    // Keyed by the layer as the graph has it: a gradient program lowers it with its
+    // activation split off (`l` linear), under the inference program's key.
+    let keyed = match &cx.graph.nodes[node].op {
+        crate::graph::Op::LocallyConnected(o) => o,
+        _ => l,
+    };
     let plan = cx.plans.as_ref().and_then(|p| {
         p.get(&sched::layer_key(
-            cx.graph, node, l, cx.batch, cx.tier, cx.weights,
+            cx.graph, node, keyed, cx.batch, cx.tier, cx.weights,
         ))
     });
     let half = cx.weights != crate::loop_ir::Dtype::F32;
