@@ -14,7 +14,6 @@
 
 use crate::backend::{self, Backend, BufArg, CodegenOptions, Program};
 use crate::error::{Error, Result};
-use crate::loop_ir::micro::Tier;
 use crate::loop_ir::{BufRole, Dtype, Module};
 use crate::lower::{lower_forward_for, Lowered};
 use crate::model::Model;
@@ -25,11 +24,14 @@ use std::sync::{Arc, Mutex};
 
 mod cache;
 pub mod grad;
+mod options;
 pub mod predict;
 pub mod step;
 pub mod tune;
 
 use cache::{CacheKey, Programs};
+
+pub use options::WideTier;
 
 pub use predict::{Collector, OutputBatch};
 
@@ -139,60 +141,6 @@ pub struct CompileOptions {
     /// keep the fastest (see [`tune`]); `None` (the default): the built-in choices.
     /// Every choice computes the same bits. JIT only (other engines ignore it).
     pub autotune: Option<tune::Autotune>,
-}
-
-/// The choice of [`CompileOptions::wide`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum WideTier {
-    /// The widest tier this CPU has (AVX-512F, else AVX2 with FMA), or none.
-    #[default]
-    Auto,
-    /// f32x4 only.
-    Off,
-    /// This tier; a CPU without it is refused with a usage error.
-    Only(Tier),
-}
-
-impl WideTier {
-    /// Parses a name as `--wide` takes it: `auto`, `off`, `avx2` or `avx512`.
-    pub fn parse(name: &str) -> Result<WideTier> {
-        match name {
-            "auto" => Ok(WideTier::Auto),
-            "off" => Ok(WideTier::Off),
-            "avx2" => Ok(WideTier::Only(Tier::Avx2)),
-            "avx512" => Ok(WideTier::Only(Tier::Avx512)),
-            other => Err(Error::Usage {
-                detail: format!("wide must be 'auto', 'off', 'avx2' or 'avx512', not '{other}'"),
-            }),
-        }
-    }
-
-    /// The name [`WideTier::parse`] takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            WideTier::Auto => "auto",
-            WideTier::Off => "off",
-            WideTier::Only(t) => t.name(),
-        }
-    }
-
-    /// The tier to schedule for on this CPU.
-    pub fn resolve(self) -> Result<Option<Tier>> {
-        self.choose(backend::host_has_tier).map_err(|t| Error::Usage {
-            detail: format!("the wide tier asked for (--wide, CompileOptions::wide) is {t}, which this CPU lacks"),
-        })
-    }
-
-    /// The tier to schedule for on a machine that has the tiers `has` accepts: `Auto`
-    /// the widest of them, or none; `Err(t)` when `Only(t)` asks for one it lacks.
-    pub fn choose(self, has: impl Fn(Tier) -> bool) -> std::result::Result<Option<Tier>, Tier> {
-        match self {
-            WideTier::Off => Ok(None),
-            WideTier::Auto => Ok([Tier::Avx512, Tier::Avx2].into_iter().find(|t| has(*t))),
-            WideTier::Only(t) if has(t) => Ok(Some(t)),
-            WideTier::Only(t) => Err(t),
-        }
-    }
 }
 
 impl Default for CompileOptions {
@@ -323,43 +271,6 @@ impl CompiledModel {
                 key,
             })
         })
-    }
-
-    /// With [`CompileOptions::autotune`] on the JIT: the tuning of the model at `batch`
-    /// rows, done once (the first time a program for that batch is compiled) and kept;
-    /// programs of cut graphs use the whole model's, since their layers' keys are the
-    /// same. `None` without autotuning.
-    pub fn tuning(&self, batch: usize) -> Result<Option<Arc<tune::Tuning>>> {
-        let Some(opts) = self.opts.autotune.as_ref() else {
-            return Ok(None);
-        };
-        if self.opts.engine != Engine::Jit {
-            return Ok(None);
-        }
-        let mut tunings = self
-            .tunings
-            .lock()
-            .map_err(|_| Error::internal("tuning cache poisoned"))?;
-        if let Some(t) = tunings.get(&batch) {
-            return Ok(Some(t.clone()));
-        }
-        let graph = self.model.graph();
-        let target = crate::lower::Target {
-            tier: self.opts.wide.resolve()?,
-            weights: self.opts.weights_dtype,
-            plans: None,
-            unfused: false,
-        };
-        let t = Arc::new(tune::tune_forward(
-            graph,
-            batch,
-            &target,
-            self.opts.threads,
-            opts,
-            graph.memory_budget,
-        )?);
-        tunings.insert(batch, t.clone());
-        Ok(Some(t))
     }
 
     /// The lowered program for `batch` rows (cached).

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{execute, fresh_buffers, Bind};
+use super::{execute, fresh_buffers, Bind, Engine};
 use crate::backend::{self, Backend, CodegenOptions};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
@@ -346,4 +346,43 @@ fn filled(len: usize, seed: usize) -> Vec<f32> {
             h as f32 / 1021.0 - 0.5 + 1.0 / 2048.0
         })
         .collect()
+}
+
+impl super::CompiledModel {
+    /// With [`super::CompileOptions::autotune`] on the JIT: the tuning of the model at `batch`
+    /// rows, done once (the first time a program for that batch is compiled) and kept;
+    /// programs of cut graphs use the whole model's, since their layers' keys are the
+    /// same. `None` without autotuning.
+    pub fn tuning(&self, batch: usize) -> Result<Option<Arc<Tuning>>> {
+        let Some(opts) = self.opts.autotune.as_ref() else {
+            return Ok(None);
+        };
+        if self.opts.engine != Engine::Jit {
+            return Ok(None);
+        }
+        let mut tunings = self
+            .tunings
+            .lock()
+            .map_err(|_| Error::internal("tuning cache poisoned"))?;
+        if let Some(t) = tunings.get(&batch) {
+            return Ok(Some(t.clone()));
+        }
+        let graph = self.model.graph();
+        let target = crate::lower::Target {
+            tier: self.opts.wide.resolve()?,
+            weights: self.opts.weights_dtype,
+            plans: None,
+            unfused: false,
+        };
+        let t = Arc::new(tune_forward(
+            graph,
+            batch,
+            &target,
+            self.opts.threads,
+            opts,
+            graph.memory_budget,
+        )?);
+        tunings.insert(batch, t.clone());
+        Ok(Some(t))
+    }
 }
