@@ -38,6 +38,7 @@ fn trailing(v: &[usize]) -> Vec<i64> {
 
 /// The geometry of one LC layer, shared by its forward and backward lowerings. Strides
 /// are in elements of the flat per-sample buffers.
+#[derive(Clone)]
 pub(super) struct Geo {
     pub(super) rank: usize,
     pub(super) cl: bool,
@@ -145,17 +146,12 @@ pub fn forward_candidates(
 impl Geo {
     /// This geometry reading its input from a channels_last copy (`x[b, sp…, c]`); the
     /// kernel, output and bias keep the layer's own layout.
-    pub(super) fn with_x_channels_last(&self) -> Geo {
+    pub(super) fn with_x_channels_last(self) -> Geo {
         let c = self.c as i64;
         Geo {
             x_cl: true,
             x_stride: trailing(&self.in_sp).iter().map(|s| s * c).collect(),
-            in_sp: self.in_sp.clone(),
-            out_sp: self.out_sp.clone(),
-            k_stride: self.k_stride.clone(),
-            o_stride: self.o_stride.clone(),
-            pad: self.pad.clone(),
-            ..*self
+            ..self
         }
     }
 

@@ -64,18 +64,22 @@ pub fn backward(cx: &mut Cx, node: NodeId, l: &LocallyConnected, dz: BufId) -> R
         None => DkOut::Grad(cx.dparam(node, "kernel")?),
     };
     // A channels_first layer's `dK` tile reads channels_last copies of x and `dz`.
+    // The forward kernel's copy of x is reused when it made one.
     let (gk, xk, dzk) = if s.cl_copies {
         let (batch, spatial) = (cx.batch, g.in_sp.iter().product::<usize>());
-        let xc = format!("{name}.backward_dk_x_channels_last");
-        let xc = transposed_per_sample(cx, &xc, x, batch, g.c, spatial);
+        let xc = match cx.x_channels_last.get(&node) {
+            Some(&xc) => xc,
+            None => {
+                let xc = format!("{name}.backward_dk_x_channels_last");
+                transposed_per_sample(cx, &xc, x, batch, g.c, spatial)
+            }
+        };
         let zc = format!("{name}.backward_dk_dz_channels_last");
         let zc = transposed_per_sample(cx, &zc, dz, batch, g.f, g.p);
-        let gk = geometry(cx, node, l)?
-            .with_x_channels_last()
-            .with_z_channels_last();
+        let gk = g.clone().with_x_channels_last().with_z_channels_last();
         (gk, xc, zc)
     } else {
-        (geometry(cx, node, l)?, x, dz)
+        (g.clone(), x, dz)
     };
     if fused.is_none() {
         kernel_grad(cx, &name, (l, &gk, &s), [xk, dzk], dk)?;

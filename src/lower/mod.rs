@@ -95,6 +95,9 @@ pub struct Cx<'g> {
     /// Inference programs: the neighbours fused into LC kernels ([`fuse`]; none in
     /// gradient programs).
     pub fusion: fuse::Fusion,
+    /// Per LC node: the channels_last copy of its input its forward kernel read, which
+    /// the backward pass of a gradient program reads too instead of copying again.
+    pub x_channels_last: std::collections::HashMap<NodeId, BufId>,
     /// Training programs: the optimizer rule backward kernels may apply in place (see
     /// [`in_place`]).
     pub in_place: Option<&'g dyn in_place::InPlaceRule>,
@@ -263,6 +266,7 @@ impl<'g> Cx<'g> {
             weights: crate::loop_ir::Dtype::F32,
             plans: None,
             fusion: fuse::Fusion::default(),
+            x_channels_last: std::collections::HashMap::new(),
             in_place: None,
             hyper: None,
             updated: vec![false; graph.params.len()],

@@ -65,7 +65,7 @@ pub fn forward(cx: &mut Cx, node: NodeId, l: &LocallyConnected) -> Result<()> {
     });
     let half = cx.weights != crate::loop_ir::Dtype::F32;
     let s = sched::forward(&g, l, cx.batch, cx.tier, half, plan);
-    let (x, g) = laid_out(cx, &name, x, g, &s);
+    let (x, g) = laid_out(cx, (node, &name), x, g, &s);
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     // Under the positions schedule the last axis is walked by the segments of
     // `positions.rs`, so only the leading axes get a position variable here.

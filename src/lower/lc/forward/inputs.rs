@@ -44,12 +44,19 @@ pub(super) fn residual_operand(cx: &Cx, node: NodeId) -> Result<Option<(NodeId, 
 /// copy (`x_cl`, see `schedule/lc.rs::wide_filters`), and under lanes over batch rows
 /// transposed to `xT[e·B + b]` (one vector per tap's rows); with the geometry of that
 /// layout.
-pub(super) fn laid_out(cx: &mut Cx, name: &str, x: BufId, g: Geo, s: &LcForward) -> (BufId, Geo) {
+pub(super) fn laid_out(
+    cx: &mut Cx,
+    (node, name): (NodeId, &str),
+    x: BufId,
+    g: Geo,
+    s: &LcForward,
+) -> (BufId, Geo) {
     let batch = cx.batch;
     let (x, g) = if s.x_cl {
         let spatial = g.in_sp.iter().product::<usize>();
         let copy = format!("{name}.forward_x_channels_last");
         let xc = transposed_per_sample(cx, &copy, x, batch, g.c, spatial);
+        cx.x_channels_last.insert(node, xc);
         (xc, g.with_x_channels_last())
     } else {
         (x, g)
