@@ -110,12 +110,22 @@ pub fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 /// What the probes measured.
 #[derive(Clone, Copy, Debug)]
 pub struct Roofline {
-    /// Read bandwidth in GB/s (10^9 bytes per second).
+    /// Read bandwidth of f32x4 loads in GB/s (10^9 bytes per second).
     pub read_gbps: f64,
     /// f32x4 FMA rate in GFLOP/s (an FMA counts 2 flops per lane).
     pub fma_gflops: f64,
-    /// The FMA rate of the widest tier's microkernels, when the CPU has one.
+    /// The FMA rate and read bandwidth of the widest tier's microkernels, when the CPU
+    /// has one.
     pub wide: Option<WideRate>,
+}
+
+impl Roofline {
+    /// The fastest read bandwidth measured (GB/s): the wide tier's streaming tile where
+    /// it beats f32x4 loads. Time to stream bytes is measured against this.
+    pub fn stream_gbps(&self) -> f64 {
+        self.wide
+            .map_or(self.read_gbps, |w| w.read_gbps.max(self.read_gbps))
+    }
 }
 
 /// Chunks the probes split their work into (more than any thread count used here).
@@ -318,6 +328,7 @@ pub fn roofline(threads: usize) -> Result<Roofline> {
         stream.run(&mut [BufArg::Write(&mut x), BufArg::Write(&mut y)], threads)
     })?;
     let read_gbps = (4 * len) as f64 / (ms * 1e-3) / 1e9;
+    let wide = wide_probe::wide_rate(threads, &mut x)?;
     drop(x);
     let iters = 200_000u64;
     let fmas = backend::prepare(Backend::Jit, &fma_probe(iters), &opts)?;
@@ -330,7 +341,7 @@ pub fn roofline(threads: usize) -> Result<Roofline> {
     Ok(Roofline {
         read_gbps,
         fma_gflops: flops / (ms * 1e-3) / 1e9,
-        wide: wide_probe::wide_rate(threads)?,
+        wide,
     })
 }
 

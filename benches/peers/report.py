@@ -122,12 +122,14 @@ def _fmt(v):
 
 
 def _bounds(lc, probe):
-    """lcjit's time over its bound: b1 over streaming the weights once at the probe's read
-    bandwidth, b32 and the training step over their flops at the probe's f32x4 FMA rate."""
+    """lcjit's time over its bound: b1 over streaming the weights once at the probe's best
+    read bandwidth (the wide tier's loads where the CPU has one), b32 and the training
+    step over their flops at the probe's f32x4 FMA rate."""
     if not probe or not probe.get("read_gbps") or not probe.get("fma_gflops"):
         return "—"
+    read = probe.get("stream_gbps") or probe["read_gbps"]
     parts = []
-    for col, work, rate in (("1", lc.get("weight_bytes"), probe["read_gbps"]),
+    for col, work, rate in (("1", lc.get("weight_bytes"), read),
                             ("32", lc.get("flops32"), probe["fma_gflops"]),
                             ("train", lc.get("flops_train"), probe["fma_gflops"])):
         ms = lc.get(col)
@@ -189,12 +191,14 @@ def _machine_text(rows):
         " the table gives the 1-minute load when each peer started (the run itself adds about 2).",
     ]
     if probe:
-        wide = ""
+        wide = wide_read = ""
+        tier = {"avx512": "AVX-512", "avx2": "AVX2"}.get(probe.get("wide_tier"), probe.get("wide_tier"))
         if probe.get("wide_fma_gflops"):
-            tier = {"avx512": "AVX-512", "avx2": "AVX2"}.get(probe.get("wide_tier"), probe.get("wide_tier"))
             wide = f", {probe['wide_fma_gflops']:.1f} GFLOP/s {tier} microkernel FMA"
+        if probe.get("wide_read_gbps"):
+            wide_read = f" ({probe['wide_read_gbps']:.1f} GB/s with {tier} loads)"
         lines.append(
-            f"lcjit's roofline probe in the same run: {probe['read_gbps']:.1f} GB/s read bandwidth,"
+            f"lcjit's roofline probe in the same run: {probe['read_gbps']:.1f} GB/s read bandwidth{wide_read},"
             f" {probe['fma_gflops']:.1f} GFLOP/s f32x4 FMA{wide} (2 threads)."
         )
     lines.append(

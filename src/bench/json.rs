@@ -68,6 +68,10 @@ struct JsonRoofline {
     fma_gflops: Option<f64>,
     wide_tier: Option<&'static str>,
     wide_fma_gflops: Option<f64>,
+    /// The wide tier's streaming read bandwidth.
+    wide_read_gbps: Option<f64>,
+    /// The rate streamed bytes are measured against: the larger read bandwidth.
+    stream_gbps: Option<f64>,
 }
 
 /// A measurement as printed: four decimals (timer noise is far larger), `null` when
@@ -132,6 +136,8 @@ pub(super) fn report_json(r: &BenchReport) -> crate::Result<String> {
             fma_gflops: json_num(r.roofline.map(|r| r.fma_gflops)),
             wide_tier: r.roofline.and_then(|r| r.wide).map(|w| w.tier.name()),
             wide_fma_gflops: json_num(r.roofline.and_then(|r| r.wide).map(|w| w.gflops)),
+            wide_read_gbps: json_num(r.roofline.and_then(|r| r.wide).map(|w| w.read_gbps)),
+            stream_gbps: json_num(r.roofline.map(|r| r.stream_gbps())),
         },
         tune: r.tuning.as_deref().map(tune_json),
     };
