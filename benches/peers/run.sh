@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
-WORKLOADS=${WORKLOADS:-deepface_l4_l6,seed_lc2d,snp_lc1d,genomics_lc1d,genomic_residual_lc1d,lc2d_f12_f6}
+WORKLOADS=${WORKLOADS:-deepface_l4_l6,seed_lc2d,snp_lc1d,genomics_lc1d,genomic_residual_lc1d,lc2d_f12_f6,lc1d_f2}
 PEERS=${PEERS:-tf1,jax,tf3}
 THREADS=${THREADS:-2}
 TF3_TIMEOUT=${TF3_TIMEOUT:-180}

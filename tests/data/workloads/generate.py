@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the two workloads added for issue 12 with tf-keras 2.21 (`model.to_json()`, no
+"""Writes the three workloads added for issue 12 with tf-keras 2.21 (`model.to_json()`, no
 weights), so their configs are Keras's own, not hand-written:
 
   genomic_residual_lc1d.json  GpNet (d = 4, s = 1), the locally connected genomic-prediction
@@ -12,6 +12,11 @@ weights), so their configs are Keras's own, not hand-written:
                               not multiples of 8, and 6 not of 4: (64, 64, 32) ->
                               LocallyConnected2D(12, 3x3, relu) -> LocallyConnected2D(6, 3x3,
                               relu).
+  lc1d_f2.json                a 1-D locally connected stack with two filters over 25,000
+                              SNPs one-hot encoded (3 channels): LocallyConnected1D(2, 5,
+                              relu) -> LocallyConnected1D(2, 5, relu) -> Flatten -> Dense(1),
+                              the F = 2 point of issue 12's small-filter target (F = 1 is
+                              GpNet above, F = 4 genomics_lc1d.json).
 
 GpNet's custom `LCNN` layer (padding + LocallyConnected1D in one Keras layer) is unrolled
 into its two standard layers, which compute the same function and keep the file loadable
@@ -66,8 +71,21 @@ def lc2d_f12_f6():
     )
 
 
+def lc1d_f2():
+    return keras.Sequential(
+        [
+            keras.Input(shape=(25_000, 3)),
+            keras.layers.LocallyConnected1D(2, 5, activation="relu", name="local_a"),
+            keras.layers.LocallyConnected1D(2, 5, activation="relu", name="local_b"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(1, name="out"),
+        ],
+        name="lc1d_f2",
+    )
+
+
 def main():
-    for build in (gpnet, lc2d_f12_f6):
+    for build in (gpnet, lc2d_f12_f6, lc1d_f2):
         model = build()
         path = os.path.join(HERE, model.name + ".json")
         with open(path, "w") as f:
