@@ -346,12 +346,15 @@ pub fn roofline(threads: usize) -> Result<Roofline> {
 }
 
 /// Median of timed calls of `f` in ms: one warm-up, then at least 3 calls and until
-/// about half a second has passed (at most 50 calls).
+/// about half a second has passed (at most 1000 calls). Sub-millisecond calls get many
+/// samples: with at most 50, a batch-1 median of a small model came from a 25 ms window,
+/// and one slow spell of a shared host moved it by 2× (lc1d_f2 at one thread: 0.43–0.83
+/// ms in consecutive runs, against 0.40 ms in `examples/perf_lc_grad`).
 pub fn adaptive_median_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut t = Vec::new();
     let start = Instant::now();
-    while t.len() < 3 || (start.elapsed().as_secs_f64() < 0.5 && t.len() < 50) {
+    while t.len() < 3 || (start.elapsed().as_secs_f64() < 0.5 && t.len() < 1000) {
         let s = Instant::now();
         f()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);

@@ -36,9 +36,10 @@
 //! # Hand-off
 //!
 //! A dispatch publishes the job under a mutex, bumps an atomic epoch and wakes parked
-//! workers; workers spin for a short while after each job (consecutive parallel kernels
-//! of one call follow each other within microseconds) and then park on a condition
-//! variable, so an idle process uses no CPU. The caller, after its own chunk, waits for a
+//! workers; workers spin for up to [`SPIN_WINDOW`] after each job (consecutive parallel
+//! kernels of one call, and the calls of a serving or training loop, follow each other
+//! within microseconds) and then park on a condition variable, so an idle process uses no
+//! CPU. The caller, after its own chunk, waits for a
 //! counter of unfinished chunks the same way (spin, then park). Parking uses the classic
 //! "announce, then re-check" order with sequentially consistent atomics on both sides, so
 //! no wake-up is lost.
@@ -83,10 +84,46 @@ pub(super) type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 const MAX_IDLE_TEAMS: usize = 8;
 
 /// Spin iterations (each one `spin_loop` hint) a worker waits for the next job, and the
-/// caller for the workers, before parking. Short on purpose: on a loaded two-core machine
-/// a spinning thread can sit on the core its caller needs (measured: a 25 µs forward pass
-/// took 0.17 ms with 4096 spins, 0.03 ms with 256 or none).
+/// caller for the workers, before it looks at the clock (see [`SPIN_WINDOW`]).
 const SPIN: u32 = 256;
+
+/// How long a worker waits for the next job, and the caller for the workers, spinning
+/// (`spin_loop` hints, never `sched_yield`) before parking on a condition variable.
+///
+/// Waking a parked thread costs far more than its kernel on small models: on a 2-vCPU KVM
+/// guest the futex wake-up of a halted vCPU took tens of µs, paid by every kernel of a
+/// batch-1 call whose worker had parked between calls or while the caller finished its
+/// chunk. Measured (2026-12-07, Xeon guest, 2 threads, medians of 9 alternating runs of
+/// `lcjit bench --batch 1`, ms, 256 spins only → this window): genomics_lc1d 0.253 →
+/// 0.123, snp_lc1d 0.257 → 0.105, lc1d_f2 0.58 → 0.48, genomic_residual_lc1d 0.48 →
+/// 0.25; with two CPU hogs on both cores 0.235 → 0.114 and 0.241 → 0.132 (the spinner
+/// holds a core for at most this long per call). Spinning with `sched_yield` instead
+/// measured the same on an idle machine and 30× slower under the hogs (each yield handed
+/// a full time slice to the hog). Batch-32 and larger models do not change. An earlier
+/// 4096-spin count hurt a 25 µs forward pass on a loaded machine (0.03 → 0.17 ms);
+/// mortality_smoother's 11–13 µs forward pass measured the same with this window, idle
+/// and under the hogs. OpenMP runtimes spin far longer (libgomp's default spin count is
+/// about 0.3 ms; Intel's `KMP_BLOCKTIME` 200 ms).
+const SPIN_WINDOW: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Spins while `busy()` holds, for [`SPIN`] iterations and then until [`SPIN_WINDOW`] has
+/// passed; whether it still holds (the caller then parks).
+fn spin_while(busy: impl Fn() -> bool) -> bool {
+    for _ in 0..SPIN {
+        if !busy() {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+    let start = std::time::Instant::now();
+    while busy() {
+        if start.elapsed() >= SPIN_WINDOW {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
 
 /// The buffer base-pointer array handed to kernels on every thread.
 #[derive(Clone, Copy)]
@@ -166,16 +203,11 @@ impl Shared {
         let mut seen = 0u64;
         loop {
             // Wait for a new epoch: spin, then park.
-            let mut spins = 0u32;
-            while self.epoch.load(SeqCst) == seen && !self.shutdown.load(SeqCst) {
-                if spins < SPIN {
-                    spins += 1;
-                    std::hint::spin_loop();
-                    continue;
-                }
+            let idle = || self.epoch.load(SeqCst) == seen && !self.shutdown.load(SeqCst);
+            if spin_while(idle) {
                 let mut g = lock(&self.park);
                 self.sleepers.fetch_add(1, SeqCst);
-                while self.epoch.load(SeqCst) == seen && !self.shutdown.load(SeqCst) {
+                while idle() {
                     g = self.work.wait(g).unwrap_or_else(PoisonError::into_inner);
                 }
                 self.sleepers.fetch_sub(1, SeqCst);
@@ -296,21 +328,14 @@ impl Team {
         for t in helpers + 1..n {
             ptrs.call(func, chunk(t, extent, n), chunk(t + 1, extent, n));
         }
-        if helpers > 0 {
-            let mut spins = 0u32;
-            while s.remaining.load(SeqCst) != 0 {
-                if spins < SPIN {
-                    spins += 1;
-                    std::hint::spin_loop();
-                    continue;
-                }
-                let mut g = lock(&s.park);
-                s.caller_waiting.store(true, SeqCst);
-                while s.remaining.load(SeqCst) != 0 {
-                    g = s.done.wait(g).unwrap_or_else(PoisonError::into_inner);
-                }
-                s.caller_waiting.store(false, SeqCst);
+        let unfinished = || s.remaining.load(SeqCst) != 0;
+        if helpers > 0 && spin_while(unfinished) {
+            let mut g = lock(&s.park);
+            s.caller_waiting.store(true, SeqCst);
+            while unfinished() {
+                g = s.done.wait(g).unwrap_or_else(PoisonError::into_inner);
             }
+            s.caller_waiting.store(false, SeqCst);
         }
     }
 }
