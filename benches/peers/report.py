@@ -104,6 +104,10 @@ def _engine_rows(rows):
                 e[b] = ms
             if r.get("train_step_ms") is not None:
                 e["train"] = r["train_step_ms"]
+            elif r.get("train_error"):
+                # The forward figures of a peer whose training step failed (re-run
+                # without it), with the reason in the training cell.
+                e["train_error"] = r["train_error"]
     return table
 
 
@@ -150,7 +154,8 @@ def tables(rows):
                 out.append(f"| {w} | {eng} | {r['error']} | — | — | — | {load} |")
                 continue
             name = f"**{eng}**" if eng == "lcjit" else eng
-            out.append(f"| {w} | {name} | {r.get('build') or '—'} | {_fmt(r.get('1'))} | {_fmt(r.get('32'))} | {_fmt(r.get('train'))} | {load} |")
+            train = r.get("train_error") or _fmt(r.get("train"))
+            out.append(f"| {w} | {name} | {r.get('build') or '—'} | {_fmt(r.get('1'))} | {_fmt(r.get('32'))} | {train} | {load} |")
     out += ["", "Speed-up of lcjit over the fastest peer of each column (> 1: lcjit faster):", "",
             "| workload | lcjit b1 / b32 / train (ms) | fastest peer b1 / b32 / train (ms) | speed-up b1 / b32 / train | lcjit ÷ bound b1 (stream) / b32, train (f32x4 FMA) |",
             "| --- | --- | --- | --- | --- |"]
