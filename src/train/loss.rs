@@ -162,25 +162,21 @@ impl Loss {
         let mut total = 0f64;
         let cf = c as f64;
         // Elementwise losses with a mean over the last axis: value f, derivative d.
-        let elementwise = |f: &dyn Fn(f64, f64) -> (f64, f64), g: &mut Vec<f64>| -> f64 {
-            let mut s = 0.0;
-            for i in 0..n_total {
-                let (v, d) = f(t[i] as f64, p[i] as f64);
-                s += v / cf;
-                g[i] = d / cf;
-            }
-            s
-        };
+        macro_rules! elementwise {
+            (&$f:expr, $g:expr $(,)?) => {
+                elementwise_mean(t, p, cf, $g, $f)
+            };
+        }
         let eps = EPS as f64;
         match self {
             Loss::MeanSquaredError => {
-                total = elementwise(&|t, p| ((p - t) * (p - t), 2.0 * (p - t)), &mut g)
+                total = elementwise!(&|t, p| ((p - t) * (p - t), 2.0 * (p - t)), &mut g)
             }
             Loss::MeanAbsoluteError => {
-                total = elementwise(&|t, p| ((p - t).abs(), sign(p - t)), &mut g)
+                total = elementwise!(&|t, p| ((p - t).abs(), sign(p - t)), &mut g)
             }
             Loss::MeanAbsolutePercentageError => {
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| {
                         let den = t.abs().max(eps);
                         (100.0 * ((t - p) / den).abs(), 100.0 * sign(p - t) / den)
@@ -189,7 +185,7 @@ impl Loss {
                 )
             }
             Loss::MeanSquaredLogarithmicError => {
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| {
                         let pm = p.max(eps);
                         let a = (pm + 1.0).ln();
@@ -202,7 +198,7 @@ impl Loss {
             }
             Loss::Huber { delta } => {
                 let d = *delta as f64;
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| {
                         let e = p - t;
                         if e.abs() <= d {
@@ -215,7 +211,7 @@ impl Loss {
                 )
             }
             Loss::LogCosh => {
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| {
                         let x = p - t;
                         (x + softplus(-2.0 * x) - std::f64::consts::LN_2, x.tanh())
@@ -224,7 +220,7 @@ impl Loss {
                 )
             }
             Loss::Poisson => {
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| (p - t * (p + eps).ln(), 1.0 - t / (p + eps)),
                     &mut g,
                 )
@@ -237,7 +233,7 @@ impl Loss {
                 let lo = EPS as f64;
                 let hi = (1.0f32 - EPS) as f64;
                 total = if *from_logits {
-                    elementwise(
+                    elementwise!(
                         &|t, x| {
                             let t = t * (1.0 - ls) + 0.5 * ls;
                             let v = x.max(0.0) - x * t + (-x.abs()).exp().ln_1p();
@@ -246,7 +242,7 @@ impl Loss {
                         &mut g,
                     )
                 } else {
-                    elementwise(
+                    elementwise!(
                         &|t, p| {
                             let t = t * (1.0 - ls) + 0.5 * ls;
                             let pc = p.clamp(lo, hi);
@@ -261,7 +257,7 @@ impl Loss {
             Loss::Hinge | Loss::SquaredHinge => {
                 let binary = t.iter().all(|&v| v == 0.0 || v == 1.0);
                 let squared = matches!(self, Loss::SquaredHinge);
-                total = elementwise(
+                total = elementwise!(
                     &|t, p| {
                         let t = if binary { 2.0 * t - 1.0 } else { t };
                         let h = 1.0 - t * p;
@@ -290,6 +286,26 @@ impl Loss {
     pub fn value(&self, y_true: &ArrayD<f32>, y_pred: &ArrayD<f32>) -> Result<f64> {
         Ok(self.value_and_grad(y_true, y_pred)?.0)
     }
+}
+
+/// `Σ f(t, p).0 / cf` over the elements, with `g[i] = f(t[i], p[i]).1 / cf`: the
+/// elementwise losses' mean over the last axis. Generic so that each loss's formula is
+/// inlined into the loop instead of a `dyn Fn` call per element (the host loss was about
+/// 1 ms of seed_lc2d's 32 ms training step, 800 k outputs; the same bits either way).
+fn elementwise_mean(
+    t: &[f32],
+    p: &[f32],
+    cf: f64,
+    g: &mut [f64],
+    f: impl Fn(f64, f64) -> (f64, f64),
+) -> f64 {
+    let mut s = 0.0;
+    for ((&t, &p), g) in t.iter().zip(p).zip(g.iter_mut()) {
+        let (v, d) = f(t as f64, p as f64);
+        s += v / cf;
+        *g = d / cf;
+    }
+    s
 }
 
 /// Divides the summed value and gradient by the number of rows.
