@@ -329,15 +329,29 @@ fn gemv(
     rows: usize,
     act: &Activation,
 ) -> Result<()> {
-    let (blk, nb) = gemv_blocks(n_in);
+    let nb = gemv_blocks(n_in).1;
     let part = cx.temp(nb * rows * units);
-    if rows * units <= GEMV_REGISTERS {
-        let kernel = blocks_in_registers(name, [x, k, part], n_in, units, rows);
-        cx.push(kernel, &[x, k], &[part]);
-        return gemv_sum(cx, name, part, z, bias, units, rows, nb, act);
-    }
-    let u4 = units - units % 4;
     // Kernel 1: part[b, u] = Σ_{i in block b} x[i]·K[i, u].
+    let blocks = if rows * units <= GEMV_REGISTERS {
+        blocks_in_registers(name, [x, k, part], n_in, units, rows)
+    } else {
+        blocks_in_memory(name, [x, k, part], n_in, units, rows)
+    };
+    cx.push(blocks, &[x, k], &[part]);
+    gemv_sum(cx, name, part, z, bias, units, rows, nb, act)
+}
+
+/// Kernel 1 of [`gemv`] with the partial rows in `part` itself (too many to keep in
+/// registers: YOLO's classifier has 1470 units).
+fn blocks_in_memory(
+    name: &str,
+    [x, k, part]: [BufId; 3],
+    n_in: usize,
+    units: usize,
+    rows: usize,
+) -> crate::loop_ir::Kernel {
+    let (blk, nb) = gemv_blocks(n_in);
+    let u4 = units - units % 4;
     let mut kb = KernelBuilder::new(format!("{name}.forward.blocks"));
     let (bv, iv) = (kb.var("blk"), kb.var("i"));
     let (rz, ra) = (kb.var("rz"), kb.var("r"));
@@ -396,22 +410,27 @@ fn gemv(
     }
     let mut body = vec![for_(rz, rows as u64, LoopKind::Serial, zeros)];
     let inner = vec![for_(ra, rows as u64, LoopKind::Serial, per_row)];
-    // The last block may be shorter: guard the rows past the end.
-    let guarded = if nb * blk == n_in {
-        inner
+    body.push(for_(
+        iv,
+        blk as u64,
+        LoopKind::Serial,
+        last_block_guard(row, n_in, inner),
+    ));
+    kb.finish(vec![for_(bv, nb as u64, LoopKind::Parallel, body)])
+}
+
+/// `body` of a block's input `row`, guarded when the last block is shorter than the
+/// others (rows past `n_in` skipped).
+fn last_block_guard(row: Affine, n_in: usize, body: Vec<Stmt>) -> Vec<Stmt> {
+    let (blk, nb) = gemv_blocks(n_in);
+    if nb * blk == n_in {
+        body
     } else {
         vec![Stmt::If {
             conds: vec![(row, 0, n_in as i64)],
-            body: inner,
+            body,
         }]
-    };
-    body.push(for_(iv, blk as u64, LoopKind::Serial, guarded));
-    cx.push(
-        kb.finish(vec![for_(bv, nb as u64, LoopKind::Parallel, body)]),
-        &[x, k],
-        &[part],
-    );
-    gemv_sum(cx, name, part, z, bias, units, rows, nb, act)
+    }
 }
 
 /// Partial sums of at most this many floats (`rows · units`) stay in registers over a
@@ -464,15 +483,7 @@ fn blocks_in_registers(
             ),
         },
     )];
-    // The last block may be shorter: guard the rows past the end.
-    let update = if nb * blk == n_in {
-        update
-    } else {
-        vec![Stmt::If {
-            conds: vec![(row, 0, n_in as i64)],
-            body: update,
-        }]
-    };
+    let update = last_block_guard(row, n_in, update);
     let body = vec![
         tile(
             rz,

@@ -161,69 +161,51 @@ impl Loss {
         let mut g = vec![0f64; n_total];
         let mut total = 0f64;
         let cf = c as f64;
-        // Elementwise losses with a mean over the last axis: value f, derivative d.
-        macro_rules! elementwise {
-            (&$f:expr, $g:expr $(,)?) => {
-                elementwise_mean(t, p, cf, $g, $f)
-            };
-        }
         let eps = EPS as f64;
         match self {
             Loss::MeanSquaredError => {
-                total = elementwise!(&|t, p| ((p - t) * (p - t), 2.0 * (p - t)), &mut g)
+                total =
+                    elementwise_mean(t, p, cf, &mut g, |t, p| ((p - t) * (p - t), 2.0 * (p - t)))
             }
             Loss::MeanAbsoluteError => {
-                total = elementwise!(&|t, p| ((p - t).abs(), sign(p - t)), &mut g)
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| ((p - t).abs(), sign(p - t)))
             }
             Loss::MeanAbsolutePercentageError => {
-                total = elementwise!(
-                    &|t, p| {
-                        let den = t.abs().max(eps);
-                        (100.0 * ((t - p) / den).abs(), 100.0 * sign(p - t) / den)
-                    },
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    let den = t.abs().max(eps);
+                    (100.0 * ((t - p) / den).abs(), 100.0 * sign(p - t) / den)
+                })
             }
             Loss::MeanSquaredLogarithmicError => {
-                total = elementwise!(
-                    &|t, p| {
-                        let pm = p.max(eps);
-                        let a = (pm + 1.0).ln();
-                        let b = (t.max(eps) + 1.0).ln();
-                        let pass = if p >= eps { 1.0 } else { 0.0 };
-                        ((a - b) * (a - b), 2.0 * (a - b) / (pm + 1.0) * pass)
-                    },
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    let pm = p.max(eps);
+                    let a = (pm + 1.0).ln();
+                    let b = (t.max(eps) + 1.0).ln();
+                    let pass = if p >= eps { 1.0 } else { 0.0 };
+                    ((a - b) * (a - b), 2.0 * (a - b) / (pm + 1.0) * pass)
+                })
             }
             Loss::Huber { delta } => {
                 let d = *delta as f64;
-                total = elementwise!(
-                    &|t, p| {
-                        let e = p - t;
-                        if e.abs() <= d {
-                            (0.5 * e * e, e)
-                        } else {
-                            (d * e.abs() - 0.5 * d * d, d * sign(e))
-                        }
-                    },
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    let e = p - t;
+                    if e.abs() <= d {
+                        (0.5 * e * e, e)
+                    } else {
+                        (d * e.abs() - 0.5 * d * d, d * sign(e))
+                    }
+                })
             }
             Loss::LogCosh => {
-                total = elementwise!(
-                    &|t, p| {
-                        let x = p - t;
-                        (x + softplus(-2.0 * x) - std::f64::consts::LN_2, x.tanh())
-                    },
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    let x = p - t;
+                    (x + softplus(-2.0 * x) - std::f64::consts::LN_2, x.tanh())
+                })
             }
             Loss::Poisson => {
-                total = elementwise!(
-                    &|t, p| (p - t * (p + eps).ln(), 1.0 - t / (p + eps)),
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    (p - t * (p + eps).ln(), 1.0 - t / (p + eps))
+                })
             }
             Loss::BinaryCrossentropy {
                 from_logits,
@@ -233,44 +215,35 @@ impl Loss {
                 let lo = EPS as f64;
                 let hi = (1.0f32 - EPS) as f64;
                 total = if *from_logits {
-                    elementwise!(
-                        &|t, x| {
-                            let t = t * (1.0 - ls) + 0.5 * ls;
-                            let v = x.max(0.0) - x * t + (-x.abs()).exp().ln_1p();
-                            (v, sigmoid(x) - t)
-                        },
-                        &mut g,
-                    )
+                    elementwise_mean(t, p, cf, &mut g, |t, x| {
+                        let t = t * (1.0 - ls) + 0.5 * ls;
+                        let v = x.max(0.0) - x * t + (-x.abs()).exp().ln_1p();
+                        (v, sigmoid(x) - t)
+                    })
                 } else {
-                    elementwise!(
-                        &|t, p| {
-                            let t = t * (1.0 - ls) + 0.5 * ls;
-                            let pc = p.clamp(lo, hi);
-                            let v = -(t * (pc + eps).ln() + (1.0 - t) * (1.0 - pc + eps).ln());
-                            let pass = if (lo..=hi).contains(&p) { 1.0 } else { 0.0 };
-                            (v, pass * (-t / (pc + eps) + (1.0 - t) / (1.0 - pc + eps)))
-                        },
-                        &mut g,
-                    )
+                    elementwise_mean(t, p, cf, &mut g, |t, p| {
+                        let t = t * (1.0 - ls) + 0.5 * ls;
+                        let pc = p.clamp(lo, hi);
+                        let v = -(t * (pc + eps).ln() + (1.0 - t) * (1.0 - pc + eps).ln());
+                        let pass = if (lo..=hi).contains(&p) { 1.0 } else { 0.0 };
+                        (v, pass * (-t / (pc + eps) + (1.0 - t) / (1.0 - pc + eps)))
+                    })
                 }
             }
             Loss::Hinge | Loss::SquaredHinge => {
                 let binary = t.iter().all(|&v| v == 0.0 || v == 1.0);
                 let squared = matches!(self, Loss::SquaredHinge);
-                total = elementwise!(
-                    &|t, p| {
-                        let t = if binary { 2.0 * t - 1.0 } else { t };
-                        let h = 1.0 - t * p;
-                        let m = h.max(0.0);
-                        let dm = if h >= 0.0 { -t } else { 0.0 };
-                        if squared {
-                            (m * m, 2.0 * m * dm)
-                        } else {
-                            (m, dm)
-                        }
-                    },
-                    &mut g,
-                )
+                total = elementwise_mean(t, p, cf, &mut g, |t, p| {
+                    let t = if binary { 2.0 * t - 1.0 } else { t };
+                    let h = 1.0 - t * p;
+                    let m = h.max(0.0);
+                    let dm = if h >= 0.0 { -t } else { 0.0 };
+                    if squared {
+                        (m * m, 2.0 * m * dm)
+                    } else {
+                        (m, dm)
+                    }
+                })
             }
             _ => {
                 for r in 0..rows {
@@ -289,7 +262,7 @@ impl Loss {
 }
 
 /// `Σ f(t, p).0 / cf` over the elements, with `g[i] = f(t[i], p[i]).1 / cf`: the
-/// elementwise losses' mean over the last axis. Generic so that each loss's formula is
+/// elementwise losses' mean over the last axis (value `f.0`, derivative `f.1`). Generic so that each loss's formula is
 /// inlined into the loop instead of a `dyn Fn` call per element (the host loss was about
 /// 1 ms of seed_lc2d's 32 ms training step, 800 k outputs; the same bits either way).
 fn elementwise_mean(
